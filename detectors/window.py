@@ -1,0 +1,369 @@
+"""The windowed-test machinery shared by reference-based detectors: ring buffers, the reference
+(fixed, from a file, or rolling), test cadence, persistence, and inconclusive readings.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
+from detectors.calibration import Persistence, test_alpha
+
+__all__ = ["Reference", "Ring", "WindowedDetector"]
+
+log = logging.getLogger(__name__)
+
+
+class Ring:
+    """Fixed-size ring buffer of numbers; memory is ``size`` values whatever the traffic.
+
+    >>> ring = Ring(3)
+    >>> ring.extend(np.array([1.0, 2.0])).tolist(), ring.extend(np.array([3.0, 4.0])).tolist()
+    ([], [1.0])
+    >>> ring.ordered().tolist()
+    [2.0, 3.0, 4.0]
+    """
+
+    __slots__ = ("buf", "count", "pos", "size")
+
+    def __init__(self, size: int, dtype: Any = np.float64) -> None:
+        self.size = size
+        self.buf = np.zeros(size, dtype=dtype)
+        self.count = 0
+        self.pos = 0
+
+    def extend(self, values: np.ndarray) -> np.ndarray:
+        """Append ``values``; return the values pushed out, oldest first."""
+        n = values.size
+        size = self.size
+        if n >= size:
+            evicted = np.concatenate([self.ordered(), values[: n - size]])
+            self.buf[:] = values[n - size :]
+            self.pos = 0
+            self.count = size
+            return evicted
+        n_evicted = max(0, self.count + n - size)
+        oldest = (self.pos - self.count) % size
+        evicted = self.buf[(oldest + np.arange(n_evicted)) % size]
+        end = self.pos + n
+        if end <= size:
+            self.buf[self.pos : end] = values
+        else:
+            head = size - self.pos
+            self.buf[self.pos :] = values[:head]
+            self.buf[: end - size] = values[head:]
+        self.pos = end % size
+        self.count = min(size, self.count + n)
+        return evicted
+
+    def ordered(self) -> np.ndarray:
+        """The held values, oldest first (a copy)."""
+        if self.count < self.size:
+            return self.buf[: self.count].copy()
+        return np.concatenate([self.buf[self.pos :], self.buf[: self.pos]])
+
+    def values(self) -> np.ndarray:
+        """The held values in storage order (a view; for order-free statistics)."""
+        return self.buf[: self.count] if self.count < self.size else self.buf
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "buf": self.buf[: self.count] if self.count < self.size else self.buf,
+            "pos": self.pos,
+            "count": self.count,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        buf = state["buf"]
+        self.buf[: buf.size] = buf
+        self.pos = int(state["pos"])
+        self.count = int(state["count"])
+
+
+class Reference:
+    """The values a window is compared with.
+
+    Fixed mode takes the first ``size`` values (or a file's); rolling mode takes the values
+    that leave the current window and asks for a refresh every quarter of its size.
+    """
+
+    __slots__ = ("added", "mode", "ready", "ring")
+
+    def __init__(self, size: int, mode: str, dtype: Any, initial: np.ndarray | None) -> None:
+        self.mode = mode
+        self.ring = Ring(size, dtype)
+        self.added = 0
+        self.ready = False
+        if initial is not None:
+            self.ring = Ring(max(1, initial.size), dtype)
+            self.ring.extend(initial)
+            self.ready = True
+
+    def fill(self, values: np.ndarray) -> int:
+        """Fixed mode: take what the reference still needs; return how many were taken."""
+        take = min(values.size, self.ring.size - self.ring.count)
+        if take:
+            self.ring.extend(values[:take])
+        self.ready = self.ring.count >= self.ring.size
+        return take
+
+    def push(self, evicted: np.ndarray) -> bool:
+        """Rolling mode: add values that left the window; True when a refresh is due."""
+        if evicted.size == 0:
+            return False
+        self.ring.extend(evicted)
+        self.added += evicted.size
+        full = self.ring.count >= self.ring.size
+        if full and (not self.ready or self.added >= max(1, self.ring.size // 4)):
+            self.ready = True
+            self.added = 0
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "ring": self.ring.state(),
+            "size": self.ring.size,
+            "added": self.added,
+            "ready": self.ready,
+        }
+
+    def load(self, state: dict[str, Any], dtype: Any) -> None:
+        self.ring = Ring(int(state["size"]), dtype)
+        self.ring.load(state["ring"])
+        self.added = int(state["added"])
+        self.ready = bool(state["ready"])
+
+
+def load_numeric_file(path: str) -> np.ndarray:
+    """Reference values from a ``.npy`` array or a text file with one number per line."""
+    file = Path(path)
+    try:
+        if file.suffix == ".npy":
+            values = np.load(file, allow_pickle=False)
+        else:
+            values = np.loadtxt(file, dtype=np.float64, ndmin=1)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read reference values from {path!r}: {err}") from err
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        raise ValueError(f"reference file {path!r} holds {values.size} finite values, need 2+")
+    return values
+
+
+class WindowedDetector(BaseDetector):
+    """A current window tested against a reference every ``stride`` events.
+
+    Subclasses say how values are prepared (``_prepare``), how derived reference statistics
+    are computed (``_on_reference``) and what one test concludes (``_test``). The verdict
+    turns only for a material and significant breach that has held for ``persist`` events.
+    """
+
+    spec: Any
+    dtype: Any = np.float64
+    #: The verdict a breach of this detector means.
+    breach_verdict = Verdict.DRIFT
+
+    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
+        super().__init__(spec, family_size=family_size, seed=seed)
+        self.alpha = test_alpha(spec.false_alarm_every, spec.stride, family_size)
+        self._reference_file: np.ndarray | None = None
+        if spec.reference.path is not None:
+            self._reference_file = self._read_reference(spec.reference.path)
+        self.reset()
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def _read_reference(self, path: str) -> np.ndarray:
+        return load_numeric_file(path)
+
+    def _prepare(self, values: Any) -> np.ndarray:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        return arr[~np.isnan(arr)]
+
+    def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
+        """Called after ``chunk`` entered the window and ``evicted`` left it."""
+
+    @abc.abstractmethod
+    def _on_reference(self) -> None:
+        """Recompute derived reference statistics (the reference is ready)."""
+
+    @abc.abstractmethod
+    def _test(self) -> tuple[float, float, float, bool]:
+        """(statistic, effect, threshold, candidate) for the current window."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra(self, state: dict[str, Any]) -> None:
+        return None
+
+    def _reset_extra(self) -> None:
+        return None
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        spec = self.spec
+        self._window = Ring(spec.window, self.dtype)
+        self._reference = Reference(
+            spec.reference.size, spec.reference.mode, self.dtype, self._reference_file
+        )
+        self._seen = 0
+        self._gate = Persistence(spec.persist)
+        self._last = INCONCLUSIVE
+        self._reset_extra()
+        if self._reference.ready:
+            self._on_reference()
+
+    def update(self, value: Any) -> Reading:
+        return self.update_many([value])
+
+    def update_many(self, values: Any) -> Reading:
+        arr = self._prepare(values)
+        if arr.size == 0:
+            self._last = Reading(
+                math.nan, math.nan, Verdict.INCONCLUSIVE, self._window.count, self._last.threshold
+            )
+            return self._last
+        ref = self._reference
+        if ref.mode == "fixed" and not ref.ready:
+            taken = ref.fill(arr)
+            arr = arr[taken:]
+            if ref.ready:
+                self._on_reference()
+        stride = self.spec.stride
+        rolling = ref.mode == "rolling"
+        breached: Reading | None = None
+        last: Reading | None = None
+        i = 0
+        n = arr.size
+        while i < n:
+            step = stride - self._seen % stride
+            chunk = arr[i : i + step]
+            evicted = self._window.extend(chunk)
+            self._on_push(chunk, evicted)
+            if rolling and ref.push(evicted):
+                self._on_reference()
+            self._seen += chunk.size
+            i += chunk.size
+            if self._seen % stride == 0:
+                last = self._evaluate()
+                if last.breached:
+                    breached = last
+        if last is None:
+            if not ref.ready or self._window.count < self.spec.min_samples:
+                last = Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, self._window.count)
+            else:
+                last = self._last
+        self._last = last
+        return breached if breached is not None else last
+
+    def _evaluate(self) -> Reading:
+        count = self._window.count
+        if not self._reference.ready or count < self.spec.min_samples:
+            self._gate.step(False, self._seen)
+            return Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, count)
+        statistic, effect, threshold, candidate = self._test()
+        if math.isnan(statistic):
+            self._gate.step(False, self._seen)
+            return Reading(statistic, effect, Verdict.INCONCLUSIVE, count, threshold)
+        fired = self._gate.step(candidate, self._seen)
+        verdict = self.breach_verdict if fired else Verdict.OK
+        return Reading(statistic, effect, verdict, count, threshold)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "window": self._window.state(),
+            "reference": self._reference.state(),
+            "seen": self._seen,
+            "since": self._gate.since,
+            "extra": self._extra_state(),
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self._window.load(state["window"])
+        self._reference.load(state["reference"], self.dtype)
+        self._seen = int(state["seen"])
+        since = state["since"]
+        self._gate.since = None if since is None else int(since)
+        self._load_extra(state["extra"])
+
+
+class RiverGatedDetector(WindowedDetector):
+    """A River drift detector fed value by value, whose alarms count only when material.
+
+    River's detectors answer "did the stream change?" with no notion of how much; the gate
+    asks "is the current window's mean (or rate) still away from the reference by at least
+    the configured amount, and did River fire within the last window?".
+    """
+
+    #: Effect size gate: ``min_shift`` (numeric, in reference std) or ``min_difference``.
+    gate_field = "min_shift"
+
+    @abc.abstractmethod
+    def _make_river(self) -> Any:
+        """A fresh River detector configured from the spec and the family size."""
+
+    def _transform(self, chunk: np.ndarray) -> list[Any]:
+        return list(chunk.tolist())
+
+    def _scale(self) -> float:
+        return 1.0
+
+    def _reset_extra(self) -> None:
+        self._river = self._make_river()
+        self._fired_at: int | None = None
+        self._ref_mean = math.nan
+        self._ref_scale = math.nan
+
+    def _on_reference(self) -> None:
+        values = self._reference.ring.values()
+        self._ref_mean = float(values.mean())
+        self._ref_scale = self._scale()
+
+    def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
+        if not self._reference.ready:
+            return
+        river = self._river
+        base = self._seen + 1
+        for j, x in enumerate(self._transform(chunk)):
+            river.update(x)
+            # River raises drift_detected for one update only: read it right away.
+            if river.drift_detected:
+                self._fired_at = base + j
+
+    def _test(self) -> tuple[float, float, float, bool]:
+        gate = float(getattr(self.spec, self.gate_field))
+        scale = self._ref_scale
+        if not scale > 0:
+            return math.nan, math.nan, gate, False
+        effect = (float(self._window.values().mean()) - self._ref_mean) / scale
+        direction = getattr(self.spec, "alert_on", "both")
+        if direction == "increase":
+            material = effect >= gate
+        elif direction == "decrease":
+            material = -effect >= gate
+        else:
+            material = abs(effect) >= gate
+        recent = self._fired_at is not None and self._seen - self._fired_at <= self.spec.window
+        return abs(effect), effect, gate, bool(material and recent)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "river": self._river,
+            "fired_at": self._fired_at,
+            "ref": [self._ref_mean, self._ref_scale],
+        }
+
+    def _load_extra(self, state: dict[str, Any]) -> None:
+        self._river = state["river"]
+        self._fired_at = None if state["fired_at"] is None else int(state["fired_at"])
+        self._ref_mean, self._ref_scale = (float(v) for v in state["ref"])
