@@ -37,6 +37,14 @@ def variant_name(value: FlagValue) -> str:
     return str(value)
 
 
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "object"
+
+
 class FlagdFileBackend:
     """Sets flags by rewriting the ``defaultVariant`` of a flagd flag-definition file.
 
@@ -138,6 +146,14 @@ class FlagdFileBackend:
             raise FlagBackendError(
                 f"flagd file {self.path}: flag {flag!r} has variants {variants!r}, "
                 "expected an object",
+                retriable=False,
+            )
+        kinds = {_kind(v) for v in variants.values()}
+        if kinds and kinds != {_kind(value)}:
+            # flagd requires one variant type per flag; a mixed flag fails the whole file.
+            raise FlagBackendError(
+                f"flagd file {self.path}: flag {flag!r} has {'/'.join(sorted(kinds))} "
+                f"variants and cannot hold {value!r}",
                 retriable=False,
             )
         wanted = self._variant_for(variants, value)
