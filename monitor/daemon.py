@@ -1,0 +1,342 @@
+"""The daemon: composes consumer, engine, actions and HTTP server, runs the batch loop and
+shuts down in order (stop fetching, finish the batch, commit, flush actions, stop components).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from monitor import __version__
+from monitor.actions import Actions
+from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.engine import Engine
+from monitor.errors import BrokerUnavailableError
+from monitor.events import BadRecord, Event, EventDecoder
+from monitor.health import Transition
+from monitor.http import HttpServer, LoopHeartbeat
+from monitor.metrics import HEALTH_STATES, Metrics
+from monitor.settings import Settings
+
+__all__ = ["HANDLED_SIGNALS", "Daemon"]
+
+log = logging.getLogger(__name__)
+
+#: SIGTERM is how Kubernetes asks a pod to stop; SIGINT is Ctrl-C. The first asks for a
+#: graceful stop; a second one forces it.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        actions: Actions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics.create()
+        self.clock = clock
+        self.engine = Engine(settings.policy_for, max_models=settings.engine.max_models)
+        self.decoder = EventDecoder(settings.kafka.max_record_bytes)
+        self.consumer = EventConsumer(
+            settings.kafka,
+            self.metrics,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+        )
+        self.side_writer = DeadLetterWriter(settings.kafka, self.metrics)
+        self.actions = (
+            actions
+            if actions is not None
+            else Actions.from_settings(settings, self.metrics, clock=clock)
+        )
+        self.heartbeat = LoopHeartbeat(self.metrics)
+        self.http = HttpServer(
+            settings.http.host,
+            settings.http.port,
+            self.metrics,
+            self,
+            extra_routes=self.actions.add_routes,
+        )
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
+        self._last_batch_at: float | None = None
+        self._signal_children: dict[tuple[str, str], Any] = {}
+        self.applied_events = 0
+        self._applied_log: Any = None
+        if settings.engine.applied_log is not None:
+            self._applied_log = open(settings.engine.applied_log, "a", encoding="utf-8")  # noqa: SIM115
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            log.info("graceful stop: %s", reason)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+
+    def handle_exit(self, sig: int) -> None:
+        if self._stop.is_set():
+            log.warning("second %s: forcing exit", signal.Signals(sig).name)
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+            return
+        self.request_stop(signal.Signals(sig).name)
+
+    async def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        s = self.settings
+        grace = s.lifecycle.grace_period_s
+        await self.heartbeat.start()
+        await self.http.start()
+        try:
+            await self._start_kafka()
+        except BrokerUnavailableError as err:
+            log.error("%s", err)
+            await self._shutdown_components(grace)
+            return 1
+        await self.actions.start()
+        tick = asyncio.create_task(self._tick_loop(), name="health-tick")
+        self._loop_task = asyncio.create_task(self._batch_loop(), name="batch-loop")
+        exit_code = 0
+        try:
+            await self._loop_task
+        except asyncio.CancelledError:
+            log.warning("batch loop cancelled (forced stop)")
+            exit_code = 1
+        except Exception:
+            log.exception("batch loop died")
+            exit_code = 1
+        started = time.monotonic()
+        tick.cancel()
+        await asyncio.gather(tick, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, grace - 1.0)):
+                log.info("shutdown: committing offsets")
+                await self.consumer.commit()
+        log.info("shutdown: flushing actions")
+        await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
+        await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
+        if self._applied_log is not None:
+            self._applied_log.close()
+        log.info("shutdown complete in %.2fs", time.monotonic() - started)
+        return exit_code
+
+    async def _start_kafka(self) -> None:
+        s = self.settings.kafka
+        deadline = time.monotonic() + max(30.0, s.broker_timeout_s * 3)
+        while True:
+            try:
+                if s.create_topics:
+                    await ensure_topics(
+                        s,
+                        {s.dead_letter_topic: {"partitions": 1}, s.review_topic: {"partitions": 1}},
+                        s.broker_timeout_s,
+                    )
+                await self.side_writer.start()
+                await self.consumer.start()
+                return
+            except (BrokerUnavailableError, TimeoutError, OSError, Exception) as err:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise BrokerUnavailableError(f"Kafka unavailable at start: {err!r}") from err
+                log.warning("Kafka not reachable yet (%r); retrying", err)
+                await asyncio.sleep(1.0)
+
+    async def _shutdown_components(self, budget_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget_s):
+                await self.consumer.stop()
+                await self.side_writer.stop()
+        await self.http.stop()
+        await self.heartbeat.stop()
+
+    # ----------------------------------------------------------------- the batch loop
+
+    async def _batch_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = await self.consumer.fetch()
+            if not batch:
+                continue
+            async with self.consumer.batch_lock:
+                started = time.perf_counter()
+                applied = await self._apply(batch)
+                if not applied:
+                    # Dead letters could not be written: do not commit; replay after restart.
+                    self.request_stop("dead-letter topic unavailable")
+                    return
+                self.consumer.mark_applied(batch)
+                await self.consumer.commit()
+                self.consumer.update_lag()
+                self.metrics.batch_duration.observe(time.perf_counter() - started)
+                self.metrics.batches.inc()
+                self._last_batch_at = time.monotonic()
+
+    async def _apply(self, batch: Batch) -> bool:
+        now = self.clock()
+        events: list[Event] = []
+        bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
+        decode = self.decoder.decode
+        for tp, records in batch.items():
+            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
+            for record in records:
+                decoded = decode(record.value)
+                if isinstance(decoded, Event):
+                    events.append(decoded)
+                else:
+                    bad.append((record, decoded))
+        before = self.engine.dropped_events
+        transitions = self.engine.apply(events, now)
+        self.applied_events += len(events)
+        if self._applied_log is not None:
+            ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
+            self._applied_log.write(ids)
+            self._applied_log.flush()
+        self.metrics.events_applied.inc(len(events))
+        dropped = self.engine.dropped_events - before
+        if dropped:
+            self.metrics.models_dropped_events.inc(dropped)
+        if transitions:
+            self._on_transitions(transitions, now)
+        await self.actions.after_batch(events, self.engine, self.side_writer)
+        self._publish_models({e.model for e in events})
+        if bad:
+            return await self._dead_letter(bad)
+        return await self._flush_side_records()
+
+    async def _dead_letter(self, bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]]) -> bool:
+        reasons: dict[str, int] = {}
+        for _, bad_record in bad:
+            name = bad_record.reason.value
+            reasons[name] = reasons.get(name, 0) + 1
+        for name, count in reasons.items():
+            self.metrics.bad_records.labels(name).inc(count)
+        for attempt in range(1, 1_000_000):
+            try:
+                for record, bad_record in bad:
+                    await self.side_writer.dead_letter(record, bad_record)
+                await self.side_writer.flush()
+                return True
+            except Exception as err:
+                if self._stop.is_set():
+                    return False
+                log.warning("dead-letter write failed (attempt %d): %r", attempt, err)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        return False
+
+    async def _flush_side_records(self) -> bool:
+        try:
+            await self.side_writer.flush()
+        except Exception as err:
+            log.warning("review/side records not acknowledged: %r", err)
+        return True
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            async with self.consumer.batch_lock:
+                now = self.clock()
+                transitions = self.engine.tick(now)
+                if transitions:
+                    self._on_transitions(transitions, now)
+                self.actions.tick(now)
+                self._publish_models(set(self.engine.models))
+                self.metrics.models_active.set(len(self.engine.models))
+
+    def _on_transitions(self, transitions: list[Transition], now: float) -> None:
+        for t in transitions:
+            self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
+            log.info("transition %s", t.describe())
+        self.actions.on_transitions(transitions, self.engine, now)
+
+    def _publish_models(self, models: set[str]) -> None:
+        m = self.metrics
+        for model in models:
+            monitor = self.engine.models.get(model)
+            if monitor is None:
+                continue
+            state = monitor.health.level
+            m.health_level.labels(model).set(int(state))
+            for name in HEALTH_STATES:
+                m.health_state.labels(model, name).set(1 if name == state.label else 0)
+            for signal_monitor in monitor.signals:
+                for member in signal_monitor.members:
+                    key = (model, member.name)
+                    children = self._signal_children.get(key)
+                    if children is None:
+                        children = (
+                            m.signal_value.labels(model, member.name),
+                            m.signal_effect.labels(model, member.name),
+                            m.signal_breached.labels(model, member.name),
+                            m.signal_samples.labels(model, member.name),
+                        )
+                        self._signal_children[key] = children
+                        thresholds = signal_monitor.policy.thresholds
+                        if thresholds is not None:
+                            for lvl, bound in thresholds.items():
+                                m.signal_threshold.labels(model, member.name, lvl.label).set(bound)
+                    r = member.reading
+                    children[0].set(r.statistic)
+                    children[1].set(r.effect)
+                    children[2].set(1 if r.breached else 0)
+                    children[3].set(r.samples)
+                    if signal_monitor.policy.thresholds is None:
+                        m.signal_threshold.labels(model, member.name, "detector").set(r.threshold)
+
+    # ----------------------------------------------------------------- rebalance hooks
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    # ----------------------------------------------------------------- HTTP provider
+
+    def health_problems(self) -> list[str]:
+        problems = []
+        lag = self.heartbeat.current_lag()
+        if lag > self.settings.http.max_loop_lag_s:
+            problems.append(f"event loop stuck: heartbeat {lag:.1f}s late")
+        task = self._loop_task
+        if task is not None and task.done() and not self._stop.is_set():
+            problems.append("batch loop died")
+        return problems
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self._loop_task is None:
+            problems.append("starting")
+        if not self.consumer.broker_reachable:
+            problems.append("Kafka broker unreachable")
+        if not self.consumer.assignment_received:
+            problems.append("no partition assignment yet")
+        if self._stop.is_set():
+            problems.append("shutting down")
+        return problems
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "ready": not self.readiness_problems(),
+            "applied_events": self.applied_events,
+            "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
+            "models": self.engine.snapshot(),
+            "actions": self.actions.status(),
+        }

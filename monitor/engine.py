@@ -1,0 +1,243 @@
+"""The engine: routes each batch's events by model id to that model's monitor, which feeds
+its signals' detectors and its health state machine. Memory is bounded by ``max_models``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
+from detectors.specs import build_detector
+from monitor.events import Event
+from monitor.health import HealthMachine, SignalObservation, Transition
+from monitor.policy import Level, ModelPolicy, SignalPolicy
+from monitor.signals import Extractor, extractors_for
+
+__all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Member:
+    """One detector of a signal (a signal over a feature family has one per feature)."""
+
+    name: str
+    extract: Extractor
+    detector: Detector
+    reading: Reading = INCONCLUSIVE
+    last_conclusive_at: float | None = None
+
+
+@dataclass(slots=True)
+class SignalMonitor:
+    """One signal of one model: its detectors, latest readings and level."""
+
+    policy: SignalPolicy
+    for_s: float
+    members: list[Member]
+    level: Level = Level.OK
+    #: The member whose reading sets the signal's level (the worst one).
+    worst: Member | None = None
+    created_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.policy.signal_name
+
+    def update(self, events: Sequence[Event], now: float) -> None:
+        for member in self.members:
+            member.reading = member.detector.update_many(member.extract(events))
+            if member.reading.verdict is not Verdict.INCONCLUSIVE:
+                member.last_conclusive_at = now
+
+    def evaluate(self, now: float) -> SignalObservation:
+        thresholds = self.policy.thresholds
+        level = Level.OK
+        worst = self.members[0]
+        for member in self.members:
+            reading = member.reading
+            if reading.verdict is Verdict.INCONCLUSIVE:
+                member_level = self._no_data_level(member, now)
+            elif thresholds is not None:
+                member_level = thresholds.level_of(reading.statistic)
+            elif reading.breached:
+                member_level = Level.parse(self.policy.level)
+            else:
+                member_level = Level.OK
+            if member_level > level:
+                level, worst = member_level, member
+        self.level, self.worst = level, worst
+        reading = worst.reading
+        threshold = reading.threshold
+        if thresholds is not None and level is not Level.OK:
+            threshold = dict(thresholds.items()).get(level, threshold)
+        return SignalObservation(level, reading.statistic, threshold, reading.effect, self.for_s)
+
+    def _no_data_level(self, member: Member, now: float) -> Level:
+        if self.policy.no_data is None:
+            return Level.OK
+        since = (
+            member.last_conclusive_at if member.last_conclusive_at is not None else self.created_at
+        )
+        if now - since >= self.policy.no_data_after:
+            return Level.parse(self.policy.no_data)
+        return Level.OK
+
+
+@dataclass(slots=True)
+class ModelMonitor:
+    """All signals and the health state of one model."""
+
+    model: str
+    policy: ModelPolicy
+    signals: list[SignalMonitor]
+    health: HealthMachine
+    events: int = 0
+    last_event_at: float | None = None
+    model_version: str | None = None
+    observations: dict[str, SignalObservation] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: str, policy: ModelPolicy, now: float, seed: int = 0) -> ModelMonitor:
+        signals = []
+        for signal in policy.signals:
+            members_spec = extractors_for(signal)
+            spec = signal.detector_spec
+            members = [
+                Member(
+                    name, extract, build_detector(spec, family_size=len(members_spec), seed=seed)
+                )
+                for name, extract in members_spec
+            ]
+            for_s = signal.for_ if signal.for_ is not None else policy.health.for_
+            signals.append(SignalMonitor(signal, for_s, members, created_at=now))
+        return cls(model, policy, signals, HealthMachine(model, policy.health))
+
+    def apply(self, events: Sequence[Event], now: float) -> None:
+        self.events += len(events)
+        self.last_event_at = now
+        version = events[-1].model_version
+        if version is not None:
+            self.model_version = version
+        for signal in self.signals:
+            signal.update(events, now)
+
+    def evaluate(self, now: float) -> Transition | None:
+        self.observations = {s.name: s.evaluate(now) for s in self.signals}
+        return self.health.observe(now, self.observations)
+
+
+class Engine:
+    """Routes events to per-model monitors, creating them on first sight up to ``max_models``."""
+
+    def __init__(
+        self,
+        policy_for: Callable[[str], ModelPolicy],
+        *,
+        max_models: int,
+        clock_seed: int = 0,
+    ) -> None:
+        self.policy_for = policy_for
+        self.max_models = max_models
+        self.models: dict[str, ModelMonitor] = {}
+        self.dropped_events = 0
+        self._seed = clock_seed
+        self._refused: set[str] = set()
+
+    def monitor(self, model: str, now: float) -> ModelMonitor | None:
+        found = self.models.get(model)
+        if found is not None:
+            return found
+        if len(self.models) >= self.max_models:
+            if model not in self._refused and len(self._refused) < 1000:
+                self._refused.add(model)
+                log.warning(
+                    "model %r dropped: max_models=%d reached (raise engine.max_models)",
+                    model,
+                    self.max_models,
+                )
+            return None
+        created = ModelMonitor.build(model, self.policy_for(model), now, seed=self._seed)
+        self.models[model] = created
+        return created
+
+    def apply(self, events: Sequence[Event], now: float) -> list[Transition]:
+        """Apply one batch; return the health transitions it caused, in model order."""
+        by_model: dict[str, list[Event]] = {}
+        for event in events:
+            bucket = by_model.get(event.model)
+            if bucket is None:
+                by_model[event.model] = [event]
+            else:
+                bucket.append(event)
+        transitions = []
+        for model, model_events in by_model.items():
+            monitor = self.monitor(model, now)
+            if monitor is None:
+                self.dropped_events += len(model_events)
+                continue
+            monitor.apply(model_events, now)
+            transition = monitor.evaluate(now)
+            if transition is not None:
+                transitions.append(transition)
+        return transitions
+
+    def tick(self, now: float) -> list[Transition]:
+        """Re-evaluate every model on the clock alone (recoveries, no-data) between batches."""
+        transitions = []
+        for monitor in self.models.values():
+            transition = monitor.evaluate(now)
+            if transition is not None:
+                transitions.append(transition)
+        return transitions
+
+    def drop(self, model: str) -> None:
+        self.models.pop(model, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {model: describe(m) for model, m in self.models.items()}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def describe(monitor: ModelMonitor) -> dict[str, Any]:
+    """The JSON shape of one model for /status."""
+    signals = {}
+    for signal in monitor.signals:
+        members = {}
+        for member in signal.members:
+            r = member.reading
+            members[member.name] = {
+                "statistic": _finite(r.statistic),
+                "effect": _finite(r.effect),
+                "threshold": _finite(r.threshold),
+                "verdict": r.verdict.value,
+                "samples": r.samples,
+            }
+        signals[signal.name] = {
+            "level": signal.level.label,
+            "source": signal.policy.source.value,
+            "detector": signal.policy.detector_spec.type,
+            "thresholds": (
+                {lvl.label: v for lvl, v in signal.policy.thresholds.items()}
+                if signal.policy.thresholds
+                else None
+            ),
+            "for_s": signal.for_s,
+            "readings": members,
+        }
+    return {
+        "state": monitor.health.level.label,
+        "mode": monitor.policy.mode,
+        "model_version": monitor.model_version,
+        "events": monitor.events,
+        "last_event_at": monitor.last_event_at,
+        "signals": signals,
+    }

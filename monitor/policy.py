@@ -1,0 +1,315 @@
+"""The monitoring policy: which signals each model watches, how breaches map to health levels,
+and what happens at each level (flags, alerts, review). Validated before the daemon starts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from detectors.specs import DetectorSpec, InputKind, default_spec
+
+__all__ = [
+    "Duration",
+    "Level",
+    "LevelActions",
+    "ModelPolicy",
+    "SignalPolicy",
+    "SignalSource",
+    "Thresholds",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"1.5h"``, ``"250ms"``.
+
+    >>> parse_duration("5m"), parse_duration(2), parse_duration("250ms")
+    (300.0, 2.0, 0.25)
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"expected a non-negative duration, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Level(enum.IntEnum):
+    """Health levels, ordered by severity."""
+
+    OK = 0
+    WARN = 1
+    DEGRADED = 2
+    CRITICAL = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, name: str) -> Level:
+        return cls[name.upper()]
+
+
+LevelName = Literal["warn", "degraded", "critical"]
+
+
+class SignalSource(enum.Enum):
+    """Which part of an event a signal watches."""
+
+    PREDICTION = "prediction"
+    CONFIDENCE = "confidence"
+    LATENCY = "latency_ms"
+    ERROR = "error"
+    FEEDBACK = "feedback"
+    #: 1 when a label event's label differs from its prediction.
+    LABEL_ERROR = "label_error"
+    #: One named feature.
+    FEATURE = "feature"
+    #: A family of named features, one detector each, corrected for the family's size.
+    FEATURES = "features"
+    #: Missing-value rate of each listed feature.
+    MISSING = "missing"
+    #: Multivariate anomaly rate over the listed numeric features.
+    ANOMALY = "anomaly"
+
+
+_DEFAULT_KIND = {
+    SignalSource.PREDICTION: InputKind.NUMERIC,
+    SignalSource.CONFIDENCE: InputKind.NUMERIC,
+    SignalSource.LATENCY: InputKind.NUMERIC,
+    SignalSource.ERROR: InputKind.BINARY,
+    SignalSource.FEEDBACK: InputKind.BINARY,
+    SignalSource.LABEL_ERROR: InputKind.BINARY,
+    SignalSource.FEATURE: InputKind.NUMERIC,
+    SignalSource.FEATURES: InputKind.NUMERIC,
+    SignalSource.MISSING: InputKind.BINARY,
+    SignalSource.ANOMALY: InputKind.MULTIVARIATE,
+}
+
+_ALLOWED_KINDS = {
+    SignalSource.PREDICTION: {InputKind.NUMERIC, InputKind.CATEGORICAL},
+    SignalSource.CONFIDENCE: {InputKind.NUMERIC},
+    SignalSource.LATENCY: {InputKind.NUMERIC},
+    SignalSource.ERROR: {InputKind.BINARY},
+    SignalSource.FEEDBACK: {InputKind.BINARY, InputKind.NUMERIC},
+    SignalSource.LABEL_ERROR: {InputKind.BINARY},
+    SignalSource.FEATURE: {InputKind.NUMERIC, InputKind.CATEGORICAL},
+    SignalSource.FEATURES: {InputKind.NUMERIC, InputKind.CATEGORICAL},
+    SignalSource.MISSING: {InputKind.BINARY},
+    SignalSource.ANOMALY: {InputKind.MULTIVARIATE},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Thresholds(_Strict):
+    """Levels reached when the signal's statistic crosses each boundary."""
+
+    warn: float | None = None
+    degraded: float | None = None
+    critical: float | None = None
+    #: ``above``: breached when the statistic is above the boundary; ``below``: under it.
+    direction: Literal["above", "below"] = "above"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        given = [
+            (n, v)
+            for n, v in (
+                ("warn", self.warn),
+                ("degraded", self.degraded),
+                ("critical", self.critical),
+            )
+            if v is not None
+        ]
+        if not given:
+            raise ValueError("set at least one of warn, degraded, critical")
+        values = [v for _, v in given]
+        ordered = sorted(values) if self.direction == "above" else sorted(values, reverse=True)
+        if values != ordered:
+            word = "increase" if self.direction == "above" else "decrease"
+            raise ValueError(
+                f"thresholds must {word} from warn to critical when direction is "
+                f"{self.direction!r}, got {dict(given)}"
+            )
+        return self
+
+    def level_of(self, statistic: float) -> Level:
+        """The highest level whose boundary ``statistic`` crosses."""
+        if math.isnan(statistic):
+            return Level.OK
+        above = self.direction == "above"
+        for level, bound in (
+            (Level.CRITICAL, self.critical),
+            (Level.DEGRADED, self.degraded),
+            (Level.WARN, self.warn),
+        ):
+            if bound is not None and (statistic > bound if above else statistic < bound):
+                return level
+        return Level.OK
+
+    def items(self) -> list[tuple[Level, float]]:
+        return [
+            (lvl, v)
+            for lvl, v in (
+                (Level.WARN, self.warn),
+                (Level.DEGRADED, self.degraded),
+                (Level.CRITICAL, self.critical),
+            )
+            if v is not None
+        ]
+
+
+class SignalPolicy(_Strict):
+    """One watched signal of a model."""
+
+    #: Unique within the model; defaults to the source (plus the feature name).
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    source: SignalSource
+    #: The feature watched by ``source: feature``.
+    feature: str | None = None
+    #: The features watched by ``source: features | missing | anomaly``.
+    features: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    #: Detector; the calibrated default for the source's input kind when omitted.
+    detector: DetectorSpec | None = None
+    #: Absolute thresholds on the detector's statistic; without them a drift or anomaly
+    #: verdict of the detector raises ``level``.
+    thresholds: Thresholds | None = None
+    level: LevelName = "warn"
+    #: How long a breach must hold before it counts; the model's ``health.for`` by default.
+    for_: Duration | None = Field(default=None, alias="for")
+    #: Raise this level when the signal has had no conclusive reading for ``no_data_after``.
+    no_data: LevelName | None = None
+    no_data_after: Duration = 300.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SignalPolicy:
+        src = self.source
+        if src is SignalSource.FEATURE and not self.feature:
+            raise ValueError("source 'feature' needs 'feature: <name>'")
+        if src is not SignalSource.FEATURE and self.feature is not None:
+            raise ValueError(f"'feature' only applies to source 'feature', not {src.value!r}")
+        needs_list = {SignalSource.FEATURES, SignalSource.MISSING, SignalSource.ANOMALY}
+        if src in needs_list and not self.features:
+            raise ValueError(f"source {src.value!r} needs 'features: [<name>, ...]'")
+        if src not in needs_list and self.features is not None:
+            raise ValueError(f"'features' does not apply to source {src.value!r}")
+        kind = self.input_kind
+        if kind not in _ALLOWED_KINDS[src]:
+            allowed = ", ".join(sorted(k.value for k in _ALLOWED_KINDS[src]))
+            raise ValueError(
+                f"detector {self.detector_spec.type!r} reads {kind.value} values; "
+                f"source {src.value!r} needs a {allowed} detector"
+            )
+        return self
+
+    @property
+    def detector_spec(self) -> Any:
+        if self.detector is not None:
+            return self.detector
+        return default_spec(_DEFAULT_KIND[self.source])
+
+    @property
+    def input_kind(self) -> InputKind:
+        kind: InputKind = self.detector_spec.input_kind
+        return kind
+
+    @property
+    def signal_name(self) -> str:
+        if self.name:
+            return str(self.name)
+        if self.source is SignalSource.FEATURE:
+            return f"feature.{self.feature}"
+        return str(self.source.value)
+
+
+class HealthTiming(_Strict):
+    """Hysteresis of the health state machine."""
+
+    #: How long a breach must hold before the state escalates.
+    for_: Duration = Field(default=30.0, alias="for")
+    #: Minimum time between two transitions of one model (anti-flapping).
+    cooldown: Duration = 300.0
+    #: How long the model must stay healthy before the state steps down and flags are restored.
+    recover_after: Duration = 120.0
+
+
+class AlertAction(_Strict):
+    severity: Literal["info", "warning", "page", "critical"] = "warning"
+    summary: str | None = None
+
+
+class ReviewAction(_Strict):
+    """Publish a sample of the model's events to the review topic while at this level."""
+
+    sample_rate: float = Field(default=0.05, gt=0.0, le=1.0)
+    #: Only events whose confidence is below this value (low-confidence first).
+    max_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: Hard cap on review events per second per model.
+    max_per_second: float = Field(default=10.0, gt=0.0)
+
+
+class LevelActions(_Strict):
+    #: Flags set on entering this level and restored after recovery.
+    flags: dict[str, bool | str | int | float] = Field(default_factory=dict)
+    alert: AlertAction | None = None
+    review: ReviewAction | None = None
+
+
+def _actions_default() -> dict[LevelName, LevelActions]:
+    return {
+        "warn": LevelActions(alert=AlertAction(severity="warning")),
+        "degraded": LevelActions(alert=AlertAction(severity="page")),
+        "critical": LevelActions(alert=AlertAction(severity="critical")),
+    }
+
+
+class ModelPolicy(_Strict):
+    """What to watch for one model and what to do when its health breaks."""
+
+    #: ``shadow`` runs everything and records what it would have done, touching no flag
+    #: and paging nobody.
+    mode: Literal["enforce", "shadow"] = "enforce"
+    signals: list[SignalPolicy] = Field(default_factory=list, max_length=200)
+    health: HealthTiming = Field(default_factory=HealthTiming)
+    actions: dict[LevelName, LevelActions] = Field(default_factory=_actions_default)
+    runbook_url: str = (
+        "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelHealthDegraded.md"
+    )
+
+    @field_validator("signals")
+    @classmethod
+    def _unique_names(cls, signals: list[SignalPolicy]) -> list[SignalPolicy]:
+        seen: set[str] = set()
+        for signal in signals:
+            if signal.signal_name in seen:
+                raise ValueError(
+                    f"two signals are named {signal.signal_name!r}; give one a distinct 'name'"
+                )
+            seen.add(signal.signal_name)
+        return signals

@@ -1,0 +1,246 @@
+"""Settings: one YAML file (``--config``) with every scalar overridable from the environment
+as ``DRIFTWARDEN_<SECTION>__<FIELD>``; config errors name the file, the field path and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from monitor.errors import ConfigError
+from monitor.policy import ModelPolicy
+
+__all__ = [
+    "EngineSettings",
+    "HttpSettings",
+    "KafkaSettings",
+    "LifecycleSettings",
+    "Settings",
+    "format_validation_error",
+    "load_settings",
+]
+
+ENV_PREFIX = "DRIFTWARDEN_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: Topics to consume; or ``topic_pattern``, a regular expression, instead.
+    topics: list[str] = Field(default_factory=lambda: ["inference-events"])
+    topic_pattern: str | None = None
+    group_id: str = "driftwarden"
+    client_id: str = "driftwarden"
+    dead_letter_topic: str = "driftwarden-dead-letter"
+    review_topic: str = "driftwarden-review"
+    #: Where new consumer groups start: ``latest`` for live monitoring, ``earliest`` to replay.
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    max_poll_records: int = Field(default=5000, ge=1, le=1_000_000)
+    fetch_timeout_ms: int = Field(default=500, ge=1, le=60_000)
+    #: Deadline of any single broker call (fetch, commit, produce); past it the broker is
+    #: considered down and the call is retried.
+    broker_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Records larger than this go to the dead-letter topic undecoded.
+    max_record_bytes: int = Field(default=1_048_576, ge=64)
+    create_topics: bool = True
+    # Security: passed through to aiokafka unchanged.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    #: From the environment (``DRIFTWARDEN_KAFKA__SASL_PLAIN_PASSWORD``), never the file.
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _topics_or_pattern(self) -> KafkaSettings:
+        if self.topic_pattern is None and not self.topics:
+            raise ValueError("set 'topics' (a list) or 'topic_pattern' (a regular expression)")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection and security options for aiokafka clients."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism is not None:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                options["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        return options
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: /healthz fails when the event loop's heartbeat is later than this.
+    max_loop_lag_s: float = Field(default=5.0, gt=0)
+
+
+class EngineSettings(_Section):
+    #: Models past this count are dropped (and counted), so memory stays bounded.
+    max_models: int = Field(default=10_000, ge=1)
+    #: Forensics: append the ``request_id`` of every applied event to this file before its
+    #: offset is committed (an audit of at-least-once delivery). Costly at high rates.
+    applied_log: str | None = None
+
+
+class LifecycleSettings(_Section):
+    #: SIGTERM to exit: stop fetching, finish the batch, commit, flush; all within this.
+    grace_period_s: float = Field(default=25.0, gt=0, le=3600)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads at start; see ``examples/policy.yaml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    #: Policy per model id; ``default`` applies to every model not listed, and a listed
+    #: model inherits from ``default`` each top-level key it does not set.
+    models: dict[str, ModelPolicy] = Field(default_factory=lambda: {"default": ModelPolicy()})
+
+    _yaml_data: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file: Kubernetes overrides a ConfigMap's values per pod.
+        return (init_settings, env_settings, _YamlData(settings_cls, cls._yaml_data))
+
+    def policy_for(self, model: str) -> ModelPolicy:
+        """The policy of ``model``: its own entry over ``default``'s, key by key."""
+        default = self.models.get("default", ModelPolicy())
+        own = self.models.get(model)
+        if own is None:
+            return default
+        return default.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+
+
+class _YamlData(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _field_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """``models.fraud.signals[2].threshold`` from a pydantic error location.
+
+    Tagged unions put the tag (e.g. the detector ``type``) into the location; it is not a
+    key of the file, so it is dropped by walking the data alongside.
+    """
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        if isinstance(node, dict) and item not in node and node.get("type") == item:
+            continue
+        if item.startswith("function-") or item in ("str", "int", "float", "bool"):
+            continue
+        parts.append(("." if parts else "") + item)
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "<root>"
+
+
+def format_validation_error(source: str, err: ValidationError, data: Any) -> list[str]:
+    """One line per problem: ``FILE: field.path: what was expected (got VALUE)``."""
+    lines = []
+    for problem in err.errors(include_url=False):
+        path = _field_path(tuple(problem["loc"]), data)
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling and indentation)"
+        elif problem["type"] == "missing":
+            message = "required field is missing"
+        got = problem.get("input")
+        suffix = ""
+        if (
+            problem["type"] not in ("missing", "extra_forbidden")
+            and not isinstance(got, dict | list)
+            and "got " not in message
+        ):
+            suffix = f" (got {got!r})"
+        lines.append(f"{source}: {path}: {message}{suffix}")
+    return lines
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Read and validate the settings file (or only the environment when ``path`` is None).
+
+    Raises ConfigError with one line per problem.
+    """
+    source = str(path) if path is not None else "<environment>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError([f"{source}: cannot read the file: {err.strerror}"]) from err
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ConfigError([f"{source}: {where}not valid YAML: {problem}"]) from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                [f"{source}: <root>: expected a mapping of sections, got {type(loaded).__name__}"]
+            )
+        data = loaded
+    Settings._yaml_data = data
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err, data)) from err
+    finally:
+        Settings._yaml_data = {}

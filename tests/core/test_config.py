@@ -1,0 +1,162 @@
+"""check-config and settings loading: precise errors, env overrides, refusal to start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.errors import ConfigError
+from monitor.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "policy.yaml"
+
+BROKEN = """\
+kafka:
+  max_poll_records: lots
+  topcs: [a]
+http:
+  port: 99999
+models:
+  default:
+    health: {for: soon}
+  fraud:
+    signals:
+      - source: error
+        thresholds: {warn: high}
+      - source: feature
+      - source: latency_ms
+        detector: {type: quantile, window: 10, min_samples: 50}
+      - source: confidence
+        detector: {type: psi}
+      - source: error
+        detector: {type: nope}
+      - source: error
+        thresholds: {warn: 0.5, degraded: 0.1}
+"""
+
+EXPECTED_PATHS = [
+    "kafka.max_poll_records: Input should be a valid integer",
+    "kafka.topcs: unknown field",
+    "http.port: Input should be less than or equal to 65535",
+    "models.default.health.for: expected a duration",
+    "models.fraud.signals[0].thresholds.warn: Input should be a valid number",
+    "models.fraud.signals[1]: source 'feature' needs 'feature: <name>'",
+    "models.fraud.signals[2].detector: window must be larger than min_samples",
+    "models.fraud.signals[3]: detector 'psi' reads categorical values",
+    "models.fraud.signals[4].detector: Input tag 'nope'",
+    "models.fraud.signals[5].thresholds: thresholds must increase from warn to critical",
+]
+
+
+def test_example_policy_is_valid() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings.policy_for("fraud-scorer").mode == "enforce"
+    # an unlisted model gets the default policy
+    assert settings.policy_for("unknown-model").mode == "shadow"
+
+
+def test_listed_model_inherits_unset_keys_from_default() -> None:
+    settings = load_settings(EXAMPLE)
+    fraud = settings.policy_for("fraud-scorer")
+    assert fraud.health == settings.policy_for("default").health
+    assert fraud.runbook_url == settings.policy_for("default").runbook_url
+    assert next(s.signal_name for s in fraud.signals) == "error_rate"
+
+
+def test_check_config_names_file_and_field_path_of_each_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN)
+    assert main(["check-config", str(broken)]) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(EXPECTED_PATHS)
+    for line, expected in zip(lines, EXPECTED_PATHS, strict=True):
+        assert line.startswith(f"{broken}: {expected}"), line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafka: [1, 2", "line 1, column 13: not valid YAML: expected ',' or ']'"),
+        ("- just\n- a list\n", "<root>: expected a mapping of sections, got list"),
+        (
+            "models:\n  default:\n    mode: loud\n",
+            "models.default.mode: Input should be 'enforce' or 'shadow'",
+        ),
+        (
+            "models:\n  default:\n    signals:\n      - {source: bogus}\n",
+            "models.default.signals[0].source: Input should be",
+        ),
+    ],
+)
+def test_check_config_reports_structural_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 2
+    assert f"{path}: {expected}" in capsys.readouterr().out
+
+
+def test_check_config_exits_zero_on_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_environment_overrides_file_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS", "kafka-0:9093")
+    monkeypatch.setenv("DRIFTWARDEN_HTTP__PORT", "9100")
+    monkeypatch.setenv("DRIFTWARDEN_LIFECYCLE__GRACE_PERIOD_S", "7.5")
+    settings = load_settings(EXAMPLE)
+    assert settings.kafka.bootstrap_servers == "kafka-0:9093"
+    assert settings.http.port == 9100
+    assert settings.lifecycle.grace_period_s == 7.5
+    # untouched file values survive a partial override of the same section
+    assert settings.kafka.group_id == "driftwarden"
+
+
+def test_sasl_password_comes_from_environment_and_is_never_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRIFTWARDEN_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("DRIFTWARDEN_KAFKA__SASL_PLAIN_USERNAME", "dw")
+    monkeypatch.setenv("DRIFTWARDEN_KAFKA__SASL_PLAIN_PASSWORD", "hunter2")
+    settings = load_settings(EXAMPLE)
+    assert settings.kafka.client_options()["sasl_plain_password"] == "hunter2"
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in settings.model_dump_json()
+
+
+def test_run_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "models.fraud.signals[1]" in proc.stderr
+    assert "refusing to start" in proc.stderr
+
+
+def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
