@@ -84,7 +84,11 @@ class _Delivery:
 
 
 class _Lane:
-    """One sink's queue, its bookkeeping and its bound metric children."""
+    """One sink's queue, its bookkeeping and its bound metric children.
+
+    A superseded delivery stays in the deque, flagged, until the worker skips it: that keeps
+    every push O(1) however long the queue of a dead sink grows.
+    """
 
     def __init__(self, sink: AlertSink, metrics: Metrics, queue_size: int) -> None:
         self.sink = sink
@@ -93,6 +97,10 @@ class _Lane:
         self.min_rank = severity_rank(str(getattr(sink, "min_severity", "info")))
         self.queue: deque[_Delivery] = deque()
         self.queue_size = queue_size
+        #: Deliveries in ``queue`` not superseded.
+        self.live = 0
+        #: The one pending (not in flight) fire of each incident.
+        self.pending_fire: dict[str, _Delivery] = {}
         self.wakeup = asyncio.Event()
         self.in_flight: _Delivery | None = None
         #: Incidents fired to this sink and not yet resolved.
@@ -116,7 +124,7 @@ class _Lane:
         counter.inc()
 
     def depth(self) -> int:
-        return len(self.queue) + (self.in_flight is not None)
+        return self.live + (self.in_flight is not None)
 
     def update_depth(self) -> None:
         self._depth_gauge.set(self.depth())
@@ -124,21 +132,20 @@ class _Lane:
     def set_up_gauge(self) -> None:
         self._up_gauge.set(1 if self.up else 0)
 
-    def busy_keys(self) -> set[str]:
-        keys = {d.key for d in self.queue}
-        if self.in_flight is not None:
-            keys.add(self.in_flight.key)
-        return keys
+    def busy(self, key: str) -> bool:
+        """Whether a fire of ``key`` is pending or any delivery of it is in flight."""
+        return key in self.pending_fire or (
+            self.in_flight is not None and self.in_flight.key == key
+        )
 
     def push(self, delivery: _Delivery) -> None:
         key = delivery.key
         if delivery.action != "acknowledge":
-            # A newer fire or a resolve makes pending fires of the same incident stale: the
+            # A newer fire or a resolve makes a pending fire of the same incident stale: the
             # sink learns the latest state only, and never a page for an incident already over.
-            stale = [d for d in self.queue if d.key == key and d.action == "fire"]
-            for d in stale:
-                self.queue.remove(d)
-                self.count(d, "superseded")
+            stale = self.pending_fire.pop(key, None)
+            if stale is not None:
+                self._discard(stale, "superseded")
             if self.in_flight is not None and self.in_flight.key == key:
                 self.in_flight.superseded = self.in_flight.action == "fire"
         if delivery.action == "resolve":
@@ -147,19 +154,59 @@ class _Lane:
                 self.update_depth()
                 return
             self.touched.discard(key)
-        if len(self.queue) >= self.queue_size:
-            dropped = self.queue.popleft()
-            self.count(dropped, "dropped")
+        while self.live >= self.queue_size:
+            oldest = self.queue.popleft()
+            if oldest.superseded:
+                continue
+            if self.pending_fire.get(oldest.key) is oldest:
+                del self.pending_fire[oldest.key]
+            self.live -= 1
+            self.count(oldest, "dropped")
             log.warning(
                 "alert sink %s: queue full (%d), dropped the oldest delivery: %s %s",
                 self.name,
                 self.queue_size,
-                dropped.action,
-                dropped.key,
+                oldest.action,
+                oldest.key,
             )
+        if len(self.queue) > 2 * self.queue_size:
+            self.queue = deque(d for d in self.queue if not d.superseded)
         self.queue.append(delivery)
+        self.live += 1
+        if delivery.action == "fire":
+            self.pending_fire[key] = delivery
         self.update_depth()
         self.wakeup.set()
+
+    def take(self) -> _Delivery | None:
+        """Move the next live delivery in flight; None when nothing is pending."""
+        while self.queue:
+            delivery = self.queue.popleft()
+            if delivery.superseded:
+                continue
+            self.live -= 1
+            if self.pending_fire.get(delivery.key) is delivery:
+                del self.pending_fire[delivery.key]
+            self.in_flight = delivery
+            return delivery
+        return None
+
+    def drain(self) -> list[_Delivery]:
+        """Empty the lane; return what was pending or in flight."""
+        left = [d for d in self.queue if not d.superseded]
+        if self.in_flight is not None:
+            left.append(self.in_flight)
+        self.queue.clear()
+        self.pending_fire.clear()
+        self.live = 0
+        self.in_flight = None
+        self.update_depth()
+        return left
+
+    def _discard(self, delivery: _Delivery, outcome: str) -> None:
+        delivery.superseded = True
+        self.live -= 1
+        self.count(delivery, outcome)
 
 
 class AlertDispatcher:
@@ -336,11 +383,7 @@ class AlertDispatcher:
         await asyncio.gather(*resenders, *workers, return_exceptions=True)
         for lane in self._lanes:
             lane.worker = lane.resender = None
-            left = list(lane.queue)
-            if lane.in_flight is not None:
-                left.append(lane.in_flight)
-                lane.in_flight = None
-            lane.queue.clear()
+            left = lane.drain()
             for delivery in left:
                 lane.count(delivery, "dropped")
             if left:
@@ -350,7 +393,6 @@ class AlertDispatcher:
                     len(left),
                     flush_timeout_s,
                 )
-            lane.update_depth()
             try:
                 await lane.sink.stop()
             except Exception:
@@ -361,14 +403,14 @@ class AlertDispatcher:
 
     async def _work(self, lane: _Lane) -> None:
         while True:
-            if not lane.queue:
+            delivery = lane.take()
+            if delivery is None:
                 if self._closing.is_set():
                     return
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
                 continue
-            lane.in_flight = lane.queue.popleft()
-            await self._deliver(lane, lane.in_flight)
+            await self._deliver(lane, delivery)
             lane.in_flight = None
             lane.update_depth()
 
@@ -445,9 +487,9 @@ class AlertDispatcher:
     async def _resend(self, lane: _Lane, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            busy = lane.busy_keys()
-            for key in sorted(lane.open - busy):
-                lane.push(_Delivery("fire", self._active[key]))
+            for key in sorted(lane.open):
+                if not lane.busy(key):
+                    lane.push(_Delivery("fire", self._active[key]))
 
     def _set_up(self, lane: _Lane, up: bool) -> None:
         if lane.up == up:

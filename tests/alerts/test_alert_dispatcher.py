@@ -137,6 +137,26 @@ async def test_resolve_before_delivery_supersedes_the_pending_fire(
     assert deliveries(metrics, "rec", "resolved", "superseded") == 1
 
 
+async def test_state_changes_while_a_sink_is_down_coalesce_to_the_latest(
+    metrics: Metrics, make_alert: MakeAlert
+) -> None:
+    sink = RecordingSink()
+    sink.failure = AlertSinkError("rec: HTTP 503", retriable=True)
+    async with fast([sink], metrics, queue_size=3) as dispatcher:
+        dispatcher.fire(make_alert(state="warn"))
+        await wait_for(lambda: sink.attempts >= 1, what="first attempt")
+        for i in range(50):
+            dispatcher.fire(make_alert(state=("degraded", "critical")[i % 2]))
+        # The latest state pending, and the overtaken "warn" until its backoff ends.
+        assert dispatcher.queue_depth("rec") == 2
+        sink.failure = None
+        await wait_for(lambda: dispatcher.queue_depth("rec") == 0, what="drained")
+    # The retried "warn" was overtaken too: the sink hears the latest state only.
+    assert [a.state for _, a in sink.received] == ["critical"]
+    assert deliveries(metrics, "rec", "firing", "dropped") == 0
+    assert deliveries(metrics, "rec", "firing", "superseded") == 50
+
+
 async def test_full_queue_drops_the_oldest_delivery_and_counts_it(
     metrics: Metrics, make_alert: MakeAlert
 ) -> None:
