@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 class HalfSpaceTreesDetector(WindowedDetector):
     """HalfSpaceTrees scores each event (rows of a 2-D float array; rows with NaN skipped).
 
-    Each feature is scaled by its running min / max so far (HalfSpaceTrees assumes inputs in
-    [0, 1]); values outside are clipped. An event is anomalous when its score exceeds the
+    Each feature is scaled by its running min / max while the reference is learned, then by
+    the reference's range (HalfSpaceTrees assumes inputs in [0, 1]); values outside are
+    clipped. An event is anomalous when its score exceeds the
     ``score_quantile`` quantile of the scores seen during the reference; the verdict is
     ANOMALY when the window's anomalous share exceeds the reference's by ``min_difference``
     and beyond chance (one-sided G-test at the family-corrected alpha).
@@ -85,10 +86,13 @@ class HalfSpaceTreesDetector(WindowedDetector):
             self._hi = rows.max(axis=0)
         scores = np.empty(rows.shape[0])
         forest = self._forest
+        learning_range = not self._reference.ready
         for i, row in enumerate(rows):
-            # Online scaling: the range grows with what has been seen, never shrinks.
-            np.minimum(self._lo, row, out=self._lo)
-            np.maximum(self._hi, row, out=self._hi)
+            # Online scaling while the reference is learned, then frozen: a range that kept
+            # growing would rescale a shifted cluster back into the trees' dense region.
+            if learning_range:
+                np.minimum(self._lo, row, out=self._lo)
+                np.maximum(self._hi, row, out=self._hi)
             span = np.where(self._hi > self._lo, self._hi - self._lo, 1.0)
             scaled = np.clip((row - self._lo) / span, 0.0, 1.0)
             x = dict(enumerate(scaled.tolist()))

@@ -135,6 +135,11 @@ class _RiverBinaryDetector(RiverGatedDetector):
     def _transform(self, chunk: np.ndarray) -> list[Any]:
         return list((chunk != 0.0).tolist())
 
+    def _standard_error(self, effect: float, n: int) -> float:
+        m = self._reference.ring.count
+        pooled = (self._ref_mean * m + (self._ref_mean + effect) * n) / (m + n)
+        return math.sqrt(max(pooled * (1.0 - pooled), 1e-12) * (1.0 / n + 1.0 / m))
+
 
 class DDMDetector(_RiverBinaryDetector):
     """River DDM; the drift threshold (in standard deviations) is raised so that its tail

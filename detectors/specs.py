@@ -244,7 +244,7 @@ class HDDMASpec(_RiverBinary):
     """River HDDM_A (Hoeffding bound on averages); ``drift_confidence`` / family size."""
 
     type: Literal["hddm_a"] = "hddm_a"
-    drift_confidence: float = Field(default=1e-4, gt=0.0, lt=1.0)
+    drift_confidence: float = Field(default=1e-3, gt=0.0, lt=1.0)
     warning_confidence: float = Field(default=5e-3, gt=0.0, lt=1.0)
     two_sided_test: bool = False
 
@@ -253,7 +253,7 @@ class HDDMWSpec(_RiverBinary):
     """River HDDM_W (Hoeffding bound on weighted averages); ``drift_confidence`` / family."""
 
     type: Literal["hddm_w"] = "hddm_w"
-    drift_confidence: float = Field(default=1e-4, gt=0.0, lt=1.0)
+    drift_confidence: float = Field(default=1e-3, gt=0.0, lt=1.0)
     warning_confidence: float = Field(default=5e-3, gt=0.0, lt=1.0)
     lambda_val: float = Field(default=0.05, gt=0.0, lt=1.0)
     two_sided_test: bool = False

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
-from detectors.calibration import Persistence, test_alpha
+from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
 
 __all__ = ["Reference", "Ring", "WindowedDetector"]
 
@@ -323,11 +323,13 @@ class RiverGatedDetector(WindowedDetector):
         self._fired_at: int | None = None
         self._ref_mean = math.nan
         self._ref_scale = math.nan
+        self._tau = 1.0
 
     def _on_reference(self) -> None:
         values = self._reference.ring.values()
         self._ref_mean = float(values.mean())
         self._ref_scale = self._scale()
+        self._tau = autocorrelation_time(self._reference.ring.ordered())
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         if not self._reference.ready:
@@ -340,30 +342,41 @@ class RiverGatedDetector(WindowedDetector):
             if river.drift_detected:
                 self._fired_at = base + j
 
+    def _standard_error(self, effect: float, n: int) -> float:
+        """Standard error of ``effect`` for a window of ``n`` values (in effect units)."""
+        m = self._reference.ring.count
+        return math.sqrt(self._tau * (1.0 / n + 1.0 / m))
+
     def _test(self) -> tuple[float, float, float, bool]:
         gate = float(getattr(self.spec, self.gate_field))
         scale = self._ref_scale
         if not scale > 0:
             return math.nan, math.nan, gate, False
-        effect = (float(self._window.values().mean()) - self._ref_mean) / scale
+        values = self._window.values()
+        effect = (float(values.mean()) - self._ref_mean) / scale
         direction = getattr(self.spec, "alert_on", "both")
         if direction == "increase":
-            material = effect >= gate
+            signed = effect
         elif direction == "decrease":
-            material = -effect >= gate
+            signed = -effect
         else:
-            material = abs(effect) >= gate
+            signed = abs(effect)
+        # Beyond chance too, at the family-corrected alpha: River's own test has no
+        # notion of the family, and a material-looking window can be noise.
+        z = signed / max(self._standard_error(effect, values.size), 1e-12)
+        critical_z = normal_isf(self.alpha if direction != "both" else self.alpha / 2.0)
         recent = self._fired_at is not None and self._seen - self._fired_at <= self.spec.window
-        return abs(effect), effect, gate, bool(material and recent)
+        candidate = signed >= gate and z >= critical_z and recent
+        return abs(effect), effect, gate, bool(candidate)
 
     def _extra_state(self) -> dict[str, Any]:
         return {
             "river": self._river,
             "fired_at": self._fired_at,
-            "ref": [self._ref_mean, self._ref_scale],
+            "ref": [self._ref_mean, self._ref_scale, self._tau],
         }
 
     def _load_extra(self, state: dict[str, Any]) -> None:
         self._river = state["river"]
         self._fired_at = None if state["fired_at"] is None else int(state["fired_at"])
-        self._ref_mean, self._ref_scale = (float(v) for v in state["ref"])
+        self._ref_mean, self._ref_scale, self._tau = (float(v) for v in state["ref"])
