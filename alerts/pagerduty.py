@@ -99,7 +99,6 @@ class PagerDutySink:
             "severity": PAGERDUTY_SEVERITY.get(alert.severity, "critical"),
             "timestamp": rfc3339(alert.starts_at),
             "component": alert.model,
-            "group": alert.labels.get("team", alert.model),
             "class": alert.signal or alert.alertname,
             "custom_details": {
                 "state": alert.state,
