@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from alerts.base import Alert
-from alerts.transport import HttpTransport, rfc3339
+from alerts.transport import HttpSink, HttpTransport, rfc3339
 
 __all__ = ["AlertmanagerSink"]
 
@@ -33,7 +33,7 @@ def _label_name(name: str) -> str:
     return f"_{name}" if name[:1].isdigit() else name
 
 
-class AlertmanagerSink:
+class AlertmanagerSink(HttpSink):
     """Post alerts to Alertmanager's v2 API.
 
     Alertmanager resolves an alert it has not heard about for its ``resolve_timeout``, so the
@@ -73,25 +73,17 @@ class AlertmanagerSink:
     ) -> None:
         if resend_interval_s <= 0:
             raise ValueError("resend_interval_s must be positive.")
+        secrets = [bearer_token.get_secret_value()] if bearer_token is not None else []
+        super().__init__(name, timeout_s=timeout_s, min_severity=min_severity, secrets=secrets)
         self.url = url.rstrip("/")
-        self.name = name
         self.resend_interval_s = resend_interval_s
         self.generator_url = generator_url
-        self.min_severity = min_severity
         self._bearer_token = bearer_token
-        secrets = [bearer_token.get_secret_value()] if bearer_token is not None else []
-        self._http = HttpTransport(name, timeout_s=timeout_s, secrets=secrets)
         # Label set last posted per incident, to resolve it when the labels change.
         self._posted: dict[str, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"AlertmanagerSink(name={self.name!r}, url={self.url!r})"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     def labels(self, alert: Alert) -> dict[str, str]:
         """The label set that identifies ``alert`` in Alertmanager; our four labels win."""

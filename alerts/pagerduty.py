@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from alerts.base import Alert
-from alerts.transport import HttpTransport, rfc3339
+from alerts.transport import HttpSink, HttpTransport, rfc3339
 
 __all__ = ["DEFAULT_EVENTS_URL", "PAGERDUTY_SEVERITY", "PagerDutySink"]
 
@@ -31,7 +31,7 @@ PAGERDUTY_SEVERITY = {
 _SUMMARY_MAX = 1024
 
 
-class PagerDutySink:
+class PagerDutySink(HttpSink):
     """Send alerts as PagerDuty Events v2.
 
     The ``dedup_key`` is :attr:`Alert.dedup_key` (model and alertname), so re-triggering an open
@@ -65,23 +65,18 @@ class PagerDutySink:
     ) -> None:
         if not routing_key.get_secret_value():
             raise ValueError("routing_key must not be empty.")
-        self.url = url
-        self.name = name
-        self.source = source
-        self.min_severity = min_severity
-        self._routing_key = routing_key
-        self._http = HttpTransport(
-            name, timeout_s=timeout_s, secrets=[routing_key.get_secret_value()]
+        super().__init__(
+            name,
+            timeout_s=timeout_s,
+            min_severity=min_severity,
+            secrets=[routing_key.get_secret_value()],
         )
+        self.url = url
+        self.source = source
+        self._routing_key = routing_key
 
     def __repr__(self) -> str:
         return f"PagerDutySink(name={self.name!r}, url={self.url!r}, routing_key=<secret>)"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     def event(self, alert: Alert, action: str) -> dict[str, Any]:
         """The Events v2 body for ``action`` (``trigger``, ``acknowledge`` or ``resolve``)."""

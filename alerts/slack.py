@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from alerts.base import Alert, format_values
-from alerts.transport import HttpTransport
+from alerts.transport import HttpSink, HttpTransport
 
 __all__ = ["SlackSink"]
 
@@ -31,7 +31,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class SlackSink:
+class SlackSink(HttpSink):
     """Post alerts to a Slack incoming webhook.
 
     Parameters
@@ -56,23 +56,15 @@ class SlackSink:
     ) -> None:
         if not webhook_url.get_secret_value():
             raise ValueError("webhook_url must not be empty.")
-        self.name = name
-        self.min_severity = min_severity
-        self._webhook_url = webhook_url
         url = webhook_url.get_secret_value()
         path = urlsplit(url).path
         # The token is the path: redact it alone too, since error pages often quote the path.
         secrets = [url, path] if len(path) > 1 else [url]
-        self._http = HttpTransport(name, timeout_s=timeout_s, secrets=secrets)
+        super().__init__(name, timeout_s=timeout_s, min_severity=min_severity, secrets=secrets)
+        self._webhook_url = webhook_url
 
     def __repr__(self) -> str:
         return f"SlackSink(name={self.name!r}, webhook_url=<secret>)"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     def message(self, alert: Alert) -> dict[str, Any]:
         """The webhook body: a ``text`` fallback for notifications plus the ``blocks``."""

@@ -1,4 +1,4 @@
-"""The HTTP transport the Alertmanager, PagerDuty, Slack and webhook sinks share.
+"""The HTTP transport and base class the Alertmanager, PagerDuty, Slack and webhook sinks share.
 
 It owns one aiohttp session per sink, the timeout, the mapping of HTTP outcomes to
 ``AlertSinkError`` (retriable or not) and the redaction of secrets from every error message.
@@ -16,7 +16,7 @@ import aiohttp
 
 from monitor.errors import AlertSinkError
 
-__all__ = ["HttpTransport", "rfc3339"]
+__all__ = ["HttpSink", "HttpTransport", "rfc3339"]
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +113,23 @@ class HttpTransport:
     @staticmethod
     def encode(payload: Any) -> bytes:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class HttpSink:
+    """What every HTTP sink shares: its name, severity floor and transport, started and stopped.
+
+    Subclasses implement ``send`` (and ``acknowledge`` where the service has one).
+    """
+
+    def __init__(
+        self, name: str, *, timeout_s: float, min_severity: str, secrets: Iterable[str] = ()
+    ) -> None:
+        self.name = name
+        self.min_severity = min_severity
+        self._http = HttpTransport(name, timeout_s=timeout_s, secrets=secrets)
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def stop(self) -> None:
+        await self._http.stop()

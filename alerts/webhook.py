@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from alerts.base import Alert
-from alerts.transport import HttpTransport, rfc3339
+from alerts.transport import HttpSink, HttpTransport, rfc3339
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -52,7 +52,7 @@ def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, body), header)
 
 
-class WebhookSink:
+class WebhookSink(HttpSink):
     """POST each alert as signed JSON to an HTTP endpoint.
 
     Parameters
@@ -80,20 +80,17 @@ class WebhookSink:
     ) -> None:
         if not secret.get_secret_value():
             raise ValueError("secret must not be empty.")
+        super().__init__(
+            name,
+            timeout_s=timeout_s,
+            min_severity=min_severity,
+            secrets=[secret.get_secret_value()],
+        )
         self.url = url
-        self.name = name
-        self.min_severity = min_severity
         self._secret = secret
-        self._http = HttpTransport(name, timeout_s=timeout_s, secrets=[secret.get_secret_value()])
 
     def __repr__(self) -> str:
         return f"WebhookSink(name={self.name!r}, url={self.url!r}, secret=<secret>)"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
     @staticmethod
     def document(alert: Alert, sent_at: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from monitor.metrics import Metrics
 from tests.alerts.conftest import MakeAlert
 from tests.conftest import wait_for
 from tests.fakes.pagerduty import FakePagerDuty
+from tests.fakes.server import serving
 from tests.fakes.slack import FakeSlack
 from tests.services.postgres import free_port
 
@@ -190,19 +191,11 @@ async def test_webhook_body_is_signed_with_hmac_sha256(
         received.append((await request.read(), dict(request.headers)))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        sink = WebhookSink(url, SecretStr(WEBHOOK_SECRET))
+    async with serving(hook) as base_url:
+        sink = WebhookSink(f"{base_url}/hook", SecretStr(WEBHOOK_SECRET))
         async with fast_dispatcher([sink], metrics) as dispatcher:
             dispatcher.fire(make_alert())
             await wait_for(lambda: len(received) == 1, what="webhook call")
-    finally:
-        await runner.cleanup()
     [(body, headers)] = received
     signature = headers[SIGNATURE_HEADER]
     assert signature.startswith("sha256=")
@@ -273,20 +266,14 @@ async def test_error_body_that_echoes_the_secret_url_is_redacted(make_alert: Mak
         # Proxies and routers often quote the request path in their error pages.
         return web.Response(status=502, text=f"bad gateway for {request.path}")
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", echo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/services/T1/B1/SECRETTOKEN42"
-    sink = SlackSink(SecretStr(url))
-    try:
+    async with serving(echo) as base_url:
+        sink = SlackSink(SecretStr(f"{base_url}/services/T1/B1/SECRETTOKEN42"))
         await sink.start()
-        with pytest.raises(AlertSinkError, match="HTTP 502") as caught:
-            await sink.send(make_alert())
-    finally:
-        await sink.stop()
-        await runner.cleanup()
+        try:
+            with pytest.raises(AlertSinkError, match="HTTP 502") as caught:
+                await sink.send(make_alert())
+        finally:
+            await sink.stop()
     assert caught.value.retriable is True
     assert "SECRETTOKEN42" not in str(caught.value)
     assert "<redacted>" in str(caught.value)

@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.server import LocalServer
+
 __all__ = ["FakePagerDuty", "validate_event"]
 
 EVENT_ACTIONS = ("trigger", "acknowledge", "resolve")
@@ -83,34 +85,20 @@ def validate_event(event: Any) -> list[str]:
 
 
 @dataclass
-class FakePagerDuty:
+class FakePagerDuty(LocalServer):
     """Serve ``POST /v2/enqueue``; ``url`` is the endpoint to configure."""
 
     routing_key: str = "R0UT1NGKEY0000000000000000000000"
     events: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unavailable: bool = False
-    port: int = 0
-    _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v2/enqueue"
+        return f"{self.base_url}/v2/enqueue"
 
-    async def __aenter__(self) -> FakePagerDuty:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/enqueue", self._enqueue)
-        # No access log: it is not ours, and tests assert on every captured log record.
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def actions(self, dedup_key: str | None = None) -> list[str]:
         return [

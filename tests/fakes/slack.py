@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.server import LocalServer
+
 __all__ = ["FakeSlack", "validate_message"]
 
 WEBHOOK_PATH = "/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"
@@ -77,33 +79,19 @@ def validate_message(message: Any) -> tuple[str, list[str]]:
 
 
 @dataclass
-class FakeSlack:
+class FakeSlack(LocalServer):
     """Serve one incoming webhook; ``webhook_url`` (token in the path) is the secret to use."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[tuple[str, list[str]]] = field(default_factory=list)
     unavailable: bool = False
-    port: int = 0
-    _runner: web.AppRunner | None = None
 
     @property
     def webhook_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
+        return f"{self.base_url}{WEBHOOK_PATH}"
 
-    async def __aenter__(self) -> FakeSlack:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._post)
-        # No access log: the path is the secret, and tests assert it is never logged.
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _post(self, request: web.Request) -> web.Response:
         if request.path != WEBHOOK_PATH:

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import require_component
+from tests.fakes.server import LocalServer
 from tests.services.postgres import free_port
 
 __all__ = [
@@ -56,30 +57,17 @@ def alertmanager_binary() -> str:
 
 
 @dataclass
-class WebhookReceiver:
-    """An aiohttp server on 127.0.0.1 that records every JSON body POSTed to ``/hook``."""
+class WebhookReceiver(LocalServer):
+    """Records every JSON body POSTed to ``/hook`` (Alertmanager's webhook receiver)."""
 
     notifications: list[dict[str, Any]] = field(default_factory=list)
-    port: int = 0
-    _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{self.base_url}/hook"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/hook", self._record)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _record(self, request: web.Request) -> web.Response:
         self.notifications.append(await request.json())
