@@ -1,12 +1,17 @@
-"""Fixtures of the deployment checks: each overlay rendered once per session, promtool, and
-the deployed policy file.
+"""Fixtures of the deployment checks: each overlay rendered once per session, promtool, the
+deployed policy file, and the metrics the daemon exports.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
+from monitor.metrics import Metrics
 from tests.deploy.deploy_helpers import (
     K8S,
     OVERLAYS,
@@ -15,6 +20,7 @@ from tests.deploy.deploy_helpers import (
     render,
     require_tool,
 )
+from tests.deploy.promql_names import Exposition, parse_exposition
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,18 @@ def promtool() -> str:
 @pytest.fixture(scope="session")
 def policy_text() -> str:
     return (K8S / "base" / "policy.yaml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def daemon_exposition() -> Exposition:
+    """What the daemon's /metrics offers: the exposition of ``Metrics.create()`` with one
+    child of every labelled metric, so each metric shows its label names.
+    """
+    metrics = Metrics.create(CollectorRegistry())
+    for f in fields(metrics):
+        metric = getattr(metrics, f.name)
+        # prometheus_client keeps a metric's label names in `_labelnames` (no public API).
+        labelnames = getattr(metric, "_labelnames", ())
+        if isinstance(metric, MetricWrapperBase) and labelnames:
+            metric.labels(*("x" for _ in labelnames))
+    return parse_exposition(generate_latest(metrics.registry).decode())
