@@ -46,11 +46,11 @@ def sink_down_alert(sink_name: str, *, runbook_url: str = "", severity: str = "p
     sink is down the alert reaches the other sinks.
 
     >>> sink_down_alert("pagerduty").dedup_key
-    'driftwarden/alert-sink/pagerduty/DriftwardenAlertSinkDown'
+    'driftwarden/alert-sink/pagerduty/AlertSinkDown'
     """
     return Alert(
         model=f"alert-sink/{sink_name}",
-        alertname="DriftwardenAlertSinkDown",
+        alertname="AlertSinkDown",
         severity=severity,
         state="degraded",
         signals=("alert_sink_up",),

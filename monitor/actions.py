@@ -1,22 +1,33 @@
-"""What happens on a health transition: the audit trail, flag flips, alerts and review
-sampling. Decisions are made here once per transition; delivery is queued and retried.
+"""What happens on a health transition: the audit trail, flag flips (and their restore),
+alerts, review sampling, and the operator's pins, silences and acknowledgements.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+import msgspec
 
+from alerts.base import Alert
+from alerts.config import build_sinks
+from alerts.dispatcher import AlertDispatcher, sink_down_alert
+from monitor.flags.actuator import FlagActuator
+from monitor.flags.base import FlagValue
+from monitor.flags.config import build_backend
 from monitor.health import Transition
 from monitor.metrics import Metrics
+from monitor.policy import Level, ModelPolicy
 
 if TYPE_CHECKING:
     from monitor.consumer import DeadLetterWriter
@@ -24,9 +35,14 @@ if TYPE_CHECKING:
     from monitor.events import Event
     from monitor.settings import Settings
 
-__all__ = ["Actions", "AuditLog"]
+__all__ = ["ALERTNAME", "Actions", "AuditLog", "flags_at"]
 
 log = logging.getLogger(__name__)
+
+#: One alert name per model incident; its ``state`` and ``severity`` labels follow the level,
+#: so an escalation updates the same incident (one page) instead of opening a second one.
+ALERTNAME = "ModelUnhealthy"
+FLAG_BACKEND_DOWN = "FlagBackendDown"
 
 
 def _finite(x: float) -> float | None:
@@ -54,7 +70,7 @@ class AuditLog:
     def write(self, entry: dict[str, Any]) -> None:
         self.recent.append(entry)
         if self._file is not None:
-            self._file.write(json.dumps(entry, default=str, allow_nan=False) + "\n")
+            self._file.write(json.dumps(entry, default=str) + "\n")
 
 
 def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
@@ -80,53 +96,401 @@ def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
     }
 
 
+def flags_at(policy: ModelPolicy, level: Level) -> dict[str, FlagValue]:
+    """The flags in effect at ``level``: every level's flags up to it, higher levels winning.
+
+    >>> from monitor.policy import LevelActions
+    >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"v": "rules"}),
+    ...                          "critical": LevelActions(flags={"on": False, "v": "off"})})
+    >>> flags_at(p, Level.WARN), flags_at(p, Level.DEGRADED), flags_at(p, Level.CRITICAL)
+    ({}, {'v': 'rules'}, {'v': 'off', 'on': False})
+    """
+    merged: dict[str, FlagValue] = {}
+    for lvl in (Level.WARN, Level.DEGRADED, Level.CRITICAL):
+        if lvl > level:
+            break
+        actions = policy.actions.get(lvl.label)  # type: ignore[call-overload]
+        if actions is not None:
+            merged.update(actions.flags)
+    return merged
+
+
+@dataclass(slots=True)
+class _FlagPlan:
+    model: str
+    key: str
+    set_flags: dict[str, FlagValue]
+    restore: list[str]
+
+
 class Actions:
-    """Turns transitions into audited decisions; subclassed/extended by flag and alert wiring."""
+    """Decides, once per transition, what to flip and whom to page; delivery is queued.
+
+    Flag writes go through a :class:`FlagActuator` (bounded, coalescing, retried) in the
+    order the transitions happened; the value a flag held before automation first touched it
+    is remembered and written back on recovery. Alerts go through an :class:`AlertDispatcher`.
+    ``mode: shadow`` records the same decisions in the audit trail and touches nothing.
+    """
 
     def __init__(
         self,
         metrics: Metrics,
         audit: AuditLog,
         *,
-        policy_mode: Callable[[str], str],
+        policy_for: Callable[[str], ModelPolicy],
+        actuator: FlagActuator | None = None,
+        dispatcher: AlertDispatcher | None = None,
+        review_topic: str | None = None,
+        operator_token: str | None = None,
+        self_runbook_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.audit = audit
-        self.policy_mode = policy_mode
+        self.policy_for = policy_for
+        self.actuator = actuator
+        self.dispatcher = dispatcher
+        self.review_topic = review_topic
+        self.operator_token = operator_token
+        self.self_runbook_url = self_runbook_url
         self.clock = clock
+        #: Value of each flag before automation first changed it (None: had no value).
+        self.baseline: dict[str, FlagValue | None] = {}
+        #: Flags each model's automation currently holds.
+        self.held: dict[str, dict[str, FlagValue]] = {}
+        self.silenced_until: dict[str, float] = {}
+        self.flips: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        #: When each pending flag request was decided (for breach-to-flip latency).
+        self._requested_at: dict[tuple[str, str], float] = {}
+        self._plans: asyncio.Queue[_FlagPlan] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._review_budget: dict[str, tuple[float, float]] = {}
+        self._random = random.Random(0)
+        self._encoder = msgspec.json.Encoder()
+        if actuator is not None:
+            actuator.on_applied = self._on_flag_applied
+            actuator.on_backend_health = self._on_flag_backend_health
+        if dispatcher is not None:
+            dispatcher.on_sink_health = self._on_sink_health
 
     @classmethod
     def from_settings(
         cls, settings: Settings, metrics: Metrics, *, clock: Callable[[], float] = time.time
     ) -> Actions:
+        import os
+
+        actuator = None
+        if settings.flags is not None:
+            actuator = FlagActuator(
+                build_backend(settings.flags),
+                metrics,
+                queue_size=settings.actions.flag_queue_size,
+            )
+        dispatcher = AlertDispatcher(
+            build_sinks(settings.alerts.sinks),
+            metrics,
+            queue_size=settings.alerts.queue_size,
+        )
+        audit_path = settings.actions.audit_log
+        token = os.environ.get(settings.operator.token_env) or None
         return cls(
             metrics,
-            AuditLog(None),
-            policy_mode=lambda model: settings.policy_for(model).mode,
+            AuditLog(Path(audit_path) if audit_path else None),
+            policy_for=settings.policy_for,
+            actuator=actuator,
+            dispatcher=dispatcher,
+            review_topic=settings.kafka.review_topic,
+            operator_token=token,
+            self_runbook_url=settings.alerts.self_runbook_url,
             clock=clock,
         )
 
+    # ----------------------------------------------------------------- lifecycle
+
     async def start(self) -> None:
         self.audit.open()
+        if self.actuator is not None:
+            await self.actuator.start()
+        if self.dispatcher is not None:
+            await self.dispatcher.start()
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run_plans(), name="flag-plans")
 
     async def stop(self, flush_timeout_s: float) -> None:
+        deadline = time.monotonic() + flush_timeout_s
+        if self._worker is not None:
+            try:
+                async with asyncio.timeout(max(0.05, flush_timeout_s / 3)):
+                    await self._plans.join()
+            except TimeoutError:
+                log.warning("%d flag plans not handed to the actuator", self._plans.qsize())
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self.actuator is not None:
+            await self.actuator.stop(flush_timeout_s=max(0.05, deadline - time.monotonic()))
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(flush_timeout_s=max(0.05, deadline - time.monotonic()))
         self.audit.close()
 
-    def add_routes(self, app: web.Application) -> None:
-        return None
+    # ----------------------------------------------------------------- decisions
 
     def on_transitions(self, transitions: Sequence[Transition], engine: Engine, now: float) -> None:
         for t in transitions:
-            self.audit.write(transition_entry(t, self.policy_mode(t.model)))
+            policy = self.policy_for(t.model)
+            shadow = policy.mode == "shadow"
+            entry = transition_entry(t, policy.mode)
+            entry["flags"] = self._decide_flags(t, policy, shadow)
+            entry["alert"] = self._decide_alert(t, policy, shadow, now)
+            self.audit.write(entry)
+
+    def _decide_flags(self, t: Transition, policy: ModelPolicy, shadow: bool) -> dict[str, Any]:
+        before = flags_at(policy, t.from_level)
+        after = flags_at(policy, t.to_level)
+        set_flags = {f: v for f, v in after.items() if before.get(f) != v}
+        restore = [f for f in before if f not in after]
+        if not set_flags and not restore:
+            return {}
+        outcome = "shadow" if shadow else "requested"
+        if set_flags:
+            self.metrics.actions.labels("flag_set", outcome).inc(len(set_flags))
+        if restore:
+            self.metrics.actions.labels("flag_restore", outcome).inc(len(restore))
+        decision = {"set": set_flags, "restore": restore, "outcome": outcome}
+        if not shadow:
+            key = f"{t.model}@{t.at:.3f}:{t.from_level.label}->{t.to_level.label}"
+            self._plans.put_nowait(_FlagPlan(t.model, key, set_flags, restore))
+            for flag in set_flags:
+                self._requested_at[(flag, key)] = t.at
+            for flag in restore:
+                self._requested_at[(flag, key)] = t.at
+        return decision
+
+    def _decide_alert(
+        self, t: Transition, policy: ModelPolicy, shadow: bool, now: float
+    ) -> dict[str, Any] | None:
+        alert = self._alert_for(t, policy, now)
+        if alert is None:
+            return None
+        silenced = self.silenced_until.get(t.model, 0.0) > now
+        kind = "alert_resolve" if alert.resolved else "alert_fire"
+        outcome = "shadow" if shadow else "silenced" if silenced else "requested"
+        self.metrics.actions.labels(kind, outcome).inc()
+        if not shadow and not silenced and self.dispatcher is not None:
+            if alert.resolved:
+                self.dispatcher.resolve(alert)
+            else:
+                self.dispatcher.fire(alert)
+        return {"kind": kind, "severity": alert.severity, "outcome": outcome}
+
+    def _alert_for(self, t: Transition, policy: ModelPolicy, now: float) -> Alert | None:
+        at = datetime.fromtimestamp(t.at, UTC)
+        values = {c.signal: c.statistic for c in t.causes if math.isfinite(c.statistic)}
+        if t.to_level is Level.OK:
+            return Alert(
+                model=t.model,
+                alertname=ALERTNAME,
+                severity="info",
+                state="ok",
+                signals=(),
+                summary=f"{t.model} recovered",
+                description=t.describe(),
+                runbook_url=policy.runbook_url,
+                starts_at=at,
+                ends_at=at,
+                values=values,
+            )
+        level_actions = policy.actions.get(t.to_level.label)  # type: ignore[call-overload]
+        if level_actions is None or level_actions.alert is None:
+            return None
+        summary = level_actions.alert.summary or (
+            f"{t.model} is {t.to_level.label}: " + ", ".join(t.signals or ("health",))
+        )
+        flags = flags_at(policy, t.to_level)
+        description = t.describe()
+        if flags:
+            description += ". Flags set: " + ", ".join(f"{k}={v}" for k, v in flags.items())
+        if policy.mode == "shadow":
+            description += " (shadow mode: no flag touched)"
+        return Alert(
+            model=t.model,
+            alertname=ALERTNAME,
+            severity=level_actions.alert.severity,
+            state=t.to_level.label,
+            signals=t.signals,
+            summary=summary,
+            description=description,
+            runbook_url=policy.runbook_url,
+            starts_at=at,
+            values=values,
+        )
+
+    # ----------------------------------------------------------------- flag plans
+
+    async def _run_plans(self) -> None:
+        actuator = self.actuator
+        while True:
+            plan = await self._plans.get()
+            try:
+                if actuator is None:
+                    continue
+                for flag, value in plan.set_flags.items():
+                    if flag not in self.baseline:
+                        try:
+                            self.baseline[flag] = await actuator.current(flag, timeout_s=2.0)
+                        except Exception as err:  # a backend down must not lose the plan
+                            log.warning("cannot read %r before setting it: %r", flag, err)
+                            self.baseline[flag] = None
+                    self.held.setdefault(plan.model, {})[flag] = value
+                    actuator.request(flag, value, key=plan.key)
+                for flag in plan.restore:
+                    self.held.get(plan.model, {}).pop(flag, None)
+                    if any(flag in held for held in self.held.values()):
+                        continue  # another model's incident still needs it
+                    prior = self.baseline.pop(flag, None)
+                    if prior is None:
+                        self.audit.write(
+                            {
+                                "kind": "flag_restore_skipped",
+                                "at": self.clock(),
+                                "flag": flag,
+                                "model": plan.model,
+                                "why": "value before the incident is unknown",
+                            }
+                        )
+                        continue
+                    actuator.request(flag, prior, key=plan.key)
+            finally:
+                self._plans.task_done()
+
+    def _on_flag_applied(self, flag: str, value: FlagValue, key: str) -> None:
+        now = self.clock()
+        decided = self._requested_at.pop((flag, key), None)
+        entry: dict[str, Any] = {
+            "kind": "flag_applied",
+            "at": now,
+            "flag": flag,
+            "value": value,
+            "key": key,
+        }
+        if decided is not None:
+            entry["latency_s"] = round(now - decided, 4)
+        self.flips.append(entry)
+        self.audit.write(entry)
+
+    def _on_flag_backend_health(self, name: str, up: bool) -> None:
+        alert = Alert(
+            model=f"flag-backend/{name}",
+            alertname=FLAG_BACKEND_DOWN,
+            severity="page",
+            state="degraded",
+            signals=("flag_backend_up",),
+            summary=f"driftwarden cannot write flags to backend {name!r}",
+            description=(
+                f"Flag writes to {name!r} are failing; they are queued and retried. "
+                "See driftwarden_flag_backend_up and driftwarden_flag_queue_depth."
+            ),
+            runbook_url=self.self_runbook_url,
+            starts_at=datetime.now(UTC),
+            values={"flag_backend_up": 1.0 if up else 0.0},
+            labels={"backend": name},
+        )
+        self.audit.write(
+            {
+                "kind": "flag_backend_up" if up else "flag_backend_down",
+                "at": self.clock(),
+                "backend": name,
+            }
+        )
+        if self.dispatcher is None:
+            return
+        if up:
+            self.dispatcher.resolve(alert)
+        else:
+            self.dispatcher.fire(alert)
+
+    def _on_sink_health(self, name: str, up: bool) -> None:
+        alert = sink_down_alert(name, runbook_url=self.self_runbook_url)
+        self.audit.write(
+            {"kind": "alert_sink_up" if up else "alert_sink_down", "at": self.clock(), "sink": name}
+        )
+        if self.dispatcher is None:
+            return
+        if up:
+            self.dispatcher.resolve(alert)
+        else:
+            self.dispatcher.fire(alert)
+
+    # ----------------------------------------------------------------- review sampling
 
     async def after_batch(
         self, events: Sequence[Event], engine: Engine, writer: DeadLetterWriter
     ) -> None:
-        return None
+        """Publish a sample of degraded models' events to the review topic."""
+        if self.review_topic is None or not events:
+            return
+        reviewing: dict[str, Any] = {}
+        for model, monitor in engine.models.items():
+            level = monitor.health.level
+            if level < Level.DEGRADED or monitor.policy.mode == "shadow":
+                continue
+            actions = monitor.policy.actions.get(level.label)  # type: ignore[call-overload]
+            if actions is not None and actions.review is not None:
+                reviewing[model] = actions.review
+        if not reviewing:
+            return
+        now = time.monotonic()
+        for event in events:
+            review = reviewing.get(event.model)
+            if review is None:
+                continue
+            if review.max_confidence is not None and (
+                event.confidence is None or event.confidence >= review.max_confidence
+            ):
+                continue
+            if self._random.random() >= review.sample_rate:
+                continue
+            tokens, last = self._review_budget.get(event.model, (review.max_per_second, now))
+            tokens = min(review.max_per_second, tokens + (now - last) * review.max_per_second)
+            if tokens < 1.0:
+                self._review_budget[event.model] = (tokens, now)
+                continue
+            self._review_budget[event.model] = (tokens - 1.0, now)
+            await writer.send(
+                self.review_topic, self._encoder.encode(event), key=event.model.encode()
+            )
+            self.metrics.review_events.labels(event.model).inc()
 
     def tick(self, now: float) -> None:
-        return None
+        for model, until in list(self.silenced_until.items()):
+            if until <= now:
+                del self.silenced_until[model]
+                self.audit.write({"kind": "silence_expired", "at": now, "model": model})
+
+    # ----------------------------------------------------------------- status and API
 
     def status(self) -> dict[str, Any]:
-        return {"recent": list(self.audit.recent)[-50:]}
+        actuator = self.actuator
+        return {
+            "recent": list(self.audit.recent)[-50:],
+            "flags": dict(actuator.applied()) if actuator is not None else {},
+            "pins": dict(actuator.pins()) if actuator is not None else {},
+            "flag_backend": (
+                {"name": actuator.name, "up": actuator.backend_up, "pending": actuator.pending()}
+                if actuator is not None
+                else None
+            ),
+            "alerts": [
+                {
+                    "model": a.model,
+                    "alertname": a.alertname,
+                    "severity": a.severity,
+                    "state": a.state,
+                    "signals": list(a.signals),
+                    "since": a.starts_at.isoformat(),
+                    "runbook_url": a.runbook_url,
+                }
+                for a in (self.dispatcher.active() if self.dispatcher is not None else [])
+            ],
+            "silenced": {m: until for m, until in self.silenced_until.items()},
+        }

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import web
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from monitor import __version__
@@ -66,7 +68,7 @@ class Daemon:
             settings.http.port,
             self.metrics,
             self,
-            extra_routes=self.actions.add_routes,
+            extra_routes=self._add_routes,
         )
         self._stop = asyncio.Event()
         self._stopping = False
@@ -265,38 +267,69 @@ class Daemon:
         self.actions.on_transitions(transitions, self.engine, now)
 
     def _publish_models(self, models: set[str]) -> None:
+        # Called after every batch for every model in it, and each second for all models:
+        # bound children are kept, and a gauge is set only when its value may have changed
+        # (a detector hands back the same Reading object until it tests again).
         m = self.metrics
+        cache = self._signal_children
         for model in models:
             monitor = self.engine.models.get(model)
             if monitor is None:
                 continue
             state = monitor.health.level
-            m.health_level.labels(model).set(int(state))
-            for name in HEALTH_STATES:
-                m.health_state.labels(model, name).set(1 if name == state.label else 0)
+            # Key (model, ""): the model's own gauges (a member name is never empty).
+            health = cache.get((model, ""))
+            if health is None:
+                health = cache[(model, "")] = [
+                    m.health_level.labels(model),
+                    [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
+                    None,
+                ]
+            if health[2] is not state:
+                health[0].set(int(state))
+                for name, child in health[1]:
+                    child.set(1 if name == state.label else 0)
+                health[2] = state
             for signal_monitor in monitor.signals:
                 for member in signal_monitor.members:
+                    r = member.reading
                     key = (model, member.name)
-                    children = self._signal_children.get(key)
+                    children = cache.get(key)
                     if children is None:
-                        children = (
+                        thresholds = signal_monitor.policy.thresholds
+                        children = cache[key] = [
                             m.signal_value.labels(model, member.name),
                             m.signal_effect.labels(model, member.name),
                             m.signal_breached.labels(model, member.name),
                             m.signal_samples.labels(model, member.name),
-                        )
-                        self._signal_children[key] = children
-                        thresholds = signal_monitor.policy.thresholds
+                            None
+                            if thresholds is not None
+                            else m.signal_threshold.labels(model, member.name, "detector"),
+                            None,
+                        ]
                         if thresholds is not None:
                             for lvl, bound in thresholds.items():
                                 m.signal_threshold.labels(model, member.name, lvl.label).set(bound)
-                    r = member.reading
+                    elif children[5] is r:
+                        continue
+                    children[5] = r
                     children[0].set(r.statistic)
                     children[1].set(r.effect)
                     children[2].set(1 if r.breached else 0)
                     children[3].set(r.samples)
-                    if signal_monitor.policy.thresholds is None:
-                        m.signal_threshold.labels(model, member.name, "detector").set(r.threshold)
+                    if children[4] is not None:
+                        children[4].set(r.threshold)
+
+    def _add_routes(self, app: web.Application) -> None:
+        from monitor.operator import add_gate_routes, add_operator_routes
+
+        add_gate_routes(app, self.engine)
+        add_operator_routes(app, self.actions)
+        try:
+            status_page = importlib.import_module("monitor.status_page")
+        except ImportError:
+            return
+        status_page.add_routes(app, self)
 
     # ----------------------------------------------------------------- rebalance hooks
 

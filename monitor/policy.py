@@ -230,9 +230,21 @@ class SignalPolicy(_Strict):
 
     @property
     def detector_spec(self) -> Any:
-        if self.detector is not None:
-            return self.detector
-        return default_spec(_DEFAULT_KIND[self.source])
+        spec = (
+            self.detector if self.detector is not None else default_spec(_DEFAULT_KIND[self.source])
+        )
+        thresholds = self.thresholds
+        # With absolute thresholds in the policy, a detector that can compare with an absolute
+        # limit does so from its first full window: "error rate above 5 %" needs no reference.
+        if thresholds is not None and "threshold" in type(spec).model_fields:
+            update: dict[str, Any] = {}
+            if getattr(spec, "threshold", None) is None:
+                update["threshold"] = thresholds.items()[0][1]
+            if thresholds.direction == "below" and "alert_on" in type(spec).model_fields:
+                update["alert_on"] = "decrease"
+            if update:
+                spec = spec.model_copy(update=update)
+        return spec
 
     @property
     def input_kind(self) -> InputKind:
@@ -299,7 +311,7 @@ class ModelPolicy(_Strict):
     health: HealthTiming = Field(default_factory=HealthTiming)
     actions: dict[LevelName, LevelActions] = Field(default_factory=_actions_default)
     runbook_url: str = (
-        "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelHealthDegraded.md"
+        "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md"
     )
 
     @field_validator("signals")

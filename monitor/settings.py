@@ -16,7 +16,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from alerts.config import AlertSinkSpec, ConsoleSpec
 from monitor.errors import ConfigError
+from monitor.flags.config import FlagBackendSpec, FlagdFileSpec
 from monitor.policy import ModelPolicy
 
 __all__ = [
@@ -114,6 +116,34 @@ class LifecycleSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+def _console_only() -> list[AlertSinkSpec]:
+    return [ConsoleSpec(type="console")]
+
+
+class AlertsSettings(_Section):
+    #: Where alerts go; secrets of each sink are named environment variables.
+    sinks: list[AlertSinkSpec] = Field(default_factory=lambda: _console_only())
+    #: Pending deliveries per sink; past it the oldest is dropped (and counted).
+    queue_size: int = Field(default=1000, ge=1)
+    #: Runbook of driftwarden's own alerts (flag backend or alert sink down).
+    self_runbook_url: str = ""
+
+
+class ActionsSettings(_Section):
+    #: JSON lines of every transition and action (the audit trail); none when unset.
+    audit_log: str | None = None
+    #: Flags waiting for their backend; requests for one flag coalesce.
+    flag_queue_size: int = Field(default=1000, ge=1)
+
+
+class OperatorSettings(_Section):
+    #: Environment variable holding the operator API's bearer token; the API is off when
+    #: the variable is unset or empty.
+    token_env: str = Field(
+        default="DRIFTWARDEN_OPERATOR_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+
+
 class Settings(BaseSettings):
     """Everything the daemon reads at start; see ``examples/policy.yaml``."""
 
@@ -128,6 +158,13 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    #: The flag backend; a flagd-format JSON file by default (any flagd provider reads it).
+    flags: FlagBackendSpec | None = Field(
+        default_factory=lambda: FlagdFileSpec(path=Path("var/driftwarden/flags.json"))
+    )
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    actions: ActionsSettings = Field(default_factory=ActionsSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
     #: Policy per model id; ``default`` applies to every model not listed, and a listed
     #: model inherits from ``default`` each top-level key it does not set.
     models: dict[str, ModelPolicy] = Field(default_factory=lambda: {"default": ModelPolicy()})

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from monitor.embedded_broker import EmbeddedBroker, tansu_path
+from tests.services.postgres import PostgresServer, running_postgres
+from tests.services.unleash import UnleashServer, running_unleash
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -68,6 +70,15 @@ def unique(request: pytest.FixtureRequest) -> str:
     return f"{base}-{time.monotonic_ns() % 10**9}"
 
 
-@pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    yield
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the whole session (Unleash's database)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def unleash_server(postgres_server: PostgresServer) -> Iterator[UnleashServer]:
+    """One unleash-server for the session (it takes seconds to start); tests use own flags."""
+    with running_unleash(postgres_server) as server:
+        yield server

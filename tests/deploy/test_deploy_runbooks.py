@@ -17,10 +17,7 @@ RUNBOOKS = REPO / "docs" / "runbooks"
 URL_PREFIX = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/"
 #: alertname values the daemon sends to its sinks.
 DAEMON_ALERTS = (
-    "ModelHealthWarn",
-    "ModelHealthDegraded",
-    "ModelHealthCritical",
-    "ModelNoData",
+    "ModelUnhealthy",
     "FlagBackendDown",
     "AlertSinkDown",
 )
