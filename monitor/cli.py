@@ -95,12 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=_check_config)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def _extra_commands() -> list[Callable[[Any], None]]:
+    # Imported lazily: `driftwarden run` should not pay for the report and demo modules.
+    from monitor import cli_replay
+
+    return [cli_replay.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
