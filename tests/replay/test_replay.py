@@ -21,6 +21,8 @@ from monitor.replay import (
     Replay,
     SeriesRecorder,
     _Coverage,
+    load_truth,
+    open_events,
     replay_file,
     score,
 )
@@ -331,3 +333,15 @@ def test_events_without_ts_take_the_replay_clock_and_late_events_do_not_rewind_i
     ]
     result = Replay(load_settings(files["policy"]), chunk_size=1).run(iter(stream))
     assert (result.first_ts, result.last_ts, result.events) == (100.0, 101.5, 4)
+
+
+def test_example_recording_replays_with_its_bad_lines_and_catches_the_known_incident() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples" / "events"
+    replay = Replay(load_settings(root / "policy.yaml"), truth=load_truth(root / "truth.jsonl"))
+    with open_events(root / "checkout-incident.jsonl.gz") as stream:
+        out = replay.run(iter(stream)).summary()
+    assert (out["events"], out["bad_lines"]) == (12_000, 3)
+    assert [b["line"] for b in out["bad"]] == [1500, 4000, 9000]
+    scored = out["score"]["models"]["fraud-scorer"]["policy"]
+    assert (scored["false_alarms"], scored["misses"]) == (0, 0)
+    assert out["models"]["search-ranker"]["transitions"] == []
