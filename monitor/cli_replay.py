@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -149,7 +150,13 @@ def replay_command(args: argparse.Namespace) -> int:
         # summary would silently describe part of the file.
         print(f"driftwarden replay: {args.events}: {err}", file=sys.stderr)
         return EXIT_INPUT
-    print_summary(result.summary(), sys.stdout)
+    try:
+        print_summary(result.summary(), sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head`: the reader left. Still write the files asked for, silently.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     if args.summary:
         Path(args.summary).write_text(
             json.dumps(result.summary(), indent=2, allow_nan=False, default=_json_default) + "\n",

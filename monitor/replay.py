@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from monitor.actions import flags_at
 from monitor.engine import Engine, ModelMonitor
 from monitor.errors import ConfigError
 from monitor.events import BadRecord, Event, EventDecoder, event_time
@@ -94,10 +95,11 @@ class ModelTrail:
     """Transitions of one model and the flag flips and alerts they imply.
 
     Mirrors ``monitor.actions``: on entering a level, the flags named by that level and every
-    lower level are set (a higher level wins on a flag named twice); flags no longer named are
-    restored to their prior value (unknown offline, so ``value`` is null). One alert per model
-    carries the severity of the current level; it fires on leaving ok, is updated when the
-    severity changes and is resolved on return to ok.
+    lower level are set (``flags_at``: a higher level wins on a flag named twice); flags no
+    longer named are restored to their prior value (unknown offline, so ``value`` is null).
+    One alert per model: it fires on entering a level that has an alert, is updated when the
+    severity changes, keeps firing through levels without an alert and resolves on return to
+    ok.
 
     >>> from monitor.policy import LevelActions, ModelPolicy
     >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"variant": "rules"})})
@@ -117,14 +119,7 @@ class ModelTrail:
     _severity: str | None = None
 
     def desired_flags(self, level: Level) -> dict[str, Any]:
-        flags: dict[str, Any] = {}
-        for lvl in (Level.WARN, Level.DEGRADED, Level.CRITICAL):
-            if lvl > level:
-                break
-            actions = self.policy.actions.get(lvl.label)  # type: ignore[call-overload]
-            if actions is not None:
-                flags.update(actions.flags)
-        return flags
+        return dict(flags_at(self.policy, level))
 
     def severity_of(self, level: Level) -> str | None:
         if level is Level.OK:
@@ -152,27 +147,31 @@ class ModelTrail:
                 self.flags.append({**base, "flag": flag, "action": "restore", "value": None})
         self._flags_set = desired
 
+        # As the daemon does: a level without an alert leaves the incident's alert firing;
+        # only the return to ok resolves it.
         severity = self.severity_of(t.to_level)
-        if severity != self._severity:
-            if severity is None:
-                action = "resolve"
-            elif self._severity is None:
-                action = "fire"
-            else:
-                action = "update"
-            self.alerts.append(
-                {
-                    **base,
-                    "action": action,
-                    "severity": severity if severity is not None else self._severity,
-                    "state": t.to_level.label,
-                    "signals": signals,
-                }
-            )
-            if action != "resolve":
-                for name in signals:
-                    self.per_signal.setdefault(name, [0, 0])[1] += 1
-            self._severity = severity
+        action: str | None = None
+        if t.to_level is Level.OK:
+            action = "resolve" if self._severity is not None else None
+        elif severity is not None and self._severity is None:
+            action = "fire"
+        elif severity is not None and severity != self._severity:
+            action = "update"
+        if action is None:
+            return
+        self.alerts.append(
+            {
+                **base,
+                "action": action,
+                "severity": severity if severity is not None else self._severity,
+                "state": t.to_level.label,
+                "signals": signals,
+            }
+        )
+        if action != "resolve":
+            for name in signals:
+                self.per_signal.setdefault(name, [0, 0])[1] += 1
+        self._severity = severity
 
 
 # -- sampled time series for the report --------------------------------------------------------

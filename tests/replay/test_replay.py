@@ -91,6 +91,7 @@ def test_flags_and_alerts_follow_the_levels_entered_and_are_restored_on_recovery
 def test_escalation_sets_higher_level_flags_and_stepping_down_restores_only_those() -> None:
     policy = ModelPolicy(
         actions={
+            "warn": LevelActions(),
             "degraded": LevelActions(flags={"variant": "rules"}, alert={"severity": "page"}),
             "critical": LevelActions(flags={"enabled": False}, alert={"severity": "critical"}),
         }
@@ -104,12 +105,12 @@ def test_escalation_sets_higher_level_flags_and_stepping_down_restores_only_thos
         (2, "enabled", "restore"),
         (3, "variant", "restore"),
     ]
-    # warn has no alert in this policy: stepping down to warn resolves the page.
+    # warn has no alert in this policy: the page keeps firing through it until ok.
     assert [(a["index"], a["action"], a["severity"]) for a in trail.alerts] == [
         (0, "fire", "page"),
         (1, "update", "critical"),
         (2, "update", "page"),
-        (3, "resolve", "page"),
+        (4, "resolve", "page"),
     ]
 
 
