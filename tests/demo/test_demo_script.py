@@ -1,0 +1,245 @@
+"""The demo's script, policy, tracker, live view and CLI, without a broker."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from monitor import cli, cli_demo
+from monitor.demo import (
+    Demo,
+    DemoOptions,
+    IncidentTracker,
+    demo_config,
+    read_flags,
+    seed_flags,
+    summary_lines,
+)
+from monitor.settings import load_settings
+from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT, Incident, make_event
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "monitor" / "embedded" / "demo_policy.yaml"
+
+
+def test_embedded_demo_policy_passes_check_config() -> None:
+    settings = load_settings(POLICY)
+    assert set(DEMO_MODELS) <= set(settings.models)
+    assert all(settings.policy_for(m).mode == "enforce" for m in DEMO_MODELS)
+
+
+def test_demo_config_with_run_time_overrides_is_valid(tmp_path: Path) -> None:
+    config = demo_config(
+        "127.0.0.1:19092",
+        http_port=0,
+        flags_file=tmp_path / "flags.json",
+        audit_log=tmp_path / "audit.jsonl",
+        webhook_url="http://127.0.0.1:9/hook",
+    )
+    import yaml
+
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path)
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert settings.http.port == 0
+    assert settings.flags is not None and Path(settings.flags.path) == tmp_path / "flags.json"  # type: ignore[union-attr]
+    assert [s.type for s in settings.alerts.sinks] == ["console", "webhook"]
+
+
+def test_each_incident_sets_its_flag_at_its_level_in_the_policy() -> None:
+    settings = load_settings(POLICY)
+    for incident in DEMO_SCRIPT:
+        actions = settings.policy_for(incident.model).actions
+        level_actions = actions[incident.level]  # type: ignore[index]
+        assert level_actions.flags.get(incident.flag) == incident.value, incident.name
+        assert type(incident.value) is type(incident.healthy)
+        assert incident.value != incident.healthy
+
+
+def test_incidents_of_one_model_are_spaced_for_recovery_and_cooldown() -> None:
+    settings = load_settings(POLICY)
+    by_model: dict[str, list[Incident]] = {}
+    for incident in DEMO_SCRIPT:
+        by_model.setdefault(incident.model, []).append(incident)
+    for model, incidents in by_model.items():
+        health = settings.policy_for(model).health
+        incidents.sort(key=lambda i: i.start_s)
+        for before, after in itertools.pairwise(incidents):
+            # The window drains (~1 s), the model stays healthy for recover_after, then the
+            # cooldown must pass before the next incident can escalate.
+            gap = after.start_s - before.end_s
+            assert gap >= 1.0 + health.recover_after + health.cooldown - health.for_, model
+
+
+def test_every_incident_kind_and_model_appears_in_the_script() -> None:
+    assert {i.kind for i in DEMO_SCRIPT} == {
+        "feature_drift",
+        "latency_spike",
+        "error_surge",
+        "engagement_drop",
+    }
+    assert {i.model for i in DEMO_SCRIPT} == set(DEMO_MODELS)
+
+
+def _rates(model: str, kinds: frozenset[str], n: int = 2000) -> dict[str, float]:
+    rng = random.Random(3)
+    events = [make_event(model, i, kinds, rng) for i in range(n)]
+    latencies = sorted(e["latency_ms"] for e in events)
+    feedback = [e["feedback"] for e in events if "feedback" in e]
+    amounts = sorted(e["features"]["amount"] for e in events if "amount" in e.get("features", {}))
+    return {
+        "errors": sum(e["error"] for e in events) / n,
+        "p95": latencies[int(0.95 * n)],
+        "liked": sum(feedback) / len(feedback) if feedback else float("nan"),
+        "amount_median": amounts[len(amounts) // 2] if amounts else float("nan"),
+    }
+
+
+def test_each_incident_kind_breaks_only_its_own_signal() -> None:
+    healthy = _rates("search-ranker", frozenset())
+    assert healthy["errors"] < 0.02 and healthy["p95"] < 250
+    slow = _rates("search-ranker", frozenset({"latency_spike"}))
+    assert slow["p95"] > 250 and slow["errors"] < 0.02
+    failing = _rates("search-ranker", frozenset({"error_surge"}))
+    assert failing["errors"] > 0.3 and failing["p95"] < 250
+
+    chat = _rates("chat-assistant", frozenset())
+    dropped = _rates("chat-assistant", frozenset({"engagement_drop"}))
+    assert chat["liked"] > 0.7 and dropped["liked"] < 0.4
+    assert dropped["p95"] < 2500 and dropped["errors"] < 0.02
+
+    fraud = _rates("fraud-scorer", frozenset())
+    drifted = _rates("fraud-scorer", frozenset({"feature_drift"}))
+    assert drifted["amount_median"] > 4 * fraud["amount_median"]
+    assert drifted["p95"] < 250 and drifted["errors"] < 0.02
+
+
+def test_tracker_counts_detection_and_flip_only_after_the_incident_started() -> None:
+    inc = Incident("m", "latency_spike", 5.0, 10.0, "m-variant", "fallback", "model", "degraded")
+    tracker = IncidentTracker((inc,), period_s=None)
+    tracker.observe(1.0, {"m": "degraded"}, {"m-variant": "fallback"})
+    assert tracker.reports == []
+    tracker.observe(5.5, {"m": "warn"}, {"m-variant": "model"})
+    tracker.observe(7.0, {"m": "degraded"}, {"m-variant": "fallback"})
+    tracker.observe(12.0, {"m": "ok"}, {"m-variant": "fallback"})
+    tracker.observe(13.0, {"m": "ok"}, {"m-variant": "model"})
+    [report] = tracker.reports
+    assert (report.detected_at, report.flipped_at) == (7.0, 7.0)
+    assert (report.recovered_at, report.restored_at) == (12.0, 13.0)
+    assert report.worst == "degraded"
+    assert summary_lines([report])[-1] == (
+        "1 incidents: 1 detected, 1 recovered, 1 flags flipped, 1 restored"
+    )
+
+
+def test_tracker_does_not_count_a_flag_set_to_a_third_value_as_restored() -> None:
+    inc = Incident("m", "error_surge", 0.0, 2.0, "m-variant", "off", "on", "critical")
+    tracker = IncidentTracker((inc,), period_s=None)
+    tracker.observe(1.0, {"m": "critical"}, {"m-variant": "off"})
+    tracker.observe(3.0, {"m": "ok"}, {"m-variant": "pinned-by-operator"})
+    assert tracker.reports[0].restored_at is None
+
+
+def test_tracker_opens_one_report_per_cycle_when_the_script_repeats() -> None:
+    inc = Incident("m", "error_surge", 1.0, 2.0, "f", False, True, "critical")
+    tracker = IncidentTracker((inc,), period_s=10.0)
+    for t in (1.5, 5.0, 11.5, 15.0):
+        tracker.observe(t, {"m": "critical" if t % 10 < 3 else "ok"}, {})
+    assert [(r.cycle, r.started_at, r.recovered_at) for r in tracker.reports] == [
+        (0, 1.0, 5.0),
+        (1, 11.0, 15.0),
+    ]
+
+
+def test_seed_flags_defines_healthy_values_and_keeps_existing_flags(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(
+        '{"flags": {"search-ranker-enabled": {"state": "ENABLED", '
+        '"variants": {"on": true, "off": false}, "defaultVariant": "off"}}}'
+    )
+    seed_flags(path, DEMO_SCRIPT)
+    flags = read_flags(path)
+    assert flags["search-ranker-enabled"] is False  # the service's own choice is kept
+    for incident in DEMO_SCRIPT:
+        if incident.flag != "search-ranker-enabled":
+            assert flags[incident.flag] == incident.healthy
+
+
+def test_live_view_shows_each_model_state_flags_and_alerts(tmp_path: Path) -> None:
+    demo = Demo(DemoOptions(duration=10, ui=True, handle_signals=False))
+    demo._last_flags = {"search-ranker-variant": "fallback", "search-ranker-enabled": True}
+    reading = {"statistic": 923.4, "effect": 3.7, "threshold": 250, "verdict": "anomaly"}
+    status = {
+        "models": {
+            "search-ranker": {
+                "state": "degraded",
+                "signals": {"latency_p95": {"level": "degraded", "readings": {"x": reading}}},
+            },
+            "fraud-scorer": {"state": "ok", "signals": {}},
+        },
+        "actions": {
+            "recent": [
+                {"kind": "transition", "model": "search-ranker", "from": "ok", "to": "degraded"},
+                {"kind": "flag_applied", "flag": "search-ranker-variant", "value": "fallback"},
+            ],
+            "alerts": [
+                {"model": "search-ranker", "alertname": "ModelUnhealthy", "severity": "page"}
+            ],
+        },
+    }
+    console = Console(file=io.StringIO(), width=200, record=True)
+    console.print(demo.render(status))
+    text = console.export_text()
+    assert "search-ranker" in text and "DEGRADED" in text and "OK" in text
+    assert "latency_p95=923" in text
+    assert 'search-ranker-variant="fallback"' in text
+    assert "search-ranker ModelUnhealthy page" in text
+    assert "search-ranker: ok -> degraded" in text
+    assert 'flag search-ranker-variant = "fallback"' in text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftwarden")
+    sub = parser.add_subparsers(dest="command")
+    cli_demo.register(sub)
+    return parser
+
+
+def test_demo_subcommand_parses_its_options() -> None:
+    args = _parser().parse_args(
+        ["demo", "--duration", "30", "--port", "0", "--no-ui", "--flags-file", "/tmp/f.json"]
+    )
+    assert (args.duration, args.port, args.no_ui, args.flags_file) == (30.0, 0, True, "/tmp/f.json")
+    assert args.func is cli_demo._demo
+    defaults = _parser().parse_args(["demo"])
+    assert (defaults.duration, defaults.port, defaults.no_ui) == (None, 8080, False)
+
+
+@pytest.mark.parametrize("argv", [["--duration", "0"], ["--duration", "soon"], ["--port", "70000"]])
+def test_demo_subcommand_refuses_bad_values(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["demo", *argv])
+    assert exc.value.code == 2
+    assert "demo: error: argument" in capsys.readouterr().err
+
+
+def test_demo_is_listed_by_the_cli_once_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    registered = cli._extra_commands
+
+    def with_demo() -> list[Any]:
+        return [c for c in registered() if c is not cli_demo.register] + [cli_demo.register]
+
+    monkeypatch.setattr(cli, "_extra_commands", with_demo)
+    parser = cli.build_parser()
+    assert "demo" in parser.format_help()
+    assert parser.parse_args(["demo", "--no-ui"]).func is cli_demo._demo
