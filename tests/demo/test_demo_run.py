@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,3 +175,75 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
     docs = ROOT / "docs" / "img"
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(png, docs / "status-page.png")
+
+
+DEMO_MAIN = (
+    "import argparse, sys\n"
+    "from monitor import cli_demo\n"
+    "parser = argparse.ArgumentParser(prog='driftwarden')\n"
+    "cli_demo.register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+async def test_ctrl_c_stops_the_demo_cleanly_with_exit_code_zero(tmp_path: Path) -> None:
+    _require_tansu()
+    out_path = tmp_path / "demo.out"
+    proc = _spawn_demo(out_path)
+    try:
+        await wait_for(
+            lambda: b"status page: http://127.0.0.1:" in out_path.read_bytes(),
+            timeout=60,
+            what="the demo's status page line",
+        )
+        tansu = [p for p in _children(proc.pid) if "tansu" in p[1]]
+        assert tansu, "no embedded broker child process"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = out_path.read_text()
+    assert code == 0, output[-3000:]
+    assert took < 15, f"Ctrl-C to exit took {took:.1f}s"
+    assert "graceful stop: demo ending" in output
+    assert "shutdown complete" in output
+    assert "Traceback" not in output
+    assert " incidents: " in output  # the closing summary
+    # The broker went with it.
+    assert not any(_alive(pid) for pid, _ in tansu)
+    print(f"\nCtrl-C to exit: {took:.2f}s")
+
+
+def _spawn_demo(out_path: Path) -> subprocess.Popen[bytes]:
+    with out_path.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", DEMO_MAIN, "demo", "--no-ui", "--port", "0"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+        )
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found

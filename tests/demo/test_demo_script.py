@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import itertools
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +245,15 @@ def test_demo_is_listed_by_the_cli_once_registered(monkeypatch: pytest.MonkeyPat
     parser = cli.build_parser()
     assert "demo" in parser.format_help()
     assert parser.parse_args(["demo", "--no-ui"]).func is cli_demo._demo
+
+
+async def test_first_ctrl_c_asks_for_a_stop_and_a_second_forces_it() -> None:
+    demo = Demo(DemoOptions(handle_signals=False))
+    daemon_task = asyncio.create_task(asyncio.sleep(60))
+    demo._daemon_task = daemon_task
+    demo.handle_exit(signal.SIGINT)
+    await asyncio.sleep(0)
+    assert demo._finished() and not daemon_task.done()
+    demo.handle_exit(signal.SIGINT)
+    await asyncio.gather(daemon_task, return_exceptions=True)
+    assert daemon_task.cancelled() and demo._forced
