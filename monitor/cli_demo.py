@@ -19,9 +19,9 @@ def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from err
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 

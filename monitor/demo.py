@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -393,8 +394,17 @@ class Demo:
         add_routes(daemon.http.app, daemon)
         self._daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
         if not await self._wait(lambda: not daemon.readiness_problems(), 60.0):
-            problems = ", ".join(daemon.readiness_problems()) or "daemon exited"
-            say(f"driftwarden demo: the daemon did not become ready: {problems}")
+            if self._stop.is_set():
+                return 0
+            task = self._daemon_task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                err = task.exception()
+                problems = f"{err}"
+                if isinstance(err, OSError) and err.errno == errno.EADDRINUSE:
+                    problems += " (pick another --port, or --port 0 for a free one)"
+            else:
+                problems = ", ".join(daemon.readiness_problems())
+            say(f"driftwarden demo: the daemon did not start: {problems}")
             return 1
         self.url = f"http://127.0.0.1:{daemon.http.bound_port}/"
         say(f"status page: {self.url}   flags: {self.flags_file}   config: {config_path}")
@@ -563,8 +573,12 @@ class Demo:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            except Exception:
-                log.exception("daemon failed")
+            except Exception as err:
+                if self.ready:
+                    log.exception("daemon failed")
+                else:
+                    # Already said why it did not start; no traceback for a busy port.
+                    log.debug("daemon failed at start: %r", err)
         if self.broker is not None:
             await self.broker.stop()
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -247,3 +248,24 @@ def _children(pid: int) -> list[tuple[int, str]]:
         if ppid == pid:
             found.append((int(entry.name), cmdline))
     return found
+
+
+async def test_busy_status_port_ends_the_demo_with_exit_code_one_and_the_reason(
+    tmp_path: Path,
+) -> None:
+    _require_tansu()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = io.StringIO()
+        result = await asyncio.wait_for(
+            run_demo(
+                DemoOptions(duration=5, port=port, ui=False, handle_signals=False),
+                console=Console(file=out, width=200),
+            ),
+            60,
+        )
+    assert result.exit_code == 1
+    assert "the daemon did not start" in out.getvalue()
+    assert "--port 0" in out.getvalue()
