@@ -281,6 +281,19 @@ class AlertDispatcher:
 
     # -- the caller's side: never blocks ------------------------------------------------------
 
+    def adopt(self, alert: Alert) -> None:
+        """Take over an incident another replica already notified (restored from a
+        checkpoint): it becomes active and is re-sent and resolved as usual, with no new page.
+        """
+        key = alert.dedup_key
+        if key in self._active:
+            return
+        self._active[key] = alert
+        rank = severity_rank(alert.severity)
+        for lane in self._lanes:
+            if rank >= lane.min_rank:
+                lane.open.add(key)
+
     def fire(self, alert: Alert) -> None:
         """Open or update the incident of ``alert``; enqueue notifications if it is news."""
         if alert.resolved:

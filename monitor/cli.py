@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     # Imported lazily: `driftwarden run` should not pay for the report and demo modules.
-    from monitor import cli_replay
+    from monitor import cli_demo, cli_replay
 
-    return [cli_replay.register]
+    return [cli_demo.register, cli_replay.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
