@@ -15,7 +15,7 @@ from detectors.specs import build_detector
 from monitor.events import Event
 from monitor.health import HealthMachine, SignalObservation, Transition
 from monitor.policy import Level, ModelPolicy, SignalPolicy
-from monitor.signals import Extractor, extractors_for
+from monitor.signals import EventColumns, Extractor, extractors_for
 
 __all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
 
@@ -50,9 +50,16 @@ class SignalMonitor:
         return self.policy.signal_name
 
     def update(self, events: Sequence[Event], now: float) -> None:
+        self.update_span(EventColumns(events), 0, len(events), now)
+
+    def update_span(self, columns: EventColumns, start: int, end: int, now: float) -> None:
+        """Feed each member its column's ``[start:end]`` slice (this model's events)."""
+        inconclusive = Verdict.INCONCLUSIVE
+        get = columns.get
         for member in self.members:
-            member.reading = member.detector.update_many(member.extract(events))
-            if member.reading.verdict is not Verdict.INCONCLUSIVE:
+            reading = member.detector.update_many(get(member.extract)[start:end])
+            member.reading = reading
+            if reading.verdict is not inconclusive:
                 member.last_conclusive_at = now
 
     def evaluate(self, now: float) -> SignalObservation:
@@ -119,13 +126,17 @@ class ModelMonitor:
         return cls(model, policy, signals, HealthMachine(model, policy.health))
 
     def apply(self, events: Sequence[Event], now: float) -> None:
-        self.events += len(events)
+        self.apply_span(EventColumns(events), 0, len(events), now)
+
+    def apply_span(self, columns: EventColumns, start: int, end: int, now: float) -> None:
+        """Apply this model's events, ``columns.events[start:end]``."""
+        self.events += end - start
         self.last_event_at = now
-        version = events[-1].model_version
+        version = columns.events[end - 1].model_version
         if version is not None:
             self.model_version = version
         for signal in self.signals:
-            signal.update(events, now)
+            signal.update_span(columns, start, end, now)
 
     def evaluate(self, now: float) -> Transition | None:
         self.observations = {s.name: s.evaluate(now) for s in self.signals}
@@ -175,13 +186,22 @@ class Engine:
                 by_model[event.model] = [event]
             else:
                 bucket.append(event)
-        transitions = []
+        # Events regrouped model after model: every column is then built once for the whole
+        # batch, and each model's detectors read one contiguous slice of it.
+        ordered: list[Event] = []
+        spans: list[tuple[ModelMonitor, int, int]] = []
         for model, model_events in by_model.items():
             monitor = self.monitor(model, now)
             if monitor is None:
                 self.dropped_events += len(model_events)
                 continue
-            monitor.apply(model_events, now)
+            start = len(ordered)
+            ordered += model_events
+            spans.append((monitor, start, len(ordered)))
+        columns = EventColumns(ordered)
+        transitions = []
+        for monitor, start, end in spans:
+            monitor.apply_span(columns, start, end, now)
             transition = monitor.evaluate(now)
             if transition is not None:
                 transitions.append(transition)

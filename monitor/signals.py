@@ -1,12 +1,11 @@
-"""Signal extraction: from a batch of one model's events to the column each detector reads.
-
-Columns are built once per batch and model (numpy float64; NaN where the value is absent).
+"""Signal extraction: a batch's columns (float64 with NaN = absent, or str lists), each built
+once for all the batch's models; each model's detectors read their model's slice of them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,12 @@ from detectors.specs import InputKind
 from monitor.events import Event
 from monitor.policy import SignalPolicy, SignalSource
 
-__all__ = ["Extractor", "extractors_for"]
+__all__ = ["Column", "EventColumns", "Extractor", "extractors_for"]
 
 NAN = math.nan
 FloatArray = npt.NDArray[np.float64]
-Extractor = Callable[[Sequence[Event]], Any]
+_EMPTY: dict[str, Any] = {}
+_NONE = type(None)
 
 
 def _as_float(value: object) -> float:
@@ -39,40 +39,101 @@ def _as_category(value: object) -> str | None:
     return str(value)
 
 
-def _floats(values: Any, n: int) -> FloatArray:
-    return np.fromiter(values, dtype=np.float64, count=n)
+def _numbers(values: list[Any]) -> FloatArray:
+    """A float64 column from JSON scalars: None and strings are NaN, booleans 0 / 1.
+
+    >>> _numbers([1.5, None, True, "x"]).tolist()
+    [1.5, nan, 1.0, nan]
+    """
+    # numpy converts a list of numbers, bools and None in C; it would also parse "1.5",
+    # which the contract treats as missing, hence the (cheap, C-level) type check.
+    if str in set(map(type, values)):
+        return np.fromiter(map(_as_float, values), dtype=np.float64, count=len(values))
+    return np.array(values, dtype=np.float64)
 
 
-def _prediction_numeric(events: Sequence[Event]) -> FloatArray:
-    return _floats((_as_float(e.prediction) for e in events), len(events))
+def _categories(values: list[Any]) -> list[str | None]:
+    """A categorical column: strings kept as they are, other scalars spelled as text."""
+    if set(map(type, values)) <= {str, _NONE}:
+        return values
+    return list(map(_as_category, values))
 
 
-def _prediction_category(events: Sequence[Event]) -> list[str | None]:
-    return [_as_category(e.prediction) for e in events]
+class EventColumns:
+    """The columns of one batch of events, each built once on first use and shared by
+    every model and member that reads it (members slice their model's span out of it).
+    """
+
+    __slots__ = ("_cache", "_features", "events")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self._cache: dict[Hashable, Any] = {}
+        self._features: list[dict[str, Any]] | None = None
+
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        """Each event's features mapping (empty when absent)."""
+        if self._features is None:
+            self._features = [e.features or _EMPTY for e in self.events]
+        return self._features
+
+    def get(self, column: Column) -> Any:
+        found = self._cache.get(column.key)
+        if found is None:
+            found = self._cache[column.key] = column.build(self)
+        return found
 
 
-def _confidence(events: Sequence[Event]) -> FloatArray:
-    return _floats((NAN if e.confidence is None else e.confidence for e in events), len(events))
+class Column:
+    """How to read one column out of a batch; ``key`` names it for sharing in a batch.
+
+    Calling it on a sequence of events (one model's) returns that column directly.
+    """
+
+    __slots__ = ("build", "key")
+
+    def __init__(self, key: Hashable, build: Callable[[EventColumns], Any]) -> None:
+        self.key = key
+        self.build = build
+
+    def __call__(self, events: Sequence[Event]) -> Any:
+        return self.build(EventColumns(events))
 
 
-def _latency(events: Sequence[Event]) -> FloatArray:
-    return _floats((NAN if e.latency_ms is None else e.latency_ms for e in events), len(events))
+Extractor = Column
 
 
-def _error(events: Sequence[Event]) -> FloatArray:
+def _prediction_numeric(cols: EventColumns) -> FloatArray:
+    return _numbers([e.prediction for e in cols.events])
+
+
+def _prediction_category(cols: EventColumns) -> list[str | None]:
+    return _categories([e.prediction for e in cols.events])
+
+
+def _confidence(cols: EventColumns) -> FloatArray:
+    return np.array([e.confidence for e in cols.events], dtype=np.float64)
+
+
+def _latency(cols: EventColumns) -> FloatArray:
+    return np.array([e.latency_ms for e in cols.events], dtype=np.float64)
+
+
+def _error(cols: EventColumns) -> FloatArray:
     # An inference event without `error` succeeded; a pure outcome event (a label arriving
     # later) says nothing about serving errors.
-    return _floats(
-        (
-            (1.0 if e.error else 0.0) if e.error is not None or e.label is None else NAN
-            for e in events
-        ),
-        len(events),
-    )
+    events = cols.events
+    out = np.array([e.error for e in events], dtype=np.float64)
+    absent = np.flatnonzero(np.isnan(out))
+    for i in absent.tolist():
+        if events[i].label is None:
+            out[i] = 0.0
+    return out
 
 
-def _feedback(events: Sequence[Event]) -> FloatArray:
-    return _floats((NAN if e.feedback is None else e.feedback for e in events), len(events))
+def _feedback(cols: EventColumns) -> FloatArray:
+    return np.array([e.feedback for e in cols.events], dtype=np.float64)
 
 
 def _label_matches(label: object, prediction: object) -> bool:
@@ -87,76 +148,73 @@ def _label_matches(label: object, prediction: object) -> bool:
     return _as_category(label) == _as_category(prediction)
 
 
-def _label_error(events: Sequence[Event]) -> FloatArray:
-    return _floats(
+def _label_error(cols: EventColumns) -> FloatArray:
+    events = cols.events
+    return np.fromiter(
         (
             NAN
             if e.label is None or e.prediction is None
             else (0.0 if _label_matches(e.label, e.prediction) else 1.0)
             for e in events
         ),
-        len(events),
+        dtype=np.float64,
+        count=len(events),
     )
 
 
-def _feature_numeric(name: str) -> Extractor:
-    def extract(events: Sequence[Event]) -> FloatArray:
-        return _floats(
-            (_as_float(e.features.get(name)) if e.features else NAN for e in events),
-            len(events),
-        )
+def _feature_numeric(name: str) -> Column:
+    def build(cols: EventColumns) -> FloatArray:
+        return _numbers([f.get(name) for f in cols.features])
 
-    return extract
+    return Column(("feature", name), build)
 
 
-def _feature_category(name: str) -> Extractor:
-    def extract(events: Sequence[Event]) -> list[str | None]:
-        return [_as_category(e.features.get(name)) if e.features else None for e in events]
+def _feature_category(name: str) -> Column:
+    def build(cols: EventColumns) -> list[str | None]:
+        return _categories([f.get(name) for f in cols.features])
 
-    return extract
-
-
-def _feature_missing(name: str) -> Extractor:
-    def extract(events: Sequence[Event]) -> FloatArray:
-        return _floats(
-            (0.0 if e.features and e.features.get(name) is not None else 1.0 for e in events),
-            len(events),
-        )
-
-    return extract
+    return Column(("feature_category", name), build)
 
 
-def _feature_matrix(names: list[str]) -> Extractor:
-    width = len(names)
+def _feature_missing(name: str) -> Column:
+    def build(cols: EventColumns) -> FloatArray:
+        return np.array([f.get(name) is None for f in cols.features], dtype=np.float64)
 
-    def extract(events: Sequence[Event]) -> FloatArray:
-        flat = _floats(
-            (_as_float(e.features.get(n)) if e.features else NAN for e in events for n in names),
-            len(events) * width,
-        )
-        return flat.reshape(len(events), width)
-
-    return extract
+    return Column(("feature_missing", name), build)
 
 
-def extractors_for(signal: SignalPolicy) -> list[tuple[str, Extractor]]:
-    """The (member name, extractor) pairs of a signal: one, or one per listed feature."""
+def _feature_matrix(names: list[str]) -> Column:
+    def build(cols: EventColumns) -> FloatArray:
+        n = len(cols.events)
+        if n == 0:
+            return np.zeros((0, len(names)))
+        return np.column_stack([_numbers([f.get(k) for f in cols.features]) for k in names])
+
+    return Column(("feature_matrix", tuple(names)), build)
+
+
+_PREDICTION_NUMERIC = Column(("prediction",), _prediction_numeric)
+_PREDICTION_CATEGORY = Column(("prediction_category",), _prediction_category)
+_SINGLE = {
+    SignalSource.CONFIDENCE: Column(("confidence",), _confidence),
+    SignalSource.LATENCY: Column(("latency_ms",), _latency),
+    SignalSource.ERROR: Column(("error",), _error),
+    SignalSource.FEEDBACK: Column(("feedback",), _feedback),
+    SignalSource.LABEL_ERROR: Column(("label_error",), _label_error),
+}
+
+
+def extractors_for(signal: SignalPolicy) -> list[tuple[str, Column]]:
+    """The (member name, column) pairs of a signal: one, or one per listed feature."""
     kind = signal.input_kind
     categorical = kind is InputKind.CATEGORICAL
     source = signal.source
     name = signal.signal_name
     if source is SignalSource.PREDICTION:
-        return [(name, _prediction_category if categorical else _prediction_numeric)]
-    if source is SignalSource.CONFIDENCE:
-        return [(name, _confidence)]
-    if source is SignalSource.LATENCY:
-        return [(name, _latency)]
-    if source is SignalSource.ERROR:
-        return [(name, _error)]
-    if source is SignalSource.FEEDBACK:
-        return [(name, _feedback)]
-    if source is SignalSource.LABEL_ERROR:
-        return [(name, _label_error)]
+        return [(name, _PREDICTION_CATEGORY if categorical else _PREDICTION_NUMERIC)]
+    single = _SINGLE.get(source)
+    if single is not None:
+        return [(name, single)]
     if source is SignalSource.FEATURE:
         assert signal.feature is not None
         maker = _feature_category if categorical else _feature_numeric

