@@ -15,7 +15,7 @@ import numpy as np
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
 
-__all__ = ["Reference", "Ring", "WindowedDetector"]
+__all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,22 @@ class Ring:
     [2.0, 3.0, 4.0]
     """
 
-    __slots__ = ("buf", "count", "pos", "size")
+    __slots__ = ("_none", "buf", "count", "pos", "size")
 
     def __init__(self, size: int, dtype: Any = np.float64) -> None:
         self.size = size
         self.buf = np.zeros(size, dtype=dtype)
         self.count = 0
         self.pos = 0
+        self._none = np.zeros(0, dtype=dtype)
+        self._none.flags.writeable = False
 
     def extend(self, values: np.ndarray) -> np.ndarray:
-        """Append ``values``; return the values pushed out, oldest first."""
+        """Append ``values``; return the values pushed out, oldest first.
+
+        Called once per detector update with a few values: slices only, no index arrays.
+        The returned array is read-only shared when nothing was pushed out.
+        """
         n = values.size
         size = self.size
         if n >= size:
@@ -48,18 +54,31 @@ class Ring:
             self.pos = 0
             self.count = size
             return evicted
-        n_evicted = max(0, self.count + n - size)
-        oldest = (self.pos - self.count) % size
-        evicted = self.buf[(oldest + np.arange(n_evicted)) % size]
-        end = self.pos + n
-        if end <= size:
-            self.buf[self.pos : end] = values
+        buf = self.buf
+        pos = self.pos
+        count = self.count + n
+        if count > size:
+            oldest = pos - self.count
+            if oldest < 0:
+                oldest += size
+            stop = oldest + count - size
+            if stop <= size:
+                evicted = buf[oldest:stop].copy()
+            else:
+                evicted = np.concatenate((buf[oldest:], buf[: stop - size]))
+            count = size
         else:
-            head = size - self.pos
-            self.buf[self.pos :] = values[:head]
-            self.buf[: end - size] = values[head:]
-        self.pos = end % size
-        self.count = min(size, self.count + n)
+            evicted = self._none
+        end = pos + n
+        if end <= size:
+            buf[pos:end] = values
+            self.pos = end if end < size else 0
+        else:
+            head = size - pos
+            buf[pos:] = values[:head]
+            buf[: end - size] = values[head:]
+            self.pos = end - size
+        self.count = count
         return evicted
 
     def ordered(self) -> np.ndarray:
@@ -141,6 +160,20 @@ class Reference:
         self.ready = bool(state["ready"])
 
 
+def drop_nan(arr: np.ndarray) -> np.ndarray:
+    """``arr`` without its NaN values; ``arr`` itself (no copy) when it holds none.
+
+    >>> drop_nan(np.array([1.0, np.nan, np.inf])).tolist()
+    [1.0, inf]
+    """
+    # One reduction tells whether there is any NaN at all (x * x is NaN only for NaN, and
+    # inf + inf stays inf), so the mask and its copy are paid only by batches that need them.
+    if math.isnan(arr @ arr):
+        kept: np.ndarray = arr[~np.isnan(arr)]
+        return kept
+    return arr
+
+
 def load_numeric_file(path: str) -> np.ndarray:
     """Reference values from a ``.npy`` array or a text file with one number per line."""
     file = Path(path)
@@ -174,6 +207,9 @@ class WindowedDetector(BaseDetector):
     def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
         super().__init__(spec, family_size=family_size, seed=seed)
         self.alpha = test_alpha(spec.false_alarm_every, spec.stride, family_size)
+        # Read on every update: plain attributes, not the spec model's.
+        self._stride: int = spec.stride
+        self._min_samples: int = spec.min_samples
         self._reference_file: np.ndarray | None = None
         if spec.reference.path is not None:
             self._reference_file = self._read_reference(spec.reference.path)
@@ -185,8 +221,7 @@ class WindowedDetector(BaseDetector):
         return load_numeric_file(path)
 
     def _prepare(self, values: Any) -> np.ndarray:
-        arr = np.asarray(values, dtype=np.float64).ravel()
-        return arr[~np.isnan(arr)]
+        return drop_nan(np.asarray(values, dtype=np.float64).ravel())
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         """Called after ``chunk`` entered the window and ``evicted`` left it."""
@@ -228,27 +263,39 @@ class WindowedDetector(BaseDetector):
 
     def update_many(self, values: Any) -> Reading:
         arr = self._prepare(values)
-        if arr.size == 0:
+        n = arr.size
+        window = self._window
+        if n == 0:
             self._last = Reading(
-                math.nan, math.nan, Verdict.INCONCLUSIVE, self._window.count, self._last.threshold
+                math.nan, math.nan, Verdict.INCONCLUSIVE, window.count, self._last.threshold
             )
             return self._last
         ref = self._reference
-        if ref.mode == "fixed" and not ref.ready:
+        if not ref.ready and ref.mode == "fixed":
             taken = ref.fill(arr)
             arr = arr[taken:]
+            n = arr.size
             if ref.ready:
                 self._on_reference()
-        stride = self.spec.stride
+        stride = self._stride
+        seen = self._seen
         rolling = ref.mode == "rolling"
+        if seen % stride + n < stride:
+            # The daemon's usual call: a few values of one model that end no stride, so no
+            # test runs and the last Reading stands (the same object: callers skip it).
+            if n:
+                evicted = window.extend(arr)
+                self._on_push(arr, evicted)
+                if rolling and ref.push(evicted):
+                    self._on_reference()
+                self._seen = seen + n
+            return self._untested()
         breached: Reading | None = None
         last: Reading | None = None
         i = 0
-        n = arr.size
         while i < n:
-            step = stride - self._seen % stride
-            chunk = arr[i : i + step]
-            evicted = self._window.extend(chunk)
+            chunk = arr[i : i + stride - self._seen % stride]
+            evicted = window.extend(chunk)
             self._on_push(chunk, evicted)
             if rolling and ref.push(evicted):
                 self._on_reference()
@@ -259,16 +306,21 @@ class WindowedDetector(BaseDetector):
                 if last.breached:
                     breached = last
         if last is None:
-            if not ref.ready or self._window.count < self.spec.min_samples:
-                last = Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, self._window.count)
-            else:
-                last = self._last
+            return self._untested()
         self._last = last
         return breached if breached is not None else last
 
+    def _untested(self) -> Reading:
+        """The Reading after values that ran no test: the last one once testing can start."""
+        count = self._window.count
+        if self._reference.ready and count >= self._min_samples:
+            return self._last
+        self._last = Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, count)
+        return self._last
+
     def _evaluate(self) -> Reading:
         count = self._window.count
-        if not self._reference.ready or count < self.spec.min_samples:
+        if not self._reference.ready or count < self._min_samples:
             self._gate.step(False, self._seen)
             return Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, count)
         statistic, effect, threshold, candidate = self._test()
