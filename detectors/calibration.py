@@ -18,6 +18,7 @@ __all__ = [
     "autocorrelation_time",
     "chi2_critical",
     "g_statistic",
+    "g_statistic_2x2",
     "ks_critical",
     "ks_statistic",
     "normal_isf",
@@ -72,6 +73,16 @@ def autocorrelation_time(x: np.ndarray, *, c: float = 5.0) -> float:
     return float(min(max(taus[window], 1.0), n / 2.0))
 
 
+@functools.lru_cache(maxsize=64)
+def _ecdf_steps(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sorted sample's ECDF at and just before each of its ``n`` points (read-only)."""
+    at = np.arange(1, n + 1) / n
+    before = at - 1.0 / n
+    at.flags.writeable = False
+    before.flags.writeable = False
+    return at, before
+
+
 def ks_statistic(sorted_window: np.ndarray, sorted_reference: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov distance, exact, in O(n log m) for sorted inputs.
 
@@ -82,13 +93,21 @@ def ks_statistic(sorted_window: np.ndarray, sorted_reference: np.ndarray) -> flo
     0.0
     >>> ks_statistic(np.array([5.0, 6.0]), np.array([0.0, 1.0]))
     1.0
+    >>> ks_statistic(np.array([0.5, 1.0, 1.0]), np.array([1.0, 1.0, 2.0, 3.0]))
+    0.5
     """
-    n = sorted_window.size
     m = sorted_reference.size
-    right = np.searchsorted(sorted_reference, sorted_window, side="right") / m
-    left = np.searchsorted(sorted_reference, sorted_window, side="left") / m
-    steps = np.arange(1, n + 1) / n
-    return float(max(np.max(steps - right), np.max(left - (steps - 1.0 / n))))
+    at, before = _ecdf_steps(sorted_window.size)
+    upto = np.searchsorted(sorted_reference, sorted_window, side="right")
+    right = upto / m
+    # F_ref just below a window point differs from F_ref at it only where the point is also
+    # a reference value: the second search is paid only then. (Index -1 for a point below
+    # the whole reference reads the largest reference value, which cannot equal it.)
+    if (sorted_reference[upto - 1] == sorted_window).any():
+        left = np.searchsorted(sorted_reference, sorted_window, side="left") / m
+    else:
+        left = right
+    return float(max((at - right).max(), (left - before).max()))
 
 
 def ks_critical(alpha: float, n_eff: float, m_eff: float) -> float:
@@ -151,6 +170,31 @@ def g_statistic(window_counts: np.ndarray, reference_counts: np.ndarray) -> floa
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / total
     nz = table > 0
     return float(max(0.0, 2.0 * np.sum(table[nz] * np.log(table[nz] / expected[nz]))))
+
+
+def g_statistic_2x2(w0: float, w1: float, r0: float, r1: float) -> float:
+    """:func:`g_statistic` of the window counts ``(w0, w1)`` against ``(r0, r1)``, same value.
+
+    Rates and tails test a 2x2 table at every stride: scalar arithmetic where it is exact
+    for counts, numpy for the log and the sum so the result matches bit for bit.
+
+    >>> g_statistic_2x2(3.0, 97.0, 12.0, 988.0) == g_statistic(
+    ...     np.array([3.0, 97.0]), np.array([12.0, 988.0]))
+    True
+    """
+    c0 = w0 + r0
+    c1 = w1 + r1
+    total = w0 + w1 + r0 + r1
+    if total <= 0 or c0 <= 0 or c1 <= 0:
+        return 0.0
+    s0 = w0 + w1
+    s1 = r0 + r1
+    observed = [w0, w1, r0, r1]
+    expected = [s0 * c0 / total, s0 * c1 / total, s1 * c0 / total, s1 * c1 / total]
+    keep = [i for i in range(4) if observed[i] > 0]
+    table = np.array([observed[i] for i in keep])
+    ratio = np.array([observed[i] / expected[i] for i in keep])
+    return float(max(0.0, 2.0 * np.sum(table * np.log(ratio))))
 
 
 class Persistence:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detectors.calibration import chi2_critical, g_statistic
+from detectors.calibration import chi2_critical, g_statistic, g_statistic_2x2
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class UnseenRateDetector(_CategoricalDetector):
         singletons = float(np.sum(self._ref_counts == 1))
         rate = unseen / n
         expected = singletons / m if m else math.nan
-        g = g_statistic(np.array([unseen, n - unseen]), np.array([singletons, m - singletons]))
+        g = g_statistic_2x2(unseen, n - unseen, singletons, m - singletons)
         critical = chi2_critical(2.0 * self.alpha, 1)
         threshold = self.spec.threshold
         candidate = rate >= threshold and rate > expected and g >= critical

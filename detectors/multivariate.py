@@ -12,7 +12,7 @@ import numpy as np
 from river import anomaly
 
 from detectors.base import Verdict
-from detectors.calibration import chi2_critical, g_statistic
+from detectors.calibration import chi2_critical, g_statistic_2x2
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
@@ -113,9 +113,7 @@ class HalfSpaceTreesDetector(WindowedDetector):
         rate = above / n
         ref_rate = self._ref_above / self._ref_n
         effect = rate - ref_rate
-        g = g_statistic(
-            np.array([above, n - above]), np.array([self._ref_above, self._ref_n - self._ref_above])
-        )
+        g = g_statistic_2x2(above, n - above, self._ref_above, self._ref_n - self._ref_above)
         critical = chi2_critical(2.0 * self.alpha, 1)
         candidate = effect >= self.spec.min_difference and g >= critical
         return rate, effect, ref_rate + self.spec.min_difference, bool(candidate)

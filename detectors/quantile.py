@@ -11,15 +11,42 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detectors.base import Verdict
-from detectors.calibration import chi2_critical, g_statistic
+from detectors.calibration import chi2_critical, g_statistic_2x2
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
     from detectors.specs import QuantileSpec
 
-__all__ = ["QuantileDetector"]
+__all__ = ["QuantileDetector", "linear_quantile"]
 
 log = logging.getLogger(__name__)
+
+
+def linear_quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (linear method) of NaN-free ``values``, bit for bit.
+
+    One partition instead of ``np.quantile``'s general machinery, which costs ten times
+    the partition itself on a window of a thousand values.
+
+    >>> v = np.random.default_rng(0).lognormal(size=1001)
+    >>> all(linear_quantile(v, q) == np.quantile(v, q) for q in (0.01, 0.5, 0.99, 0.999))
+    True
+    """
+    last = values.size - 1
+    virtual = last * q
+    below = math.floor(virtual)
+    if below >= last:
+        # As numpy: both neighbours are the maximum, the weight is taken from index -1.
+        a = b = float(values.max())
+        gamma = virtual + 1.0
+    else:
+        part = np.partition(values, (below, below + 1))
+        a = float(part[below])
+        b = float(part[below + 1])
+        gamma = virtual - below
+    diff = b - a
+    # numpy's lerp: from the nearer end, so q = 1 gives exactly the maximum.
+    return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
 class QuantileDetector(WindowedDetector):
@@ -79,7 +106,7 @@ class QuantileDetector(WindowedDetector):
 
     def _test(self) -> tuple[float, float, float, bool]:
         values = self._window.values()
-        quantile = float(np.quantile(values, self.spec.q))
+        quantile = linear_quantile(values, self.spec.q)
         if self.spec.threshold is not None:
             limit = self.spec.threshold
             effect = quantile / limit if limit else math.nan
@@ -88,9 +115,7 @@ class QuantileDetector(WindowedDetector):
         effect = quantile / self._ref_quantile if self._ref_quantile else math.nan
         n = values.size
         above = float(np.count_nonzero(values > limit))
-        g = g_statistic(
-            np.array([above, n - above]), np.array([self._ref_above, self._ref_n - self._ref_above])
-        )
+        g = g_statistic_2x2(above, n - above, self._ref_above, self._ref_n - self._ref_above)
         beyond_chance = above / n > self._ref_above / self._ref_n and g >= chi2_critical(
             2.0 * self.alpha, 1
         )
