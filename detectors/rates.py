@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def _binary(values: Any) -> np.ndarray:
     """Non-missing values as 0.0 / 1.0 (any non-zero value counts as 1)."""
     arr = drop_nan(np.asarray(values, dtype=np.float64).ravel())
-    return (arr != 0.0).astype(np.float64)
+    binary: np.ndarray = (arr != 0.0).astype(np.float64)
+    return binary
 
 
 class RateWindowDetector(WindowedDetector):
