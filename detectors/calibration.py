@@ -162,14 +162,20 @@ def g_statistic(window_counts: np.ndarray, reference_counts: np.ndarray) -> floa
     >>> g_statistic(np.array([10.0, 90.0]), np.array([100.0, 900.0]))
     0.0
     """
-    table = np.vstack([window_counts, reference_counts]).astype(np.float64)
-    table = table[:, table.sum(axis=0) > 0]
+    # Column-major like the column selection below makes it: the same summation order.
+    table = np.array([window_counts, reference_counts], dtype=np.float64, order="F")
+    cols = table.sum(axis=0)
+    seen = cols > 0
+    if not seen.all():
+        table = table[:, seen]
+        cols = cols[seen]
     total = table.sum()
     if total <= 0 or table.shape[1] < 2:
         return 0.0
-    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+    expected = table.sum(axis=1)[:, None] * cols[None, :] / total
     nz = table > 0
-    return float(max(0.0, 2.0 * np.sum(table[nz] * np.log(table[nz] / expected[nz]))))
+    observed = table[nz]
+    return float(max(0.0, 2.0 * np.sum(observed * np.log(observed / expected[nz]))))
 
 
 def g_statistic_2x2(w0: float, w1: float, r0: float, r1: float) -> float:

@@ -126,10 +126,14 @@ class Reference:
 
     def fill(self, values: np.ndarray) -> int:
         """Fixed mode: take what the reference still needs; return how many were taken."""
-        take = min(values.size, self.ring.size - self.ring.count)
-        if take:
-            self.ring.extend(values[:take])
-        self.ready = self.ring.count >= self.ring.size
+        ring = self.ring
+        take = ring.size - ring.count
+        if values.size <= take:
+            take = values.size
+            ring.extend(values)
+        elif take:
+            ring.extend(values[:take])
+        self.ready = ring.count >= ring.size
         return take
 
     def push(self, evicted: np.ndarray) -> bool:
@@ -254,6 +258,7 @@ class WindowedDetector(BaseDetector):
         self._seen = 0
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
+        self._short = INCONCLUSIVE
         self._reset_extra()
         if self._reference.ready:
             self._on_reference()
@@ -273,10 +278,12 @@ class WindowedDetector(BaseDetector):
         ref = self._reference
         if not ref.ready and ref.mode == "fixed":
             taken = ref.fill(arr)
-            arr = arr[taken:]
-            n = arr.size
             if ref.ready:
                 self._on_reference()
+            if taken == n:
+                return self._untested()
+            arr = arr[taken:]
+            n -= taken
         stride = self._stride
         seen = self._seen
         rolling = ref.mode == "rolling"
@@ -315,8 +322,12 @@ class WindowedDetector(BaseDetector):
         count = self._window.count
         if self._reference.ready and count >= self._min_samples:
             return self._last
-        self._last = Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, count)
-        return self._last
+        # While the reference or the window fills, equal Readings are one object.
+        short = self._short
+        if short.samples != count:
+            short = self._short = Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, count)
+        self._last = short
+        return short
 
     def _evaluate(self) -> Reading:
         count = self._window.count
