@@ -50,6 +50,10 @@ class _CategoricalDetector(WindowedDetector):
         if isinstance(values, str):
             values = [values]
         codes = self._codes
+        known = [codes.get(value) for value in values]
+        if None not in known:
+            # Every value is a category already coded and none is missing: the usual batch.
+            return np.array(known, dtype=np.int64)
         other = self._k - 1
         out = np.empty(len(values), dtype=np.int64)
         n = 0
@@ -72,9 +76,13 @@ class _CategoricalDetector(WindowedDetector):
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         k = self._k
-        self._window_counts += np.bincount(chunk, minlength=k)
+        # Counts are whole numbers: one float update of the difference is exact.
         if evicted.size:
-            self._window_counts -= np.bincount(evicted, minlength=k)
+            self._window_counts += np.bincount(chunk, minlength=k) - np.bincount(
+                evicted, minlength=k
+            )
+        else:
+            self._window_counts += np.bincount(chunk, minlength=k)
 
     def _on_reference(self) -> None:
         self._ref_counts = np.bincount(self._reference.ring.values(), minlength=self._k).astype(
