@@ -21,6 +21,7 @@ __all__ = [
     "g_statistic_2x2",
     "ks_critical",
     "ks_statistic",
+    "ks_statistic_ranked",
     "normal_isf",
     "normal_sf",
     "test_alpha",
@@ -107,6 +108,26 @@ def ks_statistic(sorted_window: np.ndarray, sorted_reference: np.ndarray) -> flo
         left = np.searchsorted(sorted_reference, sorted_window, side="left") / m
     else:
         left = right
+    return float(max((at - right).max(), (left - before).max()))
+
+
+def ks_statistic_ranked(upto: np.ndarray, below: np.ndarray, m: int) -> float:
+    """:func:`ks_statistic` from each window value's count of sorted reference values
+    ``<=`` it (``upto``) and ``<`` it (``below``), in any order: the same value.
+
+    A value's counts stay valid while the reference does, so a sliding window searches
+    only its new values.
+
+    >>> r = np.array([1.0, 1.0, 2.0, 3.0])
+    >>> w = np.array([1.0, 0.5, 1.0])
+    >>> up, lo = np.searchsorted(r, w, "right"), np.searchsorted(r, w, "left")
+    >>> ks_statistic_ranked(up, lo, r.size) == ks_statistic(np.sort(w), r)
+    True
+    """
+    # Counts grow with the value, so sorting them orders them as the sorted window.
+    at, before = _ecdf_steps(upto.size)
+    right = np.sort(upto) / m
+    left = np.sort(below) / m if (upto != below).any() else right
     return float(max((at - right).max(), (left - before).max()))
 
 

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from river import drift
 
-from detectors.calibration import autocorrelation_time, ks_critical, ks_statistic
+from detectors.calibration import (
+    autocorrelation_time,
+    ks_critical,
+    ks_statistic,
+    ks_statistic_ranked,
+)
 from detectors.window import RiverGatedDetector, WindowedDetector
 
 if TYPE_CHECKING:
@@ -57,6 +62,10 @@ class KSWindowDetector(WindowedDetector):
     def _reset_extra(self) -> None:
         self._grid = np.zeros(0)
         self._m = 0
+        # Per window slot: grid points <= and < its value, valid up to ``_ranked`` events.
+        self._upto = np.zeros(self.spec.window, dtype=np.intp)
+        self._below = np.zeros(self.spec.window, dtype=np.intp)
+        self._ranked: int | None = None
         self._ref_mean = math.nan
         self._ref_std = math.nan
         self._tau = 1.0
@@ -68,6 +77,7 @@ class KSWindowDetector(WindowedDetector):
         sorted_ref = np.sort(ordered)
         self._m = ordered.size
         self._grid = self._quantile_grid(sorted_ref)
+        self._ranked = None
         self._ref_mean = float(ordered.mean())
         self._ref_std = float(ordered.std())
         self._tau = autocorrelation_time(ordered) if spec.autocorrelation else 1.0
@@ -109,12 +119,36 @@ class KSWindowDetector(WindowedDetector):
         independent = math.sqrt(-0.5 * math.log(0.025)) * math.sqrt(max(1.0 / n - 1.0 / m, 1e-12))
         return float(max(1.0, np.quantile(stats, 0.95) / independent))
 
+    def _ranks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid points ``<=`` and ``<`` each window value, in the window's storage order.
+
+        Only values that arrived since the last call are searched: a value's ranks hold
+        while the grid does, which ``_on_reference`` alone changes.
+        """
+        ring = self._window
+        count = ring.count
+        grid = self._grid
+        fresh = count if self._ranked is None else self._seen - self._ranked
+        if fresh >= count:
+            spans = [(0, count)]
+        elif fresh <= ring.pos:
+            spans = [(ring.pos - fresh, ring.pos)]
+        else:
+            spans = [(ring.size - (fresh - ring.pos), ring.size), (0, ring.pos)]
+        for start, stop in spans:
+            held = ring.buf[start:stop]
+            self._upto[start:stop] = np.searchsorted(grid, held, side="right")
+            self._below[start:stop] = np.searchsorted(grid, held, side="left")
+        self._ranked = self._seen
+        return self._upto[:count], self._below[:count]
+
     def _test(self) -> tuple[float, float, float, bool]:
         spec = self.spec
         window = np.sort(self._window.values())
         n = window.size
         m = self._m
-        statistic = ks_statistic(window, self._grid)
+        upto, below = self._ranks()
+        statistic = ks_statistic_ranked(upto, below, self._grid.size)
         if self.spec.calibration == "bootstrap":
             critical = ks_critical(self.alpha, n, m) * self._factor
         else:
@@ -144,6 +178,7 @@ class KSWindowDetector(WindowedDetector):
     def _load_extra(self, state: dict[str, Any]) -> None:
         self._grid = state["grid"]
         self._m = int(state["m"])
+        self._ranked = None
         self._ref_mean, self._ref_std, self._tau, self._factor = (float(v) for v in state["ref"])
 
 
