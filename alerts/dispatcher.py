@@ -292,7 +292,19 @@ class AlertDispatcher:
         rank = severity_rank(alert.severity)
         for lane in self._lanes:
             if rank >= lane.min_rank:
+                # The previous owner notified this sink: it needs the resolve from us.
                 lane.open.add(key)
+                lane.touched.add(key)
+
+    def release(self, model: str) -> None:
+        """Hand the incidents of ``model`` over to another replica: forget them without
+        notifying anyone (the new owner adopts them from the checkpoint).
+        """
+        for key in [k for k, a in self._active.items() if a.model == model]:
+            del self._active[key]
+            for lane in self._lanes:
+                lane.open.discard(key)
+                lane.touched.discard(key)
 
     def fire(self, alert: Alert) -> None:
         """Open or update the incident of ``alert``; enqueue notifications if it is news."""

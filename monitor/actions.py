@@ -461,6 +461,15 @@ class Actions:
             )
             self.metrics.review_events.labels(event.model).inc()
 
+    def forget(self, model: str) -> None:
+        """Stop acting for ``model`` (its partition moved to another replica, which
+        continues from the checkpoint): no restore, no resolve from here.
+        """
+        self.held.pop(model, None)
+        self.silenced_until.pop(model, None)
+        if self.dispatcher is not None:
+            self.dispatcher.release(model)
+
     def tick(self, now: float) -> None:
         for model, until in list(self.silenced_until.items()):
             if until <= now:

@@ -25,6 +25,9 @@ __all__ = ["DeadLetterWriter", "EventConsumer", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
+#: How often an idle consumer proves with a metadata request that the broker is there.
+PROBE_INTERVAL_S = 1.0
+
 PartitionHook = Callable[[set[TopicPartition]], Awaitable[None]]
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
@@ -54,6 +57,11 @@ async def ensure_topics(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.close(), timeout_s)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -93,8 +101,12 @@ class EventConsumer:
         self._next: dict[TopicPartition, int] = {}
         self.assignment: set[TopicPartition] = set()
         self.assignment_received = False
+        #: True between a revoke and the next assignment (rejoining the group).
+        self.rejoining = False
         self.broker_ok_at: float | None = None
         self.broker_failed_at: float | None = None
+        self._outage_started_at = 0.0
+        self._probed_at = 0.0
 
     @property
     def broker_reachable(self) -> bool:
@@ -121,7 +133,7 @@ class EventConsumer:
         except (TimeoutError, KafkaError, OSError) as err:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), s.broker_timeout_s)
-            self._mark_broker(False)
+            self.mark_broker(False)
             raise BrokerUnavailableError(
                 f"cannot reach Kafka at {s.bootstrap_servers!r} within {s.broker_timeout_s}s: "
                 f"{err!r}"
@@ -132,7 +144,7 @@ class EventConsumer:
         else:
             consumer.subscribe(topics=list(s.topics), listener=listener)
         self._consumer = consumer
-        self._mark_broker(True)
+        self.mark_broker(True)
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -142,12 +154,35 @@ class EventConsumer:
             await asyncio.wait_for(consumer.stop(), self.settings.broker_timeout_s)
         except (TimeoutError, KafkaError, OSError) as err:
             log.warning("consumer did not stop cleanly: %r", err)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            # aiokafka 0.14's Fetcher.close() awaits the fetch requests it has just
+            # cancelled; one sleeping in its retry backoff (the broker is down) re-raises
+            # CancelledError into us and the rest of consumer.stop() never runs.
+            log.warning("consumer stop interrupted by aiokafka; closing its connections")
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(consumer._client.close(), self.settings.broker_timeout_s)
 
-    def _mark_broker(self, ok: bool) -> None:
+    def mark_broker(self, ok: bool) -> None:
+        """Record the outcome of a broker call (any client of this daemon); sets broker_up."""
         now = time.monotonic()
+        was_reachable = self.broker_reachable
         if ok:
+            if not was_reachable and self.broker_failed_at is not None:
+                log.info("Kafka broker reachable again after %.1fs", now - self._outage_started_at)
             self.broker_ok_at = now
         else:
+            if was_reachable:
+                self._outage_started_at = now
+                if self._pending:
+                    # The broker that comes back may be a fresh one (memory-only Tansu, a
+                    # recreated cluster) where these offsets point past the log end; the next
+                    # batch commits past them anyway, and a crash before it only replays.
+                    log.warning(
+                        "broker unreachable: dropping %d uncommitted offsets", len(self._pending)
+                    )
+                    self._pending.clear()
             self.broker_failed_at = now
         self.metrics.broker_up.set(1 if ok else 0)
 
@@ -161,16 +196,77 @@ class EventConsumer:
                 s.fetch_timeout_ms / 1000 + s.broker_timeout_s,
             )
         except TimeoutError:
-            self._mark_broker(False)
+            # getmany() also blocks while the group rejoins: only a failed probe means down.
             log.warning("fetch from Kafka exceeded its %.1fs deadline", s.broker_timeout_s)
+            await self.probe()
             return {}
         except KafkaError as err:
-            self._mark_broker(False)
+            self.mark_broker(False)
             log.warning("fetch from Kafka failed: %r", err)
             await asyncio.sleep(min(1.0, s.broker_timeout_s))
             return {}
-        self._mark_broker(True)
+        if batch:
+            self.mark_broker(True)
+        elif time.monotonic() - self._probed_at >= PROBE_INTERVAL_S and await self.probe():
+            # getmany() answers an empty batch both when the topic is idle and when the
+            # broker is gone (aiokafka only logs its connection errors): the probe tells.
+            await self.reset_positions_past_log_end()
         return batch
+
+    async def probe(self) -> bool:
+        """One metadata request under the broker deadline; True when the broker answered."""
+        consumer = self._require()
+        self._probed_at = time.monotonic()
+        try:
+            await asyncio.wait_for(consumer.topics(), self.settings.broker_timeout_s)
+        except (TimeoutError, KafkaError, OSError) as err:
+            if self.broker_reachable:
+                log.warning("Kafka broker unreachable: %r", err)
+            self.mark_broker(False)
+            return False
+        self.mark_broker(True)
+        return True
+
+    async def reset_positions_past_log_end(self) -> list[TopicPartition]:
+        """Move every position beyond its partition's high watermark back per
+        ``auto_offset_reset``; return the partitions moved.
+
+        After a broker restart that lost the log (Tansu keeps nothing) a stale position or
+        committed offset points past the end. Tansu answers such a fetch with no records
+        rather than OFFSET_OUT_OF_RANGE, so aiokafka would wait there forever, and would
+        silently skip the new records below that offset once the log grows past it.
+        """
+        consumer = self._require()
+        s = self.settings
+        moved = []
+        for tp in consumer.assignment() & self.assignment:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), s.broker_timeout_s)
+                if position <= high:
+                    continue
+                log.warning(
+                    "%s[%d]: position %d is past the log end %d (log lost in a broker "
+                    "restart?): resetting to %s",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    high,
+                    s.auto_offset_reset,
+                )
+                if s.auto_offset_reset == "earliest":
+                    await asyncio.wait_for(consumer.seek_to_beginning(tp), s.broker_timeout_s)
+                else:
+                    consumer.seek(tp, high)
+            except (TimeoutError, KafkaError) as err:
+                log.warning("cannot check the position of %s: %r", tp, err)
+                continue
+            self._pending.pop(tp, None)
+            self._next.pop(tp, None)
+            moved.append(tp)
+        return moved
 
     def mark_applied(self, batch: Batch) -> None:
         """Record that every record of ``batch`` was applied; commit() will commit them."""
@@ -193,7 +289,8 @@ class EventConsumer:
                 )
 
     async def commit(self) -> bool:
-        """Commit every applied offset; False (and kept pending) when the broker fails."""
+        """Commit every applied offset; False when the broker fails (the offsets stay
+        pending for the next commit unless the failure starts an outage, see mark_broker)."""
         if not self._pending:
             return True
         consumer = self._require()
@@ -209,38 +306,43 @@ class EventConsumer:
             await asyncio.wait_for(consumer.commit(offsets), self.settings.broker_timeout_s)
         except (TimeoutError, KafkaError) as err:
             self.metrics.commit_failures.inc()
-            self._mark_broker(False)
+            self.mark_broker(False)
             log.warning("offset commit failed, will retry after the next batch: %r", err)
             return False
         for tp, meta in offsets.items():
             self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(meta.offset)
             if self._pending.get(tp) == meta.offset:
                 del self._pending[tp]
-        self._mark_broker(True)
+        self.mark_broker(True)
         return True
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Waits for the batch in flight, so what is committed here is fully applied.
         async with self.batch_lock:
-            await self.commit()
+            # The hook checkpoints the leaving models first: state, then offsets.
             if self._on_revoked_hook is not None:
                 await self._on_revoked_hook(revoked)
+            await self.commit()
             for tp in revoked:
                 self._pending.pop(tp, None)
                 self._next.pop(tp, None)
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             self.assignment -= revoked
+            self.rejoining = True
             self.metrics.partitions_assigned.set(len(self.assignment))
         log.info("partitions revoked: %s", sorted(f"{t.topic}[{t.partition}]" for t in revoked))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self.batch_lock:
-            self.assignment = set(assigned)
-            self.assignment_received = True
-            self.metrics.partitions_assigned.set(len(self.assignment))
+            # State first: the partitions count as ours (and /readyz as ready) only once
+            # their models are restored.
             if self._on_assigned_hook is not None:
                 await self._on_assigned_hook(set(assigned))
+            self.assignment = set(assigned)
+            self.assignment_received = True
+            self.rejoining = False
+            self.metrics.partitions_assigned.set(len(self.assignment))
         log.info("partitions assigned: %s", sorted(f"{t.topic}[{t.partition}]" for t in assigned))
 
     def _require(self) -> AIOKafkaConsumer:
@@ -260,6 +362,10 @@ class DeadLetterWriter:
         self._producer: AIOKafkaProducer | None = None
         self._inflight: list[asyncio.Future[Any]] = []
         self._log_window: dict[str, tuple[float, int]] = {}
+        self._unacked_dead_letters = 0
+        #: Told the outcome of each broker call (the daemon wires EventConsumer.mark_broker),
+        #: so a dead-letter write stuck on a dead broker shows on /readyz and broker_up.
+        self.on_broker: Callable[[bool], None] | None = None
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -279,8 +385,14 @@ class DeadLetterWriter:
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        with contextlib.suppress(TimeoutError, KafkaError):
+        try:
             await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
+        except (TimeoutError, KafkaError, OSError) as err:
+            log.warning("dead-letter producer did not stop cleanly: %r", err)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise
+            log.warning("dead-letter producer stop interrupted by aiokafka")
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], bad: BadRecord) -> None:
         headers = list(record.headers or ())
@@ -292,10 +404,15 @@ class DeadLetterWriter:
             ("driftwarden.source.offset", str(record.offset).encode()),
         ]
         self._log_rate_limited(record, bad)
-        await self.send(
-            self.settings.dead_letter_topic, record.value, key=record.key, headers=headers
-        )
-        self.metrics.dead_lettered.inc()
+        try:
+            await self.send(
+                self.settings.dead_letter_topic, record.value, key=record.key, headers=headers
+            )
+        except BaseException:
+            # The caller writes the whole set again: count each record once, when acknowledged.
+            self._unacked_dead_letters = 0
+            raise
+        self._unacked_dead_letters += 1
 
     async def send(
         self,
@@ -308,17 +425,33 @@ class DeadLetterWriter:
         producer = self._producer
         if producer is None:
             raise RuntimeError("DeadLetterWriter is not started")
-        future = await asyncio.wait_for(
-            producer.send(topic, value=value, key=key, headers=headers),
-            self.settings.broker_timeout_s,
-        )
+        try:
+            future = await asyncio.wait_for(
+                producer.send(topic, value=value, key=key, headers=headers),
+                self.settings.broker_timeout_s,
+            )
+        except (TimeoutError, KafkaError):
+            self._report(False)
+            raise
         self._inflight.append(future)
 
     async def flush(self) -> None:
         """Wait until every record sent so far is acknowledged; raise if one failed."""
         inflight, self._inflight = self._inflight, []
-        if inflight:
+        dead_letters, self._unacked_dead_letters = self._unacked_dead_letters, 0
+        if not inflight:
+            return
+        try:
             await asyncio.wait_for(asyncio.gather(*inflight), self.settings.broker_timeout_s)
+        except (TimeoutError, KafkaError):
+            self._report(False)
+            raise
+        self.metrics.dead_lettered.inc(dead_letters)
+        self._report(True)
+
+    def _report(self, ok: bool) -> None:
+        if self.on_broker is not None:
+            self.on_broker(ok)
 
     def _log_rate_limited(self, record: ConsumerRecord[bytes, bytes], bad: BadRecord) -> None:
         # One line per reason per 10 s, with the count of the lines it stood for.

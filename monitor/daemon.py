@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,14 @@ from monitor.health import Transition
 from monitor.http import HttpServer, LoopHeartbeat
 from monitor.metrics import HEALTH_STATES, Metrics
 from monitor.settings import Settings
+from monitor.state import (
+    CheckpointStore,
+    DirectoryStore,
+    KafkaStore,
+    partition_of,
+    restore_model,
+    snapshot_model,
+)
 
 __all__ = ["HANDLED_SIGNALS", "Daemon"]
 
@@ -76,6 +85,13 @@ class Daemon:
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
         self._signal_children: dict[tuple[str, str], Any] = {}
+        self.store = _build_store(settings)
+        #: Partition each model's events come from: its checkpoint follows that partition.
+        self._model_partition: dict[str, TopicPartition] = {}
+        self._dirty: set[str] = set()
+        self._last_checkpoint = time.monotonic()
+        self.restored_models = 0
+        self._force_checkpoint = False
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -113,6 +129,13 @@ class Daemon:
             log.error("%s", err)
             await self._shutdown_components(grace)
             return 1
+        if self.store is not None:
+            try:
+                await self.store.start()
+            except Exception as err:
+                log.error("checkpoint store unavailable: %r", err)
+                await self._shutdown_components(grace)
+                return 1
         await self.actions.start()
         tick = asyncio.create_task(self._tick_loop(), name="health-tick")
         self._loop_task = asyncio.create_task(self._batch_loop(), name="batch-loop")
@@ -130,8 +153,10 @@ class Daemon:
         await asyncio.gather(tick, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, grace - 1.0)):
-                log.info("shutdown: committing offsets")
-                await self.consumer.commit()
+                log.info("shutdown: checkpointing and committing offsets")
+                async with self.consumer.batch_lock:
+                    self._force_checkpoint = True
+                    await self._commit_point()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
         await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
@@ -142,6 +167,8 @@ class Daemon:
 
     async def _start_kafka(self) -> None:
         s = self.settings.kafka
+        # One view of the broker: a failed dead-letter write also fails /readyz.
+        self.side_writer.on_broker = self.consumer.mark_broker
         deadline = time.monotonic() + max(30.0, s.broker_timeout_s * 3)
         while True:
             try:
@@ -165,6 +192,8 @@ class Daemon:
             async with asyncio.timeout(budget_s):
                 await self.consumer.stop()
                 await self.side_writer.stop()
+                if self.store is not None:
+                    await self.store.stop()
         await self.http.stop()
         await self.heartbeat.stop()
 
@@ -183,7 +212,7 @@ class Daemon:
                     self.request_stop("dead-letter topic unavailable")
                     return
                 self.consumer.mark_applied(batch)
-                await self.consumer.commit()
+                await self._commit_point()
                 self.consumer.update_lag()
                 self.metrics.batch_duration.observe(time.perf_counter() - started)
                 self.metrics.batches.inc()
@@ -194,14 +223,20 @@ class Daemon:
         events: list[Event] = []
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
+        track = self.store is not None
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
+            first = len(events)
             for record in records:
                 decoded = decode(record.value)
                 if isinstance(decoded, Event):
                     events.append(decoded)
                 else:
                     bad.append((record, decoded))
+            if track:
+                for event in events[first:]:
+                    self._model_partition[event.model] = tp
+                    self._dirty.add(event.model)
         before = self.engine.dropped_events
         transitions = self.engine.apply(events, now)
         self.applied_events += len(events)
@@ -257,10 +292,16 @@ class Daemon:
                 if transitions:
                     self._on_transitions(transitions, now)
                 self.actions.tick(now)
+                await self._expire_idle_models(now)
+                if self.store is not None and self.consumer.assignment:
+                    await self._commit_point()
                 self._publish_models(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
 
     def _on_transitions(self, transitions: list[Transition], now: float) -> None:
+        # A transition is checkpointed before the next commit, so a replica taking over
+        # continues from the new state instead of deciding (and paging) again.
+        self._force_checkpoint = True
         for t in transitions:
             self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
             log.info("transition %s", t.describe())
@@ -333,11 +374,107 @@ class Daemon:
 
     # ----------------------------------------------------------------- rebalance hooks
 
+    async def _expire_idle_models(self, now: float) -> None:
+        ttl = self.settings.engine.model_idle_ttl_s
+        idle = [
+            model
+            for model, monitor in self.engine.models.items()
+            if monitor.last_event_at is not None and now - monitor.last_event_at > ttl
+        ]
+        if not idle:
+            return
+        for model in idle:
+            self.engine.drop(model)
+            self._model_partition.pop(model, None)
+            self._dirty.discard(model)
+        log.info("dropped %d models idle for over %.0fs", len(idle), ttl)
+        if self.store is not None:
+            try:
+                await self.store.delete(idle)
+            except Exception as err:
+                log.warning("cannot delete checkpoints of idle models: %r", err)
+
+    async def _commit_point(self) -> None:
+        """Commit applied offsets; with a state store, only right after a checkpoint."""
+        store = self.store
+        if store is None:
+            await self.consumer.commit()
+            return
+        due = time.monotonic() - self._last_checkpoint >= self.settings.state.interval_s
+        if not (due or self._force_checkpoint):
+            return
+        if await self._checkpoint(set(self._dirty)):
+            self._force_checkpoint = False
+            await self.consumer.commit()
+
+    async def _checkpoint(self, models: set[str]) -> bool:
+        store = self.store
+        if store is None:
+            return True
+        snapshots = {}
+        for model in models:
+            monitor = self.engine.models.get(model)
+            if monitor is not None:
+                snapshots[model] = snapshot_model(
+                    monitor, self.actions, self._model_partition.get(model)
+                )
+        try:
+            if snapshots:
+                await store.save(snapshots)
+        except Exception as err:
+            self.metrics.checkpoint_failures.inc()
+            log.warning(
+                "checkpoint of %d models failed (offsets not committed): %r", len(snapshots), err
+            )
+            return False
+        self._dirty -= models
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoints.inc()
+        self.metrics.last_checkpoint.set(time.time())
+        return True
+
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        """Restore the models of newly assigned partitions before any of their records."""
+        store = self.store
+        if store is None or not assigned:
+            return
+        try:
+            snapshots = await store.load_all()
+        except Exception as err:
+            self.metrics.checkpoint_failures.inc()
+            log.error("cannot load checkpoints (models start afresh): %r", err)
+            return
+        now = self.clock()
+        restored = 0
+        for model, data in snapshots.items():
+            tp = partition_of(data)
+            if tp is None or tp not in assigned or model in self.engine.models:
+                continue
+            try:
+                monitor = restore_model(data, self.settings.policy_for(model), now, self.actions)
+            except Exception as err:
+                log.warning("checkpoint of model %r not restored: %r", model, err)
+                continue
+            if len(self.engine.models) >= self.engine.max_models:
+                break
+            self.engine.models[model] = monitor
+            self._model_partition[model] = tp
+            restored += 1
+        self.restored_models += restored
+        log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        return None
+        """Checkpoint the models of revoked partitions, then stop acting for them."""
+        if self.store is None or not revoked:
+            return
+        leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
+        await self._checkpoint(leaving)
+        for model in leaving:
+            self.engine.drop(model)
+            self._model_partition.pop(model, None)
+            self._dirty.discard(model)
+            self.actions.forget(model)
+        log.info("handed over %d models with their checkpoints", len(leaving))
 
     # ----------------------------------------------------------------- HTTP provider
 
@@ -359,6 +496,8 @@ class Daemon:
             problems.append("Kafka broker unreachable")
         if not self.consumer.assignment_received:
             problems.append("no partition assignment yet")
+        elif self.consumer.rejoining:
+            problems.append("rejoining the consumer group: partitions revoked, none assigned yet")
         if self._stop.is_set():
             problems.append("shutting down")
         return problems
@@ -369,7 +508,17 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "ready": not self.readiness_problems(),
             "applied_events": self.applied_events,
+            "restored_models": self.restored_models,
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }
+
+
+def _build_store(settings: Settings) -> CheckpointStore | None:
+    state = settings.state
+    if state.backend == "file":
+        return DirectoryStore(Path(state.path))
+    if state.backend == "kafka":
+        return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
+    return None

@@ -104,6 +104,9 @@ class HttpSettings(_Section):
 class EngineSettings(_Section):
     #: Models past this count are dropped (and counted), so memory stays bounded.
     max_models: int = Field(default=10_000, ge=1)
+    #: A model with no event for this long is dropped (and its checkpoint deleted), so
+    #: retired models do not hold memory or checkpoint space forever.
+    model_idle_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     #: Forensics: append the ``request_id`` of every applied event to this file before its
     #: offset is committed (an audit of at-least-once delivery). Costly at high rates.
     applied_log: str | None = None
@@ -136,6 +139,21 @@ class ActionsSettings(_Section):
     flag_queue_size: int = Field(default=1000, ge=1)
 
 
+class StateSettings(_Section):
+    """Checkpoints of detector, health and action state (see docs/scaling.md)."""
+
+    #: ``kafka``: a compacted topic shared by the replicas of a consumer group; ``file``: a
+    #: directory, for a single instance; ``none``: state lives in memory only.
+    backend: Literal["none", "file", "kafka"] = "none"
+    path: str = "var/driftwarden/state"
+    topic: str = "driftwarden-state"
+    #: Checkpoint every model touched since the last one this often; offsets are committed
+    #: right after each checkpoint, so state and offsets stay consistent.
+    interval_s: float = Field(default=5.0, gt=0, le=3600)
+    #: Largest checkpoint of one model (producer max_request_size for the topic backend).
+    max_bytes: int = Field(default=16_777_216, ge=65_536)
+
+
 class OperatorSettings(_Section):
     #: Environment variable holding the operator API's bearer token; the API is off when
     #: the variable is unset or empty.
@@ -165,6 +183,7 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     actions: ActionsSettings = Field(default_factory=ActionsSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     #: Policy per model id; ``default`` applies to every model not listed, and a listed
     #: model inherits from ``default`` each top-level key it does not set.
     models: dict[str, ModelPolicy] = Field(default_factory=lambda: {"default": ModelPolicy()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,19 +32,21 @@ async def wait_for(
     *,
     timeout: float = 30.0,
     interval: float = 0.05,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
 ) -> float:
     """Poll ``condition`` until true; return the seconds it took. Fails the test on timeout."""
     started = time.monotonic()
     deadline = started + timeout
     while True:
         result = condition()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
+        result = bool(result)
         if result:
             return time.monotonic() - started
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout}s waiting for {described}")
         await asyncio.sleep(interval)
 
 

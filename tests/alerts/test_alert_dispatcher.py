@@ -335,3 +335,33 @@ async def test_sink_down_self_alert_reaches_the_other_sinks(
 def test_duplicate_sink_names_are_refused(metrics: Metrics) -> None:
     with pytest.raises(ValueError, match="distinct"):
         AlertDispatcher([RecordingSink("x"), RecordingSink("x")], metrics)
+
+
+async def test_adopted_incident_is_resolved_without_a_new_page(
+    metrics: Metrics, make_alert: MakeAlert
+) -> None:
+    """A replica taking over a model from a checkpoint resolves the incident it adopted."""
+    sink = RecordingSink()
+    async with fast([sink], metrics) as dispatcher:
+        alert = make_alert()
+        dispatcher.adopt(alert)
+        assert dispatcher.active() == [alert]
+        dispatcher.resolve(alert)
+        await wait_for(lambda: sink.statuses() == ["resolved"], what="the resolve")
+        assert dispatcher.active() == []
+
+
+async def test_released_incident_is_forgotten_silently(
+    metrics: Metrics, make_alert: MakeAlert
+) -> None:
+    """A replica that lost a model's partition neither resolves nor re-sends its incident."""
+    sink = RecordingSink()
+    async with fast([sink], metrics) as dispatcher:
+        alert = make_alert()
+        dispatcher.fire(alert)
+        await wait_for(lambda: sink.statuses() == ["firing"], what="the page")
+        dispatcher.release(alert.model)
+        dispatcher.resolve(alert)
+        assert dispatcher.active() == []
+        await wait_for(lambda: dispatcher.queue_depth("rec") == 0, what="queue drained")
+    assert sink.statuses() == ["firing"]

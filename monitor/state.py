@@ -1,0 +1,385 @@
+"""Checkpoints of every model's detector, health and action state, so a restart or a
+rebalance neither forgets reference windows nor repeats a flag flip or a page.
+
+Stores: a compacted Kafka topic keyed by model id (replicas), or a directory (one instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from alerts.base import Alert
+from detectors.specs import restore_detector
+from detectors.state import StateError
+from monitor.engine import ModelMonitor
+from monitor.errors import DriftwardenError
+from monitor.policy import Level, ModelPolicy
+
+if TYPE_CHECKING:
+    from monitor.actions import Actions
+    from monitor.settings import KafkaSettings
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointStore",
+    "DirectoryStore",
+    "KafkaStore",
+    "restore_model",
+    "snapshot_model",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class CheckpointError(DriftwardenError):
+    retriable = True
+
+
+class CheckpointStore(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def load_all(self) -> dict[str, bytes]:
+        """Every model's latest checkpoint."""
+        ...
+
+    async def save(self, items: dict[str, bytes]) -> None:
+        """Write checkpoints durably; return only once they are safe."""
+        ...
+
+    async def delete(self, models: list[str]) -> None:
+        """Forget models (tombstones on a compacted topic)."""
+        ...
+
+
+def _spec_digest(spec: Any) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _alert_to_dict(alert: Alert) -> dict[str, Any]:
+    return {
+        "model": alert.model,
+        "alertname": alert.alertname,
+        "severity": alert.severity,
+        "state": alert.state,
+        "signals": list(alert.signals),
+        "summary": alert.summary,
+        "description": alert.description,
+        "runbook_url": alert.runbook_url,
+        "starts_at": alert.starts_at.isoformat(),
+        "values": alert.values,
+        "labels": alert.labels,
+    }
+
+
+def _alert_from_dict(raw: dict[str, Any]) -> Alert:
+    return Alert(
+        model=raw["model"],
+        alertname=raw["alertname"],
+        severity=raw["severity"],
+        state=raw["state"],
+        signals=tuple(raw["signals"]),
+        summary=raw["summary"],
+        description=raw["description"],
+        runbook_url=raw["runbook_url"],
+        starts_at=datetime.fromisoformat(raw["starts_at"]),
+        values=dict(raw["values"]),
+        labels=dict(raw["labels"]),
+    )
+
+
+def snapshot_model(
+    monitor: ModelMonitor, actions: Actions | None, partition: TopicPartition | None
+) -> bytes:
+    """Everything needed to continue a model elsewhere, as bytes."""
+    health = monitor.health
+    members: dict[str, Any] = {}
+    for signal in monitor.signals:
+        digest = _spec_digest(signal.policy.detector_spec)
+        for member in signal.members:
+            members[member.name] = {
+                "spec": digest,
+                "detector": member.detector.to_bytes(),
+                "last_conclusive_at": member.last_conclusive_at,
+            }
+    action_state: dict[str, Any] = {}
+    if actions is not None:
+        held = actions.held.get(monitor.model, {})
+        action_state = {
+            "held": held,
+            "baseline": {f: actions.baseline.get(f) for f in held},
+            "alerts": [
+                _alert_to_dict(a)
+                for a in (actions.dispatcher.active() if actions.dispatcher else [])
+                if a.model == monitor.model
+            ],
+            "silenced_until": actions.silenced_until.get(monitor.model),
+        }
+    state = {
+        "v": STATE_VERSION,
+        "model": monitor.model,
+        "partition": [partition.topic, partition.partition] if partition else None,
+        "saved_at": time.time(),
+        "events": monitor.events,
+        "last_event_at": monitor.last_event_at,
+        "model_version": monitor.model_version,
+        "health": {
+            "level": int(health.level),
+            "last_transition_at": (
+                health.last_transition_at if health.last_transition_at > -1e300 else None
+            ),
+            "healthy_since": health.healthy_since,
+            "breach_since": {
+                name: {str(int(lvl)): t for lvl, t in since.items()}
+                for name, since in health.breach_since.items()
+            },
+        },
+        "members": members,
+        "actions": action_state,
+    }
+    return msgspec.msgpack.encode(state)
+
+
+def partition_of(data: bytes) -> TopicPartition | None:
+    raw = msgspec.msgpack.decode(data)
+    part = raw.get("partition")
+    return TopicPartition(part[0], int(part[1])) if part else None
+
+
+def restore_model(
+    data: bytes, policy: ModelPolicy, now: float, actions: Actions | None
+) -> ModelMonitor:
+    """A monitor continuing from ``data`` under ``policy``.
+
+    A detector whose spec changed since the checkpoint starts afresh (its old state would
+    not mean the same thing); health and actions continue, so nothing is repeated.
+    """
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError as err:
+        raise CheckpointError(f"checkpoint is not msgpack: {err}") from err
+    if raw.get("v") != STATE_VERSION:
+        raise CheckpointError(f"checkpoint version {raw.get('v')!r}, expected {STATE_VERSION}")
+    model: str = raw["model"]
+    monitor = ModelMonitor.build(model, policy, now)
+    monitor.events = int(raw["events"])
+    monitor.last_event_at = raw["last_event_at"]
+    monitor.model_version = raw["model_version"]
+    saved_members = raw["members"]
+    for signal in monitor.signals:
+        digest = _spec_digest(signal.policy.detector_spec)
+        for member in signal.members:
+            saved = saved_members.get(member.name)
+            if saved is None or saved["spec"] != digest:
+                continue
+            try:
+                member.detector = restore_detector(saved["detector"])
+            except StateError as err:
+                log.warning(
+                    "model %r signal %r: detector state not restored: %s", model, member.name, err
+                )
+                continue
+            member.reading = member.detector.reading()
+            member.last_conclusive_at = saved["last_conclusive_at"]
+    health = raw["health"]
+    machine = monitor.health
+    machine.level = Level(health["level"])
+    if health["last_transition_at"] is not None:
+        machine.last_transition_at = float(health["last_transition_at"])
+    machine.healthy_since = health["healthy_since"]
+    machine.breach_since = {
+        name: {Level(int(lvl)): float(t) for lvl, t in since.items()}
+        for name, since in health["breach_since"].items()
+    }
+    action_state = raw.get("actions") or {}
+    if actions is not None and action_state:
+        held = dict(action_state.get("held") or {})
+        if held:
+            actions.held[model] = held
+            for flag, value in (action_state.get("baseline") or {}).items():
+                actions.baseline.setdefault(flag, value)
+        if action_state.get("silenced_until"):
+            actions.silenced_until[model] = float(action_state["silenced_until"])
+        if actions.dispatcher is not None:
+            for alert in action_state.get("alerts") or ():
+                actions.dispatcher.adopt(_alert_from_dict(alert))
+    return monitor
+
+
+def _file_name(model: str) -> str:
+    return base64.urlsafe_b64encode(model.encode()).decode().rstrip("=") + ".ckpt"
+
+
+class DirectoryStore:
+    """One file per model in a directory, written atomically: for a single instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+
+    async def stop(self) -> None:
+        return None
+
+    async def load_all(self) -> dict[str, bytes]:
+        def load() -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            for file in self.path.glob("*.ckpt"):
+                data = file.read_bytes()
+                with contextlib.suppress(msgspec.DecodeError, KeyError):
+                    found[msgspec.msgpack.decode(data)["model"]] = data
+            return found
+
+        return await asyncio.to_thread(load)
+
+    async def save(self, items: dict[str, bytes]) -> None:
+        def write() -> None:
+            for model, data in items.items():
+                target = self.path / _file_name(model)
+                tmp = target.with_suffix(".tmp")
+                with tmp.open("wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as err:
+            raise CheckpointError(f"cannot write checkpoints to {self.path}: {err}") from err
+
+    async def delete(self, models: list[str]) -> None:
+        def remove() -> None:
+            for model in models:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / _file_name(model)).unlink()
+
+        await asyncio.to_thread(remove)
+
+
+class KafkaStore:
+    """A compacted topic keyed by model id: the latest checkpoint of each model survives."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, *, max_bytes: int) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.max_bytes = max_bytes
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        from monitor.consumer import ensure_topics
+
+        s = self.settings
+        await ensure_topics(
+            s,
+            {self.topic: {"partitions": 1, "config": {"cleanup.policy": "compact"}}},
+            s.broker_timeout_s,
+        )
+        producer = AIOKafkaProducer(
+            acks="all", max_request_size=self.max_bytes, linger_ms=0, **s.client_options()
+        )
+        await asyncio.wait_for(producer.start(), s.broker_timeout_s)
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
+
+    async def load_all(self, idle_s: float = 1.0, settle_s: float = 0.2) -> dict[str, bytes]:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=max(self.max_bytes * 4, 52_428_800),
+            max_partition_fetch_bytes=max(self.max_bytes * 2, 1_048_576),
+            **s.client_options(),
+        )
+        await asyncio.wait_for(consumer.start(), s.broker_timeout_s)
+        found: dict[str, bytes] = {}
+        try:
+            partitions = consumer.partitions_for_topic(self.topic) or {0}
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning()
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
+            seen: dict[TopicPartition, int] = {}
+
+            def at_end() -> bool:
+                # Some brokers (Tansu) answer the last batch's base offset rather than the log
+                # end, so "reached" is last-offset-seen >= end - 1, then a short settle.
+                return all(seen.get(tp, -1) >= ends[tp] - 1 for tp in tps if ends[tp] > 0)
+
+            quiet_since = time.monotonic()
+            reached_at: float | None = None
+            while time.monotonic() - quiet_since < idle_s:
+                if reached_at is None and at_end():
+                    reached_at = time.monotonic()
+                if reached_at is not None and time.monotonic() - reached_at >= settle_s:
+                    break
+                batch = await asyncio.wait_for(
+                    consumer.getmany(timeout_ms=200), 200 / 1000 + s.broker_timeout_s
+                )
+                for tp, records in batch.items():
+                    if records:
+                        seen[tp] = max(seen.get(tp, -1), records[-1].offset)
+                    for record in records:
+                        quiet_since = time.monotonic()
+                        if record.key is None:
+                            continue
+                        model = record.key.decode()
+                        if record.value is None:
+                            found.pop(model, None)
+                        else:
+                            found[model] = record.value
+        finally:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(consumer.stop(), s.broker_timeout_s)
+        return found
+
+    async def save(self, items: dict[str, bytes]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise CheckpointError("KafkaStore is not started")
+        try:
+            futures = [
+                await producer.send(self.topic, value=data, key=model.encode())
+                for model, data in items.items()
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), self.settings.broker_timeout_s)
+        except (TimeoutError, KafkaError) as err:
+            raise CheckpointError(f"checkpoint write to {self.topic!r} failed: {err!r}") from err
+
+    async def delete(self, models: list[str]) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        futures = [await producer.send(self.topic, value=None, key=m.encode()) for m in models]
+        await asyncio.wait_for(asyncio.gather(*futures), self.settings.broker_timeout_s)
+
+
+def with_partition(data: bytes, partition: TopicPartition) -> bytes:
+    raw = msgspec.msgpack.decode(data)
+    raw["partition"] = [partition.topic, partition.partition]
+    return msgspec.msgpack.encode(raw)
