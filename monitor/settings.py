@@ -133,6 +133,9 @@ class AlertsSettings(_Section):
 
 
 class ActionsSettings(_Section):
+    #: Global shadow switch: every model runs as ``mode: shadow`` whatever its policy says
+    #: (decide and record, touch no flag, page nobody). ``DRIFTWARDEN_ACTIONS__SHADOW=true``.
+    shadow: bool = False
     #: JSON lines of every transition and action (the audit trail); none when unset.
     audit_log: str | None = None
     #: Flags waiting for their backend; requests for one flag coalesce.
@@ -206,9 +209,14 @@ class Settings(BaseSettings):
         """The policy of ``model``: its own entry over ``default``'s, key by key."""
         default = self.models.get("default", ModelPolicy())
         own = self.models.get(model)
-        if own is None:
-            return default
-        return default.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+        policy = (
+            default
+            if own is None
+            else default.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+        )
+        if self.actions.shadow and policy.mode != "shadow":
+            policy = policy.model_copy(update={"mode": "shadow"})
+        return policy
 
 
 class _YamlData(PydanticBaseSettingsSource):

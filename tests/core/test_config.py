@@ -160,3 +160,10 @@ def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None
         main(["--version"])
     assert exit_info.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_global_shadow_switch_overrides_every_model_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTWARDEN_ACTIONS__SHADOW", "true")
+    settings = load_settings(EXAMPLE)
+    assert settings.policy_for("fraud-scorer").mode == "shadow"
+    assert settings.models["fraud-scorer"].mode == "enforce"
