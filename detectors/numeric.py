@@ -137,8 +137,8 @@ class KSWindowDetector(WindowedDetector):
             spans = [(ring.size - (fresh - ring.pos), ring.size), (0, ring.pos)]
         for start, stop in spans:
             held = ring.buf[start:stop]
-            self._upto[start:stop] = np.searchsorted(grid, held, side="right")
-            self._below[start:stop] = np.searchsorted(grid, held, side="left")
+            self._upto[start:stop] = grid.searchsorted(held, "right")
+            self._below[start:stop] = grid.searchsorted(held, "left")
         self._ranked = self._seen
         return self._upto[:count], self._below[:count]
 
