@@ -402,24 +402,23 @@ class Actions:
                 "backend": name,
             }
         )
-        if self.dispatcher is None:
-            return
-        if up:
-            self.dispatcher.resolve(alert)
-        else:
-            self.dispatcher.fire(alert)
+        self._raise_or_clear(alert, up)
 
     def _on_sink_health(self, name: str, up: bool) -> None:
         alert = sink_down_alert(name, runbook_url=self.self_runbook_url)
         self.audit.write(
             {"kind": "alert_sink_up" if up else "alert_sink_down", "at": self.clock(), "sink": name}
         )
+        self._raise_or_clear(alert, up)
+
+    def _raise_or_clear(self, self_alert: Alert, healthy: bool) -> None:
+        """Fire driftwarden's own alert about a dependency, or resolve it once healthy."""
         if self.dispatcher is None:
             return
-        if up:
-            self.dispatcher.resolve(alert)
+        if healthy:
+            self.dispatcher.resolve(self_alert)
         else:
-            self.dispatcher.fire(alert)
+            self.dispatcher.fire(self_alert)
 
     # ----------------------------------------------------------------- review sampling
 
