@@ -272,7 +272,9 @@ class Actions:
         alert = self._alert_for(t, policy, now)
         if alert is None:
             return None
-        silenced = self.silenced_until.get(t.model, 0.0) > now
+        # A silence holds back pages, never a resolve: an incident paged before the silence
+        # must still close, or it stays open (and re-sent to Alertmanager) after recovery.
+        silenced = not alert.resolved and self.silenced_until.get(t.model, 0.0) > now
         kind = "alert_resolve" if alert.resolved else "alert_fire"
         outcome = "shadow" if shadow else "silenced" if silenced else "requested"
         self.metrics.actions.labels(kind, outcome).inc()
@@ -433,15 +435,21 @@ class Actions:
             level = monitor.health.level
             if level < Level.DEGRADED or monitor.policy.mode == "shadow":
                 continue
-            actions = monitor.policy.actions.get(level.label)  # type: ignore[call-overload]
-            if actions is not None and actions.review is not None:
-                reviewing[model] = actions.review
+            # Like flags, review carries up: a critical model keeps degraded's sampling unless
+            # critical configures its own.
+            for lvl in (level, Level.DEGRADED):
+                actions = monitor.policy.actions.get(lvl.label)  # type: ignore[call-overload]
+                if actions is not None and actions.review is not None:
+                    reviewing[model] = actions.review
+                    break
         if not reviewing:
             return
         now = time.monotonic()
         for event in events:
             review = reviewing.get(event.model)
-            if review is None:
+            # An event that carries a label is an outcome (maybe a reviewer's own answer
+            # coming back): it needs no review, and sampling it would loop.
+            if review is None or event.label is not None:
                 continue
             if review.max_confidence is not None and (
                 event.confidence is None or event.confidence >= review.max_confidence
@@ -455,9 +463,10 @@ class Actions:
                 self._review_budget[event.model] = (tokens, now)
                 continue
             self._review_budget[event.model] = (tokens - 1.0, now)
-            await writer.send(
-                self.review_topic, self._encoder.encode(event), key=event.model.encode()
-            )
+            # The v1 contract without its absent fields: reviewers see what the service sent.
+            fields = msgspec.structs.asdict(event)
+            body = self._encoder.encode({k: v for k, v in fields.items() if v is not None})
+            await writer.send(self.review_topic, body, key=event.model.encode())
             self.metrics.review_events.labels(event.model).inc()
 
     def forget(self, model: str) -> None:

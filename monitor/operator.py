@@ -8,8 +8,8 @@ import hmac
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -38,9 +38,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 def add_gate_routes(app: web.Application, engine: Engine) -> None:
     """``GET /v1/models/{model}/health``: 200 while ok or warn, 503 while degraded or worse.
 
-    The body is the same either way (``healthy``, ``state``, ``level``, ``reasons``), so Argo
-    Rollouts' ``web`` provider can use ``successCondition: result.healthy`` (add ``?always200=1``
-    to get 200 in every state) and Flagger's webhooks, which fail on non-2xx, work as they are.
+    The body is the same either way (``healthy``, ``state``, ``level``, ``reasons``). Argo
+    Rollouts' ``web`` provider takes ``jsonPath: "{$.healthy}"`` with ``successCondition:
+    result == true``; it counts a non-2xx answer as an error, not a failure, so it asks with
+    ``?always200=1``. Flagger's webhooks POST a JSON payload and fail on any status above 202,
+    so the same answer is served to ``POST`` (the payload is ignored). See docs/rollout-gate.md.
     """
 
     async def health(request: web.Request) -> web.Response:
@@ -66,6 +68,18 @@ def add_gate_routes(app: web.Application, engine: Engine) -> None:
                     {"signal": name, "level": obs.level.label, "statistic": stat, "threshold": thr}
                 )
         healthy = level < Level.DEGRADED
+        if not reasons and level is not Level.OK:
+            # Every signal is healthy again, but the model steps down only after recover_after.
+            reasons.append(
+                {
+                    "signal": None,
+                    "level": level.label,
+                    "statistic": None,
+                    "threshold": None,
+                    "detail": "recovering: signals healthy, waiting for recover_after "
+                    f"({monitor.policy.health.recover_after:g}s)",
+                }
+            )
         body = {
             "model": model,
             "healthy": healthy,
@@ -75,10 +89,11 @@ def add_gate_routes(app: web.Application, engine: Engine) -> None:
             "events": monitor.events,
             "reasons": reasons,
         }
-        status = 200 if healthy or request.query.get("always200") else 503
-        return _json(body, status)
+        always200 = request.query.get("always200", "").lower() in ("1", "true", "yes")
+        return _json(body, 200 if healthy or always200 else 503)
 
     app.router.add_get("/v1/models/{model}/health", health)
+    app.router.add_post("/v1/models/{model}/health", health)
 
 
 def add_operator_routes(app: web.Application, actions: Actions) -> None:
@@ -87,12 +102,15 @@ def add_operator_routes(app: web.Application, actions: Actions) -> None:
     if not token:
         log.info("operator API off: no token configured")
         return
-    expected = f"Bearer {token}".encode()
+    # A token from a Kubernetes Secret often ends with a newline nobody sends back.
+    expected = token.strip().encode()
 
     def guarded(handler: Handler) -> Handler:
         async def check(request: web.Request) -> web.StreamResponse:
-            presented = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(presented, expected):
+            # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer"
+            if not hmac.compare_digest(presented.strip().encode(), expected) or not ok:
                 # Never log what was presented: it may be a near-miss of the real token.
                 log.warning(
                     "operator API: unauthorized %s %s from %s",
@@ -100,7 +118,9 @@ def add_operator_routes(app: web.Application, actions: Actions) -> None:
                     request.path,
                     request.remote,
                 )
-                return _json({"error": "unauthorized"}, 401)
+                response = _json({"error": "unauthorized"}, 401)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="driftwarden"'
+                return response
             return await handler(request)
 
         return check
@@ -186,7 +206,7 @@ def add_operator_routes(app: web.Application, actions: Actions) -> None:
             summary="",
             description="",
             runbook_url="",
-            starts_at=_now(),
+            starts_at=datetime.now(UTC),
         )
         if not actions.dispatcher.acknowledge(probe):
             return _json({"error": f"no active incident for model {model!r}"}, 404)
@@ -200,9 +220,3 @@ def add_operator_routes(app: web.Application, actions: Actions) -> None:
     app.router.add_post("/v1/models/{model}/silence", guarded(silence))
     app.router.add_delete("/v1/models/{model}/silence", guarded(unsilence))
     app.router.add_post("/v1/models/{model}/ack", guarded(acknowledge))
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(time.time(), UTC)

@@ -1,0 +1,228 @@
+"""The daemon in-process on the real broker for the operator tests: steady traffic with a
+settable error rate, a short-timed error-rate policy, and an HTTP client on the daemon's port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from monitor.daemon import Daemon
+from monitor.embedded_broker import EmbeddedBroker
+from monitor.metrics import Metrics
+from monitor.settings import Settings, load_settings
+from tests.conftest import wait_for
+from tests.core.kafka_helpers import create_topic
+
+#: Short health timings so that an incident and its recovery take a few seconds.
+FOR_S, COOLDOWN_S, RECOVER_S = 0.5, 1.0, 1.5
+THRESHOLD = 0.2
+RUNBOOK = "https://runbooks.example/ModelUnhealthy"
+
+
+class Traffic:
+    """One model's events at a steady rate; ``error_probability`` is settable mid-run.
+
+    Each event has a ``prediction`` and a uniform ``confidence``; ``sent`` maps request ids
+    to their confidence, so tests can check what was sampled for review.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, model: str, rate: float = 400.0) -> None:
+        self.bootstrap, self.topic, self.model, self.rate = bootstrap, topic, model, rate
+        self.error_probability = 0.0
+        self.sent: dict[str, float] = {}
+        self._random = random.Random(11)
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> Traffic:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name=f"traffic-{self.model}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, body: dict[str, Any]) -> None:
+        """One extra record on the same topic (e.g. a label event)."""
+        assert self._producer is not None
+        await self._producer.send(self.topic, json.dumps(body).encode(), key=self.model.encode())
+
+    async def _run(self) -> None:
+        assert self._producer is not None
+        tick = 0.05
+        per_tick = max(1, int(self.rate * tick))
+        while True:
+            for _ in range(per_tick):
+                request_id = f"{self.model}-{len(self.sent)}"
+                confidence = round(self._random.random(), 4)
+                self.sent[request_id] = confidence
+                body = {
+                    "model": self.model,
+                    "request_id": request_id,
+                    "latency_ms": 20.0,
+                    "prediction": 1.0 if confidence >= 0.5 else 0.0,
+                    "confidence": confidence,
+                    "error": self._random.random() < self.error_probability,
+                }
+                await self._producer.send(
+                    self.topic, json.dumps(body).encode(), key=self.model.encode()
+                )
+            await asyncio.sleep(tick)
+
+
+def error_rate_signal() -> dict[str, Any]:
+    return {
+        "name": "error_rate",
+        "source": "error",
+        "detector": {
+            "type": "rate_window",
+            "window": 100,
+            "min_samples": 50,
+            "stride": 10,
+            "persist": 0,
+        },
+        "thresholds": {"degraded": THRESHOLD},
+    }
+
+
+def write_settings(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    topic: str,
+    *,
+    flags: dict[str, Any] | None = None,
+    sinks: list[dict[str, Any]] | None = None,
+    degraded: dict[str, Any] | None = None,
+    signals: list[dict[str, Any]] | None = None,
+) -> Settings:
+    """Settings of one daemon on ``topic`` with the short-timed error-rate policy."""
+    config: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "review_topic": f"{topic}-review",
+            "auto_offset_reset": "earliest",
+            "fetch_timeout_ms": 100,
+            "broker_timeout_s": 5,
+        },
+        "http": {"host": "127.0.0.1", "port": 0},
+        "lifecycle": {"log_format": "text", "grace_period_s": 10},
+        "flags": flags,
+        "alerts": {"sinks": sinks if sinks is not None else [{"type": "console"}]},
+        "actions": {"audit_log": str(tmp_path / "audit.jsonl")},
+        "models": {
+            "default": {
+                "mode": "enforce",
+                "health": {"for": FOR_S, "cooldown": COOLDOWN_S, "recover_after": RECOVER_S},
+                "signals": signals if signals is not None else [error_rate_signal()],
+                "actions": {
+                    "degraded": degraded
+                    if degraded is not None
+                    else {"alert": {"severity": "page"}}
+                },
+                "runbook_url": RUNBOOK,
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_settings(path)
+
+
+def audit(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    metrics: Metrics
+    http: aiohttp.ClientSession
+    base_url: str
+
+    def level(self, model: str) -> str:
+        monitor = self.daemon.engine.models.get(model)
+        return monitor.health.level.label if monitor is not None else "unknown"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, topic: str) -> AsyncIterator[Running]:
+    """Create ``topic``, run a daemon over it, yield it with an HTTP client; stop it cleanly."""
+    await create_topic(settings.kafka.bootstrap_servers, topic, partitions=1)
+    metrics = Metrics.create(CollectorRegistry())
+    daemon = Daemon(settings, metrics=metrics)
+    task = asyncio.create_task(daemon.run(), name="daemon")
+    try:
+        await wait_for(
+            lambda: daemon.http.bound_port is not None or task.done(), timeout=10, what="HTTP up"
+        )
+        assert not task.done(), "the daemon exited at start"
+        base_url = f"http://127.0.0.1:{daemon.http.bound_port}"
+        async with aiohttp.ClientSession() as http:
+            yield Running(daemon, metrics, http, base_url)
+    finally:
+        daemon.request_stop("test over")
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def incident(run: Running, traffic: Traffic, model: str) -> None:
+    """Drive ``model`` from ok to degraded through its error rate."""
+    await wait_for(
+        lambda: run.level(model) == "ok" and run.daemon.engine.models[model].events >= 200,
+        timeout=15,
+        what=f"{model} healthy with traffic",
+    )
+    traffic.error_probability = 0.6
+    await wait_for(lambda: run.level(model) == "degraded", timeout=15, what=f"{model} degraded")
+
+
+async def recovery(run: Running, traffic: Traffic, model: str) -> None:
+    traffic.error_probability = 0.0
+    await wait_for(lambda: run.level(model) == "ok", timeout=15, what=f"{model} recovered")
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 10.0) -> list[Any]:
+    """Every record of ``topic`` from the start, once at least ``expected`` arrived."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(records) < expected:
+                batch = await consumer.getmany(timeout_ms=200)
+                for recs in batch.values():
+                    records.extend(recs)
+        # Anything beyond ``expected`` that is already there is read too.
+        batch = await consumer.getmany(timeout_ms=300)
+        for recs in batch.values():
+            records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
