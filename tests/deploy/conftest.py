@@ -1,20 +1,33 @@
 """Fixtures of the deployment checks: each overlay rendered once per session, promtool, the
-deployed policy file, and the metrics the daemon exports.
+deployed policy file, and the metrics a live daemon exports.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import fields
+from typing import Any
 
 import pytest
 import yaml
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.metrics import Metrics
+from tests.core.kafka_helpers import create_topic
 from tests.deploy.deploy_helpers import (
     K8S,
     OVERLAYS,
+    REPO,
     Rendered,
     promtool_path,
     render,
@@ -43,11 +56,54 @@ def policy_text() -> str:
     return (K8S / "base" / "policy.yaml").read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def daemon_exposition() -> Exposition:
-    """What the daemon's /metrics offers: the exposition of ``Metrics.create()`` with one
-    child of every labelled metric, so each metric shows its label names.
-    """
+SMALL_WINDOW = {"window": 50, "min_samples": 20, "stride": 10, "persist": 0}
+
+#: A policy that exercises every metric: an error-rate incident on one model (transition,
+#: flag flip, alert, review sampling) and the signal kinds the dashboard's panels select
+#: (latency, error, engagement, a feature), with thresholds and with a detector's own.
+EXPOSITION_POLICY: dict[str, Any] = {
+    "default": {
+        "mode": "enforce",
+        "health": {"for": 0, "cooldown": 0, "recover_after": 600},
+        "signals": [
+            {
+                "name": "error_rate",
+                "source": "error",
+                "detector": {**SMALL_WINDOW, "type": "rate_window"},
+                "thresholds": {"degraded": 0.2},
+            },
+            {
+                "name": "latency_p95",
+                "source": "latency_ms",
+                "detector": {**SMALL_WINDOW, "type": "quantile", "q": 0.95},
+                "thresholds": {"degraded": 1000.0},
+            },
+            {
+                "name": "feedback_rate",
+                "source": "feedback",
+                "detector": {**SMALL_WINDOW, "type": "rate_window"},
+                "thresholds": {"warn": 0.05, "direction": "below"},
+            },
+            {
+                "source": "feature",
+                "feature": "amount",
+                "detector": {**SMALL_WINDOW, "type": "ks_window", "reference": {"size": 50}},
+            },
+        ],
+        "actions": {
+            "degraded": {
+                "flags": {"checkout-model": "fallback"},
+                "alert": {"severity": "page"},
+                "review": {"sample_rate": 1.0, "max_per_second": 1000},
+            }
+        },
+    }
+}
+
+
+def _expected_series() -> dict[str, set[str]]:
+    """Every sample name ``Metrics.create()`` defines, with its label names (one child of
+    each labelled metric makes those show)."""
     metrics = Metrics.create(CollectorRegistry())
     for f in fields(metrics):
         metric = getattr(metrics, f.name)
@@ -55,4 +111,111 @@ def daemon_exposition() -> Exposition:
         labelnames = getattr(metric, "_labelnames", ())
         if isinstance(metric, MetricWrapperBase) and labelnames:
             metric.labels(*("x" for _ in labelnames))
-    return parse_exposition(generate_latest(metrics.registry).decode())
+    return parse_exposition(generate_latest(metrics.registry).decode()).samples
+
+
+def _events(count: int, partitions: int) -> list[tuple[int, bytes]]:
+    """(partition, value): ``checkout`` fails half its requests, ``search`` is healthy."""
+    out = []
+    for i in range(count):
+        model = ("checkout", "search")[i % 2]
+        body = {
+            "model": model,
+            "request_id": f"{model}-{i}",
+            "latency_ms": 20.0 + i % 13,
+            "error": model == "checkout" and i % 4 == 0,
+            "feedback": float(i % 3 == 0),
+            "features": {"amount": float(i % 17)},
+        }
+        out.append((i % partitions, json.dumps(body).encode()))
+    out.append((0, b"not json"))  # a bad record: the dead-letter metrics by reason
+    return out
+
+
+async def _produce(bootstrap: str, topic: str, values: list[tuple[int, bytes]]) -> None:
+    await create_topic(bootstrap, topic, partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value, partition=p) for p, value in values]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def _missing(live: Exposition, expected: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name}{sorted(labels)}"
+        for name, labels in expected.items()
+        if name not in live.samples or not labels <= live.samples[name]
+    )
+
+
+@pytest.fixture(scope="session")
+def daemon_exposition(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Exposition]:
+    """The /metrics of a live daemon (a subprocess on the real broker) that has consumed
+    events of two models, good and bad, and acted on an incident; taken once every metric
+    it defines has a sample carrying its label names.
+    """
+    tmp = tmp_path_factory.mktemp("exposition")
+    topic = f"exposition-{time.monotonic_ns() % 10**9}"
+    port = free_port()
+    config = {
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "review_topic": f"{topic}-review",
+            "auto_offset_reset": "earliest",
+            "fetch_timeout_ms": 100,
+            "broker_timeout_s": 5,
+        },
+        "http": {"host": "127.0.0.1", "port": port},
+        "lifecycle": {"log_format": "json", "grace_period_s": 10},
+        "flags": {"type": "flagd_file", "path": str(tmp / "flags.json")},
+        "models": EXPOSITION_POLICY,
+    }
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    asyncio.run(_produce(broker.bootstrap_servers, topic, _events(600, partitions=2)))
+    log_path = tmp / "daemon.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(tmp / "config.yaml")],
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    expected = _expected_series()
+    missing: list[str] = ["no answer from /metrics"]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = _scrape(port)
+            if text is not None:
+                live = parse_exposition(text)
+                missing = _missing(live, expected)
+                if not missing:
+                    break
+            time.sleep(0.05)
+        if missing:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            pytest.fail(f"the daemon's /metrics never showed {missing}; its log ends:\n{tail}")
+        yield live
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
