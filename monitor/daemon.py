@@ -168,7 +168,7 @@ class Daemon:
     async def _start_kafka(self) -> None:
         s = self.settings.kafka
         # One view of the broker: a failed dead-letter write also fails /readyz.
-        self.side_writer.on_broker = self.consumer.mark_broker
+        self.side_writer.broker = self.consumer
         deadline = time.monotonic() + max(30.0, s.broker_timeout_s * 3)
         while True:
             try:
@@ -307,6 +307,26 @@ class Daemon:
             log.info("transition %s", t.describe())
         self.actions.on_transitions(transitions, self.engine, now)
 
+    def _unpublish(self, model: str) -> None:
+        """Remove a model's series once this replica no longer owns it, so dashboards and
+        rollout gates never read a stale state from a replica that handed the model over.
+        """
+        m = self.metrics
+        for key in [k for k in self._signal_children if k[0] == model]:
+            del self._signal_children[key]
+        for metric in (
+            m.health_level,
+            m.health_state,
+            m.signal_value,
+            m.signal_effect,
+            m.signal_breached,
+            m.signal_samples,
+            m.signal_threshold,
+        ):
+            for labels in [lv for lv in list(metric._metrics) if lv[0] == model]:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels)
+
     def _publish_models(self, models: set[str]) -> None:
         # Called after every batch for every model in it, and each second for all models:
         # bound children are kept, and a gauge is set only when its value may have changed
@@ -384,6 +404,7 @@ class Daemon:
         if not idle:
             return
         for model in idle:
+            self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)
@@ -470,6 +491,7 @@ class Daemon:
         leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
         await self._checkpoint(leaving)
         for model in leaving:
+            self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)

@@ -176,3 +176,24 @@ async def test_idle_models_are_dropped_and_their_checkpoints_deleted(
     await daemon._expire_idle_models(clock[0])
     assert daemon.engine.models == {}
     assert await daemon.store.load_all() == {}
+
+
+@pytest.mark.integration
+async def test_handed_over_model_leaves_no_stale_series_on_metrics(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path
+) -> None:
+    settings = load_settings(config(tmp_path, broker, f"series-{unique}"))
+    metrics = Metrics.create(CollectorRegistry())
+    daemon = Daemon(settings, metrics=metrics)
+    tp = TopicPartition(f"series-{unique}", 0)
+    daemon.engine.apply(events(200, 0, 0.6, 1), 1.0)
+    daemon._model_partition["fraud"] = tp
+    daemon._publish_models({"fraud"})
+    get = metrics.registry.get_sample_value
+    assert get("driftwarden_model_health_level", {"model": "fraud"}) is not None
+    assert daemon.store is not None
+    await daemon.store.start()
+    await daemon._on_revoked({tp})
+    assert get("driftwarden_model_health_level", {"model": "fraud"}) is None
+    assert get("driftwarden_signal_value", {"model": "fraud", "signal": "error_rate"}) is None
+    assert "fraud" not in daemon.engine.models
