@@ -106,6 +106,8 @@ class EventConsumer:
         self.broker_ok_at: float | None = None
         self.broker_failed_at: float | None = None
         self._outage_started_at = 0.0
+        #: Times the broker went from reachable to unreachable.
+        self.outages = 0
         self._probed_at = 0.0
 
     @property
@@ -175,6 +177,7 @@ class EventConsumer:
         else:
             if was_reachable:
                 self._outage_started_at = now
+                self.outages += 1
                 if self._pending:
                     # The broker that comes back may be a fresh one (memory-only Tansu, a
                     # recreated cluster) where these offsets point past the log end; the next
@@ -363,9 +366,11 @@ class DeadLetterWriter:
         self._inflight: list[asyncio.Future[Any]] = []
         self._log_window: dict[str, tuple[float, int]] = {}
         self._unacked_dead_letters = 0
-        #: Told the outcome of each broker call (the daemon wires EventConsumer.mark_broker),
-        #: so a dead-letter write stuck on a dead broker shows on /readyz and broker_up.
-        self.on_broker: Callable[[bool], None] | None = None
+        #: The consumer whose broker view this writer shares (wired by the daemon): a write
+        #: stuck on a dead broker shows on /readyz and broker_up, and after any outage the
+        #: side topics are checked before the next write.
+        self.broker: EventConsumer | None = None
+        self._outages_checked = 0
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -425,6 +430,7 @@ class DeadLetterWriter:
         producer = self._producer
         if producer is None:
             raise RuntimeError("DeadLetterWriter is not started")
+        await self._recreate_lost_topics()
         try:
             future = await asyncio.wait_for(
                 producer.send(topic, value=value, key=key, headers=headers),
@@ -450,8 +456,28 @@ class DeadLetterWriter:
         self._report(True)
 
     def _report(self, ok: bool) -> None:
-        if self.on_broker is not None:
-            self.on_broker(ok)
+        if self.broker is not None:
+            self.broker.mark_broker(ok)
+
+    async def _recreate_lost_topics(self) -> None:
+        # A broker that lost its data (Tansu keeps none across a restart) acknowledges
+        # writes to a topic it no longer has, then drops them when the topic is created
+        # again: so the topics are created first, with the partitions given at start.
+        broker = self.broker
+        if broker is None or broker.outages == self._outages_checked:
+            return
+        if self.settings.create_topics:
+            s = self.settings
+            try:
+                await ensure_topics(
+                    s,
+                    {s.dead_letter_topic: {"partitions": 1}, s.review_topic: {"partitions": 1}},
+                    s.broker_timeout_s,
+                )
+            except (TimeoutError, KafkaError, OSError):
+                self._report(False)
+                raise
+        self._outages_checked = broker.outages
 
     def _log_rate_limited(self, record: ConsumerRecord[bytes, bytes], bad: BadRecord) -> None:
         # One line per reason per 10 s, with the count of the lines it stood for.
