@@ -241,7 +241,7 @@ async def test_metrics_status_readyz_and_healthz_of_a_live_daemon(
                     == 0
                     for t, p in assigned
                 ),
-                what=lambda: f"lag 0 on every partition, got {list(lag.collect())[0].samples}",
+                what=lambda: f"lag 0 on every partition, got {next(iter(lag.collect())).samples}",
             )
 
             status, exposition = await get(daemon, "/metrics")
