@@ -63,8 +63,9 @@ class KSWindowDetector(WindowedDetector):
         self._grid = np.zeros(0)
         self._m = 0
         # Per window slot: grid points <= and < its value, valid up to ``_ranked`` events.
-        self._upto = np.zeros(self.spec.window, dtype=np.intp)
-        self._below = np.zeros(self.spec.window, dtype=np.intp)
+        # int32: a rank is at most the grid size, and 16,000 detectors hold these.
+        self._upto = np.zeros(self.spec.window, dtype=np.int32)
+        self._below = np.zeros(self.spec.window, dtype=np.int32)
         self._ranked: int | None = None
         self._ref_mean = math.nan
         self._ref_std = math.nan
