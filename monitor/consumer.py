@@ -141,10 +141,15 @@ class EventConsumer:
                 f"{err!r}"
             ) from err
         listener = _Listener(self)
-        if s.topic_pattern is not None:
-            consumer.subscribe(pattern=s.topic_pattern, listener=listener)
-        else:
-            consumer.subscribe(topics=list(s.topics), listener=listener)
+        try:
+            if s.topic_pattern is not None:
+                consumer.subscribe(pattern=s.topic_pattern, listener=listener)
+            else:
+                consumer.subscribe(topics=list(s.topics), listener=listener)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), s.broker_timeout_s)
+            raise
         self._consumer = consumer
         self.mark_broker(True)
 

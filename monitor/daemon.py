@@ -92,6 +92,7 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         self.restored_models = 0
         self._force_checkpoint = False
+        self._store_outages = 0
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -440,6 +441,14 @@ class Daemon:
                     monitor, self.actions, self._model_partition.get(model)
                 )
         try:
+            if isinstance(store, KafkaStore) and self.consumer.outages != self._store_outages:
+                await store.ensure_topic()
+                self._store_outages = self.consumer.outages
+                # The broker may have lost every checkpoint: write all models, not the dirty.
+                snapshots = {
+                    model: snapshot_model(m, self.actions, self._model_partition.get(model))
+                    for model, m in self.engine.models.items()
+                }
             if snapshots:
                 await store.save(snapshots)
         except Exception as err:

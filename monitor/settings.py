@@ -5,11 +5,20 @@ as ``DRIFTWARDEN_<SECTION>__<FIELD>``; config errors name the file, the field pa
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,11 +76,28 @@ class KafkaSettings(_Section):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
 
+    @field_validator("topic_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {err}") from err
+        return pattern
+
     @model_validator(mode="after")
     def _topics_or_pattern(self) -> KafkaSettings:
         if self.topic_pattern is None and not self.topics:
             raise ValueError("set 'topics' (a list) or 'topic_pattern' (a regular expression)")
         return self
+
+    def consumes(self, topic: str) -> bool:
+        """Whether ``topic`` is one of the event topics (by name or by the pattern)."""
+        if self.topic_pattern is not None:
+            # aiokafka matches the pattern with re.match (anchored at the start only).
+            return re.match(self.topic_pattern, topic) is not None
+        return topic in self.topics
 
     def client_options(self) -> dict[str, Any]:
         """Connection and security options for aiokafka clients."""
@@ -204,6 +230,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file: Kubernetes overrides a ConfigMap's values per pod.
         return (init_settings, env_settings, _YamlData(settings_cls, cls._yaml_data))
+
+    @model_validator(mode="after")
+    def _side_topics_not_consumed(self) -> Settings:
+        # Reading its own dead letters (or review samples, or checkpoints) back as events
+        # would turn one bad record into an endless loop.
+        for field, topic in (
+            ("kafka.dead_letter_topic", self.kafka.dead_letter_topic),
+            ("kafka.review_topic", self.kafka.review_topic),
+            ("state.topic", self.state.topic),
+        ):
+            if self.kafka.consumes(topic):
+                which = "topic_pattern" if self.kafka.topic_pattern is not None else "topics"
+                raise ValueError(
+                    f"kafka.{which} would consume {field} {topic!r}: driftwarden would read "
+                    "its own output back; rename that topic or narrow the subscription"
+                )
+        return self
 
     def policy_for(self, model: str) -> ModelPolicy:
         """The policy of ``model``: its own entry over ``default``'s, key by key."""

@@ -284,9 +284,9 @@ class KafkaStore:
         self.max_bytes = max_bytes
         self._producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> None:
-        if self._producer is not None:
-            return
+    async def ensure_topic(self) -> None:
+        """Create the compacted topic when missing (at start, and after a broker outage that
+        may have lost it: a memory-only or recreated cluster)."""
         from monitor.consumer import ensure_topics
 
         s = self.settings
@@ -295,6 +295,12 @@ class KafkaStore:
             {self.topic: {"partitions": 1, "config": {"cleanup.policy": "compact"}}},
             s.broker_timeout_s,
         )
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        s = self.settings
+        await self.ensure_topic()
         producer = AIOKafkaProducer(
             acks="all", max_request_size=self.max_bytes, linger_ms=0, **s.client_options()
         )

@@ -167,3 +167,24 @@ def test_global_shadow_switch_overrides_every_model_policy(monkeypatch: pytest.M
     settings = load_settings(EXAMPLE)
     assert settings.policy_for("fraud-scorer").mode == "shadow"
     assert settings.models["fraud-scorer"].mode == "enforce"
+
+
+@pytest.mark.parametrize(
+    ("kafka", "expected"),
+    [
+        ({"topic_pattern": "events-(["}, "kafka.topic_pattern: 'events-([' is not a valid regular expression"),
+        ({"topic_pattern": "loop-.*", "topics": [], "dead_letter_topic": "loop-dlq"},
+         "<root>: kafka.topic_pattern would consume kafka.dead_letter_topic 'loop-dlq'"),
+        ({"topics": ["events", "driftwarden-review"]},
+         "<root>: kafka.topics would consume kafka.review_topic 'driftwarden-review'"),
+    ],
+)
+def test_subscription_errors_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka: dict[str, object], expected: str
+) -> None:
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"kafka": kafka}))
+    assert main(["check-config", str(path)]) == 2
+    assert f"{path}: {expected}" in capsys.readouterr().out
