@@ -68,18 +68,20 @@ def partition_of(model_index: int, partitions: int) -> int:
 
 
 def generate(
-    n: int, n_models: int, seed: int = 7, chunk: int = 50_000
+    n: int, n_models: int, seed: int = 7, chunk: int = 50_000, n_numeric: int = len(NUMERIC)
 ) -> Iterator[tuple[np.ndarray, list[bytes]]]:
-    """Chunks of (model index per event, encoded v1 events): steady traffic per model."""
+    """Chunks of (model index per event, encoded v1 events): steady traffic per model,
+    ``n_numeric`` numeric features ``f0..`` and two categorical ones."""
     rng = np.random.default_rng(seed)
     names = models_of(n_models)
-    centres = rng.normal(0.0, 3.0, size=(n_models, len(NUMERIC)))
+    numeric = [f"f{i}" for i in range(n_numeric)]
+    centres = rng.normal(0.0, 3.0, size=(n_models, n_numeric))
     encode = msgspec.json.Encoder().encode
     done = 0
     while done < n:
         k = min(chunk, n - done)
         idx = rng.integers(0, n_models, size=k)
-        feats = centres[idx] + rng.normal(size=(k, len(NUMERIC)))
+        feats = centres[idx] + rng.normal(size=(k, n_numeric))
         c0 = rng.integers(0, 5, size=k)
         c1 = rng.integers(0, 20, size=k)
         pred = 1.0 / (1.0 + np.exp(-feats[:, 0]))
@@ -91,7 +93,7 @@ def generate(
         c0_l, c1_l, err_l = c0.tolist(), c1.tolist(), err.tolist()
         values = []
         for j in range(k):
-            features: dict[str, Any] = dict(zip(NUMERIC, feats_l[j], strict=True))
+            features: dict[str, Any] = dict(zip(numeric, feats_l[j], strict=True))
             features["c0"] = CATEGORIES["c0"][c0_l[j]]
             features["c1"] = CATEGORIES["c1"][c1_l[j]]
             values.append(
@@ -367,9 +369,12 @@ class BenchConfig:
     two_process: bool = False
     latency: bool = False
     latency_rate: int = 50_000
-    latency_seconds: float = 20.0
+    latency_seconds: float = 60.0
+    latency_period: float = 3.0
+    latency_surge: float = 0.5
     memory: bool = False
-    memory_events: int = 10_000_000
+    memory_events: int = 11_000_000
+    leak_events: int = 10_000_000
     out: Path | None = RESULTS / "throughput.md"
     label: str = ""
 
@@ -515,107 +520,327 @@ async def _until(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
-async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[str, float]:
-    """Event age when its batch's health evaluation is done (the breach-to-transition
-    bound: a transition is decided in the same ``engine.apply`` as the event completing
-    the breach), at ``latency_rate`` events/s produced live, after a warm-up backlog."""
+INCIDENT_MODEL = "model-incident"
+INCIDENT_FLAG = "model-incident-fallback"
+#: One event in this many is the incident model's (1,000 events/s at 50k events/s).
+INCIDENT_SHARE = 50
+#: The incident model's policy: its error rate alone, absolute threshold, no hold time.
+INCIDENT_POLICY: dict[str, Any] = {
+    "mode": "enforce",
+    "health": {"for": "0s", "cooldown": "500ms", "recover_after": "500ms"},
+    "signals": [
+        {
+            "name": "error_rate",
+            "source": "error",
+            "detector": {
+                "type": "rate_window",
+                "window": 200,
+                "min_samples": 100,
+                "stride": 10,
+                "persist": 0,
+            },
+            "thresholds": {"degraded": 0.5},
+        }
+    ],
+    "actions": {"degraded": {"flags": {INCIDENT_FLAG: True}}},
+}
+
+
+def _producer_main(argv: list[str]) -> int:
+    """``throughput.py producer BOOTSTRAP TOPIC RATE SECONDS MODELS PERIOD SURGE PARTITIONS``:
+    at a steady RATE events/s, each carrying its produce time in ``ts``; the incident model's
+    events are errors for the first SURGE seconds of every PERIOD. Prints one JSON line:
+    the rate achieved and the incident model's (ts, error) sequence."""
+    bootstrap, topic = argv[0], argv[1]
+    rate, seconds, n_models = float(argv[2]), float(argv[3]), int(argv[4])
+    period, surge, partitions = float(argv[5]), float(argv[6]), int(argv[7])
+
+    async def go() -> dict[str, Any]:
+        names = models_of(n_models)
+        bodies = [msgspec.json.decode(v) for v in next(generate(20_000, n_models, seed=11))[1]]
+        encode = msgspec.json.Encoder().encode
+        rng = np.random.default_rng(3)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+        await producer.start()
+        incident: list[tuple[float, bool]] = []
+        sent = 0
+        lag_max = 0.0
+        incident_partition = 0
+        started = time.perf_counter()
+        wall0 = time.time()
+        try:
+            while (elapsed := time.perf_counter() - started) < seconds:
+                due = int(elapsed * rate) - sent
+                lag_max = max(lag_max, due / rate)
+                batches: dict[int, Any] = {}
+                pending = []
+                for _ in range(max(0, due)):
+                    body = bodies[sent % len(bodies)]
+                    now = time.time()
+                    body["ts"] = now
+                    if sent % INCIDENT_SHARE == 0:
+                        model = INCIDENT_MODEL
+                        error = (now - wall0) % period < surge
+                        incident.append((now, error))
+                        partition = incident_partition
+                    else:
+                        index = int(rng.integers(n_models))
+                        model = names[index]
+                        error = bool(body["error"])
+                        partition = partition_of(index, partitions)
+                    body["model"] = model
+                    value = encode({**body, "error": error})
+                    batch = batches.get(partition)
+                    if batch is None:
+                        batch = batches[partition] = producer.create_batch()
+                    if batch.append(key=model.encode(), value=value, timestamp=None) is None:
+                        pending.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = batches[partition] = producer.create_batch()
+                        batch.append(key=model.encode(), value=value, timestamp=None)
+                    sent += 1
+                for partition, batch in batches.items():
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                await asyncio.gather(*pending)
+                await asyncio.sleep(0.005)
+            achieved = sent / (time.perf_counter() - started)
+        finally:
+            await producer.stop()
+        return {"sent": sent, "rate": achieved, "max_behind_s": lag_max, "incident": incident}
+
+    print(json.dumps(asyncio.run(go())), flush=True)
+    return 0
+
+
+def breach_completions(incident: list[tuple[float, bool]], settings: Settings) -> list[float]:
+    """Produce times of the events that complete each breach of the incident model: its
+    error sequence replayed through the same detector and thresholds as the daemon's."""
+    from detectors.specs import build_detector
+    from monitor.policy import Level
+
+    signal = settings.policy_for(INCIDENT_MODEL).signals[0]
+    detector = build_detector(signal.detector_spec)
+    thresholds = signal.thresholds
+    assert thresholds is not None
+    completions = []
+    breached = False
+    for ts, error in incident:
+        reading = detector.update_many(np.array([1.0 if error else 0.0]))
+        if math.isnan(reading.statistic):
+            continue
+        now = thresholds.level_of(reading.statistic) >= Level.DEGRADED
+        if now and not breached:
+            completions.append(ts)
+        breached = now
+    return completions
+
+
+async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[str, Any]:
+    """Breach to flag write, across processes: the daemon (``driftwarden run``, flagd file
+    backend) and a producer at ``latency_rate`` events/s, each in its own process; the
+    incident model's error surges repeat every ``latency_period`` seconds."""
+    import yaml
+
     topic = f"latency-{tag}"
     await create_topic(bootstrap, topic, cfg.partitions)
-    settings = bench_settings(bootstrap, topic, f"latency-{tag}", cfg.policy)
-    settings.kafka.auto_offset_reset = "latest"
-    metrics = Metrics.create(CollectorRegistry())
-    daemon = Daemon(settings, metrics=metrics)
-    ages: list[np.ndarray] = []
-    apply = daemon.engine.apply
-
-    def timed_apply(events: Any, now: float) -> Any:
-        out = apply(events, now)
-        done = time.time()
-        sent = np.fromiter((e.ts for e in events), dtype=np.float64, count=len(events))
-        ages.append(done - sent)
-        return out
-
-    daemon.engine.apply = timed_apply  # type: ignore[method-assign]
-    task = asyncio.create_task(daemon.run())
-    await _until(lambda: daemon.consumer.assignment_received, 60)
-    await asyncio.sleep(1.0)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
-    await producer.start()
-    names = [m.encode() for m in models_of(cfg.models)]
-    rng = np.random.default_rng(3)
-    encode = msgspec.json.Encoder().encode
-    template = next(generate(20_000, cfg.models, seed=11))[1]
-    decoded = [msgspec.json.decode(v) for v in template]
-    sent = 0
-    started = time.perf_counter()
-    tick = 0.01
+    tmp = Path(tempfile.mkdtemp(prefix="dw-latency-"))
+    flags, audit = tmp / "flags.json", tmp / "audit.jsonl"
+    flags.write_text(
+        json.dumps(
+            {
+                "flags": {
+                    INCIDENT_FLAG: {
+                        "state": "ENABLED",
+                        "variants": {"on": True, "off": False},
+                        "defaultVariant": "off",
+                    }
+                }
+            }
+        )
+    )
+    data = yaml.safe_load(cfg.policy.read_text())
+    data["kafka"].update(
+        bootstrap_servers=bootstrap,
+        topics=[topic],
+        group_id=f"latency-{tag}",
+        dead_letter_topic=f"{topic}-dlq",
+        review_topic=f"{topic}-review",
+    )
+    data["http"]["port"] = free_port()
+    data["flags"] = {"type": "flagd_file", "path": str(flags)}
+    data["actions"] = {"audit_log": str(audit)}
+    data["alerts"] = {"sinks": []}
+    data["models"][INCIDENT_MODEL] = INCIDENT_POLICY
+    config = tmp / "policy.yaml"
+    config.write_text(yaml.safe_dump(data))
+    settings = load_settings(config)
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor", "run", "--config", str(config), cwd=ROOT
+    )
     try:
-        while time.perf_counter() - started < cfg.latency_seconds:
-            due = int((time.perf_counter() - started) * cfg.latency_rate) - sent
-            now = time.time()
-            for _ in range(max(0, due)):
-                body = decoded[sent % len(decoded)]
-                body["ts"] = now
-                model = int(rng.integers(cfg.models))
-                body["model"] = names[model].decode()
-                await producer.send(topic, encode(body), key=names[model])
-                sent += 1
-            await asyncio.sleep(tick)
-        await producer.flush()
-        achieved = sent / (time.perf_counter() - started)
-        await _until(lambda: daemon.applied_events >= sent, 30)
+        ready = f"http://127.0.0.1:{data['http']['port']}/readyz"
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            for _ in range(1200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(ready) as response:
+                        if response.status == 200:
+                            break
+                if daemon.returncode is not None:
+                    raise RuntimeError("the daemon exited before it was ready")
+                await asyncio.sleep(0.05)
+        producer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "producer",
+            bootstrap,
+            topic,
+            str(cfg.latency_rate),
+            str(cfg.latency_seconds),
+            str(cfg.models),
+            str(cfg.latency_period),
+            str(cfg.latency_surge),
+            str(cfg.partitions),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        out, _ = await asyncio.wait_for(producer.communicate(), cfg.latency_seconds + 120)
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        completions = breach_completions(report["incident"], settings)
+
+        def applied() -> list[float]:
+            if not audit.exists():
+                return []
+            entries = [json.loads(line) for line in audit.read_text().splitlines() if line]
+            return [
+                e["at"]
+                for e in entries
+                if e.get("kind") == "flag_applied"
+                and e.get("flag") == INCIDENT_FLAG
+                and e.get("value") is True
+            ]
+
+        await _until(lambda: len(applied()) >= len(completions), 30)
     finally:
-        await producer.stop()
-        daemon.request_stop("latency done")
-        await asyncio.wait_for(task, 60)
-    # The first two seconds include the group join and the producer warming up.
-    all_ages = np.concatenate(ages) if ages else np.zeros(0)
-    steady = all_ages[int(2 * cfg.latency_rate) :]
+        with contextlib.suppress(ProcessLookupError):
+            daemon.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(daemon.wait(), 60)
+    writes = applied()
+    latencies = []
+    for i, done in enumerate(completions):
+        until = completions[i + 1] if i + 1 < len(completions) else math.inf
+        match = [at for at in writes if done <= at < until]
+        latencies.append(match[0] - done if match else math.nan)
+    arr = np.array(latencies)
+    ok = arr[~np.isnan(arr)]
     return {
-        "produced_per_s": achieved,
-        "applied": float(daemon.applied_events),
-        "p50_s": float(np.quantile(steady, 0.5)),
-        "p99_s": float(np.quantile(steady, 0.99)),
-        "max_s": float(steady.max()),
+        "produced_per_s": report["rate"],
+        "producer_max_behind_s": report["max_behind_s"],
+        "incidents": len(completions),
+        "flag_writes": len(writes),
+        "missed": int(np.isnan(arr).sum()),
+        "latencies_s": latencies,
+        "p50_s": float(np.quantile(ok, 0.5)) if ok.size else math.nan,
+        "p99_s": float(np.quantile(ok, 0.99)) if ok.size else math.nan,
+        "max_s": float(ok.max()) if ok.size else math.nan,
     }
 
 
 # ------------------------------------------------------------------------------- memory
 
 
-def measure_memory(cfg: BenchConfig) -> dict[str, Any]:
-    """The engine alone (no broker: this is about resident state) fed ``memory_events``
-    events of ``models`` models; RSS sampled every million events."""
+MEMORY_POLICY = ROOT / "bench" / "policy_memory.yaml"
+#: Numeric features per event in the memory runs (``policy_memory.yaml`` watches 14).
+MEMORY_NUMERIC = 14
+
+
+def _reference_full(detector: Any) -> bool:
+    reference = getattr(detector, "_reference", None)
+    return reference is None or bool(reference.ready)
+
+
+def _memory_main(argv: list[str]) -> int:
+    """``throughput.py memory POLICY EVENTS MODELS [REFERENCE]``: feed the engine alone,
+    print one JSON line with RSS every million events (a fresh process: nothing else
+    resident). REFERENCE overrides every detector's reference size (0: the policy's)."""
+    policy, events, n_models = Path(argv[0]), int(argv[1]), int(argv[2])
+    reference = int(argv[3]) if len(argv) > 3 else 0
     from monitor.engine import Engine
 
-    settings = load_settings(cfg.policy)
+    if reference:
+        import yaml
+
+        data = yaml.safe_load(policy.read_text())
+        for signal in data["models"]["default"]["signals"]:
+            signal["detector"]["reference"] = {"size": reference}
+        policy = Path(tempfile.mkdtemp()) / policy.name
+        policy.write_text(yaml.safe_dump(data))
+    settings = load_settings(policy)
     engine = Engine(settings.policy_for, max_models=settings.engine.max_models)
-    decoder = msgspec.json.Decoder(list[Event])
+    decode = msgspec.json.Decoder(Event).decode
     samples: dict[int, float] = {}
+    full: dict[int, float] = {}
     done = 0
     now = time.time()
     base = rss_mib()
-    batch_values: list[bytes] = []
-    for _, values in generate(cfg.memory_events, cfg.models, seed=5, chunk=100_000):
-        batch_values = values
-        events = decoder.decode(b"[" + b",".join(batch_values) + b"]")
-        engine.apply(events, now)
-        done += len(events)
+    started = time.perf_counter()
+    for _, values in generate(events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC):
+        engine.apply([decode(v) for v in values], now)
+        done += len(values)
         now += 1.0
         if done % 1_000_000 == 0:
             gc.collect()
             samples[done] = rss_mib()
+            members = [m for mm in engine.models.values() for s in mm.signals for m in s.members]
+            full[done] = sum(_reference_full(m.detector) for m in members) / max(1, len(members))
+            print(
+                f"memory: {done:,} events, RSS {samples[done]:,.0f} MiB, "
+                f"{full[done]:.1%} references full",
+                file=sys.stderr,
+                flush=True,
+            )
     detectors = sum(len(s.members) for m in engine.models.values() for s in m.signals)
-    first = samples.get(1_000_000, math.nan)
-    last = samples[max(samples)]
-    return {
+    report = {
+        "policy": policy.name,
+        "reference": reference,
         "models": len(engine.models),
         "detectors": detectors,
         "baseline_mib": base,
         "rss_mib": samples,
-        "growth_1m_to_end": (last - first) / first,
+        "full": full,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - started,
     }
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+def measure_memory(policy: Path, events: int, n_models: int, reference: int = 0) -> dict[str, Any]:
+    """Run ``_memory_main`` in a fresh process; return its report with the 1M -> end growth."""
+    import subprocess
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "memory",
+            str(policy),
+            str(events),
+            str(n_models),
+            str(reference),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    rss = {int(k): v for k, v in report["rss_mib"].items()}
+    report["rss_mib"] = rss
+    report["full"] = {int(k): v for k, v in report["full"].items()}
+    first = rss.get(1_000_000, math.nan)
+    report["growth_1m_to_end"] = (rss[max(rss)] - first) / first
+    return report
 
 
 # ------------------------------------------------------------------------------- report
@@ -626,7 +851,7 @@ def render(
     runs: dict[str, list[Run]],
     summary: dict[str, float],
     group: dict[str, Run],
-    latency: dict[str, float] | None,
+    latency: dict[str, Any] | None,
     memory: dict[str, Any] | None,
     load_s: float,
 ) -> str:
@@ -675,30 +900,34 @@ def render(
             "",
             "## Latency",
             "",
-            f"Produced {latency['produced_per_s']:,.0f} events/s live for "
-            f"{cfg.latency_seconds:.0f} s; age of each event when the health evaluation of its "
-            "batch was done (the breach-to-transition bound): "
+            f"Producer process at {latency['produced_per_s']:,.0f} events/s (asked "
+            f"{cfg.latency_rate:,}) for {cfg.latency_seconds:.0f} s; `driftwarden run` in its "
+            f"own process, flagd file backend; {latency['incidents']} error surges of one model. "
+            "Breach completion to the `flag_applied` audit entry: "
             f"p50 {latency['p50_s'] * 1000:.0f} ms, p99 {latency['p99_s'] * 1000:.0f} ms, "
-            f"max {latency['max_s'] * 1000:.0f} ms (target p99 <= 1 s).",
+            f"max {latency['max_s'] * 1000:.0f} ms, {latency['missed']} missed "
+            "(target p99 <= 1 s).",
         ]
     if memory:
-        rss = memory["rss_mib"]
-        lines += [
-            "",
-            "## Memory",
-            "",
-            f"Engine alone, {memory['models']} models x "
-            f"{memory['detectors'] // max(1, memory['models'])} detectors "
-            f"({memory['detectors']} in all); RSS by events applied:",
-            "",
-            "| events | RSS MiB |",
-            "| ---: | ---: |",
-        ]
-        lines += [f"| {k:,} | {v:,.0f} |" for k, v in sorted(rss.items())]
-        lines.append(
-            f"\nGrowth from 1M to {max(rss):,} events: {memory['growth_1m_to_end'] * 100:+.1f}% "
-            f"(target within 5%); peak RSS {memory['peak_rss_mib']:,.0f} MiB (target < 1024)."
-        )
+        lines += ["", "## Memory", ""]
+        for key, title in (
+            ("default", "default references (10,000 values)"),
+            ("leak", "leak check, references of 500"),
+        ):
+            m = memory[key]
+            rss = m["rss_mib"]
+            lines += [
+                f"Engine alone (no broker), {m['models']} models x "
+                f"{m['detectors'] // max(1, m['models'])} detectors, {title}:",
+                "",
+                "| events | RSS MiB | references full |",
+                "| ---: | ---: | ---: |",
+            ]
+            lines += [f"| {k:,} | {v:,.0f} | {m['full'][k]:.0%} |" for k, v in sorted(rss.items())]
+            lines.append(
+                f"\nGrowth from 1M to {max(rss):,} events: {m['growth_1m_to_end'] * 100:+.1f}%; "
+                f"peak RSS {m['peak_rss_mib']:,.0f} MiB.\n"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -737,7 +966,14 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 print(f"latency: {latency}", flush=True)
         finally:
             await broker.stop()
-    memory = measure_memory(cfg) if cfg.memory else None
+    memory: dict[str, Any] | None = None
+    if cfg.memory:
+        # Default references (10,000 values): resident size once every reference is full.
+        # Leak check: references of 500, full within the first million events.
+        memory = {
+            "default": measure_memory(MEMORY_POLICY, cfg.memory_events, cfg.models),
+            "leak": measure_memory(MEMORY_POLICY, cfg.leak_events, cfg.models, reference=500),
+        }
     if memory:
         print(f"memory: {memory}", flush=True)
     text = render(cfg, runs, summary, group, latency, memory, load_s)
@@ -758,6 +994,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "worker":
         return _worker_main(argv[1:])
+    if argv and argv[0] == "memory":
+        return _memory_main(argv[1:])
+    if argv and argv[0] == "producer":
+        return _producer_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--models", type=int, default=1000)
@@ -768,12 +1008,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency",
         action="store_true",
-        help="also breach latency (experimental: producer in-process)",
+        help="also breach-to-flag latency (producer and daemon in their own processes)",
     )
     parser.add_argument("--latency-rate", type=int, default=50_000)
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--memory", action="store_true", help="also RSS from 1M to N events")
-    parser.add_argument("--memory-events", type=int, default=10_000_000)
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--latency-period", type=float, default=3.0, help="s between surges")
+    parser.add_argument("--latency-surge", type=float, default=0.5, help="s of errors")
+    parser.add_argument("--memory", action="store_true", help="also RSS with full references")
+    parser.add_argument("--memory-events", type=int, default=11_000_000)
+    parser.add_argument("--leak-events", type=int, default=10_000_000)
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.md")
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
@@ -789,7 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
         memory=args.memory,
+        latency_period=args.latency_period,
+        latency_surge=args.latency_surge,
         memory_events=args.memory_events,
+        leak_events=args.leak_events,
         out=args.out,
         label=args.label,
     )
