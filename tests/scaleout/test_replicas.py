@@ -163,12 +163,13 @@ class Replica:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = (self.tmp / f"replica-{self.index}.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "--config", str(self.path)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "DRIFTWARDEN_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"},
-        )
+        with (self.tmp / f"replica-{self.index}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run", "--config", str(self.path)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "DRIFTWARDEN_WEBHOOK_SECRET": SECRET,
+                     "PYTHONUNBUFFERED": "1"},
+            )
 
     async def status(self) -> dict[str, Any] | None:
         try:
