@@ -100,6 +100,13 @@ def settings_for(tmp_path: Path, broker: EmbeddedBroker, topic: str, unleash: Un
     return load_settings(path)
 
 
+async def _is_false(probe: UnleashBackend, flag: str) -> bool:
+    try:
+        return await probe.get(flag) is False
+    except Exception:  # Unleash still starting
+        return False
+
+
 def audit(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -188,7 +195,29 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             kinds = [e["kind"] for e in audit(tmp_path)]
             assert "flag_backend_down" in kinds and "flag_backend_up" in kinds
 
-            # 5. Oscillation: at most one transition per cooldown.
+            # 5. A new incident while Unleash is down: the flip waits, lands when it is back.
+            await asyncio.sleep(COOLDOWN_S)  # the cooldown after the recovery
+            unleash_server.stop()
+            traffic.error_probability = 0.5
+            await wait_for(lambda: monitor.health.level.label == "degraded", timeout=30,
+                           what="second incident")
+            applied_before = daemon.applied_events
+            await wait_for(lambda: daemon.applied_events > applied_before + 500, timeout=20,
+                           what="consumption while the flip is pending")
+            actuator = daemon.actions.actuator
+            assert actuator is not None
+            await wait_for(lambda: flag in actuator.pending() and not actuator.backend_up,
+                           timeout=20, what="flip pending while Unleash is down")
+            unleash_server.start()
+            landed = await wait_for(lambda: _is_false(probe, flag), timeout=40,
+                                    what="pending flip landed after Unleash came back")
+            print(f"pending flip landed {landed:.1f}s after waiting started")
+            traffic.error_probability = 0.0
+            await wait_for(lambda: monitor.health.level.label == "ok", timeout=40,
+                           what="second recovery")
+            await wait_for(lambda: probe.get(flag), timeout=20, what="flag restored again")
+
+            # 6. Oscillation: at most one transition per cooldown.
             started = time.time()
             for _ in range(6):
                 traffic.error_probability = 0.5
