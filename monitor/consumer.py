@@ -215,11 +215,40 @@ class EventConsumer:
             return {}
         if batch:
             self.mark_broker(True)
+            await self._top_up(consumer, batch)
         elif time.monotonic() - self._probed_at >= PROBE_INTERVAL_S and await self.probe():
             # getmany() answers an empty batch both when the topic is idle and when the
             # broker is gone (aiokafka only logs its connection errors): the probe tells.
             await self.reset_positions_past_log_end()
         return batch
+
+    async def _top_up(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        """Merge what the fetcher already holds into ``batch``, within a small time budget.
+
+        With many models each batch gives every model only a few events; a bigger batch lets
+        each detector update once for more events (its fixed cost per call dominates).
+        """
+        s = self.settings
+        have = sum(len(r) for r in batch.values())
+        deadline = time.monotonic() + s.batch_max_wait_ms / 1000
+        while have < s.max_poll_records:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            try:
+                more: Batch = await asyncio.wait_for(
+                    consumer.getmany(
+                        timeout_ms=min(10, left_ms), max_records=s.max_poll_records - have
+                    ),
+                    s.broker_timeout_s,
+                )
+            except (TimeoutError, KafkaError):
+                return  # keep what was fetched; the next fetch sees the problem
+            if not more:
+                return
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                have += len(records)
 
     async def probe(self) -> bool:
         """One metadata request under the broker deadline; True when the broker answered."""

@@ -33,6 +33,7 @@ from monitor.state import (
     KafkaStore,
     partition_of,
     restore_model,
+    saved_at,
     snapshot_model,
 )
 
@@ -89,6 +90,8 @@ class Daemon:
         #: Partition each model's events come from: its checkpoint follows that partition.
         self._model_partition: dict[str, TopicPartition] = {}
         self._dirty: set[str] = set()
+        #: When each model's state was last written to (or read from) the store.
+        self._saved_at: dict[str, float] = {}
         self._last_checkpoint = time.monotonic()
         self.restored_models = 0
         self._force_checkpoint = False
@@ -458,6 +461,9 @@ class Daemon:
             )
             return False
         self._dirty -= models
+        written_at = time.time()
+        for model in snapshots:
+            self._saved_at[model] = written_at
         self._last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()
         self.metrics.last_checkpoint.set(time.time())
@@ -468,18 +474,39 @@ class Daemon:
         store = self.store
         if store is None or not assigned:
             return
-        try:
-            snapshots = await store.load_all()
-        except Exception as err:
-            self.metrics.checkpoint_failures.inc()
-            log.error("cannot load checkpoints (models start afresh): %r", err)
+        snapshots: dict[str, bytes] | None = None
+        for attempt in range(1, 4):
+            try:
+                snapshots = await store.load_all()
+                break
+            except Exception as err:
+                self.metrics.checkpoint_failures.inc()
+                log.warning("loading checkpoints failed (attempt %d of 3): %r", attempt, err)
+        if snapshots is None:
+            log.error(
+                "cannot load checkpoints: the models of %d partitions start afresh", len(assigned)
+            )
             return
         now = self.clock()
+        # A replica that missed a revoke (its commit raced a rebalance) may still hold models
+        # of partitions now owned elsewhere: it must not act for them, nor checkpoint them
+        # over their new owner's state.
+        stale = [m for m, tp in self._model_partition.items() if tp not in assigned]
+        for model in stale:
+            self._unpublish(model)
+            self.engine.drop(model)
+            self._model_partition.pop(model, None)
+            self._dirty.discard(model)
+            self.actions.forget(model)
+        if stale:
+            log.warning("dropped %d models of partitions no longer assigned", len(stale))
         restored = 0
         for model, data in snapshots.items():
             tp = partition_of(data)
-            if tp is None or tp not in assigned or model in self.engine.models:
+            if tp is None or tp not in assigned:
                 continue
+            if model in self.engine.models and self._saved_at.get(model, 0.0) >= saved_at(data):
+                continue  # ours is at least as recent as the checkpoint
             try:
                 monitor = restore_model(data, self.settings.policy_for(model), now, self.actions)
             except Exception as err:
@@ -489,6 +516,7 @@ class Daemon:
                 break
             self.engine.models[model] = monitor
             self._model_partition[model] = tp
+            self._saved_at[model] = saved_at(data)
             restored += 1
         self.restored_models += restored
         log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))

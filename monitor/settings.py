@@ -60,6 +60,9 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "latest"
     max_poll_records: int = Field(default=5000, ge=1, le=1_000_000)
     fetch_timeout_ms: int = Field(default=500, ge=1, le=60_000)
+    #: After a fetch that returned records, keep merging what the fetcher already holds for
+    #: up to this long (bigger batches: fewer, cheaper detector updates). 0 turns it off.
+    batch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
     #: Deadline of any single broker call (fetch, commit, produce); past it the broker is
     #: considered down and the call is retried.
     broker_timeout_s: float = Field(default=10.0, gt=0, le=300)

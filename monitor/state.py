@@ -157,10 +157,22 @@ def snapshot_model(
     return msgspec.msgpack.encode(state)
 
 
+class _Header(msgspec.Struct):
+    partition: list[Any] | None = None
+    saved_at: float = 0.0
+
+
+_HEADER = msgspec.msgpack.Decoder(_Header)
+
+
 def partition_of(data: bytes) -> TopicPartition | None:
-    raw = msgspec.msgpack.decode(data)
-    part = raw.get("partition")
+    part = _HEADER.decode(data).partition
     return TopicPartition(part[0], int(part[1])) if part else None
+
+
+def saved_at(data: bytes) -> float:
+    """When the checkpoint was taken (its writer's clock)."""
+    return _HEADER.decode(data).saved_at
 
 
 def restore_model(
@@ -313,7 +325,9 @@ class KafkaStore:
             with contextlib.suppress(TimeoutError, KafkaError):
                 await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
 
-    async def load_all(self, idle_s: float = 1.0, settle_s: float = 0.2) -> dict[str, bytes]:
+    async def load_all(self, idle_s: float = 1.0, deadline_s: float = 30.0) -> dict[str, bytes]:
+        """Read the topic to its end; raise CheckpointError when that takes past deadline_s
+        (a partial read would silently restart models from scratch)."""
         s = self.settings
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
@@ -332,18 +346,23 @@ class KafkaStore:
             ends = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
             seen: dict[TopicPartition, int] = {}
 
-            def at_end() -> bool:
-                # Some brokers (Tansu) answer the last batch's base offset rather than the log
-                # end, so "reached" is last-offset-seen >= end - 1, then a short settle.
-                return all(seen.get(tp, -1) >= ends[tp] - 1 for tp in tps if ends[tp] > 0)
+            def reached(margin: int) -> bool:
+                return all(seen.get(tp, -1) >= ends[tp] - margin for tp in tps if ends[tp] > 0)
 
-            quiet_since = time.monotonic()
-            reached_at: float | None = None
-            while time.monotonic() - quiet_since < idle_s:
-                if reached_at is None and at_end():
-                    reached_at = time.monotonic()
-                if reached_at is not None and time.monotonic() - reached_at >= settle_s:
+            # Kafka answers the log end (last offset + 1); Tansu the last batch's base offset.
+            # Past that offset the read is surely complete; at end - 1 it is complete on Kafka
+            # and on Tansu only once the last batch arrived, so that needs idle_s of quiet.
+            # Before end - 1 no quiet period ends the read: only the deadline does.
+            started = quiet_since = time.monotonic()
+            while not reached(0):
+                now = time.monotonic()
+                if reached(1) and now - quiet_since >= idle_s:
                     break
+                if now - started > deadline_s:
+                    raise CheckpointError(
+                        f"checkpoint topic {self.topic!r} not read to its end "
+                        f"({seen} of {ends}) within {deadline_s:.0f}s"
+                    )
                 batch = await asyncio.wait_for(
                     consumer.getmany(timeout_ms=200), 200 / 1000 + s.broker_timeout_s
                 )

@@ -270,7 +270,9 @@ async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: 
                   f"{', '.join(f'{s:.1f}s' for s in steps)}")
             recovered_after = max(steps)
         restored = sum([(await r.status() or {}).get("restored_models", 0) for r in survivors])
-        assert restored > 0, "no replica restored a model from the checkpoint topic"
+        # Every model that sent events was checkpointed and is restored by its new owner
+        # (the eager rebalance hands every partition over, not only the killed replica's).
+        assert restored >= len(MODELS), f"only {restored} models restored from checkpoints"
         # The incident goes on, then ends: the new owners restore flags and resolve, once.
         await asyncio.sleep(3)
         traffic.incident = False
