@@ -209,6 +209,15 @@ class Daemon:
             if not batch:
                 continue
             async with self.consumer.batch_lock:
+                # A rebalance may have run between the fetch and the lock: records of a
+                # partition revoked meanwhile belong to its new owner (it reads them from the
+                # committed offset), and applying them here would act for a model we no
+                # longer own.
+                owned = self.consumer.assignment
+                if any(tp not in owned for tp in batch):
+                    batch = {tp: records for tp, records in batch.items() if tp in owned}
+                    if not batch:
+                        continue
                 started = time.perf_counter()
                 applied = await self._apply(batch)
                 if not applied:
