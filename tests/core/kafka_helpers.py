@@ -73,7 +73,11 @@ async def end_offsets(bootstrap: str, topic: str, expected: int) -> dict[int, in
     return ends
 
 
-async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
+async def read_all(
+    bootstrap: str, topic: str, expected: int, timeout: float = 20.0, drain_ms: int = 0
+) -> list[Any]:
+    """Records of ``topic`` from the start until ``expected`` arrived; with ``drain_ms``,
+    also whatever else arrives within that time (to catch records that should not exist)."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
@@ -85,6 +89,10 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 2
                 batch = await consumer.getmany(timeout_ms=200)
                 for recs in batch.values():
                     records.extend(recs)
+        if drain_ms:
+            batch = await consumer.getmany(timeout_ms=drain_ms)
+            for recs in batch.values():
+                records.extend(recs)
     finally:
         await consumer.stop()
     return records

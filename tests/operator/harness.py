@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from monitor.daemon import Daemon
@@ -23,7 +23,7 @@ from monitor.embedded_broker import EmbeddedBroker
 from monitor.metrics import Metrics
 from monitor.settings import Settings, load_settings
 from tests.conftest import wait_for
-from tests.core.kafka_helpers import create_topic
+from tests.core.kafka_helpers import create_topic, read_all
 
 #: Short health timings so that an incident and its recovery take a few seconds.
 FOR_S, COOLDOWN_S, RECOVER_S = 0.5, 1.0, 1.5
@@ -207,22 +207,6 @@ async def recovery(run: Running, traffic: Traffic, model: str) -> None:
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 10.0) -> list[Any]:
-    """Every record of ``topic`` from the start, once at least ``expected`` arrived."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < expected:
-                batch = await consumer.getmany(timeout_ms=200)
-                for recs in batch.values():
-                    records.extend(recs)
-        # Anything beyond ``expected`` that is already there is read too.
-        batch = await consumer.getmany(timeout_ms=300)
-        for recs in batch.values():
-            records.extend(recs)
-    finally:
-        await consumer.stop()
-    return records
+    """Every record of ``topic`` from the start, once at least ``expected`` arrived, plus
+    anything beyond them that is already there."""
+    return await read_all(bootstrap, topic, expected, timeout=timeout, drain_ms=300)
