@@ -9,6 +9,7 @@ import collections
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -161,7 +162,9 @@ class Actions:
         self.silenced_until: dict[str, float] = {}
         self.flips: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         #: When each pending flag request was decided (for breach-to-flip latency).
-        self._requested_at: dict[tuple[str, str], float] = {}
+        #: Per flag, the latest automation decision not yet written: (key, decided at).
+        #: Requests for one flag coalesce, so only the latest can be applied.
+        self._requested_at: dict[str, tuple[str, float]] = {}
         self._plans: asyncio.Queue[_FlagPlan] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._review_budget: dict[str, tuple[float, float]] = {}
@@ -177,8 +180,6 @@ class Actions:
     def from_settings(
         cls, settings: Settings, metrics: Metrics, *, clock: Callable[[], float] = time.time
     ) -> Actions:
-        import os
-
         actuator = None
         if settings.flags is not None:
             actuator = FlagActuator(
@@ -260,10 +261,8 @@ class Actions:
         if not shadow:
             key = f"{t.model}@{t.at:.3f}:{t.from_level.label}->{t.to_level.label}"
             self._plans.put_nowait(_FlagPlan(t.model, key, set_flags, restore))
-            for flag in set_flags:
-                self._requested_at[(flag, key)] = t.at
-            for flag in restore:
-                self._requested_at[(flag, key)] = t.at
+            for flag in (*set_flags, *restore):
+                self._requested_at[flag] = (key, t.at)
         return decision
 
     def _decide_alert(
@@ -367,7 +366,10 @@ class Actions:
 
     def _on_flag_applied(self, flag: str, value: FlagValue, key: str) -> None:
         now = self.clock()
-        decided = self._requested_at.pop((flag, key), None)
+        pending = self._requested_at.get(flag)
+        decided = None
+        if pending is not None and pending[0] == key:
+            decided = self._requested_at.pop(flag)[1]
         entry: dict[str, Any] = {
             "kind": "flag_applied",
             "at": now,

@@ -31,9 +31,8 @@ from monitor.state import (
     CheckpointStore,
     DirectoryStore,
     KafkaStore,
-    partition_of,
+    read_header,
     restore_model,
-    saved_at,
     snapshot_model,
 )
 
@@ -185,7 +184,7 @@ class Daemon:
                 await self.side_writer.start()
                 await self.consumer.start()
                 return
-            except (BrokerUnavailableError, TimeoutError, OSError, Exception) as err:
+            except Exception as err:  # any start-up failure is retried until the deadline
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise BrokerUnavailableError(f"Kafka unavailable at start: {err!r}") from err
                 log.warning("Kafka not reachable yet (%r); retrying", err)
@@ -247,9 +246,10 @@ class Daemon:
                 else:
                     bad.append((record, decoded))
             if track:
-                for event in events[first:]:
-                    self._model_partition[event.model] = tp
-                    self._dirty.add(event.model)
+                models = {event.model for event in events[first:]}
+                self._dirty |= models
+                for model in models:
+                    self._model_partition[model] = tp
         before = self.engine.dropped_events
         transitions = self.engine.apply(events, now)
         self.applied_events += len(events)
@@ -511,10 +511,11 @@ class Daemon:
             log.warning("dropped %d models of partitions no longer assigned", len(stale))
         restored = 0
         for model, data in snapshots.items():
-            tp = partition_of(data)
+            header = read_header(data)
+            tp = header.topic_partition
             if tp is None or tp not in assigned:
                 continue
-            if model in self.engine.models and self._saved_at.get(model, 0.0) >= saved_at(data):
+            if model in self.engine.models and self._saved_at.get(model, 0.0) >= header.saved_at:
                 continue  # ours is at least as recent as the checkpoint
             try:
                 monitor = restore_model(data, self.settings.policy_for(model), now, self.actions)
@@ -525,7 +526,7 @@ class Daemon:
                 break
             self.engine.models[model] = monitor
             self._model_partition[model] = tp
-            self._saved_at[model] = saved_at(data)
+            self._saved_at[model] = header.saved_at
             restored += 1
         self.restored_models += restored
         log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))

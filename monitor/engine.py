@@ -151,13 +151,13 @@ class Engine:
         policy_for: Callable[[str], ModelPolicy],
         *,
         max_models: int,
-        clock_seed: int = 0,
+        seed: int = 0,
     ) -> None:
         self.policy_for = policy_for
         self.max_models = max_models
         self.models: dict[str, ModelMonitor] = {}
         self.dropped_events = 0
-        self._seed = clock_seed
+        self._seed = seed
         self._refused: set[str] = set()
 
     def monitor(self, model: str, now: float) -> ModelMonitor | None:

@@ -154,7 +154,7 @@ def _console_only() -> list[AlertSinkSpec]:
 
 class AlertsSettings(_Section):
     #: Where alerts go; secrets of each sink are named environment variables.
-    sinks: list[AlertSinkSpec] = Field(default_factory=lambda: _console_only())
+    sinks: list[AlertSinkSpec] = Field(default_factory=_console_only)
     #: Pending deliveries per sink; past it the oldest is dropped (and counted).
     queue_size: int = Field(default=1000, ge=1)
     #: Runbook of driftwarden's own alerts (flag backend or alert sink down).

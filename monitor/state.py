@@ -157,22 +157,24 @@ def snapshot_model(
     return msgspec.msgpack.encode(state)
 
 
-class _Header(msgspec.Struct):
+class CheckpointHeader(msgspec.Struct):
+    """The fields of a checkpoint needed to decide whether to restore it, decoded alone."""
+
     partition: list[Any] | None = None
+    #: When the checkpoint was taken (its writer's clock).
     saved_at: float = 0.0
 
+    @property
+    def topic_partition(self) -> TopicPartition | None:
+        part = self.partition
+        return TopicPartition(part[0], int(part[1])) if part else None
 
-_HEADER = msgspec.msgpack.Decoder(_Header)
+
+read_header = msgspec.msgpack.Decoder(CheckpointHeader).decode
 
 
 def partition_of(data: bytes) -> TopicPartition | None:
-    part = _HEADER.decode(data).partition
-    return TopicPartition(part[0], int(part[1])) if part else None
-
-
-def saved_at(data: bytes) -> float:
-    """When the checkpoint was taken (its writer's clock)."""
-    return _HEADER.decode(data).saved_at
+    return read_header(data).topic_partition
 
 
 def restore_model(
