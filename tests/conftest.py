@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,19 +11,15 @@ from pathlib import Path
 import pytest
 
 from monitor.embedded_broker import EmbeddedBroker, tansu_path
+from tests.services.availability import missing
 from tests.services.postgres import PostgresServer, running_postgres
 from tests.services.unleash import UnleashServer, running_unleash
-
-IN_CI = os.environ.get("CI") == "true"
 
 
 def require_component(available: bool, what: str) -> None:
     """Under CI a missing component fails the test; locally it skips it."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is missing (CI must install it: see .ci/run)")
-    pytest.skip(f"{what} is not installed")
+    if not available:
+        missing(f"{what} is not installed")
 
 
 async def wait_for(

@@ -11,22 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.services.availability import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "prod")
-IN_CI = os.environ.get("CI") == "true"
 
 
 def require_tool(path: str | None, what: str) -> str:
     """Under CI a missing tool fails the test; locally it skips it."""
     if path is not None:
         return path
-    if IN_CI:
-        pytest.fail(f"{what} is missing (CI must install it: see .ci/run)")
-    pytest.skip(f"{what} is not installed")
+    missing(f"{what} is not installed")
 
 
 def kustomize_command() -> list[str] | None:

@@ -17,6 +17,7 @@ import pytest
 from monitor.errors import FlagBackendError
 from monitor.flags.flagd_file import FLAGD_SCHEMA, FlagdFileBackend
 from tests.flags.eventually import eventually
+from tests.services.availability import missing
 
 SERVICE_FLAGS: dict[str, Any] = {
     "$schema": FLAGD_SCHEMA,
@@ -76,9 +77,7 @@ def flagd_client(flags_file: Path) -> Iterator[Any]:
         from openfeature.contrib.provider.flagd import FlagdProvider
         from openfeature.contrib.provider.flagd.config import ResolverType
     except ImportError as err:  # pragma: no cover - the dev extra installs it
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"openfeature-provider-flagd unavailable: {err}")
-        pytest.skip(f"openfeature-provider-flagd unavailable: {err}")
+        missing(f"openfeature-provider-flagd unavailable: {err}")
     provider = FlagdProvider(
         resolver_type=ResolverType.FILE, offline_flag_source_path=str(flags_file)
     )

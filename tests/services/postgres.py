@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
+from tests.services.availability import missing
 
 __all__ = ["PostgresServer", "find_postgres_bindir", "free_port", "running_postgres", "unavailable"]
 
@@ -27,10 +27,7 @@ log = logging.getLogger(__name__)
 
 def unavailable(component: str, why: str) -> NoReturn:
     """Fail under CI (the component must be there), skip on a developer machine."""
-    message = f"{component} unavailable: {why}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{component} unavailable: {why}")
 
 
 def free_port() -> int:
