@@ -50,7 +50,7 @@ class _CategoricalDetector(WindowedDetector):
         if isinstance(values, str):
             values = [values]
         codes = self._codes
-        known = [codes.get(value) for value in values]
+        known = list(map(codes.get, values))
         if None not in known:
             # Every value is a category already coded and none is missing: the usual batch.
             return np.array(known, dtype=np.int64)

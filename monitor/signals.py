@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,13 @@ class EventColumns:
         if found is None:
             found = self._cache[column.key] = column.build(self)
         return found
+
+    def get_cached(self, key: Hashable) -> Any:
+        return self._cache[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Cache a column built alongside another (a feature family is built in one pass)."""
+        self._cache[key] = value
 
 
 class Column:
@@ -162,9 +170,31 @@ def _label_error(cols: EventColumns) -> FloatArray:
     )
 
 
-def _feature_numeric(name: str) -> Column:
+def _numeric_table(cols: EventColumns, names: tuple[str, ...]) -> None:
+    """Cache the numeric columns of every feature in ``names`` from one pass over the batch.
+
+    One tuple of lookups per event (``map`` in C) instead of one Python-level lookup per
+    event and feature: a family of ten features costs about half as much as ten columns.
+    """
+    rows = [tuple(map(f.get, names)) for f in cols.features]
+    if not rows or str in set(map(type, chain.from_iterable(rows))):
+        for name in names:
+            cols.put(("feature", name), _numbers([f.get(name) for f in cols.features]))
+        return
+    # Transposed once, so each feature's column is contiguous (detectors slice and dot it).
+    table = np.array(rows, dtype=np.float64).T.copy()
+    for j, name in enumerate(names):
+        cols.put(("feature", name), table[j])
+
+
+def _feature_numeric(name: str, family: tuple[str, ...] = ()) -> Column:
+    """A numeric feature column; a member of ``family`` builds its whole family at once."""
+    names = family if name in family else (name,)
+
     def build(cols: EventColumns) -> FloatArray:
-        return _numbers([f.get(name) for f in cols.features])
+        _numeric_table(cols, names)
+        column: FloatArray = cols.get_cached(("feature", name))
+        return column
 
     return Column(("feature", name), build)
 
@@ -221,8 +251,10 @@ def extractors_for(signal: SignalPolicy) -> list[tuple[str, Column]]:
         return [(name, maker(signal.feature))]
     assert signal.features is not None
     if source is SignalSource.FEATURES:
-        maker = _feature_category if categorical else _feature_numeric
-        return [(f"{name}.{f}", maker(f)) for f in signal.features]
+        if categorical:
+            return [(f"{name}.{f}", _feature_category(f)) for f in signal.features]
+        family = tuple(signal.features)
+        return [(f"{name}.{f}", _feature_numeric(f, family)) for f in signal.features]
     if source is SignalSource.MISSING:
         return [(f"{name}.{f}", _feature_missing(f)) for f in signal.features]
     return [(name, _feature_matrix(signal.features))]

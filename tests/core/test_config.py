@@ -172,11 +172,18 @@ def test_global_shadow_switch_overrides_every_model_policy(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("kafka", "expected"),
     [
-        ({"topic_pattern": "events-(["}, "kafka.topic_pattern: 'events-([' is not a valid regular expression"),
-        ({"topic_pattern": "loop-.*", "topics": [], "dead_letter_topic": "loop-dlq"},
-         "<root>: kafka.topic_pattern would consume kafka.dead_letter_topic 'loop-dlq'"),
-        ({"topics": ["events", "driftwarden-review"]},
-         "<root>: kafka.topics would consume kafka.review_topic 'driftwarden-review'"),
+        (
+            {"topic_pattern": "events-(["},
+            "kafka.topic_pattern: 'events-([' is not a valid regular expression",
+        ),
+        (
+            {"topic_pattern": "loop-.*", "topics": [], "dead_letter_topic": "loop-dlq"},
+            "<root>: kafka.topic_pattern would consume kafka.dead_letter_topic 'loop-dlq'",
+        ),
+        (
+            {"topics": ["events", "driftwarden-review"]},
+            "<root>: kafka.topics would consume kafka.review_topic 'driftwarden-review'",
+        ),
     ],
 )
 def test_subscription_errors_are_config_errors(
