@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from monitor.daemon import Daemon  # noqa: E402
+from monitor.daemon import Daemon, tuned_collector  # noqa: E402
 from monitor.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.events import Event  # noqa: E402
 from monitor.metrics import Metrics  # noqa: E402
@@ -784,21 +784,28 @@ def _memory_main(argv: list[str]) -> int:
     now = time.time()
     base = rss_mib()
     started = time.perf_counter()
-    for _, values in generate(events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC):
-        engine.apply([decode(v) for v in values], now)
-        done += len(values)
-        now += 1.0
-        if done % 1_000_000 == 0:
-            gc.collect()
-            samples[done] = rss_mib()
-            members = [m for mm in engine.models.values() for s in mm.signals for m in s.members]
-            full[done] = sum(_reference_full(m.detector) for m in members) / max(1, len(members))
-            print(
-                f"memory: {done:,} events, RSS {samples[done]:,.0f} MiB, "
-                f"{full[done]:.1%} references full",
-                file=sys.stderr,
-                flush=True,
-            )
+    with tuned_collector():  # as in the daemon
+        for _, values in generate(
+            events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC
+        ):
+            engine.apply([decode(v) for v in values], now)
+            done += len(values)
+            now += 1.0
+            if done % 1_000_000 == 0:
+                gc.collect()
+                samples[done] = rss_mib()
+                members = [
+                    m for mm in engine.models.values() for s in mm.signals for m in s.members
+                ]
+                full[done] = sum(_reference_full(m.detector) for m in members) / max(
+                    1, len(members)
+                )
+                print(
+                    f"memory: {done:,} events, RSS {samples[done]:,.0f} MiB, "
+                    f"{full[done]:.1%} references full",
+                    file=sys.stderr,
+                    flush=True,
+                )
     detectors = sum(len(s.members) for m in engine.models.values() for s in m.signals)
     report = {
         "policy": policy.name,

@@ -31,6 +31,7 @@ _BOOTSTRAP_WINDOWS = 200
 #: The reference ECDF is read from this many of its quantiles: F is off by at most 1/2048,
 #: far below any critical distance, and each test costs a search in a cache-sized array.
 _GRID = 2048
+assert np.iinfo(np.int16).max >= _GRID, "ranks into the grid are stored as int16"
 
 
 class KSWindowDetector(WindowedDetector):
@@ -63,9 +64,9 @@ class KSWindowDetector(WindowedDetector):
         self._grid = np.zeros(0)
         self._m = 0
         # Per window slot: grid points <= and < its value, valid up to ``_ranked`` events.
-        # int32: a rank is at most the grid size, and 16,000 detectors hold these.
-        self._upto = np.zeros(self.spec.window, dtype=np.int32)
-        self._below = np.zeros(self.spec.window, dtype=np.int32)
+        # int16: a rank is at most the grid size (<= _GRID), and 16,000 detectors hold these.
+        self._upto = np.zeros(self.spec.window, dtype=np.int16)
+        self._below = np.zeros(self.spec.window, dtype=np.int16)
         self._ranked: int | None = None
         self._ref_mean = math.nan
         self._ref_std = math.nan

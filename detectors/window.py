@@ -300,6 +300,8 @@ class WindowedDetector(BaseDetector):
             spec.reference.size, spec.reference.mode, self.dtype, self._reference_file
         )
         self._seen = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
@@ -336,13 +338,26 @@ class WindowedDetector(BaseDetector):
         if seen % stride + n < stride:
             # The daemon's usual call: a few values of one model that end no stride, so no
             # test runs and the last Reading stands (the same object: callers skip it).
-            if n:
-                evicted = window.extend(arr)
-                self._on_push(arr, evicted)
-                if rolling and ref.push(evicted):
-                    self._on_reference()
+            if not rolling and window.count == window.size and ref.ready:
+                # Steady state: nothing reads the window before the next test, so the values
+                # wait and enter it then, in one push (one copy: callers may reuse arrays).
+                self._pending.append(arr.copy())
+                self._pending_n += n
                 self._seen = seen + n
+                return self._untested()
+            evicted = window.extend(arr)
+            self._on_push(arr, evicted)
+            if rolling and ref.push(evicted):
+                self._on_reference()
+            self._seen = seen + n
             return self._untested()
+        if self._pending:
+            # Deferred values first, as if pushed when they came: same window, same tests.
+            arr = np.concatenate((*self._pending, arr))
+            n = arr.size
+            self._seen -= self._pending_n
+            self._pending.clear()
+            self._pending_n = 0
         breached: Reading | None = None
         last: Reading | None = None
         i = 0
@@ -388,7 +403,19 @@ class WindowedDetector(BaseDetector):
         verdict = self.breach_verdict if fired else Verdict.OK
         return Reading(statistic, effect, verdict, count, threshold)
 
+    def _flush(self) -> None:
+        """Push the deferred values (they end no stride: no test is due)."""
+        if not self._pending:
+            return
+        arr = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._seen -= self._pending_n
+        self._pending.clear()
+        self._pending_n = 0
+        self._on_push(arr, self._window.extend(arr))
+        self._seen += arr.size
+
     def _state(self) -> dict[str, Any]:
+        self._flush()
         return {
             "window": self._window.state(),
             "reference": self._reference.state(),
@@ -398,6 +425,8 @@ class WindowedDetector(BaseDetector):
         }
 
     def _load(self, state: dict[str, Any]) -> None:
+        self._pending.clear()
+        self._pending_n = 0
         self._window.load(state["window"])
         self._reference.load(state["reference"], self.dtype)
         # Derived reference statistics are in the extra state: raw values are not needed.

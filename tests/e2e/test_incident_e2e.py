@@ -61,39 +61,72 @@ class Traffic:
         per_tick = max(1, int(self.rate * tick))
         while True:
             for _ in range(per_tick):
-                body = {"model": self.model, "request_id": f"{self.model}-{self.sent}",
-                        "latency_ms": 20.0,
-                        "error": self._random.random() < self.error_probability}
-                await self._producer.send(self.topic, json.dumps(body).encode(),
-                                          key=self.model.encode())
+                body = {
+                    "model": self.model,
+                    "request_id": f"{self.model}-{self.sent}",
+                    "latency_ms": 20.0,
+                    "error": self._random.random() < self.error_probability,
+                }
+                await self._producer.send(
+                    self.topic, json.dumps(body).encode(), key=self.model.encode()
+                )
                 self.sent += 1
             await asyncio.sleep(tick)
 
 
-def settings_for(tmp_path: Path, broker: EmbeddedBroker, topic: str, unleash: UnleashServer,
-                 alertmanager_url: str, flag: str) -> Any:
+def settings_for(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    topic: str,
+    unleash: UnleashServer,
+    alertmanager_url: str,
+    flag: str,
+) -> Any:
     config = {
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topics": [topic],
-                  "group_id": f"g-{topic}", "dead_letter_topic": f"{topic}-dlq",
-                  "review_topic": f"{topic}-review", "auto_offset_reset": "earliest",
-                  "fetch_timeout_ms": 100, "broker_timeout_s": 5},
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "review_topic": f"{topic}-review",
+            "auto_offset_reset": "earliest",
+            "fetch_timeout_ms": 100,
+            "broker_timeout_s": 5,
+        },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
-        "flags": {"type": "unleash", "url": unleash.url, "token_env": "E2E_UNLEASH_TOKEN",
-                  "environment": unleash.environment},
-        "alerts": {"sinks": [{"type": "alertmanager", "url": alertmanager_url,
-                              "resend_interval_s": 1.0}]},
+        "flags": {
+            "type": "unleash",
+            "url": unleash.url,
+            "token_env": "E2E_UNLEASH_TOKEN",
+            "environment": unleash.environment,
+        },
+        "alerts": {
+            "sinks": [{"type": "alertmanager", "url": alertmanager_url, "resend_interval_s": 1.0}]
+        },
         "actions": {"audit_log": str(tmp_path / "audit.jsonl")},
-        "models": {"default": {
-            "mode": "enforce",
-            "health": {"for": FOR_S, "cooldown": COOLDOWN_S, "recover_after": RECOVER_S},
-            "signals": [{"name": "error_rate", "source": "error",
-                         "detector": {"type": "rate_window", "window": 200, "min_samples": 100,
-                                      "stride": 10, "persist": 0},
-                         "thresholds": {"degraded": 0.2}}],
-            "actions": {"degraded": {"flags": {flag: False}, "alert": {"severity": "page"}}},
-            "runbook_url": "https://runbooks.example/ModelUnhealthy",
-        }},
+        "models": {
+            "default": {
+                "mode": "enforce",
+                "health": {"for": FOR_S, "cooldown": COOLDOWN_S, "recover_after": RECOVER_S},
+                "signals": [
+                    {
+                        "name": "error_rate",
+                        "source": "error",
+                        "detector": {
+                            "type": "rate_window",
+                            "window": 200,
+                            "min_samples": 100,
+                            "stride": 10,
+                            "persist": 0,
+                        },
+                        "thresholds": {"degraded": 0.2},
+                    }
+                ],
+                "actions": {"degraded": {"flags": {flag: False}, "alert": {"severity": "page"}}},
+                "runbook_url": "https://runbooks.example/ModelUnhealthy",
+            }
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))
@@ -113,20 +146,25 @@ def audit(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
-    broker: EmbeddedBroker, unleash_server: UnleashServer, unique: str, tmp_path: Path,
+    broker: EmbeddedBroker,
+    unleash_server: UnleashServer,
+    unique: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("E2E_UNLEASH_TOKEN", unleash_server.admin_token)
     topic, model, flag = f"e2e-{unique}", "checkout", f"checkout-enabled-{unique}"[:80]
     await create_topic(broker.bootstrap_servers, topic, partitions=2)
-    probe = UnleashBackend(unleash_server.url, unleash_server.admin_token,
-                           environment=unleash_server.environment)
+    probe = UnleashBackend(
+        unleash_server.url, unleash_server.admin_token, environment=unleash_server.environment
+    )
     await probe.start()
     await probe.set(flag, True)  # the service's flag, on before the incident
 
-    async with running_alertmanager(tmp_path) as am, Traffic(
-        broker.bootstrap_servers, topic, model
-    ) as traffic:
+    async with (
+        running_alertmanager(tmp_path) as am,
+        Traffic(broker.bootstrap_servers, topic, model) as traffic,
+    ):
         settings = settings_for(tmp_path, broker, topic, unleash_server, am.url, flag)
         metrics = Metrics.create(CollectorRegistry())
         daemon = Daemon(settings, metrics=metrics)
@@ -141,17 +179,24 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
 
             # 2. Error surge: one transition, one flip, exactly one page.
             traffic.error_probability = 0.5
-            await wait_for(lambda: monitor.health.level.label == "degraded", timeout=30,
-                           what="degraded")
-            await wait_for(lambda: any(e["kind"] == "flag_applied" for e in audit(tmp_path)),
-                           timeout=10, what="flag flip")
+            await wait_for(
+                lambda: monitor.health.level.label == "degraded", timeout=30, what="degraded"
+            )
+            await wait_for(
+                lambda: any(e["kind"] == "flag_applied" for e in audit(tmp_path)),
+                timeout=10,
+                what="flag flip",
+            )
             flip = next(e for e in audit(tmp_path) if e["kind"] == "flag_applied")
             assert flip["value"] is False
             assert flip["latency_s"] < 2.0, "flag flip later than 2 s after the breach held"
             assert await probe.get(flag) is False
             transition = next(e for e in audit(tmp_path) if e["kind"] == "transition")
-            firing_wait = await wait_for(lambda: len(am.receiver.alerts("firing")) >= 1,
-                                         timeout=15, what="alert at the receiver")
+            firing_wait = await wait_for(
+                lambda: len(am.receiver.alerts("firing")) >= 1,
+                timeout=15,
+                what="alert at the receiver",
+            )
             fired = am.receiver.alerts("firing")[0]
             assert fired["labels"]["model"] == model
             assert fired["labels"]["alertname"] == "ModelUnhealthy"
@@ -159,35 +204,59 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             assert fired["labels"]["severity"] == "page"
             assert fired["annotations"]["runbook_url"] == "https://runbooks.example/ModelUnhealthy"
             assert "error_rate=" in fired["annotations"]["description"]
-            print(f"\nbreach->flag flip {flip['latency_s']:.3f}s; alert at receiver "
-                  f"{firing_wait:.2f}s after the flip was seen")
+            print(
+                f"\nbreach->flag flip {flip['latency_s']:.3f}s; alert at receiver "
+                f"{firing_wait:.2f}s after the flip was seen"
+            )
 
             # 3. Unleash down during the incident: consumption goes on; nothing lost.
             unleash_server.stop()
             applied_before = daemon.applied_events
-            await wait_for(lambda: daemon.applied_events > applied_before + 500, timeout=20,
-                           what="consumption while Unleash is down")
+            await wait_for(
+                lambda: daemon.applied_events > applied_before + 500,
+                timeout=20,
+                what="consumption while Unleash is down",
+            )
 
             # 4. Recovery (while Unleash is still down): the restore waits and lands later.
             traffic.error_probability = 0.0
-            await wait_for(lambda: monitor.health.level.label == "ok", timeout=40,
-                           what="recovery")
-            await wait_for(lambda: metrics.registry.get_sample_value(
-                "driftwarden_flag_backend_up", {"backend": "unleash"}) == 0.0,
-                timeout=15, what="flag backend marked down")
+            await wait_for(lambda: monitor.health.level.label == "ok", timeout=40, what="recovery")
+            await wait_for(
+                lambda: (
+                    metrics.registry.get_sample_value(
+                        "driftwarden_flag_backend_up", {"backend": "unleash"}
+                    )
+                    == 0.0
+                ),
+                timeout=15,
+                what="flag backend marked down",
+            )
             unleash_server.start()
             await wait_for(lambda: probe.get(flag), timeout=40, what="flag restored")
-            await wait_for(lambda: len(am.receiver.alerts("resolved")) >= 1, timeout=20,
-                           what="alert resolved")
+            await wait_for(
+                lambda: len(am.receiver.alerts("resolved")) >= 1, timeout=20, what="alert resolved"
+            )
             # Re-sends while firing never made a second notification of the incident.
-            model_firing = [a for a in am.receiver.alerts("firing")
-                            if a["labels"]["model"] == model]
+            model_firing = [
+                a for a in am.receiver.alerts("firing") if a["labels"]["model"] == model
+            ]
             assert len({a["startsAt"] for a in model_firing}) == 1
-            assert len([n for n in am.receiver.notifications if n["status"] == "firing"
-                        and any(a["labels"]["model"] == model for a in n["alerts"])]) == 1
+            assert (
+                len(
+                    [
+                        n
+                        for n in am.receiver.notifications
+                        if n["status"] == "firing"
+                        and any(a["labels"]["model"] == model for a in n["alerts"])
+                    ]
+                )
+                == 1
+            )
             transitions = [e for e in audit(tmp_path) if e["kind"] == "transition"]
-            assert [(t["from"], t["to"]) for t in transitions] == [("ok", "degraded"),
-                                                                   ("degraded", "ok")]
+            assert [(t["from"], t["to"]) for t in transitions] == [
+                ("ok", "degraded"),
+                ("degraded", "ok"),
+            ]
             assert transitions[0]["causes"][0]["signal"] == "error_rate"
             assert transitions[0]["causes"][0]["threshold"] == 0.2
             assert transition["to"] == "degraded"
@@ -199,22 +268,33 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             await asyncio.sleep(COOLDOWN_S)  # the cooldown after the recovery
             unleash_server.stop()
             traffic.error_probability = 0.5
-            await wait_for(lambda: monitor.health.level.label == "degraded", timeout=30,
-                           what="second incident")
+            await wait_for(
+                lambda: monitor.health.level.label == "degraded", timeout=30, what="second incident"
+            )
             applied_before = daemon.applied_events
-            await wait_for(lambda: daemon.applied_events > applied_before + 500, timeout=20,
-                           what="consumption while the flip is pending")
+            await wait_for(
+                lambda: daemon.applied_events > applied_before + 500,
+                timeout=20,
+                what="consumption while the flip is pending",
+            )
             actuator = daemon.actions.actuator
             assert actuator is not None
-            await wait_for(lambda: flag in actuator.pending() and not actuator.backend_up,
-                           timeout=20, what="flip pending while Unleash is down")
+            await wait_for(
+                lambda: flag in actuator.pending() and not actuator.backend_up,
+                timeout=20,
+                what="flip pending while Unleash is down",
+            )
             unleash_server.start()
-            landed = await wait_for(lambda: _is_false(probe, flag), timeout=40,
-                                    what="pending flip landed after Unleash came back")
+            landed = await wait_for(
+                lambda: _is_false(probe, flag),
+                timeout=40,
+                what="pending flip landed after Unleash came back",
+            )
             print(f"pending flip landed {landed:.1f}s after waiting started")
             traffic.error_probability = 0.0
-            await wait_for(lambda: monitor.health.level.label == "ok", timeout=40,
-                           what="second recovery")
+            await wait_for(
+                lambda: monitor.health.level.label == "ok", timeout=40, what="second recovery"
+            )
             await wait_for(lambda: probe.get(flag), timeout=20, what="flag restored again")
 
             # 6. Oscillation: at most one transition per cooldown.
@@ -224,8 +304,7 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
                 await asyncio.sleep(1.5)
                 traffic.error_probability = 0.0
                 await asyncio.sleep(1.5)
-            later = [e for e in audit(tmp_path) if e["kind"] == "transition"
-                     and e["at"] >= started]
+            later = [e for e in audit(tmp_path) if e["kind"] == "transition" and e["at"] >= started]
             gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(later)]
             assert all(gap >= COOLDOWN_S - 0.01 for gap in gaps), gaps
             assert len(later) <= 18 / COOLDOWN_S + 1

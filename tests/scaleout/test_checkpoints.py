@@ -30,21 +30,45 @@ POLICY: dict[str, Any] = {
     "mode": "enforce",
     "health": {"for": 0, "cooldown": 0, "recover_after": 30},
     "signals": [
-        {"name": "error_rate", "source": "error",
-         "detector": {"type": "rate_window", "window": 100, "min_samples": 50, "stride": 10,
-                      "persist": 0},
-         "thresholds": {"degraded": 0.3}},
-        {"name": "latency", "source": "latency_ms",
-         "detector": {"type": "ks_window", "window": 200, "min_samples": 100, "stride": 20,
-                      "persist": 0, "reference": {"size": 500}}},
+        {
+            "name": "error_rate",
+            "source": "error",
+            "detector": {
+                "type": "rate_window",
+                "window": 100,
+                "min_samples": 50,
+                "stride": 10,
+                "persist": 0,
+            },
+            "thresholds": {"degraded": 0.3},
+        },
+        {
+            "name": "latency",
+            "source": "latency_ms",
+            "detector": {
+                "type": "ks_window",
+                "window": 200,
+                "min_samples": 100,
+                "stride": 20,
+                "persist": 0,
+                "reference": {"size": 500},
+            },
+        },
     ],
 }
 
 
 def events(n: int, start: int, error_rate: float, seed: int) -> list[Event]:
     rng = np.random.default_rng(seed)
-    return [Event(model="fraud", request_id=f"r{start + i}", error=bool(rng.random() < error_rate),
-                  latency_ms=float(rng.lognormal(3, 0.3))) for i in range(n)]
+    return [
+        Event(
+            model="fraud",
+            request_id=f"r{start + i}",
+            error=bool(rng.random() < error_rate),
+            latency_ms=float(rng.lognormal(3, 0.3)),
+        )
+        for i in range(n)
+    ]
 
 
 def test_restored_model_continues_with_identical_readings_and_health() -> None:
@@ -77,8 +101,9 @@ def test_a_detector_whose_spec_changed_starts_afresh() -> None:
     original.apply(events(600, 0, 0.01, 1), 1.0)
     changed = json.loads(json.dumps(POLICY))
     changed["signals"][1]["detector"]["window"] = 300
-    restored = restore_model(snapshot_model(original, None, None),
-                             ModelPolicy.model_validate(changed), 2.0, None)
+    restored = restore_model(
+        snapshot_model(original, None, None), ModelPolicy.model_validate(changed), 2.0, None
+    )
     kept, fresh = restored.signals[0].members[0], restored.signals[1].members[0]
     assert repr(kept.reading) == repr(original.signals[0].members[0].reading)
     assert fresh.reading.samples == 0
@@ -87,8 +112,13 @@ def test_a_detector_whose_spec_changed_starts_afresh() -> None:
 async def test_directory_store_saves_loads_and_deletes(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "state")
     await store.start()
-    await store.save({"a/b": snapshot_model(
-        ModelMonitor.build("a/b", ModelPolicy.model_validate(POLICY), 0.0), None, None)})
+    await store.save(
+        {
+            "a/b": snapshot_model(
+                ModelMonitor.build("a/b", ModelPolicy.model_validate(POLICY), 0.0), None, None
+            )
+        }
+    )
     loaded = await store.load_all()
     assert list(loaded) == ["a/b"]
     await store.delete(["a/b"])
@@ -97,17 +127,28 @@ async def test_directory_store_saves_loads_and_deletes(tmp_path: Path) -> None:
 
 def config(tmp_path: Path, broker: EmbeddedBroker, topic: str) -> Path:
     data = {
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topics": [topic],
-                  "group_id": f"g-{topic}", "dead_letter_topic": f"{topic}-dlq",
-                  "review_topic": f"{topic}-review", "auto_offset_reset": "earliest",
-                  "broker_timeout_s": 5},
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topics": [topic],
+            "group_id": f"g-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "review_topic": f"{topic}-review",
+            "auto_offset_reset": "earliest",
+            "broker_timeout_s": 5,
+        },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
         "state": {"backend": "file", "path": str(tmp_path / "state"), "interval_s": 0.5},
         "flags": {"type": "flagd_file", "path": str(tmp_path / "flags.json")},
         "actions": {"audit_log": str(tmp_path / "audit.jsonl")},
-        "models": {"default": {**POLICY, "actions": {"degraded": {"flags": {"fraud-rules": True},
-                                                                  "alert": {"severity": "page"}}}}},
+        "models": {
+            "default": {
+                **POLICY,
+                "actions": {
+                    "degraded": {"flags": {"fraud-rules": True}, "alert": {"severity": "page"}}
+                },
+            }
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(data))
@@ -120,9 +161,20 @@ def audit(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def payload(batch: list[Event]) -> list[tuple[bytes, bytes]]:
-    return [(b"fraud", json.dumps({"model": e.model, "request_id": e.request_id,
-                                   "error": e.error, "latency_ms": e.latency_ms}).encode())
-            for e in batch]
+    return [
+        (
+            b"fraud",
+            json.dumps(
+                {
+                    "model": e.model,
+                    "request_id": e.request_id,
+                    "error": e.error,
+                    "latency_ms": e.latency_ms,
+                }
+            ).encode(),
+        )
+        for e in batch
+    ]
 
 
 @pytest.mark.integration
@@ -136,11 +188,17 @@ async def test_restarted_daemon_continues_the_incident_without_acting_again(
     first = Daemon(load_settings(path), metrics=Metrics.create(CollectorRegistry()))
     task = asyncio.create_task(first.run())
     await wait_for(lambda: first.applied_events >= 400, what="first run applied")
-    await wait_for(lambda: "fraud" in first.engine.models
-                   and first.engine.models["fraud"].health.level is Level.DEGRADED,
-                   what="degraded")
-    await wait_for(lambda: any(e["kind"] == "flag_applied" for e in first.actions.audit.recent),
-                   what="flag flipped")
+    await wait_for(
+        lambda: (
+            "fraud" in first.engine.models
+            and first.engine.models["fraud"].health.level is Level.DEGRADED
+        ),
+        what="degraded",
+    )
+    await wait_for(
+        lambda: any(e["kind"] == "flag_applied" for e in first.actions.audit.recent),
+        what="flag flipped",
+    )
     first.request_stop("restart")
     assert await asyncio.wait_for(task, 20) == 0
 

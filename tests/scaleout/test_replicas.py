@@ -80,8 +80,9 @@ class Witness:
         return ", ".join(f"{n['alert']['model']}:{n['status']}" for n in self.notifications)
 
     def count(self, model: str, status: str) -> int:
-        return sum(1 for n in self.notifications
-                   if n["status"] == status and n["alert"]["model"] == model)
+        return sum(
+            1 for n in self.notifications if n["status"] == status and n["alert"]["model"] == model
+        )
 
 
 class Traffic:
@@ -103,14 +104,22 @@ class Traffic:
                 for model in MODELS:
                     repeat = 10 if model in INCIDENT_MODELS else 1
                     for _ in range(repeat):
-                        failing = (self.incident and model in INCIDENT_MODELS
-                                   and self._random.random() < 0.6)
+                        failing = (
+                            self.incident
+                            and model in INCIDENT_MODELS
+                            and self._random.random() < 0.6
+                        )
                         rid = f"{model}-{n}"
                         n += 1
-                        body = {"model": model, "request_id": rid, "error": failing,
-                                "latency_ms": 10.0}
-                        await producer.send(self.topic, json.dumps(body).encode(),
-                                            key=model.encode())
+                        body = {
+                            "model": model,
+                            "request_id": rid,
+                            "error": failing,
+                            "latency_ms": 10.0,
+                        }
+                        await producer.send(
+                            self.topic, json.dumps(body).encode(), key=model.encode()
+                        )
                         self.sent.append(rid)
                 await asyncio.sleep(0.1)
             await producer.flush()
@@ -120,32 +129,55 @@ class Traffic:
 
 def config(tmp: Path, broker: EmbeddedBroker, topic: str, witness: Witness, index: int) -> Path:
     incident_policy = {
-        m: {"mode": "enforce",
-            "actions": {"degraded": {"flags": {f"{m}-fallback": True},
-                                     "alert": {"severity": "page"}}}}
+        m: {
+            "mode": "enforce",
+            "actions": {
+                "degraded": {"flags": {f"{m}-fallback": True}, "alert": {"severity": "page"}}
+            },
+        }
         for m in INCIDENT_MODELS
     }
     data = {
-        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topics": [topic],
-                  "group_id": f"group-{topic}", "dead_letter_topic": f"{topic}-dlq",
-                  "review_topic": f"{topic}-review", "auto_offset_reset": "earliest",
-                  "broker_timeout_s": 5, "fetch_timeout_ms": 200},
+        "kafka": {
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topics": [topic],
+            "group_id": f"group-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+            "review_topic": f"{topic}-review",
+            "auto_offset_reset": "earliest",
+            "broker_timeout_s": 5,
+            "fetch_timeout_ms": 200,
+        },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 15},
         "engine": {"applied_log": str(tmp / f"applied-{index}.txt")},
         "state": {"backend": "kafka", "topic": f"{topic}-state", "interval_s": 1},
-        "flags": {"type": "http", "url": f"http://127.0.0.1:{witness.port}/flags/{{flag}}",
-                  "get_url": f"http://127.0.0.1:{witness.port}/flags/{{flag}}"},
-        "alerts": {"sinks": [{"type": "webhook",
-                              "url": f"http://127.0.0.1:{witness.port}/alerts"}]},
+        "flags": {
+            "type": "http",
+            "url": f"http://127.0.0.1:{witness.port}/flags/{{flag}}",
+            "get_url": f"http://127.0.0.1:{witness.port}/flags/{{flag}}",
+        },
+        "alerts": {
+            "sinks": [{"type": "webhook", "url": f"http://127.0.0.1:{witness.port}/alerts"}]
+        },
         "models": {
             "default": {
                 "mode": "enforce",
                 "health": {"for": 1, "cooldown": 5, "recover_after": 3},
-                "signals": [{"name": "error_rate", "source": "error",
-                             "detector": {"type": "rate_window", "window": 100,
-                                          "min_samples": 50, "stride": 10, "persist": 0},
-                             "thresholds": {"degraded": 0.3}}],
+                "signals": [
+                    {
+                        "name": "error_rate",
+                        "source": "error",
+                        "detector": {
+                            "type": "rate_window",
+                            "window": 100,
+                            "min_samples": 50,
+                            "stride": 10,
+                            "persist": 0,
+                        },
+                        "thresholds": {"degraded": 0.3},
+                    }
+                ],
                 "actions": {"degraded": {"alert": {"severity": "page"}}},
             },
             **incident_policy,
@@ -166,15 +198,18 @@ class Replica:
         with (self.tmp / f"replica-{self.index}.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run", "--config", str(self.path)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "DRIFTWARDEN_WEBHOOK_SECRET": SECRET,
-                     "PYTHONUNBUFFERED": "1"},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "DRIFTWARDEN_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"},
             )
 
     async def status(self) -> dict[str, Any] | None:
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, \
-                    s.get(f"http://127.0.0.1:{self.port}/status") as r:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+                s.get(f"http://127.0.0.1:{self.port}/status") as r,
+            ):
                 return dict(await r.json())
         except (aiohttp.ClientError, TimeoutError):
             return None
@@ -209,8 +244,9 @@ async def witness() -> AsyncIterator[Witness]:
     await w.stop()
 
 
-async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: Witness,
-                       disrupt: str) -> None:
+async def run_scenario(
+    broker: EmbeddedBroker, tmp: Path, unique: str, witness: Witness, disrupt: str
+) -> None:
     topic = f"scale-{unique}"
     await create_topic(broker.bootstrap_servers, topic, partitions=PARTITIONS)
     replicas = [Replica(config(tmp, broker, topic, witness, i), tmp, i) for i in range(3)]
@@ -219,15 +255,18 @@ async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: 
     traffic = Traffic(broker.bootstrap_servers, topic)
     producing = asyncio.create_task(traffic.run(60))
     try:
+
         async def spread() -> bool:
             counts = [await r.partitions() for r in replicas]
             return sum(counts) == PARTITIONS and all(counts)
 
         await wait_for(spread, timeout=60, interval=0.5, what="12 partitions over 3 replicas")
         traffic.incident = True
-        await wait_for(lambda: all(witness.flags[f"{m}-fallback"] is True
-                                   for m in INCIDENT_MODELS),
-                       timeout=40, what="every incident flag flipped")
+        await wait_for(
+            lambda: all(witness.flags[f"{m}-fallback"] is True for m in INCIDENT_MODELS),
+            timeout=40,
+            what="every incident flag flipped",
+        )
         await asyncio.sleep(2)  # let a periodic checkpoint follow the flips
         if disrupt == "kill":
             victim = replicas[0]
@@ -250,24 +289,36 @@ async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: 
                 assert await replica.terminate() == 0
                 replica.start()
                 # Two rebalances per step (leave, then join): a gross bound, measured below.
-                await wait_for(spread, timeout=90, interval=0.5,
-                               what=f"group re-formed after restarting replica {replica.index}")
+                await wait_for(
+                    spread,
+                    timeout=90,
+                    interval=0.5,
+                    what=f"group re-formed after restarting replica {replica.index}",
+                )
                 step_before = set(traffic.sent[:sent_at_disruption])
-                await wait_for(lambda before=step_before: before <= applied(tmp),  # type: ignore[misc]
-                               timeout=60, interval=0.5,
-                               what="events produced before the restart applied")
+                await wait_for(
+                    lambda before=step_before: before <= applied(tmp),  # type: ignore[misc]
+                    timeout=60,
+                    interval=0.5,
+                    what="events produced before the restart applied",
+                )
                 steps.append(time.monotonic() - disrupted_at)
         moved_after = time.monotonic() - disrupted_at
         if disrupt == "kill":
             # Everything produced up to the kill is applied within 30 s of it.
             produced_before = set(traffic.sent[:sent_at_disruption])
-            await wait_for(lambda: produced_before <= applied(tmp),
-                           timeout=max(1.0, 30 - (time.monotonic() - disrupted_at)),
-                           interval=0.5, what="events produced before the kill applied in 30 s")
+            await wait_for(
+                lambda: produced_before <= applied(tmp),
+                timeout=max(1.0, 30 - (time.monotonic() - disrupted_at)),
+                interval=0.5,
+                what="events produced before the kill applied in 30 s",
+            )
             recovered_after = time.monotonic() - disrupted_at
         else:
-            print(f"\nrolling restart steps (restart to group whole and caught up): "
-                  f"{', '.join(f'{s:.1f}s' for s in steps)}")
+            print(
+                f"\nrolling restart steps (restart to group whole and caught up): "
+                f"{', '.join(f'{s:.1f}s' for s in steps)}"
+            )
             recovered_after = max(steps)
         restored = sum([(await r.status() or {}).get("restored_models", 0) for r in survivors])
         # Every model that sent events was checkpointed and is restored by its new owner
@@ -276,15 +327,21 @@ async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: 
         # The incident goes on, then ends: the new owners restore flags and resolve, once.
         await asyncio.sleep(3)
         traffic.incident = False
-        await wait_for(lambda: all(witness.flags[f"{m}-fallback"] is False
-                                   for m in INCIDENT_MODELS),
-                       timeout=40, what="every incident flag restored")
-        await wait_for(lambda: all(witness.count(m, "resolved") >= 1 for m in INCIDENT_MODELS),
-                       timeout=20, what=lambda: f"every incident resolved ({witness.summary()})")
+        await wait_for(
+            lambda: all(witness.flags[f"{m}-fallback"] is False for m in INCIDENT_MODELS),
+            timeout=40,
+            what="every incident flag restored",
+        )
+        await wait_for(
+            lambda: all(witness.count(m, "resolved") >= 1 for m in INCIDENT_MODELS),
+            timeout=20,
+            what=lambda: f"every incident resolved ({witness.summary()})",
+        )
         await producing
         sent = set(traffic.sent)
-        await wait_for(lambda: sent <= applied(tmp), timeout=60, interval=0.5,
-                       what="every event applied")
+        await wait_for(
+            lambda: sent <= applied(tmp), timeout=60, interval=0.5, what="every event applied"
+        )
         caught_up = time.monotonic() - disrupted_at
         for model in INCIDENT_MODELS:
             flag = f"{model}-fallback"
@@ -294,10 +351,12 @@ async def run_scenario(broker: EmbeddedBroker, tmp: Path, unique: str, witness: 
             assert witness.count(model, "resolved") == 1, witness.notifications
         quiet = [n for n in witness.notifications if n["alert"]["model"] not in INCIDENT_MODELS]
         assert quiet == []
-        print(f"\n{disrupt}: partitions moved {moved_after:.1f}s after; {restored} models "
-              f"restored from checkpoints; events produced before it all applied "
-              f"{recovered_after:.1f}s after; all {len(sent)} events applied by "
-              f"{caught_up:.1f}s")
+        print(
+            f"\n{disrupt}: partitions moved {moved_after:.1f}s after; {restored} models "
+            f"restored from checkpoints; events produced before it all applied "
+            f"{recovered_after:.1f}s after; all {len(sent)} events applied by "
+            f"{caught_up:.1f}s"
+        )
     finally:
         producing.cancel()
         await asyncio.gather(producing, return_exceptions=True)
