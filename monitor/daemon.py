@@ -283,7 +283,15 @@ class Daemon:
                 for model in models:
                     self._model_partition[model] = tp
         before = self.engine.dropped_events
-        transitions = self.engine.apply(events, now)
+        acting = False
+        for transitions in self.engine.apply_stepwise(events, now):
+            if transitions:
+                self._on_transitions(transitions, now)
+                acting = True
+            if acting:
+                # The flag and alert workers (reads, writes, their threads' results) move on
+                # while the rest of the batch is applied: a breach does not wait for it.
+                await asyncio.sleep(0)
         self.applied_events += len(events)
         if self._applied_log is not None:
             ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
@@ -293,8 +301,6 @@ class Daemon:
         dropped = self.engine.dropped_events - before
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
-        if transitions:
-            self._on_transitions(transitions, now)
         await self.actions.after_batch(events, self.engine, self.side_writer)
         self._publish_models({e.model for e in events})
         if bad:

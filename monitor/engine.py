@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +179,15 @@ class Engine:
 
     def apply(self, events: Sequence[Event], now: float) -> list[Transition]:
         """Apply one batch; return the health transitions it caused, in model order."""
+        return [t for found in self.apply_stepwise(events, now) for t in found]
+
+    def apply_stepwise(
+        self, events: Sequence[Event], now: float, *, step: int = 64
+    ) -> Iterator[list[Transition]]:
+        """Apply one batch model by model, handing over each transition as soon as its model
+        is done, so its flag write and page can start while the rest of the batch is applied
+        (models come in order of first appearance: busy models early). Also hands over an
+        empty list every ``step`` models: a point where the caller may let other work run."""
         by_model: dict[str, list[Event]] = {}
         for event in events:
             bucket = by_model.get(event.model)
@@ -199,13 +208,13 @@ class Engine:
             ordered += model_events
             spans.append((monitor, start, len(ordered)))
         columns = EventColumns(ordered)
-        transitions = []
-        for monitor, start, end in spans:
+        for i, (monitor, start, end) in enumerate(spans, 1):
             monitor.apply_span(columns, start, end, now)
             transition = monitor.evaluate(now)
             if transition is not None:
-                transitions.append(transition)
-        return transitions
+                yield [transition]
+            elif i % step == 0:
+                yield []
 
     def tick(self, now: float) -> list[Transition]:
         """Re-evaluate every model on the clock alone (recoveries, no-data) between batches."""
