@@ -38,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from monitor.daemon import Daemon, tuned_collector  # noqa: E402
+from monitor.daemon import Daemon  # noqa: E402
 from monitor.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.events import Event  # noqa: E402
 from monitor.metrics import Metrics  # noqa: E402
+from monitor.runtime import tuned_runtime  # noqa: E402
 from monitor.settings import Settings, load_settings  # noqa: E402
 
 __all__ = ["BenchConfig", "Run", "load_topic", "main", "run_bench"]
@@ -784,7 +785,7 @@ def _memory_main(argv: list[str]) -> int:
     now = time.time()
     base = rss_mib()
     started = time.perf_counter()
-    with tuned_collector():  # as in the daemon
+    with tuned_runtime():  # as in the daemon
         for _, values in generate(
             events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC
         ):

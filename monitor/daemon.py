@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from monitor.events import BadRecord, Event, EventDecoder
 from monitor.health import Transition
 from monitor.http import HttpServer, LoopHeartbeat
 from monitor.metrics import HEALTH_STATES, Metrics
+from monitor.runtime import tuned_runtime
 from monitor.settings import Settings
 from monitor.state import (
     CheckpointStore,
@@ -37,33 +37,7 @@ from monitor.state import (
     snapshot_model,
 )
 
-__all__ = ["HANDLED_SIGNALS", "Daemon", "tuned_collector"]
-
-#: Allocations between young-generation collections while the daemon runs (CPython: 700).
-GC_YOUNG_THRESHOLD = 50_000
-
-
-@contextlib.contextmanager
-def tuned_collector() -> Iterator[None]:
-    """Fewer cyclic-GC passes while the daemon runs; the previous settings after.
-
-    Each batch allocates tens of thousands of short-lived containers (feature mappings,
-    column rows) that refcounting frees; with CPython's default threshold of 700 they
-    trigger hundreds of collections per batch, and the survivors of a batch in flight push
-    full collections over every model's detectors. Measured on the throughput bench's
-    engine (1,000 models, 16 detectors each): 16.6 -> 13.4 us per event, about the same as
-    with the collector off. What exists at start (modules, settings, policies) is frozen:
-    it lives as long as the process and need not be scanned again.
-    """
-    before = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+__all__ = ["HANDLED_SIGNALS", "Daemon"]
 
 
 log = logging.getLogger(__name__)
@@ -150,7 +124,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
-        with tuned_collector():
+        with tuned_runtime():
             return await self._run()
 
     async def _run(self) -> int:
