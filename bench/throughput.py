@@ -373,6 +373,7 @@ class BenchConfig:
     latency_seconds: float = 60.0
     latency_period: float = 3.0
     latency_surge: float = 0.5
+    latency_warmup: float = 5.0
     memory: bool = False
     memory_events: int = 11_000_000
     leak_events: int = 10_000_000
@@ -548,13 +549,15 @@ INCIDENT_POLICY: dict[str, Any] = {
 
 
 def _producer_main(argv: list[str]) -> int:
-    """``throughput.py producer BOOTSTRAP TOPIC RATE SECONDS MODELS PERIOD SURGE PARTITIONS``:
+    """``throughput.py producer BOOTSTRAP TOPIC RATE SECONDS MODELS PERIOD SURGE PARTITIONS
+    WARMUP``: the first surge starts WARMUP seconds in (the rate is then sustained, not a cold start);
     at a steady RATE events/s, each carrying its produce time in ``ts``; the incident model's
     events are errors for the first SURGE seconds of every PERIOD. Prints one JSON line:
     the rate achieved and the incident model's (ts, error) sequence."""
     bootstrap, topic = argv[0], argv[1]
     rate, seconds, n_models = float(argv[2]), float(argv[3]), int(argv[4])
     period, surge, partitions = float(argv[5]), float(argv[6]), int(argv[7])
+    warmup = float(argv[8]) if len(argv) > 8 else 0.0
 
     async def go() -> dict[str, Any]:
         names = models_of(n_models)
@@ -581,7 +584,8 @@ def _producer_main(argv: list[str]) -> int:
                     body["ts"] = now
                     if sent % INCIDENT_SHARE == 0:
                         model = INCIDENT_MODEL
-                        error = (now - wall0) % period < surge
+                        since = now - wall0 - warmup
+                        error = since >= 0 and since % period < surge
                         incident.append((now, error))
                         partition = incident_partition
                     else:
@@ -702,6 +706,7 @@ async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[st
             str(cfg.latency_period),
             str(cfg.latency_surge),
             str(cfg.partitions),
+            str(cfg.latency_warmup),
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
         )
@@ -910,7 +915,8 @@ def render(
             "",
             f"Producer process at {latency['produced_per_s']:,.0f} events/s (asked "
             f"{cfg.latency_rate:,}) for {cfg.latency_seconds:.0f} s; `driftwarden run` in its "
-            f"own process, flagd file backend; {latency['incidents']} error surges of one model. "
+            f"own process, flagd file backend; {latency['incidents']} error surges of one model, "
+            f"the first {cfg.latency_warmup:.0f} s in (sustained rate, not the cold start). "
             "Breach completion to the `flag_applied` audit entry: "
             f"p50 {latency['p50_s'] * 1000:.0f} ms, p99 {latency['p99_s'] * 1000:.0f} ms, "
             f"max {latency['max_s'] * 1000:.0f} ms, {latency['missed']} missed "
@@ -1022,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--latency-period", type=float, default=3.0, help="s between surges")
     parser.add_argument("--latency-surge", type=float, default=0.5, help="s of errors")
+    parser.add_argument(
+        "--latency-warmup", type=float, default=5.0, help="s at the rate before the first surge"
+    )
     parser.add_argument("--memory", action="store_true", help="also RSS with full references")
     parser.add_argument("--memory-events", type=int, default=11_000_000)
     parser.add_argument("--leak-events", type=int, default=10_000_000)
@@ -1042,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         memory=args.memory,
         latency_period=args.latency_period,
         latency_surge=args.latency_surge,
+        latency_warmup=args.latency_warmup,
         memory_events=args.memory_events,
         leak_events=args.leak_events,
         out=args.out,
