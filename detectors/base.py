@@ -84,6 +84,11 @@ class Detector(Protocol):
         """The latest Reading without updating."""
         ...
 
+    def events_until_test(self) -> int | None:
+        """How many more values end a stride (run a test), when nothing but a test can change
+        the Reading; None when any value may (the reference or window still fills)."""
+        ...
+
     def reset(self) -> None: ...
 
     def to_bytes(self) -> bytes:
@@ -114,6 +119,9 @@ class BaseDetector(abc.ABC):
 
     def reading(self) -> Reading:
         return self._last
+
+    def events_until_test(self) -> int | None:
+        return None
 
     @abc.abstractmethod
     def reset(self) -> None: ...

@@ -319,7 +319,11 @@ class WindowedDetector(BaseDetector):
         window = self._window
         if n == 0:
             self._last = Reading(
-                math.nan, math.nan, Verdict.INCONCLUSIVE, window.count, self._last.threshold
+                math.nan,
+                math.nan,
+                Verdict.INCONCLUSIVE,
+                window.count + self._pending_n,
+                self._last.threshold,
             )
             return self._last
         ref = self._reference
@@ -338,9 +342,10 @@ class WindowedDetector(BaseDetector):
         if seen % stride + n < stride:
             # The daemon's usual call: a few values of one model that end no stride, so no
             # test runs and the last Reading stands (the same object: callers skip it).
-            if not rolling and window.count == window.size and ref.ready:
-                # Steady state: nothing reads the window before the next test, so the values
-                # wait and enter it then, in one push (one copy: callers may reuse arrays).
+            if not rolling and ref.ready and window.count >= self._min_samples:
+                # Testing has started: nothing but the next test reads the window, so the
+                # values wait and enter it then, in one push (one copy: callers may reuse
+                # arrays).
                 self._pending.append(arr.copy())
                 self._pending_n += n
                 self._seen = seen + n
@@ -377,6 +382,16 @@ class WindowedDetector(BaseDetector):
             return self._untested()
         self._last = last
         return breached if breached is not None else last
+
+    def events_until_test(self) -> int | None:
+        """Values until the next test, once only a test changes the Reading: the fixed
+        reference is ready and the window holds ``min_samples`` (a rolling reference may
+        refresh sooner)."""
+        window = self._window
+        ref = self._reference
+        if ref.mode == "rolling" or not ref.ready or window.count < self._min_samples:
+            return None
+        return self._stride - self._seen % self._stride
 
     def _untested(self) -> Reading:
         """The Reading after values that ran no test: the last one once testing can start."""

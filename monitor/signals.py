@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +16,7 @@ from detectors.specs import InputKind
 from monitor.events import Event
 from monitor.policy import SignalPolicy, SignalSource
 
-__all__ = ["Column", "EventColumns", "Extractor", "extractors_for"]
+__all__ = ["Column", "ColumnSet", "EventColumns", "Extractor", "extractors_for"]
 
 NAN = math.nan
 FloatArray = npt.NDArray[np.float64]
@@ -65,11 +65,13 @@ class EventColumns:
     every model and member that reads it (members slice their model's span out of it).
     """
 
-    __slots__ = ("_cache", "_features", "events")
+    __slots__ = ("_cache", "_complete", "_features", "events")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
         self._cache: dict[Hashable, Any] = {}
+        # Keyed by column key, and by ColumnSet token (an int: never a column key).
+        self._complete: dict[Hashable, bool] = {}
         self._features: list[dict[str, Any]] | None = None
 
     @property
@@ -85,12 +87,49 @@ class EventColumns:
             found = self._cache[column.key] = column.build(self)
         return found
 
+    def complete(self, columns: ColumnSet) -> bool:
+        """No value missing in any of ``columns`` (checked once per batch and set)."""
+        found = self._complete.get(columns.token)
+        if found is None:
+            found = self._complete[columns.token] = all(
+                self._column_complete(column) for column in columns.columns
+            )
+        return found
+
+    def _column_complete(self, column: Column) -> bool:
+        found = self._complete.get(column.key)
+        if found is None:
+            values = self.get(column)
+            if isinstance(values, np.ndarray):
+                found = not (values.size and np.isnan(values).any())
+            else:
+                found = None not in values
+            self._complete[column.key] = found
+        return found
+
     def get_cached(self, key: Hashable) -> Any:
         return self._cache[key]
 
     def put(self, key: Hashable, value: Any) -> None:
         """Cache a column built alongside another (a feature family is built in one pass)."""
         self._cache[key] = value
+
+
+class ColumnSet:
+    """The columns one model reads, with a token shared by every model reading the same."""
+
+    __slots__ = ("columns", "token")
+    _tokens: ClassVar[dict[tuple[Hashable, ...], int]] = {}
+
+    def __init__(self, columns: list[Column], token: int) -> None:
+        self.columns = columns
+        self.token = token
+
+    @classmethod
+    def of(cls, columns: list[Column]) -> ColumnSet:
+        keys = tuple(dict.fromkeys(column.key for column in columns))
+        token = cls._tokens.setdefault(keys, len(cls._tokens))
+        return cls(columns, token)
 
 
 class Column:

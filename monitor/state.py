@@ -109,6 +109,7 @@ def snapshot_model(
     monitor: ModelMonitor, actions: Actions | None, partition: TopicPartition | None
 ) -> bytes:
     """Everything needed to continue a model elsewhere, as bytes."""
+    monitor.flush(monitor.last_event_at or 0.0)
     health = monitor.health
     members: dict[str, Any] = {}
     for signal in monitor.signals:
