@@ -795,6 +795,7 @@ def _memory_main(argv: list[str]) -> int:
             events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC
         ):
             engine.apply([decode(v) for v in values], now)
+            engine.tick(now)  # the daemon's once-a-second tick (one chunk is one second here)
             done += len(values)
             now += 1.0
             if done % 1_000_000 == 0:

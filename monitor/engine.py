@@ -323,6 +323,8 @@ class Engine:
                 yield [transition]
             elif i % step == 0:
                 yield []
+        # Every column a waiting span reads was built (its completeness was checked).
+        columns.release_events()
 
     def tick(self, now: float) -> list[Transition]:
         """Re-evaluate every model on the clock alone (recoveries, no-data) between batches;

@@ -65,13 +65,14 @@ class EventColumns:
     every model and member that reads it (members slice their model's span out of it).
     """
 
-    __slots__ = ("_cache", "_complete", "_features", "events")
+    __slots__ = ("_cache", "_complete", "_features", "_released", "events")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
         self._cache: dict[Hashable, Any] = {}
         # Keyed by column key, and by ColumnSet token (an int: never a column key).
         self._complete: dict[Hashable, bool] = {}
+        self._released = False
         self._features: list[dict[str, Any]] | None = None
 
     @property
@@ -84,8 +85,17 @@ class EventColumns:
     def get(self, column: Column) -> Any:
         found = self._cache.get(column.key)
         if found is None:
+            if self._released:
+                raise RuntimeError(f"column {column.key!r} not built before the batch's release")
             found = self._cache[column.key] = column.build(self)
         return found
+
+    def release_events(self) -> None:
+        """Drop the events, keeping the columns built: models whose spans wait hold on to
+        these columns (8 bytes per event and column), not to the decoded events."""
+        self.events = ()
+        self._features = None
+        self._released = True
 
     def complete(self, columns: ColumnSet) -> bool:
         """No value missing in any of ``columns`` (checked once per batch and set)."""
