@@ -276,7 +276,8 @@ class Daemon:
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
         await self.actions.after_batch(events, self.engine, self.side_writer)
-        self._publish_models({e.model for e in events})
+        # Only models whose Readings or health may have moved (the tick publishes all).
+        self._publish_models(set(self.engine.changed))
         if bad:
             return await self._dead_letter(bad)
         return await self._flush_side_records()

@@ -263,6 +263,8 @@ class Engine:
         self.max_models = max_models
         self.models: dict[str, ModelMonitor] = {}
         self.dropped_events = 0
+        #: Models of the last batch whose Readings or health may have changed.
+        self.changed: list[str] = []
         self._seed = seed
         self._refused: set[str] = set()
 
@@ -315,10 +317,15 @@ class Engine:
             ordered += model_events
             spans.append((monitor, start, len(ordered)))
         columns = EventColumns(ordered)
+        changed = self.changed = []
         for i, (monitor, start, end) in enumerate(spans, 1):
             fed = monitor.apply_span(columns, start, end, now)
             # Unchanged Readings and nothing held or timed: evaluating would change nothing.
-            transition = None if not fed and monitor.idle else monitor.evaluate(now)
+            if not fed and monitor.idle:
+                transition = None
+            else:
+                changed.append(monitor.model)
+                transition = monitor.evaluate(now)
             if transition is not None:
                 yield [transition]
             elif i % step == 0:

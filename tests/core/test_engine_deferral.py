@@ -66,6 +66,10 @@ def _events(
     return out
 
 
+def _readings(monitor: Any) -> list[Any]:
+    return [member.reading for signal in monitor.signals for member in signal.members]
+
+
 def _same(a: Any, b: Any) -> bool:
     if a.verdict is not b.verdict or a.samples != b.samples:
         return False
@@ -88,8 +92,15 @@ def test_deferring_engine_matches_the_feed_everything_engine(holes: bool) -> Non
         shift = 2.0 if 90 <= batch < 120 else 0.0
         size = int(rng.choice([40, 150, 600]))
         events = _events(rng, 20, size, shift, holes)
+        before = {name: _readings(m) for name, m in deferring.models.items()}
         got = deferring.apply(events, now)
         want = eager.apply(events, now)
+        # Models left out of `changed` (their /metrics are not republished) kept every Reading.
+        unchanged = set(before) - set(deferring.changed)
+        for name in unchanged:
+            now_held = _readings(deferring.models[name])
+            assert all(a is b for a, b in zip(now_held, before[name], strict=True)), name
+        assert set(eager.changed) == {e.model for e in events}
         assert [(t.model, t.from_level, t.to_level) for t in got] == [
             (t.model, t.from_level, t.to_level) for t in want
         ]
