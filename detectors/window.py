@@ -358,11 +358,8 @@ class WindowedDetector(BaseDetector):
             return self._untested()
         if self._pending:
             # Deferred values first, as if pushed when they came: same window, same tests.
-            arr = np.concatenate((*self._pending, arr))
+            arr = np.concatenate((self._take_pending(), arr))
             n = arr.size
-            self._seen -= self._pending_n
-            self._pending.clear()
-            self._pending_n = 0
         breached: Reading | None = None
         last: Reading | None = None
         i = 0
@@ -418,14 +415,20 @@ class WindowedDetector(BaseDetector):
         verdict = self.breach_verdict if fired else Verdict.OK
         return Reading(statistic, effect, verdict, count, threshold)
 
+    def _take_pending(self) -> np.ndarray:
+        """The deferred values, in order, with ``_seen`` set back to before them."""
+        pending = self._pending
+        arr = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        self._seen -= self._pending_n
+        self._pending = []
+        self._pending_n = 0
+        return arr
+
     def _flush(self) -> None:
         """Push the deferred values (they end no stride: no test is due)."""
         if not self._pending:
             return
-        arr = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._seen -= self._pending_n
-        self._pending.clear()
-        self._pending_n = 0
+        arr = self._take_pending()
         self._on_push(arr, self._window.extend(arr))
         self._seen += arr.size
 
@@ -440,7 +443,7 @@ class WindowedDetector(BaseDetector):
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        self._pending.clear()
+        self._pending = []
         self._pending_n = 0
         self._window.load(state["window"])
         self._reference.load(state["reference"], self.dtype)

@@ -181,8 +181,11 @@ class ModelMonitor:
         if version is not None:
             self.model_version = version
         until = self.until_test
+        if until is None:  # nothing waits (``_feed`` empties the spans when it sets None)
+            self._feed([(columns, start, end)], now)
+            return True
         complete = columns.complete(self.column_set())
-        if until is not None and complete and self.deferred_events + n < until:
+        if complete and self.deferred_events + n < until:
             self.deferred.append((columns, start, end))
             self.deferred_events += n
             return False
