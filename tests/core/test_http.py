@@ -28,7 +28,7 @@ from monitor.daemon import Daemon
 from monitor.embedded_broker import EmbeddedBroker
 from monitor.metrics import Metrics
 from monitor.settings import Settings, load_settings
-from tests.conftest import require_component, wait_for
+from tests.conftest import fast_rate_window, require_component, wait_for
 from tests.core.kafka_helpers import create_topic
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,7 @@ POLICY: dict[str, Any] = {
             {
                 "name": "error_rate",
                 "source": "error",
-                "detector": {
-                    "type": "rate_window",
-                    "window": 100,
-                    "min_samples": 50,
-                    "stride": 10,
-                    "persist": 0,
-                },
+                "detector": fast_rate_window(),
                 "thresholds": {"warn": 0.1, "degraded": 0.2},
             },
             {

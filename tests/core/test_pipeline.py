@@ -19,7 +19,7 @@ from monitor.daemon import Daemon
 from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.metrics import Metrics
 from monitor.settings import load_settings
-from tests.conftest import wait_for
+from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import (
     committed_offsets,
     create_topic,
@@ -41,13 +41,7 @@ POLICY = {
                 {
                     "name": "error_rate",
                     "source": "error",
-                    "detector": {
-                        "type": "rate_window",
-                        "window": 100,
-                        "min_samples": 50,
-                        "stride": 10,
-                        "persist": 0,
-                    },
+                    "detector": fast_rate_window(),
                     "thresholds": {"degraded": 0.2},
                 },
                 {

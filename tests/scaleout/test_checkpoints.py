@@ -23,7 +23,7 @@ from monitor.metrics import Metrics
 from monitor.policy import Level, ModelPolicy
 from monitor.settings import load_settings
 from monitor.state import DirectoryStore, partition_of, restore_model, snapshot_model
-from tests.conftest import wait_for
+from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import create_topic, produce
 
 POLICY: dict[str, Any] = {
@@ -33,13 +33,7 @@ POLICY: dict[str, Any] = {
         {
             "name": "error_rate",
             "source": "error",
-            "detector": {
-                "type": "rate_window",
-                "window": 100,
-                "min_samples": 50,
-                "stride": 10,
-                "persist": 0,
-            },
+            "detector": fast_rate_window(),
             "thresholds": {"degraded": 0.3},
         },
         {

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from monitor.embedded_broker import EmbeddedBroker, free_port
-from tests.conftest import wait_for
+from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -168,13 +168,7 @@ def config(tmp: Path, broker: EmbeddedBroker, topic: str, witness: Witness, inde
                     {
                         "name": "error_rate",
                         "source": "error",
-                        "detector": {
-                            "type": "rate_window",
-                            "window": 100,
-                            "min_samples": 50,
-                            "stride": 10,
-                            "persist": 0,
-                        },
+                        "detector": fast_rate_window(),
                         "thresholds": {"degraded": 0.3},
                     }
                 ],
