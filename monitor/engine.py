@@ -63,29 +63,20 @@ class SignalMonitor:
         return self.policy.signal_name
 
     def update(self, events: Sequence[Event], now: float) -> None:
-        self.update_span(EventColumns(events), 0, len(events), now)
-
-    def update_span(self, columns: EventColumns, start: int, end: int, now: float) -> None:
-        """Feed each member its column's ``[start:end]`` slice (this model's events)."""
-        inconclusive = Verdict.INCONCLUSIVE
-        get = columns.get
-        for member in self.members:
-            reading = member.detector.update_many(get(member.extract)[start:end])
-            member.reading = reading
-            if reading.verdict is not inconclusive:
-                member.last_conclusive_at = now
+        self.update_spans([(EventColumns(events), 0, len(events))], now)
 
     def update_spans(self, spans: list[Span], now: float) -> None:
-        """Feed each member its values of several spans (of several batches) in one call."""
-        if len(spans) == 1:
-            self.update_span(*spans[0], now)
-            return
+        """Feed each member its column's ``[start:end]`` slices of ``spans`` (this model's
+        events of one or more batches), in one call per member."""
         inconclusive = Verdict.INCONCLUSIVE
+        single = spans[0] if len(spans) == 1 else None
         for member in self.members:
             extract = member.extract
-            reading = member.detector.update_many(
-                _joined([cols.get(extract)[start:end] for cols, start, end in spans])
-            )
+            if single is not None:
+                values = single[0].get(extract)[single[1] : single[2]]
+            else:
+                values = _joined([cols.get(extract)[start:end] for cols, start, end in spans])
+            reading = member.detector.update_many(values)
             member.reading = reading
             if reading.verdict is not inconclusive:
                 member.last_conclusive_at = now
@@ -168,11 +159,12 @@ class ModelMonitor:
         """Apply this model's events, ``columns.events[start:end]``; False when they only
         wait (no Reading can have changed).
 
-        While every detector is between tests (window full, fixed reference), events that
-        end no stride and miss no value change no Reading: they wait, and enter the
-        detectors together with the events that reach the next test (or at ``flush``). The
-        detectors then see the same values in the same order and test at the same points,
-        at a fraction of the per-call cost when a model gets a few events per batch.
+        While every detector is between tests (fixed reference ready, ``min_samples`` in
+        the window), events that end no stride and miss no value change no Reading: they
+        wait, and enter the detectors together with the events that reach the next test
+        (or at ``flush``). The detectors then see the same values in the same order and
+        test at the same points, at a fraction of the per-call cost when a model gets a few
+        events per batch.
         """
         n = end - start
         self.events += n

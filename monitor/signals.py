@@ -264,10 +264,10 @@ def _feature_missing(name: str) -> Column:
 
 def _feature_matrix(names: list[str]) -> Column:
     def build(cols: EventColumns) -> FloatArray:
-        n = len(cols.events)
-        if n == 0:
+        if not cols.events:
             return np.zeros((0, len(names)))
-        return np.column_stack([_numbers([f.get(k) for f in cols.features]) for k in names])
+        _numeric_table(cols, tuple(names))
+        return np.column_stack([cols.get_cached(("feature", k)) for k in names])
 
     return Column(("feature_matrix", tuple(names)), build)
 
