@@ -29,6 +29,8 @@ from monitor.metrics import HEALTH_STATES, Metrics
 from monitor.runtime import tuned_runtime
 from monitor.settings import Settings
 from monitor.state import (
+    CheckpointError,
+    CheckpointHealth,
     CheckpointStore,
     DirectoryStore,
     KafkaStore,
@@ -97,6 +99,7 @@ class Daemon:
         self.restored_models = 0
         self._force_checkpoint = False
         self._store_outages = 0
+        self.checkpoint_health = CheckpointHealth(settings.state.max_failed_rounds)
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -434,6 +437,7 @@ class Daemon:
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)
+            self.checkpoint_health.failing.pop(model, None)
         log.info("dropped %d models idle for over %.0fs", len(idle), ttl)
         if self.store is not None:
             try:
@@ -465,6 +469,7 @@ class Daemon:
                 snapshots[model] = snapshot_model(
                     monitor, self.actions, self._model_partition.get(model)
                 )
+        refused: dict[str, str] = {}
         try:
             if isinstance(store, KafkaStore) and self.consumer.outages != self._store_outages:
                 await store.ensure_topic()
@@ -476,20 +481,49 @@ class Daemon:
                 }
             if snapshots:
                 await store.save(snapshots)
+        except CheckpointError as err:
+            if not err.failed:
+                return self._store_failed(err, len(snapshots))
+            refused = err.failed
         except Exception as err:
-            self.metrics.checkpoint_failures.inc()
-            log.warning(
-                "checkpoint of %d models failed (offsets not committed): %r", len(snapshots), err
-            )
-            return False
-        self._dirty -= models
+            return self._store_failed(err, len(snapshots))
         written_at = time.time()
         for model in snapshots:
-            self._saved_at[model] = written_at
+            if model not in refused:
+                self._saved_at[model] = written_at
+        self._dirty -= models - refused.keys()
+        self.checkpoint_health.written(set(snapshots) - refused.keys())
         self._last_checkpoint = time.monotonic()
+        if refused:
+            self.metrics.checkpoint_failures.inc()
+            blocking = self.checkpoint_health.refused(refused)
+            self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
+            if blocking:
+                log.warning(
+                    "checkpoint of %d of %d models refused (offsets not committed yet): %s",
+                    len(refused),
+                    len(snapshots),
+                    next(iter(refused.values())),
+                )
+                return False
+            log.error(
+                "checkpoint of %d models refused %d rounds in a row (first: %r, %s): offsets are "
+                "committed without them; a crash restarts them from their last good checkpoint",
+                len(refused),
+                self.settings.state.max_failed_rounds,
+                next(iter(refused)),
+                next(iter(refused.values())),
+            )
+        self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
         self.metrics.checkpoints.inc()
-        self.metrics.last_checkpoint.set(time.time())
+        self.metrics.last_checkpoint.set(written_at)
         return True
+
+    def _store_failed(self, err: Exception, count: int) -> bool:
+        self.metrics.checkpoint_failures.inc()
+        self.checkpoint_health.store_failed(repr(err))
+        log.warning("checkpoint of %d models failed (offsets not committed): %r", count, err)
+        return False
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Restore the models of newly assigned partitions before any of their records."""
@@ -519,6 +553,7 @@ class Daemon:
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)
+            self.checkpoint_health.failing.pop(model, None)
             self.actions.forget(model)
         if stale:
             log.warning("dropped %d models of partitions no longer assigned", len(stale))
@@ -555,6 +590,7 @@ class Daemon:
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)
+            self.checkpoint_health.failing.pop(model, None)
             self.actions.forget(model)
         log.info("handed over %d models with their checkpoints", len(leaving))
 
@@ -582,6 +618,7 @@ class Daemon:
             problems.append("rejoining the consumer group: partitions revoked, none assigned yet")
         if self._stop.is_set():
             problems.append("shutting down")
+        problems.extend(self.checkpoint_health.problems())
         return problems
 
     def status(self) -> dict[str, Any]:
@@ -591,6 +628,7 @@ class Daemon:
             "ready": not self.readiness_problems(),
             "applied_events": self.applied_events,
             "restored_models": self.restored_models,
+            "checkpoints": self.checkpoint_health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),

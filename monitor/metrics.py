@@ -58,6 +58,7 @@ class Metrics:
     checkpoints: Counter
     checkpoint_failures: Counter
     last_checkpoint: Gauge
+    checkpoint_failing_models: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -243,6 +244,11 @@ class Metrics:
             last_checkpoint=Gauge(
                 "driftwarden_last_checkpoint_timestamp_seconds",
                 "Unix time of the last successful checkpoint.",
+                registry=r,
+            ),
+            checkpoint_failing_models=Gauge(
+                "driftwarden_checkpoint_failing_models",
+                "Models whose last checkpoint attempt failed.",
                 registry=r,
             ),
         )

@@ -184,6 +184,11 @@ class StateSettings(_Section):
     interval_s: float = Field(default=5.0, gt=0, le=3600)
     #: Largest checkpoint of one model (producer max_request_size for the topic backend).
     max_bytes: int = Field(default=16_777_216, ge=65_536)
+    #: A model whose checkpoint fails this many rounds in a row stops holding back the offset
+    #: commits of every other model: its last good checkpoint stays (a crash replays it from
+    #: there), it is named on /readyz and counted in driftwarden_checkpoint_failing_models.
+    #: Until then (a transient failure) offsets wait, so state and offsets stay consistent.
+    max_failed_rounds: int = Field(default=3, ge=1, le=1000)
 
 
 class OperatorSettings(_Section):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
 from alerts.base import Alert
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckpointError",
+    "CheckpointHealth",
     "CheckpointStore",
     "DirectoryStore",
     "KafkaStore",
@@ -48,7 +49,16 @@ STATE_VERSION = 1
 
 
 class CheckpointError(DriftwardenError):
+    """Checkpoints not written. ``failed`` names the models the store refused for a reason
+    of their own (a checkpoint too large, say), with why: the other models of the call were
+    written. Empty when the store as a whole failed (nothing was written).
+    """
+
     retriable = True
+
+    def __init__(self, message: str, failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed: dict[str, str] = failed if failed is not None else {}
 
 
 class CheckpointStore(Protocol):
@@ -61,12 +71,84 @@ class CheckpointStore(Protocol):
         ...
 
     async def save(self, items: dict[str, bytes]) -> None:
-        """Write checkpoints durably; return only once they are safe."""
+        """Write checkpoints durably; return only once they are safe. Raise CheckpointError
+        whose ``failed`` names the models not written (the others are safe)."""
         ...
 
     async def delete(self, models: list[str]) -> None:
         """Forget models (tombstones on a compacted topic)."""
         ...
+
+
+class CheckpointHealth:
+    """Which checkpoints keep failing, so that one model's failure cannot stop every other
+    model's offset commits for ever, and a failing store shows on /readyz.
+
+    A model the store refuses for a reason of its own holds back commits for at most
+    ``max_failed_rounds`` rounds in a row (a transient error heals in that time); after that
+    it is still retried each round but no longer blocks. A store that fails as a whole always
+    blocks commits (at-least-once: a crash must replay from a state that matches the offset).
+
+    >>> h = CheckpointHealth(max_failed_rounds=2)
+    >>> h.refused({"big": "MessageSizeTooLargeError"}), h.refused({"big": "..."})
+    (True, False)
+    >>> h.problems()
+    ["checkpoint of 1 models refused 2+ rounds in a row, e.g. 'big': ..."]
+    >>> h.written({"big"}); h.problems()
+    []
+    """
+
+    def __init__(self, max_failed_rounds: int) -> None:
+        self.max_failed_rounds = max_failed_rounds
+        #: Model -> (consecutive refused rounds, last reason).
+        self.failing: dict[str, tuple[int, str]] = {}
+        self.store_failures = 0
+        self.store_error = ""
+
+    def written(self, models: set[str]) -> None:
+        self.store_failures = 0
+        for model in models:
+            self.failing.pop(model, None)
+
+    def refused(self, refused: dict[str, str]) -> bool:
+        """Count a round in which these models were refused; True while any still blocks."""
+        self.store_failures = 0
+        blocking = False
+        for model, reason in refused.items():
+            rounds = self.failing.get(model, (0, ""))[0] + 1
+            self.failing[model] = (rounds, reason)
+            blocking |= rounds < self.max_failed_rounds
+        return blocking
+
+    def store_failed(self, reason: str) -> None:
+        self.store_failures += 1
+        self.store_error = reason
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.store_failures >= self.max_failed_rounds:
+            problems.append(
+                f"checkpoint store failing: {self.store_failures} rounds in a row, "
+                f"offsets not committed: {self.store_error}"
+            )
+        stuck = [m for m, (rounds, _) in self.failing.items() if rounds >= self.max_failed_rounds]
+        if stuck:
+            reason = self.failing[stuck[0]][1]
+            problems.append(
+                f"checkpoint of {len(stuck)} models refused {self.max_failed_rounds}+ rounds "
+                f"in a row, e.g. {stuck[0][:100]!r}: {reason}"
+            )
+        return problems
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "store_failed_rounds": self.store_failures,
+            "store_error": self.store_error or None,
+            "failing_models": {
+                model[:200]: {"rounds": rounds, "reason": reason}
+                for model, (rounds, reason) in list(self.failing.items())[:100]
+            },
+        }
 
 
 def _spec_digest(spec: Any) -> str:
@@ -239,6 +321,18 @@ def restore_model(
 
 
 def _file_name(model: str) -> str:
+    """A fixed-length file name for any model id: the id is user input (any length, any
+    bytes), so it never becomes a path itself; the file holds the id.
+
+    >>> len(_file_name("m" * 10_000)) == len(_file_name("fraud")) == 45
+    True
+    """
+    return hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:40] + ".ckpt"
+
+
+def _legacy_file_name(model: str) -> str:
+    # Before 0.2 the file name was the id in base64: unbounded, so a long id could not be
+    # saved at all. Such files are still read, and renamed on load.
     return base64.urlsafe_b64encode(model.encode()).decode().rstrip("=") + ".ckpt"
 
 
@@ -257,29 +351,58 @@ class DirectoryStore:
     async def load_all(self) -> dict[str, bytes]:
         def load() -> dict[str, bytes]:
             found: dict[str, bytes] = {}
+            legacy: dict[str, tuple[Path, bytes]] = {}
             for file in self.path.glob("*.ckpt"):
                 data = file.read_bytes()
-                with contextlib.suppress(msgspec.DecodeError, KeyError):
-                    found[msgspec.msgpack.decode(data)["model"]] = data
+                try:
+                    model = msgspec.msgpack.decode(data)["model"]
+                except (msgspec.DecodeError, KeyError, TypeError):
+                    log.warning("checkpoint file %s is not a checkpoint: ignored", file)
+                    continue
+                if not isinstance(model, str):
+                    continue
+                if file.name == _file_name(model):
+                    found[model] = data
+                else:
+                    legacy[model] = (file, data)
+            for model, (file, data) in legacy.items():
+                target = self.path / _file_name(model)
+                if model in found:
+                    file.unlink(missing_ok=True)  # the newer, hashed file supersedes it
+                    continue
+                with contextlib.suppress(OSError):
+                    os.replace(file, target)
+                found[model] = data
             return found
 
         return await asyncio.to_thread(load)
 
     async def save(self, items: dict[str, bytes]) -> None:
-        def write() -> None:
+        def write() -> dict[str, str]:
+            failed: dict[str, str] = {}
             for model, data in items.items():
                 target = self.path / _file_name(model)
                 tmp = target.with_suffix(".tmp")
-                with tmp.open("wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
+                try:
+                    with tmp.open("wb") as out:
+                        out.write(data)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.replace(tmp, target)
+                except OSError as err:
+                    failed[model] = repr(err)
+            return failed
 
         try:
-            await asyncio.to_thread(write)
+            failed = await asyncio.to_thread(write)
         except OSError as err:
             raise CheckpointError(f"cannot write checkpoints to {self.path}: {err}") from err
+        if failed:
+            first = next(iter(failed.values()))
+            raise CheckpointError(
+                f"{len(failed)} of {len(items)} checkpoints not written to {self.path}: {first}",
+                failed if len(failed) < len(items) else None,
+            )
 
     async def delete(self, models: list[str]) -> None:
         def remove() -> None:
@@ -288,6 +411,12 @@ class DirectoryStore:
                     (self.path / _file_name(model)).unlink()
 
         await asyncio.to_thread(remove)
+
+
+def _refused_for_itself(err: KafkaError) -> bool:
+    """A write error that is about this record (its size, its topic's rules), not about the
+    broker being reachable: retrying it cannot help, and it says nothing of the others."""
+    return not err.retriable and not isinstance(err, KafkaTimeoutError | KafkaConnectionError)
 
 
 class KafkaStore:
@@ -390,14 +519,37 @@ class KafkaStore:
         producer = self._producer
         if producer is None:
             raise CheckpointError("KafkaStore is not started")
+        failed: dict[str, str] = {}
+        futures: dict[str, asyncio.Future[Any]] = {}
         try:
-            futures = [
-                await producer.send(self.topic, value=data, key=model.encode())
-                for model, data in items.items()
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), self.settings.broker_timeout_s)
+            for model, data in items.items():
+                try:
+                    futures[model] = await producer.send(
+                        self.topic, value=data, key=model.encode("utf-8", "surrogatepass")
+                    )
+                except KafkaError as err:
+                    if not _refused_for_itself(err):
+                        raise
+                    # Refused before it left (too large for max_request_size, say): this
+                    # model only; the others are still written.
+                    failed[model] = repr(err)
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures.values(), return_exceptions=True),
+                self.settings.broker_timeout_s,
+            )
         except (TimeoutError, KafkaError) as err:
             raise CheckpointError(f"checkpoint write to {self.topic!r} failed: {err!r}") from err
+        for model, result in zip(futures, results, strict=True):
+            if isinstance(result, KafkaError) and _refused_for_itself(result):
+                failed[model] = repr(result)
+            elif isinstance(result, BaseException):
+                raise CheckpointError(f"checkpoint write to {self.topic!r} failed: {result!r}")
+        if failed:
+            first = next(iter(failed.values()))
+            raise CheckpointError(
+                f"{len(failed)} of {len(items)} checkpoints not written to {self.topic!r}: {first}",
+                failed,
+            )
 
     async def delete(self, models: list[str]) -> None:
         producer = self._producer
