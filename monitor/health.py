@@ -1,7 +1,8 @@
 """The per-model health state machine: levels from signal breaches, with hysteresis.
 
-``for`` (a breach must hold), ``recover_after`` (health must hold before stepping down) and
-``cooldown`` (minimum time between transitions) keep one incident to one transition each way.
+``for`` (a breach must hold, like Prometheus' ``for``), ``recover_after`` (health must hold
+before stepping down, like ``keep_firing_for``) and ``cooldown`` (after a recovery, how long
+before a new incident may open) keep one incident to one transition each way.
 """
 
 from __future__ import annotations
@@ -81,6 +82,19 @@ class HealthMachine:
     (True, True)
     >>> m.observe(50.0, ok).to_level.label
     'ok'
+
+    With a cooldown, recovery still comes after ``recover_after``; the next incident waits
+    for the cooldown to pass after that recovery, then opens if its breach still holds:
+
+    >>> m = HealthMachine("fraud", HealthTiming(**{"for": 10, "cooldown": 300, "recover_after": 30}))
+    >>> m.observe(0.0, bad), m.observe(10.0, bad).to_level.label, m.observe(20.0, ok)
+    (None, 'degraded', None)
+    >>> m.observe(50.0, ok).to_level.label
+    'ok'
+    >>> m.observe(100.0, bad) is None, m.observe(349.0, bad) is None
+    (True, True)
+    >>> m.observe(350.0, bad).to_level.label
+    'degraded'
     """
 
     model: str
@@ -122,9 +136,9 @@ class HealthMachine:
         if target < self.level:
             if self.healthy_since is None:
                 self.healthy_since = now
+            # The cooldown never delays a recovery: it spaces a recovery from the next
+            # incident. Holding a healthy model in fallback would be an outage of its own.
             if now - self.healthy_since < self.timing.recover_after:
-                return None
-            if now - self.last_transition_at < self.timing.cooldown:
                 return None
             return self._move(now, target, tuple(causes[target]) if target else ())
         self.healthy_since = None

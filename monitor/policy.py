@@ -265,9 +265,11 @@ class HealthTiming(_Strict):
 
     #: How long a breach must hold before the state escalates.
     for_: Duration = Field(default=30.0, alias="for")
-    #: Minimum time between two transitions of one model (anti-flapping).
+    #: After a recovery, how long before a new incident of the model may open (anti-flapping);
+    #: a breach that still holds then opens it. It never delays a recovery or an escalation.
     cooldown: Duration = 300.0
-    #: How long the model must stay healthy before the state steps down and flags are restored.
+    #: How long the model must stay healthy before the state steps down and flags are restored
+    #: (Prometheus' ``keep_firing_for``).
     recover_after: Duration = 120.0
 
 
