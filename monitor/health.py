@@ -86,7 +86,8 @@ class HealthMachine:
     With a cooldown, recovery still comes after ``recover_after``; the next incident waits
     for the cooldown to pass after that recovery, then opens if its breach still holds:
 
-    >>> m = HealthMachine("fraud", HealthTiming(**{"for": 10, "cooldown": 300, "recover_after": 30}))
+    >>> timing = HealthTiming(**{"for": 10, "cooldown": 300, "recover_after": 30})
+    >>> m = HealthMachine("fraud", timing)
     >>> m.observe(0.0, bad), m.observe(10.0, bad).to_level.label, m.observe(20.0, ok)
     (None, 'degraded', None)
     >>> m.observe(50.0, ok).to_level.label
