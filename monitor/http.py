@@ -9,6 +9,7 @@ import asyncio
 import gc
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,6 +24,9 @@ __all__ = ["Exposition", "HttpServer", "LoopHeartbeat", "StatusProvider"]
 log = logging.getLogger(__name__)
 
 _METRICS_CHUNK_BYTES = 256 * 1024
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
 
 
 class StatusProvider(Protocol):
@@ -77,13 +81,19 @@ def _render_without_gc(registry: CollectorRegistry) -> bytes:
     when the render ends and nothing is promoted; cyclic garbage of other threads waits
     for the render (a few seconds at most).
     """
-    paused = gc.isenabled()
-    gc.disable()
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:  # renders of several servers in one process (tests) may overlap
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         return generate_latest(registry)
     finally:
-        if paused:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class Exposition:
