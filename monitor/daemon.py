@@ -59,16 +59,7 @@ class Daemon:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics.create()
         self.clock = clock
-        engine = settings.engine
-        self.engine = Engine(
-            settings.policy_for,
-            max_models=engine.max_models,
-            named=settings.named_models(),
-            admit_after_events=engine.admit_after_events,
-            probation_window_s=engine.probation_window_s,
-            evict_idle_s=engine.evict_idle_s,
-            may_evict=self._may_evict,
-        )
+        self.engine = Engine.for_settings(settings, may_evict=self._may_evict)
         self.decoder = EventDecoder(settings.kafka.max_record_bytes)
         self.consumer = EventConsumer(
             settings.kafka,

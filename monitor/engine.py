@@ -9,7 +9,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from monitor.events import Event
 from monitor.health import HealthMachine, SignalObservation, Transition
 from monitor.policy import Level, ModelPolicy, SignalPolicy
 from monitor.signals import ColumnSet, EventColumns, Extractor, extractors_for
+
+if TYPE_CHECKING:
+    from monitor.settings import Settings
 
 __all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
 
@@ -285,6 +288,23 @@ class Engine:
         self.changed: list[str] = []
         self._seed = seed
         self._refused: set[str] = set()
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, *, may_evict: Callable[[str], bool] | None = None
+    ) -> Engine:
+        """The engine the daemon runs (replay too): the policy's named models and the
+        ``engine`` section's limits."""
+        engine = settings.engine
+        return cls(
+            settings.policy_for,
+            max_models=engine.max_models,
+            named=settings.named_models(),
+            admit_after_events=engine.admit_after_events,
+            probation_window_s=engine.probation_window_s,
+            evict_idle_s=engine.evict_idle_s,
+            may_evict=may_evict,
+        )
 
     def monitor(self, model: str, now: float) -> ModelMonitor | None:
         """The monitor of ``model`` for one event: found, created, or None (refused)."""
