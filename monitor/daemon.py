@@ -243,6 +243,7 @@ class Daemon:
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
         track = self.store is not None
+        seen_on: list[tuple[TopicPartition, set[str]]] = []
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
             first = len(events)
@@ -253,10 +254,7 @@ class Daemon:
                 else:
                     bad.append((record, decoded))
             if track:
-                models = {event.model for event in events[first:]}
-                self._dirty |= models
-                for model in models:
-                    self._model_partition[model] = tp
+                seen_on.append((tp, {event.model for event in events[first:]}))
         before = self.engine.dropped_events
         refused_before = dict(self.engine.refused_events)
         acting = False
@@ -268,6 +266,13 @@ class Daemon:
                 # The flag and alert workers (reads, writes, their threads' results) move on
                 # while the rest of the batch is applied: a breach does not wait for it.
                 await asyncio.sleep(0)
+        # Only watched models: a flood of refused ids must not grow these with the traffic.
+        watching = self.engine.models
+        for tp, models in seen_on:
+            for model in models:
+                if model in watching:
+                    self._dirty.add(model)
+                    self._model_partition[model] = tp
         dropped = self.engine.dropped_events - before
         # Events of a model with no monitor reach no detector: refused, not applied.
         self.applied_events += len(events) - dropped

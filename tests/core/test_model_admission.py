@@ -255,6 +255,9 @@ async def test_the_daemon_unpublishes_and_forgets_the_checkpoint_of_an_evicted_m
     assert get("driftwarden_events_refused_total", {"reason": "model_limit"}) == 0
     assert get("driftwarden_events_applied_total") == 2 + 6
     assert daemon.status()["refused_events"] == {"probation": 1, "model_limit": 0}
+    # The refused id left no trace in the checkpoint bookkeeping (it would grow with a flood).
+    assert sorted(daemon._model_partition) == ["b", "c", "fraud"]
+    assert "x" not in daemon._dirty
 
 
 async def test_the_daemon_vetoes_evicting_a_model_that_holds_a_flag_or_an_open_alert(
