@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -17,11 +18,12 @@ from alerts.base import Alert
 from monitor.admission import Admission, CandidateSketch, Refusal
 from monitor.daemon import Daemon
 from monitor.engine import Engine
+from monitor.errors import ConfigError
 from monitor.events import Event
 from monitor.flags.config import FlagdFileSpec
 from monitor.metrics import Metrics
 from monitor.policy import Level, ModelPolicy, SignalPolicy
-from monitor.settings import EngineSettings, Settings, StateSettings
+from monitor.settings import EngineSettings, Settings, StateSettings, load_settings
 
 POLICY = ModelPolicy.model_validate(
     {
@@ -291,3 +293,38 @@ async def test_the_daemon_vetoes_evicting_a_model_that_holds_a_flag_or_an_open_a
     )
     assert not daemon._may_evict("quiet")
     assert daemon._may_evict("other")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("admit_after_events", 0, "greater than or equal to 1"),
+        ("admit_after_events", "three", "valid integer"),
+        ("probation_window_s", 0, "greater than 0"),
+        ("probation_window_s", 10**9, "less than or equal to 86400"),
+        ("evict_idle_s", -1, "greater than 0"),
+        ("max_models", 0, "greater than or equal to 1"),
+    ],
+)
+def test_a_bad_admission_setting_is_refused_naming_the_file_and_field(
+    tmp_path: Path, field: str, value: object, expected: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"engine": {field: value}}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert len(caught.value.problems) == 1
+    line = caught.value.problems[0]
+    assert line.startswith(f"{path}: engine.{field}: ") and expected in line, line
+
+
+def test_hostile_model_ids_are_counted_on_probation_like_any_other() -> None:
+    engine = Engine(lambda model: POLICY, max_models=1)
+    engine.apply(events("first", 1), now=0.0)
+    hostile = ["", "\x00", "\ud800lone surrogate", "x" * 100_000, "ü" * 10, "a\nb", "'\""]
+    engine.apply([Event(model=m) for m in hostile], now=1.0)
+    assert list(engine.models) == ["first"]
+    assert engine.refused_events[Refusal.PROBATION] == len(hostile)
+    # Seen often enough, even an odd id gets its turn (it names a model, if a strange one).
+    engine.apply([Event(model="\ud800lone surrogate")] * 3, now=2.0)
+    assert "\ud800lone surrogate" in engine.models
