@@ -369,10 +369,11 @@ class Engine:
                         model, counts[model], Refusal.MODEL_LIMIT if ok else Refusal.PROBATION
                     )
                     continue
+                # Logged per batch by the caller (a sustained flood may evict many).
                 admission.replace(victim, model)
                 self.models.pop(victim, None)
                 self.evicted.append(victim)
-                log.info("model %r evicted for %r (max_models=%d)", victim, model, self.max_models)
+                log.debug("model %r evicted for %r (max_models=%d)", victim, model, self.max_models)
                 found[model] = self._create(model, now)
         # Back in order of first appearance (busy models early).
         return {model: found[model] for model in counts if model in found}
