@@ -61,7 +61,7 @@ class Daemon:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics.create()
         self.clock = clock
-        self.engine = Engine(settings.policy_for, max_models=settings.engine.max_models)
+        self.engine = Engine.for_settings(settings, may_evict=self._may_evict)
         self.decoder = EventDecoder(settings.kafka.max_record_bytes)
         self.consumer = EventConsumer(
             settings.kafka,
@@ -88,7 +88,8 @@ class Daemon:
         self._loop_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
-        self._signal_children: dict[tuple[str, str], Any] = {}
+        #: Per model, its bound metric children by member name ("": the model's own).
+        self._signal_children: dict[str, dict[str, Any]] = {}
         self.store = _build_store(settings)
         #: Partition each model's events come from: its checkpoint follows that partition.
         self._model_partition: dict[str, TopicPartition] = {}
@@ -245,6 +246,7 @@ class Daemon:
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
         track = self.store is not None
+        seen_on: list[tuple[TopicPartition, set[str]]] = []
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
             first = len(events)
@@ -255,11 +257,9 @@ class Daemon:
                 else:
                     bad.append((record, decoded))
             if track:
-                models = {event.model for event in events[first:]}
-                self._dirty |= models
-                for model in models:
-                    self._model_partition[model] = tp
+                seen_on.append((tp, {event.model for event in events[first:]}))
         before = self.engine.dropped_events
+        refused_before = dict(self.engine.refused_events)
         acting = False
         for transitions in self.engine.apply_stepwise(events, now):
             if transitions:
@@ -269,15 +269,32 @@ class Daemon:
                 # The flag and alert workers (reads, writes, their threads' results) move on
                 # while the rest of the batch is applied: a breach does not wait for it.
                 await asyncio.sleep(0)
-        self.applied_events += len(events)
+        # Only watched models: a flood of refused ids must not grow these with the traffic.
+        watching = self.engine.models
+        for tp, models in seen_on:
+            for model in models:
+                if model in watching:
+                    self._dirty.add(model)
+                    self._model_partition[model] = tp
+        dropped = self.engine.dropped_events - before
+        # Events of a model with no monitor reach no detector: refused, not applied.
+        self.applied_events += len(events) - dropped
         if self._applied_log is not None:
             ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
             self._applied_log.write(ids)
             self._applied_log.flush()
-        self.metrics.events_applied.inc(len(events))
-        dropped = self.engine.dropped_events - before
+        self.metrics.events_applied.inc(len(events) - dropped)
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
+            for reason, count in self.engine.refused_events.items():
+                if count != refused_before[reason]:
+                    self.metrics.events_refused.labels(reason.value).inc(
+                        count - refused_before[reason]
+                    )
+        evicted = self.engine.take_evicted()
+        if evicted:
+            self.metrics.models_evicted.inc(len(evicted))
+            await self._forget_models(evicted, "evicted for new models (max_models reached)")
         await self.actions.after_batch(events, self.engine, self.side_writer)
         # Only models whose Readings or health may have moved (the tick publishes all).
         self._publish_models(set(self.engine.changed))
@@ -336,41 +353,53 @@ class Daemon:
             log.info("transition %s", t.describe())
         self.actions.on_transitions(transitions, self.engine, now)
 
-    def _unpublish(self, model: str) -> None:
+    def _unpublish(self, model: str, *, counters: bool = False) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
         rollout gates never read a stale state from a replica that handed the model over.
+
+        ``counters``: also its counters (transitions, review samples), for a model dropped
+        for good; otherwise their series would grow with every model ever seen. The series
+        are found by their labels, not by a scan of every series: evicting a model costs
+        the same with 10 models published as with 10,000.
         """
         m = self.metrics
-        for key in [k for k in self._signal_children if k[0] == model]:
-            del self._signal_children[key]
-        for metric in (
-            m.health_level,
-            m.health_state,
-            m.signal_value,
-            m.signal_effect,
-            m.signal_breached,
-            m.signal_samples,
-            m.signal_threshold,
-        ):
-            for labels in [lv for lv in list(metric._metrics) if lv[0] == model]:
-                with contextlib.suppress(KeyError):
-                    metric.remove(*labels)
+        published = self._signal_children.pop(model, {})
+        if "" in published:
+            m.health_level.remove(model)
+            for state in HEALTH_STATES:
+                m.health_state.remove(model, state)
+        levels = ("detector", *HEALTH_STATES)
+        for member in published:
+            if not member:
+                continue
+            for metric in (m.signal_value, m.signal_effect, m.signal_breached, m.signal_samples):
+                metric.remove(model, member)
+            for level in levels:
+                m.signal_threshold.remove(model, member, level)
+        if counters:
+            for before in HEALTH_STATES:
+                for after in HEALTH_STATES:
+                    m.transitions.remove(model, before, after)
+            m.review_events.remove(model)
 
     def _publish_models(self, models: set[str]) -> None:
         # Called after every batch for every model in it, and each second for all models:
         # bound children are kept, and a gauge is set only when its value may have changed
         # (a detector hands back the same Reading object until it tests again).
         m = self.metrics
-        cache = self._signal_children
+        children_of = self._signal_children
         for model in models:
             monitor = self.engine.models.get(model)
             if monitor is None:
                 continue
+            cache = children_of.get(model)
+            if cache is None:
+                cache = children_of[model] = {}
             state = monitor.health.level
-            # Key (model, ""): the model's own gauges (a member name is never empty).
-            health = cache.get((model, ""))
+            # Key "": the model's own gauges (a member name is never empty).
+            health = cache.get("")
             if health is None:
-                health = cache[(model, "")] = [
+                health = cache[""] = [
                     m.health_level.labels(model),
                     [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
                     None,
@@ -383,11 +412,10 @@ class Daemon:
             for signal_monitor in monitor.signals:
                 for member in signal_monitor.members:
                     r = member.reading
-                    key = (model, member.name)
-                    children = cache.get(key)
+                    children = cache.get(member.name)
                     if children is None:
                         thresholds = signal_monitor.policy.thresholds
-                        children = cache[key] = [
+                        children = cache[member.name] = [
                             m.signal_value.labels(model, member.name),
                             m.signal_effect.labels(model, member.name),
                             m.signal_breached.labels(model, member.name),
@@ -430,20 +458,33 @@ class Daemon:
             for model, monitor in self.engine.models.items()
             if monitor.last_event_at is not None and now - monitor.last_event_at > ttl
         ]
-        if not idle:
-            return
-        for model in idle:
-            self._unpublish(model)
+        if idle:
+            await self._forget_models(idle, f"idle for over {ttl:.0f}s")
+
+    async def _forget_models(self, models: list[str], why: str) -> None:
+        """Drop models this replica stops watching for good (idle past the TTL, or evicted
+        for a newcomer): their monitors, series and checkpoints."""
+        for model in models:
+            self._unpublish(model, counters=True)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
             self._dirty.discard(model)
+            self._saved_at.pop(model, None)
             self.checkpoint_health.failing.pop(model, None)
-        log.info("dropped %d models idle for over %.0fs", len(idle), ttl)
+        log.info("dropped %d models: %s", len(models), why)
         if self.store is not None:
             try:
-                await self.store.delete(idle)
+                await self.store.delete(models)
             except Exception as err:
-                log.warning("cannot delete checkpoints of idle models: %r", err)
+                log.warning("cannot delete checkpoints of dropped models: %r", err)
+
+    def _may_evict(self, model: str) -> bool:
+        """Whether ``model`` may make room for a new one: no flag held, no open incident
+        (the engine checks its health); otherwise it would be dropped silently."""
+        if self.actions.held.get(model):
+            return False
+        dispatcher = self.actions.dispatcher
+        return dispatcher is None or all(a.model != model for a in dispatcher.active())
 
     async def _commit_point(self) -> None:
         """Commit applied offsets; with a state store, only right after a checkpoint."""
@@ -570,9 +611,8 @@ class Daemon:
             except Exception as err:
                 log.warning("checkpoint of model %r not restored: %r", model, err)
                 continue
-            if len(self.engine.models) >= self.engine.max_models:
-                break
-            self.engine.models[model] = monitor
+            if not self.engine.adopt(model, monitor):
+                continue  # max_models reached; a named model is always adopted
             self._model_partition[model] = tp
             self._saved_at[model] = header.saved_at
             restored += 1
@@ -627,6 +667,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "ready": not self.readiness_problems(),
             "applied_events": self.applied_events,
+            "refused_events": {r.value: n for r, n in self.engine.refused_events.items()},
             "restored_models": self.restored_models,
             "checkpoints": self.checkpoint_health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),

@@ -1,23 +1,28 @@
 """The engine: routes each batch's events by model id to that model's monitor, which feeds
-its signals' detectors and its health state machine. Memory is bounded by ``max_models``.
+its signals' detectors and its health state machine. Memory is bounded by the policy's named
+models plus ``max_models`` others (``monitor.admission`` decides who gets a monitor).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
 from detectors.specs import build_detector
+from monitor.admission import Admission, Refusal
 from monitor.events import Event
 from monitor.health import HealthMachine, SignalObservation, Transition
 from monitor.policy import Level, ModelPolicy, SignalPolicy
 from monitor.signals import ColumnSet, EventColumns, Extractor, extractors_for
+
+if TYPE_CHECKING:
+    from monitor.settings import Settings
 
 __all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
 
@@ -243,43 +248,160 @@ class ModelMonitor:
 
 
 class Engine:
-    """Routes events to per-model monitors, creating them on first sight up to ``max_models``."""
+    """Routes events to per-model monitors, creating them as :class:`Admission` allows:
+    named models always, other ids up to ``max_models`` (then by probation and eviction).
+    """
 
     def __init__(
         self,
         policy_for: Callable[[str], ModelPolicy],
         *,
         max_models: int,
+        named: Iterable[str] = (),
+        admit_after_events: int = 3,
+        probation_window_s: float = 300.0,
+        evict_idle_s: float = 600.0,
+        may_evict: Callable[[str], bool] | None = None,
         seed: int = 0,
         defer: bool = True,
     ) -> None:
         self.policy_for = policy_for
         self.defer = defer
         self.max_models = max_models
+        self.admission = Admission(
+            max_models=max_models,
+            named=named,
+            admit_after_events=admit_after_events,
+            probation_window_s=probation_window_s,
+            evict_idle_s=evict_idle_s,
+        )
+        #: The caller's veto on an eviction (the daemon: the model holds no flag and has no
+        #: open incident); the engine itself checks the model is healthy.
+        self.may_evict = may_evict
         self.models: dict[str, ModelMonitor] = {}
+        #: Events of models that got no monitor: in all, and by reason.
         self.dropped_events = 0
+        self.refused_events: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
+        #: Models evicted for newcomers since the caller last took them (``take_evicted``).
+        self.evicted: list[str] = []
         #: Models of the last batch whose Readings or health may have changed.
         self.changed: list[str] = []
         self._seed = seed
         self._refused: set[str] = set()
 
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, *, may_evict: Callable[[str], bool] | None = None
+    ) -> Engine:
+        """The engine the daemon runs (replay too): the policy's named models and the
+        ``engine`` section's limits."""
+        engine = settings.engine
+        return cls(
+            settings.policy_for,
+            max_models=engine.max_models,
+            named=settings.named_models(),
+            admit_after_events=engine.admit_after_events,
+            probation_window_s=engine.probation_window_s,
+            evict_idle_s=engine.evict_idle_s,
+            may_evict=may_evict,
+        )
+
     def monitor(self, model: str, now: float) -> ModelMonitor | None:
-        found = self.models.get(model)
-        if found is not None:
-            return found
-        if len(self.models) >= self.max_models:
-            if model not in self._refused and len(self._refused) < 1000:
-                self._refused.add(model)
-                log.warning(
-                    "model %r dropped: max_models=%d reached (raise engine.max_models)",
-                    model,
-                    self.max_models,
-                )
-            return None
+        """The monitor of ``model`` for one event: found, created, or None (refused)."""
+        return self._admit({model: 1}, now).get(model)
+
+    def _create(self, model: str, now: float) -> ModelMonitor:
         created = ModelMonitor.build(model, self.policy_for(model), now, seed=self._seed)
         created.defer = self.defer
         self.models[model] = created
         return created
+
+    def _evictable(self, model: str) -> bool:
+        monitor = self.models.get(model)
+        if monitor is None:
+            return True
+        # Never silently: a model in an incident, or timing a breach or a recovery, stays.
+        if not monitor.idle:
+            return False
+        return self.may_evict is None or self.may_evict(model)
+
+    def _last_seen(self, model: str) -> float | None:
+        monitor = self.models.get(model)
+        return None if monitor is None else monitor.last_event_at
+
+    def _admit(self, counts: dict[str, int], now: float) -> dict[str, ModelMonitor]:
+        """The monitors of one batch's models (``counts``: events per model, in order of
+        first appearance); refused models are left out and their events counted."""
+        admission = self.admission
+        found: dict[str, ModelMonitor] = {}
+        new: list[str] = []
+        # Watched models first: their sightings in this batch count before any eviction.
+        for model, n in counts.items():
+            monitor = self.models.get(model)
+            if monitor is None:
+                new.append(model)
+                continue
+            found[model] = monitor
+            monitor.last_event_at = now
+            admission.seen(model, monitor.events + n)
+        waiting = []
+        for model in new:
+            if admission.admit_free(model, counts[model]):
+                found[model] = self._create(model, now)
+            else:
+                waiting.append(model)
+        if waiting:
+            passed = admission.on_probation(waiting, [counts[m] for m in waiting], now)
+
+            def evictable(model: str) -> bool:
+                # A model of this batch (maybe admitted a moment ago) is in use.
+                return model not in counts and self._evictable(model)
+
+            searching = True
+            for model, ok in zip(waiting, passed, strict=True):
+                victim = None
+                if ok and searching:
+                    victim = admission.victim(evictable, self._last_seen, now)
+                    # No model may go now: none will for the rest of this batch either.
+                    searching = victim is not None
+                if victim is None:
+                    self._refuse(
+                        model, counts[model], Refusal.MODEL_LIMIT if ok else Refusal.PROBATION
+                    )
+                    continue
+                # Logged per batch by the caller (a sustained flood may evict many).
+                admission.replace(victim, model)
+                self.models.pop(victim, None)
+                self.evicted.append(victim)
+                log.debug("model %r evicted for %r (max_models=%d)", victim, model, self.max_models)
+                found[model] = self._create(model, now)
+        # Back in order of first appearance (busy models early).
+        return {model: found[model] for model in counts if model in found}
+
+    def _refuse(self, model: str, events: int, reason: Refusal) -> None:
+        self.dropped_events += events
+        self.refused_events[reason] += events
+        if model not in self._refused and len(self._refused) < 1000:
+            self._refused.add(model)
+            log.warning(
+                "model %r not watched (%s): max_models=%d unnamed models watched "
+                "(name it in the policy or raise engine.max_models)",
+                model,
+                reason.value,
+                self.max_models,
+            )
+
+    def adopt(self, model: str, monitor: ModelMonitor) -> bool:
+        """Take a monitor restored from a checkpoint, if the admission rule has room."""
+        if not self.admission.adopt(model):
+            return False
+        monitor.defer = self.defer
+        self.models[model] = monitor
+        return True
+
+    def take_evicted(self) -> list[str]:
+        evicted, self.evicted = self.evicted, []
+        return evicted
 
     def apply(self, events: Sequence[Event], now: float) -> list[Transition]:
         """Apply one batch; return the health transitions it caused, in model order."""
@@ -299,15 +421,13 @@ class Engine:
                 by_model[event.model] = [event]
             else:
                 bucket.append(event)
+        monitors = self._admit({model: len(found) for model, found in by_model.items()}, now)
         # Events regrouped model after model: every column is then built once for the whole
         # batch, and each model's detectors read one contiguous slice of it.
         ordered: list[Event] = []
         spans: list[tuple[ModelMonitor, int, int]] = []
-        for model, model_events in by_model.items():
-            monitor = self.monitor(model, now)
-            if monitor is None:
-                self.dropped_events += len(model_events)
-                continue
+        for model, monitor in monitors.items():
+            model_events = by_model[model]
             start = len(ordered)
             ordered += model_events
             spans.append((monitor, start, len(ordered)))
@@ -341,6 +461,7 @@ class Engine:
 
     def drop(self, model: str) -> None:
         self.models.pop(model, None)
+        self.admission.forget(model)
 
     def snapshot(self) -> dict[str, Any]:
         return {model: describe(m) for model, m in self.models.items()}

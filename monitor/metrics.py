@@ -11,10 +11,19 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
+from monitor.admission import Refusal
 
 __all__ = ["HEALTH_STATES", "Metrics"]
 
 HEALTH_STATES = ("ok", "warn", "degraded", "critical")
+
+
+def _with_children(counter: Counter, values: list[str]) -> Counter:
+    """``counter`` with a zero series per label value: rates and alerts see it from the
+    start, not only after its first increment."""
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 @dataclass(slots=True)
@@ -37,6 +46,8 @@ class Metrics:
     # engine
     models_active: Gauge
     models_dropped_events: Counter
+    events_refused: Counter
+    models_evicted: Counter
     signal_value: Gauge
     signal_effect: Gauge
     signal_threshold: Gauge
@@ -134,7 +145,24 @@ class Metrics:
             ),
             models_dropped_events=Counter(
                 "driftwarden_model_limit_dropped_events_total",
-                "Events dropped because their model was past the max_models limit.",
+                "Events dropped because their model got no monitor (sum of "
+                "driftwarden_events_refused_total; kept for existing dashboards).",
+                registry=r,
+            ),
+            events_refused=_with_children(
+                Counter(
+                    "driftwarden_events_refused_total",
+                    "Events of models that got no monitor (not applied), by reason: "
+                    "probation (a new id past max_models not seen often enough yet), "
+                    "model_limit (no watched model could be evicted for it).",
+                    ["reason"],
+                    registry=r,
+                ),
+                [reason.value for reason in Refusal],
+            ),
+            models_evicted=Counter(
+                "driftwarden_models_evicted_total",
+                "Unnamed models evicted (healthy, holding nothing) to watch a new model.",
                 registry=r,
             ),
             signal_value=Gauge(

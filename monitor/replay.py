@@ -622,7 +622,7 @@ class Replay:
     ) -> ReplayResult:
         """Replay every line; ``progress(lines_done)`` is called every ``progress_every``."""
         settings = self.settings
-        engine = Engine(settings.policy_for, max_models=settings.engine.max_models)
+        engine = Engine.for_settings(settings)
         decode = EventDecoder(max_bytes=settings.kafka.max_record_bytes).decode
         trails: dict[str, ModelTrail] = {}
         series: dict[str, SeriesRecorder] = {}

@@ -131,8 +131,22 @@ class HttpSettings(_Section):
 
 
 class EngineSettings(_Section):
-    #: Models past this count are dropped (and counted), so memory stays bounded.
+    """Which models get detectors (docs/scaling.md, "Model admission")."""
+
+    #: Models not named in the policy (``models.<id>``) watched at most at once, so memory
+    #: stays bounded; named models are always watched and do not count. Past it, events of
+    #: unnamed ids are refused (and counted) unless probation and eviction let them in.
     max_models: int = Field(default=10_000, ge=1)
+    #: Once ``max_models`` is reached, a new unnamed id needs this many events within about
+    #: ``probation_window_s`` before it may take an evictable model's place (one-shot ids of
+    #: a flood never do). A model admitted with fewer events is "unproven" and the first
+    #: to be evicted.
+    admit_after_events: int = Field(default=3, ge=1, le=1_000_000)
+    probation_window_s: float = Field(default=300.0, gt=0, le=86400)
+    #: A watched unnamed model with at least ``admit_after_events`` events is evicted for a
+    #: newcomer only after this long without events (and only when healthy, holding no
+    #: flag, with no open incident).
+    evict_idle_s: float = Field(default=600.0, gt=0)
     #: A model with no event for this long is dropped (and its checkpoint deleted), so
     #: retired models do not hold memory or checkpoint space forever.
     model_idle_ttl_s: float = Field(default=7 * 86400.0, gt=0)
@@ -255,6 +269,10 @@ class Settings(BaseSettings):
                     "its own output back; rename that topic or narrow the subscription"
                 )
         return self
+
+    def named_models(self) -> frozenset[str]:
+        """Models the policy names (every key of ``models`` but ``default``)."""
+        return frozenset(self.models) - {"default"}
 
     def policy_for(self, model: str) -> ModelPolicy:
         """The policy of ``model``: its own entry over ``default``'s, key by key."""

@@ -74,7 +74,9 @@ def test_many_refused_models_are_logged_once_each_and_held_in_bounded_memory(
     engine.apply(batch_of(5, 1), now=2.0)
     refused = [r.getMessage() for r in caplog.records if "max_models=3" in r.getMessage()]
     assert refused == [
-        f"model 'm{m}' dropped: max_models=3 reached (raise engine.max_models)" for m in (3, 4)
+        f"model 'm{m}' not watched (probation): max_models=3 unnamed models watched "
+        "(name it in the policy or raise engine.max_models)"
+        for m in (3, 4)
     ]
     # A flood of distinct model ids: no monitor each, and the set remembered to log each
     # once stops growing (the log stops too), so memory does not follow the traffic.
@@ -119,9 +121,15 @@ async def test_the_daemon_counts_events_past_the_limit_in_its_metric(tmp_path: P
     assert sorted(daemon.engine.models) == ["m0", "m1", "m2"]
     get = metrics.registry.get_sample_value
     assert get("driftwarden_model_limit_dropped_events_total") == 70
-    assert get("driftwarden_events_applied_total") == 100
+    # Refused events reach no detector: counted apart, by reason, and not as applied.
+    assert get("driftwarden_events_applied_total") == 30
+    assert get("driftwarden_events_refused_total", {"reason": "model_limit"}) == 70
+    assert get("driftwarden_events_refused_total", {"reason": "probation"}) == 0
+    assert daemon.applied_events == 30
     # Only admitted models are published; the dropped ones have no series to grow.
     published = {s.labels["model"] for m in metrics.health_level.collect() for s in m.samples}
     assert published == {"m0", "m1", "m2"}
     assert await daemon._apply(batch)
     assert get("driftwarden_model_limit_dropped_events_total") == 140
+    assert get("driftwarden_events_refused_total", {"reason": "model_limit"}) == 140
+    assert get("driftwarden_events_applied_total") == 60
