@@ -126,11 +126,16 @@ class LogRedactor(logging.Filter):
 LOG_REDACTOR = web.AppKey("log_redactor", LogRedactor)
 
 
+#: Where aiohttp starts quoting the request's bytes in a message: ``b'...'`` or ``'...'``
+#: after a space (an apostrophe inside a word, as in "can't", is text).
+_QUOTED_BYTES = re.compile(r"(?:^|\s)b?['\"]")
+
+
 def _client_reason(message: str | None, status: int) -> str:
     """What a client is told of a request the HTTP parser refused: the first line of
     aiohttp's message, cut before any quoted request bytes (which aiohttp echoes)."""
     first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
-    first = re.split(r"[\'\"]", first, maxsplit=1)[0].rstrip(" :")[:120]
+    first = _QUOTED_BYTES.split(first, maxsplit=1)[0].rstrip(" :")[:120]
     return first or ("bad request" if status < 500 else "internal error")
 
 

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from alerts.base import Alert
 from monitor.actions import ALERTNAME
@@ -294,6 +296,12 @@ async def _read_body(request: web.Request, allowed: Collection[str]) -> dict[str
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as err:
         raise _Refused(413, f"body: over the maximum of {MAX_BODY_BYTES} bytes") from err
+    except (RequestPayloadError, HttpProcessingError) as err:
+        # A broken chunked framing or content encoding: the bytes are not a body at all.
+        cause = err.__cause__ if isinstance(err, RequestPayloadError) else err
+        what = getattr(cause, "message", None) or type(cause).__name__
+        reason = str(what).strip().splitlines()[0].rstrip(" :") if str(what).strip() else "?"
+        raise _Refused(400, f"body: cannot be read ({reason[:80]})") from err
     return parse_body(raw, allowed)
 
 
