@@ -442,7 +442,7 @@ class Daemon:
         from monitor.operator import add_gate_routes, add_operator_routes
 
         add_gate_routes(app, self.engine)
-        add_operator_routes(app, self.actions)
+        add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
         try:
             status_page = importlib.import_module("monitor.status_page")
         except ImportError:

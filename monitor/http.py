@@ -1,6 +1,9 @@
 """The HTTP side of the daemon: /metrics, /healthz, /readyz, /status (read-only, no auth).
 
 The operator API and the rollout gate are mounted on the same server by ``monitor.operator``.
+This module also owns what every request gets whatever its route: a bounded body, JSON error
+answers (a malformed request is a 4xx ``{"error": ...}``, never a 500 or an echo of its bytes)
+and access and error logs with the ``Authorization`` header and any registered secret redacted.
 """
 
 from __future__ import annotations
@@ -9,17 +12,29 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitor.metrics import Metrics
 
-__all__ = ["Exposition", "HttpServer", "LoopHeartbeat", "StatusProvider"]
+__all__ = [
+    "ACCESS_LOG_FORMAT",
+    "LOG_REDACTOR",
+    "MAX_REQUEST_BODY_BYTES",
+    "Exposition",
+    "HttpServer",
+    "LogRedactor",
+    "LoopHeartbeat",
+    "StatusProvider",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +42,170 @@ _METRICS_CHUNK_BYTES = 256 * 1024
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = True
+
+#: Largest request body any route reads; a longer one is answered 413 before it is parsed.
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+
+#: The access log (logger ``aiohttp.access``, at INFO): client, request line, status, size,
+#: seconds. No header is in it; a format that adds one still has Authorization redacted.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
+
+#: Loggers whose records can carry request bytes (headers, request lines) and are redacted.
+REDACTED_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", __name__, "monitor.operator")
+
+REDACTED = "<redacted>"
+
+#: Header names whose values never reach a log record.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+#: An Authorization header (in an aiohttp parser message, a repr, a log line) and its value,
+#: and a bearer credential on its own. The value stops at a quote, comma or whitespace after
+#: the scheme, which is how reprs and header dumps end it.
+_AUTH_VALUE = re.compile(
+    r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:[a-z]+\s+)?[^\s'\",;}]+"
+)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;}]+")
+
+_RESERVED_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+class LogRedactor(logging.Filter):
+    """A logging filter that removes credentials from records before any handler sees them.
+
+    It rewrites the message (after merging its arguments), string ``extra`` fields (the access
+    logger puts header values there) and, when they hold a credential, the formatted exception.
+    Secrets registered with :meth:`add_secret` (the operator token) are removed wherever they
+    appear; ``Authorization`` values and bearer credentials are removed by pattern.
+
+    >>> redactor = LogRedactor()
+    >>> redactor.add_secret("s3cret")
+    >>> redactor.redact("b'Authorization: Bearer abc' then s3cret, then bearer xyz")
+    "b'Authorization: <redacted>' then <redacted>, then bearer <redacted>"
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def add_secret(self, secret: str) -> None:
+        secret = secret.strip()
+        if secret:
+            self._secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _AUTH_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+        return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+
+    def _redact_value(self, key: str, value: Any) -> Any:
+        if key.lower() in _SECRET_HEADERS:
+            return REDACTED
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {str(k): self._redact_value(str(k), v) for k, v in value.items()}
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: keep only its format string
+            message = str(record.msg)
+        record.msg, record.args = self.redact(message), None
+        for key, value in list(record.__dict__.items()):
+            if key not in _RESERVED_RECORD_KEYS and not key.startswith("_"):
+                record.__dict__[key] = self._redact_value(key, value)
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            redacted = self.redact(text)
+            if redacted != text:
+                # The exception object itself holds the secret: keep only the redacted text.
+                record.exc_info, record.exc_text = None, redacted
+        elif record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+LOG_REDACTOR = web.AppKey("log_redactor", LogRedactor)
+
+
+#: Where aiohttp starts quoting the request's bytes in a message: ``b'...'`` or ``'...'``
+#: after a space (an apostrophe inside a word, as in "can't", is text).
+_QUOTED_BYTES = re.compile(r"(?:^|\s)b?['\"]")
+
+
+def _client_reason(message: str | None, status: int) -> str:
+    """What a client is told of a request the HTTP parser refused: the first line of
+    aiohttp's message, cut before any quoted request bytes (which aiohttp echoes)."""
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    first = _QUOTED_BYTES.split(first, maxsplit=1)[0].rstrip(" :")[:120]
+    return first or ("bad request" if status < 500 else "internal error")
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering errors raised before any route (a malformed
+    request line or header) as JSON, without echoing the request's bytes in the answer or
+    the log (aiohttp's own answer and log line quote the offending header, token and all)."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        reason = _client_reason(message, status)
+        if status >= 500:
+            log.error("HTTP error handling a request from %s", request.remote, exc_info=exc)
+        else:
+            log.warning("HTTP %d to %s: malformed request: %s", status, request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started, cannot send the error")
+        response = _json({"error": reason if status < 500 else "internal error"}, status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorAppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no hook for the connection handler's class; the subclass only overrides
+        # handle_error and adds no state, so re-classing the built server is safe.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every route's errors as JSON ``{"error": ...}``; an unexpected exception is a logged
+    500 whose answer says nothing of it."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400 or err.content_type == "application/json":
+            raise
+        text = err.text or ""
+        default = f"{err.status}: {err.reason}"
+        message = err.reason if not text or text == default else text
+        answer = _json({"error": message}, err.status)
+        for name, value in err.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                answer.headers[name] = value
+        return answer
+    except Exception:
+        log.exception("unhandled error on %s %r", request.method, request.raw_path[:200])
+        return _json({"error": "internal error"}, 500)
+    return response
 
 
 class StatusProvider(Protocol):
@@ -146,13 +325,19 @@ class HttpServer:
         provider: StatusProvider,
         *,
         extra_routes: Callable[[web.Application], None] | None = None,
+        access_log_format: str = ACCESS_LOG_FORMAT,
     ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.provider = provider
         self._exposition = Exposition(metrics.registry)
-        self.app = web.Application()
+        self.access_log_format = access_log_format
+        self.log_redactor = LogRedactor()
+        self.app = web.Application(
+            client_max_size=MAX_REQUEST_BODY_BYTES, middlewares=[_json_errors]
+        )
+        self.app[LOG_REDACTOR] = self.log_redactor
         self.app.add_routes(
             [
                 web.get("/metrics", self._metrics),
@@ -169,7 +354,11 @@ class HttpServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(self.log_redactor)
+        runner = _JsonErrorAppRunner(
+            self.app, access_log_format=self.access_log_format, handle_signals=False
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -182,6 +371,8 @@ class HttpServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+            for name in REDACTED_LOGGERS:
+                logging.getLogger(name).removeFilter(self.log_redactor)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         body = await self._exposition.render()

@@ -29,6 +29,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # a traceback a filter kept only as (redacted) text
+            entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
 

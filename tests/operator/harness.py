@@ -105,8 +105,13 @@ def write_settings(
     sinks: list[dict[str, Any]] | None = None,
     degraded: dict[str, Any] | None = None,
     signals: list[dict[str, Any]] | None = None,
+    named_models: tuple[str, ...] = (),
 ) -> Settings:
-    """Settings of one daemon on ``topic`` with the short-timed error-rate policy."""
+    """Settings of one daemon on ``topic`` with the short-timed error-rate policy.
+
+    ``named_models`` get a policy entry of their own (the default's), so that the operator
+    API knows them before their first event.
+    """
     config: dict[str, Any] = {
         "kafka": kafka_section(broker.bootstrap_servers, topic),
         "http": {"host": "127.0.0.1", "port": 0},
@@ -125,7 +130,8 @@ def write_settings(
                     else {"alert": {"severity": "page"}}
                 },
                 "runbook_url": RUNBOOK,
-            }
+            },
+            **{name: {} for name in named_models},
         },
     }
     path = tmp_path / "config.yaml"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -68,7 +69,7 @@ async def test_bad_or_missing_bearer_is_401_and_logged_without_any_token(
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     wrong = "op-t0ken-7f3a9c1e5b2d4a6f8e0X"  # a near miss of the real one
     topic = f"op-{unique}"
-    settings = write_settings(tmp_path, broker, topic)
+    settings = write_settings(tmp_path, broker, topic, named_models=(MODEL,))
     async with running(settings, topic) as run:
         path = f"/v1/models/{MODEL}/silence"
         presented: list[dict[str, str]] = [
@@ -195,6 +196,7 @@ async def test_silenced_model_changes_state_and_flags_but_pages_nobody(
             flags={"type": "flagd_file", "path": str(flags_path)},
             sinks=[{"type": "webhook", "url": f"{hook_url}/hook"}],
             degraded={"flags": {flag: "rules"}, "alert": {"severity": "page"}},
+            named_models=(MODEL,),
         )
         async with (
             running(settings, topic) as run,
@@ -323,3 +325,71 @@ async def test_acknowledge_sends_pagerduty_acknowledge_with_the_incident_dedup_k
     logged = "\n".join(f"{rec.getMessage()} {rec.args!r}" for rec in caplog.records)
     assert pagerduty.routing_key not in logged
     assert TOKEN not in logged
+
+
+def _strict_json(text: str) -> object:
+    def refuse(name: str) -> object:
+        raise ValueError(f"non-finite constant {name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_a_non_finite_or_mistyped_pin_is_refused_and_the_flagd_file_stays_valid(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 7: a NaN pin broke every flag of the flagd file and /status (500)."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    topic, flag = f"op-{unique}", "ranker-v2-enabled"
+    flags_path = tmp_path / "flags.json"
+    backend = FlagdFileBackend(flags_path)
+    await backend.set(flag, True)
+    await backend.set("ranker-threshold", 0.5)
+    settings = write_settings(
+        tmp_path,
+        broker,
+        topic,
+        flags={"type": "flagd_file", "path": str(flags_path)},
+        degraded={"flags": {flag: False}, "alert": {"severity": "page"}},
+    )
+    original = flags_path.read_bytes()
+    async with running(settings, topic) as run:
+        actuator = run.daemon.actions.actuator
+        assert actuator is not None
+        for target in (flag, "ranker-threshold"):
+            for body in (
+                b'{"value": NaN}',
+                b'{"value": Infinity}',
+                b'{"value": -Infinity}',
+                b'{"value": 1e999}',
+                b'{"value": "rules"}',  # a string on a boolean (and on a numeric) flag
+            ):
+                async with run.http.put(
+                    run.url(f"/v1/flags/{target}/pin"),
+                    data=body,
+                    headers={**auth(), "Content-Type": "application/json"},
+                ) as r:
+                    assert r.status == 400, (target, body, await r.text())
+                    assert "value" in (await r.json())["error"]
+            assert actuator.pins() == {}
+            assert flags_path.read_bytes() == original
+            _strict_json(flags_path.read_text())
+            async with run.http.get(run.url("/status")) as r:
+                assert r.status == 200
+                assert _strict_json(await r.text())["actions"]["pins"] == {}  # type: ignore[index]
+
+        # A finite pin of the flag's type is written, and everything still parses.
+        async with run.http.put(
+            run.url("/v1/flags/ranker-threshold/pin"), json={"value": 0.75}, headers=auth()
+        ) as r:
+            assert r.status == 200, await r.text()
+        await wait_for(
+            lambda: _threshold(flags_path) == 0.75, timeout=10, what="pin written to the file"
+        )
+        async with run.http.get(run.url("/status")) as r:
+            assert r.status == 200
+            assert _strict_json(await r.text())["actions"]["pins"] == {"ranker-threshold": 0.75}  # type: ignore[index]
+
+
+def _threshold(flags_path: Path) -> object:
+    definition = _strict_json(flags_path.read_text())["flags"]["ranker-threshold"]  # type: ignore[index]
+    return definition["variants"][definition["defaultVariant"]]  # type: ignore[index]
