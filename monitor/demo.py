@@ -57,6 +57,10 @@ TOPIC = "inference-events"
 PARTITIONS = 3
 #: An incident not detected this long after it started counts as missed in the summary.
 DETECTION_DEADLINE_S = 10.0
+#: The page linked from the daemon's alerts about its own outputs (flag backend down).
+SELF_RUNBOOK_URL = (
+    "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/FlagBackendDown.md"
+)
 STATE_STYLE = {"ok": "green", "warn": "yellow", "degraded": "dark_orange", "critical": "bold red"}
 
 
@@ -110,7 +114,7 @@ def demo_config(
         sinks: list[dict[str, Any]] = [{"type": "console", "output": "log"}]
         if webhook_url is not None:
             sinks.append({"type": "webhook", "url": webhook_url})
-        config["alerts"] = {"sinks": sinks}
+        config["alerts"] = {"sinks": sinks, "self_runbook_url": SELF_RUNBOOK_URL}
     if "actions" in fields and audit_log is not None:
         config["actions"] = {"audit_log": str(audit_log)}
     return config
