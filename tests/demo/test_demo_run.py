@@ -22,12 +22,12 @@ from rich.console import Console
 
 from monitor.demo import Demo, DemoOptions, run_demo
 from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT
-from tests.conftest import require_component, require_tansu, wait_for
+from tests.conftest import require_tansu, wait_for
+from tests.demo.browser import chromium, require_chromium
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("DRIFTWARDEN_CHROMIUM", "/usr/bin/chromium")
 #: The script's last recovery lands ~41 s after traffic starts (see traffic.DEMO_SCRIPT).
 DURATION_S = 47.0
 
@@ -86,35 +86,9 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1280,900",
-            "--virtual-time-budget=5000",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path: Path) -> None:
     require_tansu()
-    require_component(
-        shutil.which(CHROMIUM) is not None, f"Chromium ({CHROMIUM}, Debian package chromium)"
-    )
+    require_chromium()
     demo = Demo(
         DemoOptions(duration=None, port=0, ui=False, handle_signals=False),
         console=Console(file=io.StringIO()),
@@ -138,8 +112,8 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
         url = demo.url + "?refresh=250"
         png = tmp_path / "status-page.png"
         shot, dom = await asyncio.gather(
-            asyncio.to_thread(_chromium, url, tmp_path / "p1", f"--screenshot={png}"),
-            asyncio.to_thread(_chromium, url, tmp_path / "p2", "--dump-dom"),
+            asyncio.to_thread(chromium, url, tmp_path / "p1", f"--screenshot={png}"),
+            asyncio.to_thread(chromium, url, tmp_path / "p2", "--dump-dom"),
         )
     finally:
         demo.request_stop("test over")
