@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -794,6 +795,8 @@ class _EventLogHandler(logging.Handler):
             text = str(record.msg)
         if record.name == "alerts.console" and text.startswith("alert "):
             text = text.removeprefix("alert ")
+            # The page names the runbook; the full URL would wrap the panel.
+            text = re.sub(r" runbook=\S*/([^/\s]+)$", r" (runbook \1)", text)
             style = "red" if text.startswith("FIRING") else "green"
         else:
             style = "yellow" if record.levelno >= logging.WARNING else "dim"

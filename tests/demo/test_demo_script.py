@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import io
 import itertools
+import logging
 import random
 import re
 import signal
@@ -352,3 +353,17 @@ async def test_keep_workdir_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
     result = await demo.run()
     assert result.workdir is not None and result.workdir.is_dir()
     result.workdir.rmdir()
+
+
+def test_alert_log_lines_go_to_the_event_log_with_a_short_runbook_name() -> None:
+    demo = Demo(DemoOptions(duration=90, ui=True, handle_signals=False))
+    with demo._logs_into_event_log():
+        logging.getLogger("alerts.console").info(
+            "alert %s", "RESOLVED m/ModelUnhealthy value=error_rate=0.004: m recovered "
+            "runbook=https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md",
+        )  # fmt: skip
+    [(_, text, style)] = list(demo.events)
+    assert text == (
+        "RESOLVED m/ModelUnhealthy value=error_rate=0.004: m recovered (runbook ModelUnhealthy.md)"
+    )
+    assert style == "green"
