@@ -242,7 +242,7 @@ class Actions:
             shadow = policy.mode == "shadow"
             entry = transition_entry(t, policy.mode)
             entry["flags"] = self._decide_flags(t, policy, shadow)
-            entry["alert"] = self._decide_alert(t, policy, shadow, now)
+            entry["alert"] = self._decide_alert(t, policy, shadow, now, engine)
             self.audit.write(entry)
 
     def _decide_flags(self, t: Transition, policy: ModelPolicy, shadow: bool) -> dict[str, Any]:
@@ -266,9 +266,9 @@ class Actions:
         return decision
 
     def _decide_alert(
-        self, t: Transition, policy: ModelPolicy, shadow: bool, now: float
+        self, t: Transition, policy: ModelPolicy, shadow: bool, now: float, engine: Engine
     ) -> dict[str, Any] | None:
-        alert = self._alert_for(t, policy, now)
+        alert = self._alert_for(t, policy, now, engine)
         if alert is None:
             return None
         # A silence holds back pages, never a resolve: an incident paged before the silence
@@ -284,10 +284,21 @@ class Actions:
                 self.dispatcher.fire(alert)
         return {"kind": kind, "severity": alert.severity, "outcome": outcome}
 
-    def _alert_for(self, t: Transition, policy: ModelPolicy, now: float) -> Alert | None:
+    def _alert_for(
+        self, t: Transition, policy: ModelPolicy, now: float, engine: Engine
+    ) -> Alert | None:
         at = datetime.fromtimestamp(t.at, UTC)
         values = {c.signal: c.statistic for c in t.causes if math.isfinite(c.statistic)}
         if t.to_level is Level.OK:
+            # A recovery has no causes: the resolve carries what the signals read now, not
+            # the values the incident fired with.
+            monitor = engine.models.get(t.model)
+            if monitor is not None:
+                values = {
+                    name: o.statistic
+                    for name, o in monitor.observations.items()
+                    if math.isfinite(o.statistic)
+                }
             return Alert(
                 model=t.model,
                 alertname=ALERTNAME,

@@ -52,6 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
         flags_file=Path(args.flags_file) if args.flags_file else None,
         webhook_url=args.webhook_url,
         rate_per_model=args.rate,
+        keep_workdir=args.keep_workdir,
     )
 
     async def main() -> int:
@@ -81,7 +82,8 @@ def register(sub: Any) -> None:
         "--duration",
         type=_positive,
         metavar="SECONDS",
-        help="end after this many seconds of traffic (the script takes about 45 s); "
+        help="end after this many seconds of traffic; the four incidents, one at a time, "
+        "take about 90 s (a longer run spaces them out, a shorter one plays those that fit); "
         "without it the script repeats until Ctrl-C",
     )
     demo.add_argument(
@@ -99,6 +101,12 @@ def register(sub: Any) -> None:
         "--webhook-url",
         metavar="URL",
         help="also send alerts to this webhook, signed with DRIFTWARDEN_WEBHOOK_SECRET",
+    )
+    demo.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the run's temporary directory (audit log, broker log, config); "
+        "it is removed at the end by default",
     )
     demo.add_argument(
         "--rate",

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from monitor.errors import ConfigError, DriftwardenError
 from monitor.policy import parse_duration
 
-__all__ = ["print_summary", "record_command", "register", "replay_command"]
+__all__ = ["print_comparison", "print_summary", "record_command", "register", "replay_command"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "policies of --config on event time, without Kafka. Prints transitions, flags "
             "that would flip and alerts that would fire; writes an HTML report and, with "
             "--summary, a JSON summary (shape: docs/replay.md). Bad lines are reported by "
-            "number and skipped. With --truth, scores the policy against known incidents."
+            "number and skipped. With --truth, scores the policy against known incidents. "
+            "With --compare, replays the same events under a second settings file too and "
+            "writes the two side by side, with their scores."
         ),
     )
     replay.add_argument("events", metavar="EVENTS", help="JSON-lines file (.jsonl, .jsonl.gz)")
@@ -49,6 +51,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     replay.add_argument("--no-report", action="store_true", help="write no HTML report")
     replay.add_argument("--truth", metavar="FILE", help="known incident windows (JSON lines)")
+    replay.add_argument(
+        "--compare",
+        metavar="OTHER_POLICY",
+        help="also replay under this settings file; the report shows both side by side",
+    )
     replay.add_argument(
         "--grace",
         metavar="DURATION",
@@ -118,11 +125,18 @@ def _progress_enabled(quiet: bool) -> bool:
 
 def replay_command(args: argparse.Namespace) -> int:
     from monitor.replay import DEFAULT_CHUNK, Replay, load_truth, open_events
-    from monitor.report import write_report
+    from monitor.report import write_comparison, write_report
     from monitor.settings import load_settings
 
+    compare = getattr(args, "compare", None)
+    if compare is not None and args.events == "-":
+        print(
+            "driftwarden replay: --compare reads EVENTS twice: give a file, not -", file=sys.stderr
+        )
+        return EXIT_CONFIG
     try:
         settings = load_settings(args.config)
+        other = load_settings(compare) if compare is not None else None
         truth = load_truth(args.truth) if args.truth else None
         grace = parse_duration(args.grace)
     except ConfigError as err:
@@ -136,22 +150,27 @@ def replay_command(args: argparse.Namespace) -> int:
     if chunk < 1:
         print(f"driftwarden replay: --chunk must be at least 1, got {chunk}", file=sys.stderr)
         return EXIT_CONFIG
-    replay = Replay(settings, chunk_size=chunk, truth=truth, grace=grace)
-    try:
-        raw = sys.stdin.buffer if args.events == "-" else Path(args.events).open("rb")  # noqa: SIM115
-    except OSError as err:
-        print(f"driftwarden replay: cannot read {args.events}: {err.strerror}", file=sys.stderr)
-        return EXIT_INPUT
-    try:
-        with raw, open_events(raw) as stream:
-            result = _run_with_progress(replay, stream, raw, args)
-    except (OSError, EOFError) as err:
-        # A truncated or corrupt gzip member: the lines before it were replayed, but the
-        # summary would silently describe part of the file.
-        print(f"driftwarden replay: {args.events}: {err}", file=sys.stderr)
-        return EXIT_INPUT
+    results = []
+    for current in (settings, other) if other is not None else (settings,):
+        replay = Replay(current, chunk_size=chunk, truth=truth, grace=grace)
+        try:
+            raw = sys.stdin.buffer if args.events == "-" else Path(args.events).open("rb")  # noqa: SIM115
+        except OSError as err:
+            print(f"driftwarden replay: cannot read {args.events}: {err.strerror}", file=sys.stderr)
+            return EXIT_INPUT
+        try:
+            with raw, open_events(raw) as stream:
+                results.append(_run_with_progress(replay, stream, raw, args))
+        except (OSError, EOFError) as err:
+            # A truncated or corrupt gzip member: the lines before it were replayed, but the
+            # summary would silently describe part of the file.
+            print(f"driftwarden replay: {args.events}: {err}", file=sys.stderr)
+            return EXIT_INPUT
+    result = results[0]
     try:
         print_summary(result.summary(), sys.stdout)
+        if len(results) == 2:
+            print_comparison(results[0], results[1], (args.config, compare or ""), sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # `| head`: the reader left. Still write the files asked for, silently.
@@ -163,7 +182,11 @@ def replay_command(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
     if not args.no_report:
-        write_report(result, args.report)
+        if len(results) == 2:
+            labels = (str(args.config), str(compare))
+            write_comparison(results[0], results[1], args.report, labels=labels)
+        else:
+            write_report(result, args.report)
         print(f"report: {args.report}")
     return 0
 
@@ -251,6 +274,16 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
                         f"  {label:<28}{s['false_alarms']:>13}{s['misses']:>8}"
                         f"{'-' if mean is None else f'{mean:.3g}':>14}\n"
                     )
+
+
+def print_comparison(first: Any, second: Any, labels: tuple[str, str], out: TextIO) -> None:
+    """Each model's scores under the two policies, one line per score."""
+    from monitor.report import comparison_rows
+
+    out.write(f"\ncompared: A {labels[0]}  B {labels[1]}\n")
+    out.write(f"  {'model':<20}{'score':<24}{'A':>12}{'B':>12}\n")
+    for model, name, a, b in comparison_rows(first, second):
+        out.write(f"  {model:<20}{name:<24}{a:>12}{b:>12}\n")
 
 
 def _ts(ts: float) -> str:

@@ -24,6 +24,7 @@ from monitor.engine import Engine
 from monitor.errors import BrokerUnavailableError
 from monitor.events import BadRecord, Event, EventDecoder
 from monitor.health import Transition
+from monitor.history import history_of
 from monitor.http import HttpServer, LoopHeartbeat
 from monitor.metrics import HEALTH_STATES, Metrics
 from monitor.runtime import tuned_runtime
@@ -343,6 +344,7 @@ class Daemon:
                     await self._commit_point()
                 self._publish_models(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
+                history_of(self).record(self.engine.models, now)  # for the status page
 
     def _on_transitions(self, transitions: list[Transition], now: float) -> None:
         # A transition is checkpointed before the next commit, so a replica taking over

@@ -1,5 +1,7 @@
-"""`driftwarden demo`: an embedded broker, scripted traffic of three models, the daemon with
-the flagd file backend and a console alert sink, a live terminal view and a closing summary.
+"""`driftwarden demo`: an embedded broker, scripted traffic of three models (one incident at a
+time), the daemon with the flagd file backend and a console alert sink, a live terminal view
+(models with each signal's value, threshold and state, the script's progress, an event log)
+and a closing summary. The run's temporary directory is removed when it ends, however it ends.
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
+import re
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,11 +38,18 @@ from rich.text import Text
 from monitor.consumer import ensure_topics
 from monitor.daemon import Daemon
 from monitor.embedded_broker import EmbeddedBroker
+from monitor.history import SignalHistory, attach_history, recovery
 from monitor.metrics import Metrics
 from monitor.policy import Level
 from monitor.settings import Settings, load_settings
 from monitor.status_page import add_routes
-from monitor.traffic import DEMO_SCRIPT, SCRIPT_PERIOD_S, Incident, TrafficGenerator
+from monitor.traffic import (
+    DEMO_SCRIPT,
+    SCRIPT_PERIOD_S,
+    Incident,
+    TrafficGenerator,
+    demo_script,
+)
 
 __all__ = [
     "Demo",
@@ -44,6 +57,7 @@ __all__ = [
     "IncidentReport",
     "IncidentTracker",
     "demo_config",
+    "human",
     "read_flags",
     "run_demo",
 ]
@@ -57,7 +71,68 @@ TOPIC = "inference-events"
 PARTITIONS = 3
 #: An incident not detected this long after it started counts as missed in the summary.
 DETECTION_DEADLINE_S = 10.0
+#: The page linked from the daemon's alerts about its own outputs (flag backend down).
+SELF_RUNBOOK_URL = (
+    "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/FlagBackendDown.md"
+)
 STATE_STYLE = {"ok": "green", "warn": "yellow", "degraded": "dark_orange", "critical": "bold red"}
+#: Lines kept in the live view's event log panel, and shown at once.
+EVENT_LOG_KEEP = 200
+EVENT_LOG_SHOWN = 10
+
+
+def human(x: float | None) -> str:
+    """A reading as a person reads it: no scientific notation for ordinary magnitudes.
+
+    >>> [human(v) for v in (None, 0, 0.9174, 0.05, 0.0012, 3.14159, 42.42, 923.4, 12345.6)]
+    ['…', '0', '0.917', '0.05', '0.0012', '3.14', '42.4', '923', '12,346']
+    >>> human(-0.25), human(2.5e-7), human(float("nan")), human(3e12)
+    ('-0.25', '0.00000025', '…', '3e+12')
+    """
+    if x is None or x != x:
+        return "…"
+    a = abs(x)
+    if a == 0:
+        return "0"
+    if a >= 1e9:
+        return f"{x:.3g}"
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    # Three significant digits, in plain decimals.
+    digits = 2 - math.floor(math.log10(a))
+    return f"{x:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def shown_reading(signal: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """A /status signal's statistic, the boundary it is compared with and its effect size:
+    the worst reading's, against the policy's threshold for the next level up (the
+    detector's own when the policy maps none), as ``monitor.history.signal_value`` does.
+
+    >>> shown_reading({"level": "ok", "thresholds": {"degraded": 250, "critical": 900},
+    ...     "readings": {"x": {"statistic": 80.0, "threshold": 1.0, "effect": 0.1}}})
+    (80.0, 250, 0.1)
+    >>> shown_reading({"level": "ok", "thresholds": None,
+    ...     "readings": {"a": {"statistic": None}, "b": {"statistic": 0.3, "threshold": 0.12}}})
+    (0.3, 0.12, None)
+    """
+    readings = [r for r in (signal.get("readings") or {}).values() if isinstance(r, dict)]
+    known = [r for r in readings if isinstance(r.get("statistic"), (int, float))]
+    reading = max(known, key=lambda r: r["statistic"]) if known else None
+    value = reading["statistic"] if reading else None
+    effect = reading.get("effect") if reading else None
+    thresholds = signal.get("thresholds")
+    if isinstance(thresholds, dict) and thresholds:
+        current = Level.parse(str(signal.get("level", "ok")))
+        ranked = sorted((Level.parse(k), v) for k, v in thresholds.items())
+        above = [v for lvl, v in ranked if lvl > current]
+        return value, (above[0] if above else ranked[-1][1]), effect
+    return value, (reading.get("threshold") if reading else None), effect
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +152,8 @@ class DemoOptions:
     rate_per_model: float = 200.0
     #: Install SIGINT/SIGTERM handlers (the CLI does; a caller with its own handling not).
     handle_signals: bool = True
+    #: Keep the run's temporary directory (audit log, broker log, config) instead of removing it.
+    keep_workdir: bool = False
 
 
 def demo_policy_text() -> str:
@@ -110,7 +187,7 @@ def demo_config(
         sinks: list[dict[str, Any]] = [{"type": "console", "output": "log"}]
         if webhook_url is not None:
             sinks.append({"type": "webhook", "url": webhook_url})
-        config["alerts"] = {"sinks": sinks}
+        config["alerts"] = {"sinks": sinks, "self_runbook_url": SELF_RUNBOOK_URL}
     if "actions" in fields and audit_log is not None:
         config["actions"] = {"audit_log": str(audit_log)}
     return config
@@ -281,8 +358,12 @@ class DemoResult:
     final_states: dict[str, str] = field(default_factory=dict)
     #: Each flag's value when the demo ended.
     final_flags: dict[str, Any] = field(default_factory=dict)
-    #: The daemon's audit trail (JSON lines), in the demo's working directory.
+    #: The daemon's audit trail (JSON lines); the file is gone with the working directory
+    #: unless ``keep_workdir``, its entries are in ``audit_entries``.
     audit_log: Path | None = None
+    audit_entries: list[dict[str, Any]] = field(default_factory=list)
+    #: The run's temporary directory (removed at the end unless ``keep_workdir``).
+    workdir: Path | None = None
 
 
 class Demo:
@@ -291,7 +372,8 @@ class Demo:
     def __init__(self, options: DemoOptions, *, console: Console | None = None) -> None:
         self.options = options
         self.console = console if console is not None else Console()
-        self.script = DEMO_SCRIPT
+        # One incident at a time, spread over the run (see traffic.demo_script).
+        self.script = demo_script(options.duration)
         period = None if options.duration is not None else SCRIPT_PERIOD_S
         self.tracker = IncidentTracker(self.script, period_s=period)
         self.period_s = period
@@ -305,7 +387,11 @@ class Demo:
         self._daemon_task: asyncio.Task[int] | None = None
         self._last_flags: dict[str, Any] = {}
         self._last_states: dict[str, str] = {}
+        self._last_models: dict[str, Any] = {}
+        self._last_elapsed = 0.0
         self.audit_log: Path | None = None
+        #: What happened, newest last: the live view's event log (plain lines without a UI).
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=EVENT_LOG_KEEP)
 
     # ------------------------------------------------------------------ control
 
@@ -338,13 +424,26 @@ class Demo:
                 loop.add_signal_handler(sig, self.handle_exit, sig)
         workdir = Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
         exit_code = 0
+        final_flags: dict[str, Any] = {}
+        audit_entries: list[dict[str, Any]] = []
         try:
-            exit_code = await self._run(workdir)
+            try:
+                exit_code = await self._run(workdir)
+            finally:
+                try:
+                    await self._shutdown()
+                finally:
+                    if opts.handle_signals:
+                        for sig in HANDLED_SIGNALS:
+                            loop.remove_signal_handler(sig)
+            final_flags = read_flags(self.flags_file) if self.flags_file else {}
+            audit_entries = _read_audit(self.audit_log)
         finally:
-            await self._shutdown()
-            if opts.handle_signals:
-                for sig in HANDLED_SIGNALS:
-                    loop.remove_signal_handler(sig)
+            # Also on Ctrl-C and on an error: a run leaves nothing behind in the temp dir.
+            if opts.keep_workdir:
+                self._say(f"driftwarden demo: kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         if self._forced:
             exit_code = 1
         return DemoResult(
@@ -355,20 +454,24 @@ class Demo:
             self.traffic.produced if self.traffic else 0,
             self.daemon.applied_events if self.daemon else 0,
             dict(self._last_states),
-            read_flags(self.flags_file) if self.flags_file else {},
+            final_flags,
             self.audit_log,
+            audit_entries,
+            workdir,
         )
 
     async def _run(self, workdir: Path) -> int:
         opts = self.options
         say = self._say
-        say(f"driftwarden demo: working directory {workdir}")
+        kept = "kept at the end" if opts.keep_workdir else "removed at the end"
+        say(f"driftwarden demo: working directory {workdir} ({kept})")
         self.broker = EmbeddedBroker(log_path=workdir / "tansu.log")
         await self.broker.start()
         say(f"embedded Kafka broker (Tansu) on {self.broker.bootstrap_servers}")
 
         self.flags_file = opts.flags_file or workdir / "flags.json"
-        seed_flags(self.flags_file, self.script)
+        # Every flag of the policy, also those of incidents this run is too short for.
+        seed_flags(self.flags_file, DEMO_SCRIPT)
         self.audit_log = workdir / "audit.jsonl"
         if opts.webhook_url and not os.environ.get("DRIFTWARDEN_WEBHOOK_SECRET"):
             # The webhook sink signs every request; a throwaway key is enough for a demo.
@@ -391,6 +494,8 @@ class Demo:
         )
 
         self.daemon = daemon = Daemon(settings, metrics=Metrics.create(CollectorRegistry()))
+        # The status page's sparklines: a point a second, the last three minutes.
+        attach_history(daemon, SignalHistory(points=180, step_s=1.0))
         add_routes(daemon.http.app, daemon)
         self._daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
         if not await self._wait(lambda: not daemon.readiness_problems(), 60.0):
@@ -452,32 +557,63 @@ class Demo:
             await asyncio.wait_for(self._stop.wait(), interval_s)
 
     def observe(self) -> dict[str, Any]:
-        """Read the daemon's status and the flags file; feed the tracker; return the status."""
+        """Read the daemon's status and the flags file; feed the tracker and the event log;
+        return the status, each model with ``recovering`` (None, or where to and time left).
+        """
         assert self.daemon is not None and self.traffic is not None
         assert self.flags_file is not None
-        status = self.daemon.status()
+        daemon = self.daemon
+        status = daemon.status()
+        now = daemon.clock()
+        for name, described in status["models"].items():
+            monitor = daemon.engine.models.get(name)
+            described["recovering"] = recovery(monitor, now) if monitor is not None else None
         states = {m: d["state"] for m, d in status["models"].items()}
         flags = read_flags(self.flags_file)
-        self.tracker.observe(self.traffic.elapsed, states, flags)
+        elapsed = self.traffic.elapsed
+        self.tracker.observe(elapsed, states, flags)
+        self._note_changes(elapsed, status["models"], flags)
         self._last_flags, self._last_states = flags, states
+        self._last_models = status["models"]
         return status
+
+    def _note(self, elapsed: float, text: str, style: str = "") -> None:
+        self.events.append((elapsed, text, style))
+        if not self.options.ui:
+            self._say(f"[{elapsed:5.1f}s] {text}")
+
+    def _note_changes(self, elapsed: float, models: dict[str, Any], flags: dict[str, Any]) -> None:
+        """Event-log lines for what changed since the last look: incidents starting and
+        ending (the cause), states (the detection, with the readings that tell), flags."""
+        was = self.traffic.active(self._last_elapsed) if self.traffic else []
+        now_active = self.traffic.active(elapsed) if self.traffic else []
+        for incident in self.script:
+            if incident in now_active and incident not in was:
+                self._note(elapsed, f"cause: {incident.name} starts", "bold")
+            elif incident in was and incident not in now_active:
+                self._note(elapsed, f"cause: {incident.name} ends", "bold")
+        self._last_elapsed = elapsed
+        for model, described in sorted(models.items()):
+            before = self._last_states.get(model, "ok")
+            state = described["state"]
+            if state == before:
+                continue
+            readings = "; ".join(_reading_line(n, s) for n, s in described["signals"].items())
+            if Level.parse(state) > Level.parse(before):
+                self._note(elapsed, f"detected: {model} {before} -> {state}: {readings}",
+                           STATE_STYLE.get(state, ""))  # fmt: skip
+            else:
+                self._note(elapsed, f"recovered: {model} {before} -> {state}: {readings}", "green")
+        for flag, value in sorted(flags.items()):
+            if flag in self._last_flags and self._last_flags[flag] != value:
+                old = json.dumps(self._last_flags[flag])
+                self._note(elapsed, f"flag: {flag} {old} -> {json.dumps(value)}", "magenta")
 
     async def _plain_view(self) -> None:
         last_line = 0.0
-        seen_flags: dict[str, Any] = {}
-        seen_states: dict[str, str] = {}
         while not self._finished():
             status = self.observe()
             elapsed = self.traffic.elapsed if self.traffic else 0.0
-            for model, state in self._last_states.items():
-                if seen_states.get(model, "ok") != state:
-                    self._say(
-                        f"[{elapsed:5.1f}s] {model}: {seen_states.get(model, 'ok')} -> {state}"
-                    )
-            for flag, value in self._last_flags.items():
-                if flag in seen_flags and seen_flags[flag] != value:
-                    self._say(f"[{elapsed:5.1f}s] flag {flag}: {seen_flags[flag]!r} -> {value!r}")
-            seen_flags, seen_states = dict(self._last_flags), dict(self._last_states)
             if elapsed - last_line >= 5.0:
                 last_line = elapsed
                 active = ", ".join(i.name for i in self.traffic.active()) if self.traffic else ""
@@ -488,76 +624,135 @@ class Demo:
             await self._tick(0.25)
 
     async def _live_view(self) -> None:
-        with Live(
-            self.render(self.observe()),
-            console=self.console,
-            auto_refresh=False,
-            transient=False,
-        ) as live:
+        with (
+            self._logs_into_event_log(),
+            Live(
+                self.render(self.observe()),
+                console=self.console,
+                auto_refresh=False,
+                transient=False,
+            ) as live,
+        ):
             while not self._finished():
                 await self._tick(0.5)
                 live.update(self.render(self.observe()), refresh=True)
 
+    @contextlib.contextmanager
+    def _logs_into_event_log(self) -> Iterator[None]:
+        """While the live view runs, log records (the console sink's FIRING / RESOLVED lines
+        among them) go to the event log panel instead of scrolling above the table."""
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        sink_log = logging.getLogger("alerts.console")
+        saved_level = sink_log.level
+        handler = _EventLogHandler(self)
+        root.handlers[:] = [handler]
+        sink_log.setLevel(logging.INFO)  # RESOLVED lines are INFO
+        try:
+            yield
+        finally:
+            root.handlers[:] = saved
+            sink_log.setLevel(saved_level)
+
     # ------------------------------------------------------------------ the view
 
     def render(self, status: dict[str, Any]) -> Group:
-        """The live view: one row per model, then the script, alerts and recent actions."""
-        table = Table(title="driftwarden demo", expand=True, title_justify="left")
-        for column in ("model", "state", "signals", "flags", "last action"):
-            table.add_column(column, overflow="fold")
-        actions = status.get("actions") or {}
-        recent = list(actions.get("recent") or [])
+        """The live view: the script's progress, one row per model (each signal's value,
+        threshold and state; the model's state, recovering with the time left; its flags),
+        then alerts and the event log."""
+        table = Table(title="models", expand=True, title_justify="left")
+        table.add_column("model", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        table.add_column("signal: value / threshold, state", overflow="fold", ratio=3)
+        table.add_column("flags", overflow="fold", ratio=2)
         for model, described in sorted(status["models"].items()):
             state = described["state"]
+            state_text = Text(state.upper(), style=STATE_STYLE.get(state, ""))
+            recovering = described.get("recovering")
+            if recovering and state != "ok":
+                state_text.append(
+                    f"\nrecovering -> {recovering['to']} in {recovering['left_s']:.0f}s",
+                    style="green",
+                )
             signals = Text()
-            for name, sig in described["signals"].items():
-                reading: dict[str, Any] = next(iter(sig["readings"].values()), {})
-                value = reading.get("statistic")
-                shown = "…" if value is None else f"{value:.3g}"
-                signals.append(f"{name}={shown} ", style=STATE_STYLE.get(sig["level"], ""))
+            for index, (name, sig) in enumerate(described["signals"].items()):
+                if index:
+                    signals.append("\n")
+                value, limit, _ = shown_reading(sig)
+                level = str(sig.get("level", "ok"))
+                signals.append(f"{name}: {human(value)} / {human(limit)} ")
+                signals.append(level, style=STATE_STYLE.get(level, ""))
             flags = Text()
-            for incident in self.script:
+            for incident in DEMO_SCRIPT:
                 if incident.model == model and incident.flag in self._last_flags:
                     value = self._last_flags[incident.flag]
                     changed = value != incident.healthy
+                    if flags:
+                        flags.append("\n")
                     flags.append(
-                        f"{incident.flag}={json.dumps(value)} ",
+                        f"{incident.flag}={json.dumps(value)}",
                         style="bold magenta" if changed else "dim",
                     )
-            last = next((e for e in reversed(recent) if e.get("model") == model), None)
-            table.add_row(
-                model,
-                Text(state.upper(), style=STATE_STYLE.get(state, "")),
-                signals,
-                flags,
-                _describe_action(last) if last else "",
-            )
-        traffic = self.traffic
-        elapsed = traffic.elapsed if traffic else 0.0
-        script = Text(f"t={elapsed:5.1f}s  ")
-        active = traffic.active() if traffic else []
-        script.append(
-            "incidents now: " + (", ".join(i.name for i in active) if active else "none"),
-            style="bold red" if active else "green",
-        )
-        if self.options.duration is not None:
-            script.append(f"   (ends at {self.options.duration:.0f}s)")
+            table.add_row(model, state_text, signals, flags)
+        actions = status.get("actions") or {}
         alerts = actions.get("alerts") or []
         if alerts:
             alert_text = Text("\n".join(_describe_alert(a) for a in alerts[-6:]), style="red")
         else:
             alert_text = Text("no alert firing", style="green")
-        recent_text = Text("\n".join(_describe_action(e) for e in recent[-6:]))
+        log_text = Text()
+        for index, (at, line, style) in enumerate(list(self.events)[-EVENT_LOG_SHOWN:]):
+            if index:
+                log_text.append("\n")
+            log_text.append(f"{at:5.1f}s ", style="dim")
+            log_text.append(line, style=style)
+        if not log_text:
+            recent = list(actions.get("recent") or [])[-EVENT_LOG_SHOWN:]
+            log_text = Text("\n".join(_describe_action(e) for e in recent) or "none yet", "dim")
         footer = Text(f"status page {self.url}   flags {self.flags_file}   Ctrl-C to stop", "dim")
         return Group(
+            self._script_view(),
             table,
-            script,
-            Panel(alert_text, title="alerts", title_align="left"),
-            Panel(
-                recent_text or Text("none yet", "dim"), title="recent actions", title_align="left"
-            ),
+            Panel(alert_text, title="alerts firing", title_align="left"),
+            Panel(log_text, title="event log", title_align="left"),
             footer,
         )
+
+    def _script_view(self) -> Table:
+        """Each scripted incident of the current cycle: cause, detection, flag, recovery."""
+        traffic = self.traffic
+        elapsed = traffic.elapsed if traffic else 0.0
+        title = f"script  t={elapsed:.0f}s"
+        if self.options.duration is not None:
+            title += f" of {self.options.duration:.0f}s"
+        table = Table(title=title, expand=True, title_justify="left", box=None)
+        for column in ("incident", "cause", "detected", "flag", "recovered", "flag restored"):
+            table.add_column(column, no_wrap=True)
+        cycle = int(elapsed // self.period_s) if self.period_s else 0
+        offset = cycle * self.period_s if self.period_s else 0.0
+        reports = {
+            r.incident: r for r in self.tracker.reports if r.cycle == cycle
+        }  # fmt: skip
+        for incident in self.script:
+            report = reports.get(incident)
+            start = offset + incident.start_s
+            if report is None:
+                table.add_row(incident.name, Text(f"at {start:.0f}s", "dim"), "", "", "", "")
+                continue
+            active = traffic is not None and incident in traffic.active()
+            cause = Text(
+                f"{start:.0f}s-{offset + incident.end_s:.0f}s",
+                style="bold red" if active else "",
+            )
+            table.add_row(
+                incident.name,
+                cause,
+                _since(report.detected_at, report.started_at, STATE_STYLE.get(incident.level, "")),
+                _since(report.flipped_at, report.started_at, "magenta"),
+                _since(report.recovered_at, report.started_at, "green"),
+                _since(report.restored_at, report.started_at, "green"),
+            )
+        return table
 
     # ------------------------------------------------------------------ shutdown
 
@@ -584,6 +779,56 @@ class Demo:
 
     def _say(self, line: str) -> None:
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+class _EventLogHandler(logging.Handler):
+    """Log records as event log lines of a running demo's live view."""
+
+    def __init__(self, demo: Demo) -> None:
+        super().__init__(logging.INFO)
+        self.demo = demo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string must not break the view
+            text = str(record.msg)
+        if record.name == "alerts.console" and text.startswith("alert "):
+            text = text.removeprefix("alert ")
+            # The page names the runbook; the full URL would wrap the panel.
+            text = re.sub(r" runbook=\S*/([^/\s]+)$", r" (runbook \1)", text)
+            style = "red" if text.startswith("FIRING") else "green"
+        else:
+            style = "yellow" if record.levelno >= logging.WARNING else "dim"
+            text = f"{record.levelname.lower()}: {text}"
+        elapsed = self.demo.traffic.elapsed if self.demo.traffic else 0.0
+        self.demo.events.append((elapsed, text, style))
+
+
+def _since(t: float | None, base: float, style: str) -> Text:
+    return Text("…", "dim") if t is None else Text(f"+{t - base:.1f}s", style)
+
+
+def _reading_line(name: str, signal: dict[str, Any]) -> str:
+    value, limit, _ = shown_reading(signal)
+    return f"{name} {human(value)} / {human(limit)} {signal.get('level', 'ok')}"
+
+
+def _read_audit(path: Path | None) -> list[dict[str, Any]]:
+    """The audit log's entries (it is removed with the working directory)."""
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
 
 
 def _describe_action(entry: dict[str, Any]) -> str:

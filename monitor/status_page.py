@@ -1,5 +1,7 @@
 """The live status page at ``/``: one static HTML file (package data, no build step) that
-polls ``/status`` and draws each model's state, signals with sparklines, flags and actions.
+polls ``/status`` and ``/status/history`` and draws each model's state (and whether it is
+recovering), signals with the daemon's recent history as sparklines, incidents with their
+runbook, flags and actions.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-__all__ = ["CONTENT_SECURITY_POLICY", "add_routes", "page_html"]
+from monitor.history import history_of
+
+__all__ = ["CONTENT_SECURITY_POLICY", "HISTORY_PATH", "add_routes", "page_html"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,8 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'"
 )
 _INITIAL_MARK = "/*INITIAL_STATUS*/null"
+_HISTORY_MARK = "/*INITIAL_HISTORY*/null"
+HISTORY_PATH = "/status/history"
 
 
 class _Status(Protocol):
@@ -46,8 +52,9 @@ def _script_json(data: Any) -> str:
 def add_routes(app: web.Application, daemon: _Status | None = None) -> None:
     """Serve the status page at ``/`` of ``app``; a no-op when ``/`` is already served.
 
-    With ``daemon``, the page arrives with the current status embedded, so it shows the
-    models before its first poll of ``/status``.
+    With ``daemon``, the page arrives with the current status and the daemon's recent signal
+    history embedded, so it shows the models and what led here before its first poll; the
+    history is also served at ``/status/history``.
     """
     if any(resource.canonical == "/" for resource in app.router.resources()):
         return
@@ -63,6 +70,7 @@ def add_routes(app: web.Application, daemon: _Status | None = None) -> None:
                 log.debug("status page: initial status not serialisable", exc_info=True)
             else:
                 body = template.replace(_INITIAL_MARK, initial, 1)
+            body = body.replace(_HISTORY_MARK, _history_json(daemon), 1)
         return web.Response(
             text=body,
             content_type="text/html",
@@ -74,3 +82,21 @@ def add_routes(app: web.Application, daemon: _Status | None = None) -> None:
         )
 
     app.router.add_get("/", index)
+    if daemon is not None:
+
+        async def history(request: web.Request) -> web.Response:
+            return web.Response(
+                text=_history_json(daemon),
+                content_type="application/json",
+                headers={"Cache-Control": "no-store"},
+            )
+
+        app.router.add_get(HISTORY_PATH, history)
+
+
+def _history_json(daemon: _Status) -> str:
+    try:
+        return _script_json(history_of(daemon).snapshot())
+    except ValueError:
+        log.debug("status page: history not serialisable", exc_info=True)
+        return "null"

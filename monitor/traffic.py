@@ -20,10 +20,13 @@ from aiokafka import AIOKafkaProducer
 __all__ = [
     "DEMO_MODELS",
     "DEMO_SCRIPT",
+    "SCRIPT_PERIOD_S",
     "Incident",
     "IncidentKind",
     "TrafficGenerator",
+    "demo_script",
     "make_event",
+    "script_length",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,29 +59,73 @@ class Incident:
         return self.start_s <= elapsed < self.end_s
 
 
-#: The demo's script. One model has two incidents, far enough apart for the first to recover
-#: (``recover_after``) and the health machine's ``cooldown`` to pass before the second.
-DEMO_SCRIPT: tuple[Incident, ...] = (
-    Incident(
-        "fraud-scorer", "feature_drift", 6.0, 16.0, "fraud-scorer-variant", "rules", "model",
-        "degraded",
-    ),
-    Incident(
-        "search-ranker", "latency_spike", 6.0, 14.0, "search-ranker-variant", "fallback",
-        "model", "degraded",
-    ),
-    Incident(
-        "chat-assistant", "engagement_drop", 9.0, 19.0, "chat-assistant-model", "previous",
-        "current", "degraded",
-    ),
-    Incident(
-        "search-ranker", "error_surge", 27.0, 35.0, "search-ranker-enabled", False, True,
-        "critical",
-    ),
+#: Seconds of healthy traffic before the first incident (the drift detector's reference fills).
+LEAD_S = 6.0
+#: How long each scripted incident lasts.
+INCIDENT_S = 8.0
+#: After an incident ends: the detectors' windows drain (~1 s), the model stays healthy for
+#: the policy's ``recover_after`` (5 s) and the flag is restored (~7 s in all, more on a busy
+#: machine); then a few quiet seconds before the next incident.
+RECOVERY_S = 12.0
+#: The closest two incidents start (one at a time: each one's cause, detection, flag and
+#: recovery read on their own) and the widest (a long run does not go quiet for minutes).
+MIN_SLOT_S = INCIDENT_S + RECOVERY_S
+MAX_SLOT_S = 30.0
+
+#: What breaks, in the order it breaks: one model has two incidents, far enough apart for the
+#: first to recover and the health machine's ``cooldown`` to pass before the second.
+_ORDER: tuple[tuple[str, IncidentKind, str, bool | str, bool | str, str], ...] = (
+    ("fraud-scorer", "feature_drift", "fraud-scorer-variant", "rules", "model", "degraded"),
+    ("search-ranker", "latency_spike", "search-ranker-variant", "fallback", "model", "degraded"),
+    ("chat-assistant", "engagement_drop", "chat-assistant-model", "previous", "current",
+     "degraded"),
+    ("search-ranker", "error_surge", "search-ranker-enabled", False, True, "critical"),
 )  # fmt: skip
 
+
+def script_length(slot_s: float = MIN_SLOT_S) -> float:
+    """Seconds the whole script takes, its last recovery included, with incidents ``slot_s``
+    apart.
+
+    >>> script_length()
+    86.0
+    """
+    return LEAD_S + (len(_ORDER) - 1) * slot_s + INCIDENT_S + RECOVERY_S
+
+
+def demo_script(duration_s: float | None = None) -> tuple[Incident, ...]:
+    """The incidents, one at a time, spread over a run of ``duration_s`` seconds.
+
+    Without a duration (the script repeats) they are ``MIN_SLOT_S`` apart. A longer run spaces
+    them out (up to ``MAX_SLOT_S``); a run too short for all of them keeps those that finish,
+    the first one at least.
+
+    >>> [i.start_s for i in demo_script()]
+    [6.0, 26.0, 46.0, 66.0]
+    >>> [i.start_s for i in demo_script(92.0)]
+    [6.0, 28.0, 50.0, 72.0]
+    >>> [i.name for i in demo_script(70.0)]
+    ['fraud-scorer/feature_drift', 'search-ranker/latency_spike', 'chat-assistant/engagement_drop']
+    """
+    slot = MIN_SLOT_S
+    if duration_s is not None and duration_s > script_length():
+        slot = min(MAX_SLOT_S, (duration_s - script_length(0.0)) / (len(_ORDER) - 1))
+    incidents = []
+    for index, (model, kind, flag, value, healthy, level) in enumerate(_ORDER):
+        start = LEAD_S + index * slot
+        if index and duration_s is not None and start + INCIDENT_S + RECOVERY_S > duration_s:
+            break
+        incidents.append(
+            Incident(model, kind, start, start + INCIDENT_S, flag, value, healthy, level)
+        )
+    return tuple(incidents)
+
+
+#: The demo's script when it repeats (no ``--duration``).
+DEMO_SCRIPT: tuple[Incident, ...] = demo_script()
+
 #: Seconds after which the script starts over (when the demo runs without ``--duration``).
-SCRIPT_PERIOD_S = 50.0
+SCRIPT_PERIOD_S = script_length() + 4.0
 
 
 def make_event(model: str, i: int, kinds: frozenset[str], rng: random.Random) -> dict[str, Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,31 +18,34 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from monitor.demo import Demo, DemoOptions, run_demo
-from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT
-from tests.conftest import require_component, require_tansu, wait_for
+from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT, demo_script, script_length
+from tests.conftest import require_tansu, wait_for
+from tests.demo.browser import chromium, require_chromium
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("DRIFTWARDEN_CHROMIUM", "/usr/bin/chromium")
-#: The script's last recovery lands ~41 s after traffic starts (see traffic.DEMO_SCRIPT).
-DURATION_S = 47.0
+RUNBOOK = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md"
+#: The whole script with a few seconds to spare: its last recovery lands ~7 s after its last
+#: incident ends (see traffic.demo_script).
+DURATION_S = script_length() + 4.0
 
 
-def _transitions(audit_log: Path) -> list[tuple[str, str, str]]:
-    entries = [json.loads(line) for line in audit_log.read_text().splitlines() if line]
+def _transitions(entries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(e["model"], e["from"], e["to"]) for e in entries if e["kind"] == "transition"]
 
 
 async def test_demo_run_each_scripted_incident_flips_its_flag_and_recovers(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     require_tansu()
+    caplog.set_level(logging.INFO, logger="alerts.console")
     out = io.StringIO()
     flags_file = tmp_path / "flags.json"
     started = time.monotonic()
@@ -55,7 +60,9 @@ async def test_demo_run_each_scripted_incident_flips_its_flag_and_recovers(
     print(f"demo run took {took:.1f}s; {result.events_produced} events produced")
 
     assert result.exit_code == 0
-    assert [r.incident for r in result.reports] == sorted(DEMO_SCRIPT, key=lambda i: i.start_s)
+    script = demo_script(DURATION_S)
+    assert [i.name for i in script] == [i.name for i in DEMO_SCRIPT]
+    assert [r.incident for r in result.reports] == list(script)
     for report in result.reports:
         name = report.incident.name
         assert report.detected, f"{name} was not detected"
@@ -66,17 +73,47 @@ async def test_demo_run_each_scripted_incident_flips_its_flag_and_recovers(
         # Detected while it lasted, restored only after it ended.
         assert report.detected_at is not None and report.detected_at < report.incident.end_s
         assert report.restored_at is not None and report.restored_at > report.incident.end_s
+    # One at a time: each incident's flag is restored before the next incident starts.
+    for before, after in itertools.pairwise(result.reports):
+        assert before.restored_at is not None and before.restored_at < after.started_at
     assert result.final_states == {m: "ok" for m in DEMO_MODELS}
     assert result.final_flags == {i.flag: i.healthy for i in DEMO_SCRIPT}
     assert json.loads(flags_file.read_text())["flags"].keys() == {i.flag for i in DEMO_SCRIPT}
     # One transition up and one down per incident: no false alarm, no flapping.
-    assert result.audit_log is not None
     expected = sorted(
         t for i in DEMO_SCRIPT for t in ((i.model, "ok", i.level), (i.model, i.level, "ok"))
     )
-    assert sorted(_transitions(result.audit_log)) == expected
+    assert sorted(_transitions(result.audit_entries)) == expected
+    # The run left nothing in the temp dir.
+    assert result.workdir is not None and not _exists(result.workdir)
     assert result.events_applied >= 0.95 * result.events_produced
     assert "4 incidents: 4 detected, 4 recovered, 4 flags flipped, 4 restored" in out.getvalue()
+    _check_resolved_lines_show_the_values_at_recovery(caplog.messages)
+
+
+def _alert_values(line: str) -> dict[str, float]:
+    found = re.search(r" value=(.*?): ", line)
+    assert found, line
+    return {k: float(v) for k, v in re.findall(r"([\w.-]+)=([-\d.e+]+)", found.group(1))}
+
+
+def _check_resolved_lines_show_the_values_at_recovery(messages: list[str]) -> None:
+    fired: dict[str, dict[str, float]] = {}
+    resolved = 0
+    for message in messages:
+        found = re.match(r"alert (FIRING|RESOLVED) ([\w-]+)/", message)
+        if not found:
+            continue
+        status, model = found.groups()
+        if status == "FIRING":
+            fired[model] = _alert_values(message)
+            continue
+        values = _alert_values(message)
+        for name, at_fire in fired.pop(model).items():
+            # e.g. search-ranker's error_rate fired at ~0.45 and resolved near 0.005.
+            assert values[name] != at_fire, (name, message)
+        resolved += 1
+    assert resolved == len(DEMO_SCRIPT), messages
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -86,35 +123,9 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1280,900",
-            "--virtual-time-budget=5000",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path: Path) -> None:
     require_tansu()
-    require_component(
-        shutil.which(CHROMIUM) is not None, f"Chromium ({CHROMIUM}, Debian package chromium)"
-    )
+    require_chromium()
     demo = Demo(
         DemoOptions(duration=None, port=0, ui=False, handle_signals=False),
         console=Console(file=io.StringIO()),
@@ -122,24 +133,28 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
     task = asyncio.create_task(demo.run())
     try:
 
-        def incidents_showing() -> bool:
+        def incident_showing() -> bool:
             if task.done():
                 return True
             if demo.url is None or demo.daemon is None:
                 return False
             models = demo.daemon.status()["models"]
             unhealthy = [m for m, d in models.items() if d["state"] != "ok"]
-            return set(models) == set(DEMO_MODELS) and len(unhealthy) >= 2
+            return set(models) == set(DEMO_MODELS) and len(unhealthy) >= 1
 
-        await wait_for(incidents_showing, timeout=60, what="two models unhealthy in the demo")
+        # The first incident (one at a time) starts 6 s into the traffic.
+        await wait_for(incident_showing, timeout=90, what="a model unhealthy in the demo")
         assert not task.done(), "the demo ended early"
         assert demo.url is not None and demo.daemon is not None
         states = {m: d["state"] for m, d in demo.daemon.status()["models"].items()}
         url = demo.url + "?refresh=250"
         png = tmp_path / "status-page.png"
-        shot, dom = await asyncio.gather(
-            asyncio.to_thread(_chromium, url, tmp_path / "p1", f"--screenshot={png}"),
-            asyncio.to_thread(_chromium, url, tmp_path / "p2", "--dump-dom"),
+        # Without a poll during the load: what the page draws is what it arrived with.
+        first_load = demo.url + "?refresh=600000"
+        shot, dom, first = await asyncio.gather(
+            asyncio.to_thread(chromium, url, tmp_path / "p1", f"--screenshot={png}"),
+            asyncio.to_thread(chromium, url, tmp_path / "p2", "--dump-dom"),
+            asyncio.to_thread(chromium, first_load, tmp_path / "p3", "--dump-dom"),
         )
     finally:
         demo.request_stop("test over")
@@ -147,6 +162,7 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
     assert result.exit_code == 0
     assert shot.returncode == 0, shot.stderr.decode(errors="replace")[-2000:]
     assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-2000:]
+    assert first.returncode == 0, first.stderr.decode(errors="replace")[-2000:]
 
     assert png.exists() and png.stat().st_size > 20_000, "blank or tiny screenshot"
     assert _png_size(png) == (1280, 900)
@@ -155,12 +171,21 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
         assert f'data-model="{model}"' in html, f"{model} missing from the page"
     rendered = dict(re.findall(r'data-model="([^"]+)" data-state="([^"]+)"', html))
     assert set(rendered) == set(DEMO_MODELS)
-    # The page drew the daemon's states; the incidents it waited for last 8-10 s, longer
-    # than the shot takes, so at least one model is still shown unhealthy.
+    # The page drew the daemon's states; the incident it waited for lasts 8 s and its
+    # recovery ~7 s more, longer than the shot takes, so its model is still shown unhealthy.
     assert sum(s != "ok" for s in rendered.values()) >= 1, rendered
     assert all(s in ("ok", "warn", "degraded", "critical") for s in rendered.values())
     assert 'class="spark"' in html
     assert html.count("<polyline") >= len(DEMO_MODELS)
+    # On first load the sparklines already hold the daemon's history (a point a second since
+    # the traffic started: 6 s and more), not the single point the page has seen itself.
+    first_html = first.stdout.decode()
+    lengths = [int(n) for n in re.findall(r'data-signal="[^"]+" data-history="(\d+)"', first_html)]
+    assert lengths and min(lengths) >= 5, lengths
+    # The unhealthy model links its runbook, and so does its incident.
+    runbooks = set(re.findall(r'<a href="([^"]+)"[^>]*data-role="runbook"', first_html))
+    assert runbooks == {RUNBOOK}, runbooks
+    assert "data-incident=" in first_html
     print(f"daemon states before the shot {states}; page showed {rendered}")
 
     # The README's screenshot is refreshed on request, so a test run leaves the tree clean.
@@ -206,6 +231,8 @@ async def test_ctrl_c_stops_the_demo_cleanly_with_exit_code_zero(tmp_path: Path)
     assert "shutdown complete" in output
     assert "Traceback" not in output
     assert " incidents: " in output  # the closing summary
+    [workdir] = re.findall(r"working directory (\S+) \(removed at the end\)", output)
+    assert not _exists(workdir), f"{workdir} left behind"
     # The broker went with it.
     assert not any(_alive(pid) for pid, _ in tansu)
     print(f"\nCtrl-C to exit: {took:.2f}s")
@@ -220,6 +247,10 @@ def _spawn_demo(out_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
         )
+
+
+def _exists(path: str | Path) -> bool:
+    return Path(path).exists()
 
 
 def _alive(pid: int) -> bool:
@@ -261,3 +292,4 @@ async def test_busy_status_port_ends_the_demo_with_exit_code_one_and_the_reason(
     assert result.exit_code == 1
     assert "the daemon did not start" in out.getvalue()
     assert "--port 0" in out.getvalue()
+    assert result.workdir is not None and not _exists(result.workdir)

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import io
 import itertools
+import logging
 import random
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ from monitor.demo import (
     summary_lines,
 )
 from monitor.settings import load_settings
-from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT, Incident, make_event
+from monitor.traffic import (
+    DEMO_MODELS,
+    DEMO_SCRIPT,
+    Incident,
+    demo_script,
+    make_event,
+    script_length,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "monitor" / "embedded" / "demo_policy.yaml"
@@ -201,7 +210,7 @@ def test_live_view_shows_each_model_state_flags_and_alerts(tmp_path: Path) -> No
     console.print(demo.render(status))
     text = console.export_text()
     assert "search-ranker" in text and "DEGRADED" in text and "OK" in text
-    assert "latency_p95=923" in text
+    assert "latency_p95: 923 / 250 degraded" in text
     assert 'search-ranker-variant="fallback"' in text
     assert "search-ranker ModelUnhealthy page" in text
     assert "search-ranker: ok -> degraded" in text
@@ -257,3 +266,104 @@ async def test_first_ctrl_c_asks_for_a_stop_and_a_second_forces_it() -> None:
     demo.handle_exit(signal.SIGINT)
     await asyncio.gather(daemon_task, return_exceptions=True)
     assert daemon_task.cancelled() and demo._forced
+
+
+@pytest.mark.parametrize("duration", [None, 40.0, 70.0, 90.0, 120.0, 600.0])
+def test_incidents_come_one_at_a_time_and_finish_within_the_run(duration: float | None) -> None:
+    settings = load_settings(POLICY)
+    script = demo_script(duration)
+    assert script, "no incident at all"
+    for before, after in itertools.pairwise(script):
+        health = settings.policy_for(before.model).health
+        # The first one's detection, flag and recovery are over before the next one starts.
+        assert after.start_s >= before.end_s + 1.0 + health.recover_after + 2.0, after.name
+    if duration is not None:
+        health = settings.policy_for(script[-1].model).health
+        assert script[-1].end_s + 1.0 + health.recover_after + 2.0 <= duration
+
+
+def test_a_long_run_spreads_its_incidents_and_a_short_one_keeps_those_that_fit() -> None:
+    assert len(demo_script(script_length())) == len(DEMO_SCRIPT) == 4
+    spread = demo_script(120.0)
+    assert [i.name for i in spread] == [i.name for i in DEMO_SCRIPT]
+    assert spread[-1].start_s > DEMO_SCRIPT[-1].start_s  # spaced out over the longer run
+    assert spread[-1].end_s >= 0.75 * 120.0  # not over by the middle of the run
+    assert len(demo_script(70.0)) == 3 and len(demo_script(10.0)) == 1
+
+
+def test_live_view_shows_value_threshold_state_recovering_and_an_event_log() -> None:
+    demo = Demo(DemoOptions(duration=90, ui=True, handle_signals=False))
+    drift = {"statistic": 0.000012345, "effect": 0.1, "threshold": 0.125, "verdict": "ok"}
+    status = {
+        "models": {
+            "fraud-scorer": {
+                "state": "degraded",
+                "recovering": {"to": "ok", "left_s": 3.2},
+                "signals": {
+                    "amount_drift": {"level": "ok", "thresholds": None, "readings": {"a": drift}},
+                    "latency_p95": {
+                        "level": "ok",
+                        "thresholds": {"degraded": 250.0},
+                        "readings": {"x": {"statistic": 41.234, "threshold": 250.0}},
+                    },
+                },
+            },
+        },
+        "actions": {"recent": [], "alerts": []},
+    }
+    demo.events.append((12.5, "detected: fraud-scorer ok -> degraded", "red"))
+    console = Console(file=io.StringIO(), width=160, record=True)
+    console.print(demo.render(status))
+    text = console.export_text()
+    assert "recovering -> ok in 3s" in text
+    assert "amount_drift: 0.0000123 / 0.125 ok" in text
+    assert "latency_p95: 41.2 / 250 ok" in text
+    assert not re.search(r"\de[+-]\d", text), "scientific notation in the view"
+    # The event log is a panel below the table, not lines above it.
+    assert text.index("models") < text.index("event log") < text.index("detected: fraud")
+    assert "fraud-scorer/feature_drift" in text and "at 6s" in text  # the script's progress
+
+
+async def test_the_working_directory_is_removed_also_when_the_run_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Path] = []
+
+    async def broken(self: Demo, workdir: Path) -> int:
+        seen.append(workdir)
+        (workdir / "audit.jsonl").write_text("{}\n")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Demo, "_run", broken)
+    demo = Demo(DemoOptions(handle_signals=False), console=Console(file=io.StringIO()))
+    with pytest.raises(RuntimeError, match="boom"):
+        await demo.run()
+    [workdir] = seen
+    assert workdir.name.startswith("driftwarden-demo-") and not workdir.exists()
+
+
+async def test_keep_workdir_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def quick(self: Demo, workdir: Path) -> int:
+        return 0
+
+    monkeypatch.setattr(Demo, "_run", quick)
+    demo = Demo(
+        DemoOptions(handle_signals=False, keep_workdir=True), console=Console(file=io.StringIO())
+    )
+    result = await demo.run()
+    assert result.workdir is not None and result.workdir.is_dir()
+    result.workdir.rmdir()
+
+
+def test_alert_log_lines_go_to_the_event_log_with_a_short_runbook_name() -> None:
+    demo = Demo(DemoOptions(duration=90, ui=True, handle_signals=False))
+    with demo._logs_into_event_log():
+        logging.getLogger("alerts.console").info(
+            "alert %s", "RESOLVED m/ModelUnhealthy value=error_rate=0.004: m recovered "
+            "runbook=https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md",
+        )  # fmt: skip
+    [(_, text, style)] = list(demo.events)
+    assert text == (
+        "RESOLVED m/ModelUnhealthy value=error_rate=0.004: m recovered (runbook ModelUnhealthy.md)"
+    )
+    assert style == "green"

@@ -68,7 +68,7 @@ def test_mounting_twice_keeps_one_route() -> None:
     app = web.Application()
     add_routes(app, FakeDaemon(STATUS))
     add_routes(app, FakeDaemon(STATUS))
-    assert [r.canonical for r in app.router.resources()] == ["/"]
+    assert [r.canonical for r in app.router.resources()] == ["/", "/status/history"]
 
 
 def test_page_loads_nothing_from_elsewhere() -> None:

@@ -1,0 +1,243 @@
+"""Recent history of each model's health and signals, kept by the daemon for the status page
+and the demo: a bounded ring per model and per signal, sampled on the health tick (never on the
+event path), the recent incidents with their runbook, and whether a model is recovering.
+
+Memory is bounded by ``points`` per ring and ``max_models`` (a model the engine dropped is
+forgotten); traffic never grows it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.engine import ModelMonitor, SignalMonitor
+from monitor.policy import Level
+
+__all__ = [
+    "ModelHistory",
+    "SignalHistory",
+    "attach_history",
+    "history_of",
+    "recovery",
+    "signal_value",
+]
+
+#: Default ring length and spacing: 360 points 5 s apart, the last 30 minutes.
+DEFAULT_POINTS = 360
+DEFAULT_STEP_S = 5.0
+DEFAULT_MAX_MODELS = 1000
+MAX_INCIDENTS = 50
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def signal_value(signal: SignalMonitor) -> tuple[float | None, float | None]:
+    """The signal's shown statistic and the boundary it is compared with.
+
+    The statistic is the worst member's (the one that sets the level), else the first one's.
+    The boundary is the policy's threshold for the next level above the signal's current one
+    (or the highest configured when it is already there); the detector's own threshold when
+    the policy maps none.
+    """
+    member = signal.worst or (signal.members[0] if signal.members else None)
+    if member is None:
+        return None, None
+    reading = member.reading
+    statistic = _finite(reading.statistic)
+    thresholds = signal.policy.thresholds
+    if thresholds:
+        above = sorted((lvl, v) for lvl, v in thresholds.items() if lvl > signal.level)
+        at_or_below = sorted((lvl, v) for lvl, v in thresholds.items() if lvl <= signal.level)
+        chosen = above[0] if above else at_or_below[-1]
+        return statistic, _finite(float(chosen[1]))
+    return statistic, _finite(reading.threshold)
+
+
+def recovery(monitor: ModelMonitor, now: float) -> dict[str, Any] | None:
+    """``{"to": level, "left_s": seconds}`` while the model's signals are below its state and
+    the health machine waits out ``recover_after`` (and ``cooldown``) before stepping down;
+    None otherwise.
+    """
+    health = monitor.health
+    if health.level is Level.OK or health.healthy_since is None:
+        return None
+    target = max((s.level for s in monitor.signals), default=Level.OK)
+    if target >= health.level:
+        return None
+    timing = health.timing
+    left = max(
+        timing.recover_after - (now - health.healthy_since),
+        timing.cooldown - (now - health.last_transition_at),
+        0.0,
+    )
+    return {"to": target.label, "left_s": round(left, 1)}
+
+
+@dataclass(slots=True)
+class _Ring:
+    times: deque[float]
+    values: deque[float | None]
+    levels: deque[str]
+
+    @classmethod
+    def of(cls, points: int) -> _Ring:
+        return cls(deque(maxlen=points), deque(maxlen=points), deque(maxlen=points))
+
+    def add(self, at: float, value: float | None, level: str, step_s: float) -> None:
+        if self.times and at - self.times[-1] < step_s:
+            # Same step: keep the worse sample, so a short breach is not averaged away.
+            if Level.parse(level) >= Level.parse(self.levels[-1]):
+                self.values[-1], self.levels[-1] = value, level
+            return
+        self.times.append(at)
+        self.values.append(value)
+        self.levels.append(level)
+
+    def as_json(self) -> dict[str, list[Any]]:
+        return {"t": list(self.times), "v": list(self.values), "level": list(self.levels)}
+
+
+@dataclass(slots=True)
+class ModelHistory:
+    """One model's rings: its health state and each signal's statistic."""
+
+    points: int
+    state: _Ring = field(init=False)
+    signals: dict[str, _Ring] = field(default_factory=dict)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    recovering: dict[str, Any] | None = None
+    runbook_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.state = _Ring.of(self.points)
+
+
+class SignalHistory:
+    """Each model's recent health and signal values, sampled by :meth:`record`.
+
+    Parameters
+    ----------
+    points
+        Samples kept per ring.
+    step_s
+        Samples closer together than this share one point (the worse one).
+    max_models
+        Models past this are not recorded.
+
+    >>> h = SignalHistory(points=3, step_s=1.0)
+    >>> for t in range(5):
+    ...     h._add_point("m", "err", float(t), 0.1 * t, "ok")
+    >>> h.models["m"].signals["err"].as_json()["t"]
+    [2.0, 3.0, 4.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        points: int = DEFAULT_POINTS,
+        step_s: float = DEFAULT_STEP_S,
+        max_models: int = DEFAULT_MAX_MODELS,
+        wall_clock: Any = time.time,
+    ) -> None:
+        if points < 2:
+            raise ValueError(f"points must be at least 2, got {points!r}.")
+        if not step_s >= 0 or math.isinf(step_s):
+            raise ValueError(f"step_s must be a finite number >= 0, got {step_s!r}.")
+        self.points = points
+        self.step_s = step_s
+        self.max_models = max_models
+        self.wall_clock = wall_clock
+        self.models: dict[str, ModelHistory] = {}
+        #: Recent incidents, oldest first: model, worst level, start, end (None: ongoing).
+        self.incidents: deque[dict[str, Any]] = deque(maxlen=MAX_INCIDENTS)
+        self._open: dict[str, dict[str, Any]] = {}
+
+    def record(self, models: Mapping[str, ModelMonitor], now: float) -> None:
+        """Sample every model once; ``now`` is the health machines' clock."""
+        at = self.wall_clock()
+        for gone in set(self.models) - set(models):
+            del self.models[gone]
+            self._open.pop(gone, None)
+        for name, monitor in models.items():
+            if name not in self.models and len(self.models) >= self.max_models:
+                continue
+            history = self.models.get(name)
+            if history is None:
+                history = self.models[name] = ModelHistory(self.points)
+            history.runbook_url = monitor.policy.runbook_url
+            state = monitor.health.level.label
+            history.state.add(at, None, state, self.step_s)
+            history.recovering = recovery(monitor, now)
+            for signal in monitor.signals:
+                value, limit = signal_value(signal)
+                history.thresholds[signal.name] = limit
+                self._add_point(name, signal.name, at, value, signal.level.label)
+            self._follow_incident(name, state, at, history.runbook_url)
+
+    def _add_point(self, model: str, signal: str, at: float, value: float | None, lvl: str) -> None:
+        history = self.models.get(model)
+        if history is None:
+            history = self.models[model] = ModelHistory(self.points)
+        ring = history.signals.get(signal)
+        if ring is None:
+            ring = history.signals[signal] = _Ring.of(self.points)
+        ring.add(at, value, lvl, self.step_s)
+
+    def _follow_incident(self, model: str, state: str, at: float, runbook_url: str) -> None:
+        incident = self._open.get(model)
+        if state != "ok":
+            if incident is None:
+                incident = {"model": model, "worst": state, "started_at": at, "ended_at": None,
+                            "runbook_url": runbook_url}  # fmt: skip
+                self._open[model] = incident
+                self.incidents.append(incident)
+            elif Level.parse(state) > Level.parse(incident["worst"]):
+                incident["worst"] = state
+        elif incident is not None:
+            incident["ended_at"] = at
+            del self._open[model]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON shape served at ``/status/history`` and embedded in the status page."""
+        return {
+            "step_s": self.step_s,
+            "points": self.points,
+            "models": {
+                name: {
+                    "state": h.state.as_json(),
+                    "recovering": h.recovering,
+                    "runbook_url": h.runbook_url,
+                    "signals": {
+                        signal: {**ring.as_json(), "threshold": h.thresholds.get(signal)}
+                        for signal, ring in h.signals.items()
+                    },
+                }
+                for name, h in self.models.items()
+            },
+            "incidents": [dict(i) for i in self.incidents],
+        }
+
+
+_HISTORIES: weakref.WeakKeyDictionary[Any, SignalHistory] = weakref.WeakKeyDictionary()
+
+
+def history_of(owner: Any) -> SignalHistory:
+    """The history kept for ``owner`` (a daemon), created with the defaults on first use."""
+    history = _HISTORIES.get(owner)
+    if history is None:
+        history = _HISTORIES[owner] = SignalHistory()
+    return history
+
+
+def attach_history(owner: Any, history: SignalHistory) -> SignalHistory:
+    """Keep ``history`` for ``owner`` (e.g. the demo's, sampled every second)."""
+    _HISTORIES[owner] = history
+    return history
