@@ -15,6 +15,7 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
+from detectors.extremes import ExtremeCounts, Fence, finite_values
 
 __all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 
@@ -245,12 +246,18 @@ class WindowedDetector(BaseDetector):
     Subclasses say how values are prepared (``_prepare``), how derived reference statistics
     are computed (``_on_reference``) and what one test concludes (``_test``). The verdict
     turns only for a material and significant breach that has held for ``persist`` events.
+
+    A numeric detector (``numeric_values``) applies :mod:`detectors.extremes`' rule: its
+    values lose NaN / inf and are clamped in ``_prepare``, its reference and every later value
+    are clipped to the reference's fence, and ``extremes`` counts what was dropped or clipped.
     """
 
     spec: Any
     dtype: Any = np.float64
     #: The verdict a breach of this detector means.
     breach_verdict = Verdict.DRIFT
+    #: Values are measurements (not 0 / 1 or category codes): the extreme-value rule applies.
+    numeric_values = False
 
     def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
         super().__init__(spec, family_size=family_size, seed=seed)
@@ -269,7 +276,14 @@ class WindowedDetector(BaseDetector):
         return load_numeric_file(path)
 
     def _prepare(self, values: Any) -> np.ndarray:
-        return drop_nan(np.asarray(values, dtype=np.float64).ravel())
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if self.numeric_values:
+            return finite_values(arr, self.extremes)
+        return drop_nan(arr)
+
+    def _make_fence(self, reference: np.ndarray) -> Fence | None:
+        """The fence values are clipped to, from the complete reference (numeric detectors)."""
+        return Fence.of(reference)
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         """Called after ``chunk`` entered the window and ``evicted`` left it."""
@@ -305,10 +319,37 @@ class WindowedDetector(BaseDetector):
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
+        self.extremes = ExtremeCounts()
+        self._fence: Fence | None = None
         self._reset_extra()
         if self._reference.ready:
-            self._on_reference()
+            self._derive_reference()
             self._reference.release()
+
+    def _derive_reference(self) -> None:
+        """The reference is complete (or refreshed): fence it, then derive its statistics."""
+        if self.numeric_values:
+            ring = self._reference.ring
+            held = ring.buf[: ring.count]
+            fence = self._fence = self._make_fence(held)
+            if fence is not None:
+                clipped, beyond = fence.clip(held)
+                if clipped is not held:
+                    held[:] = clipped
+                    self.extremes.clipped += beyond
+                    log.info(
+                        "%s reference: %d values beyond %r clipped",
+                        type(self).__name__,
+                        beyond,
+                        fence,
+                    )
+        self._on_reference()
+
+    def _reference_moments(self, values: np.ndarray) -> tuple[float, float]:
+        """Mean and std of reference ``values``, the fence's clipped values left out."""
+        if self._fence is None:
+            return float(values.mean()), float(values.std())
+        return self._fence.moments(values)
 
     def update(self, value: Any) -> Reading:
         return self.update_many([value])
@@ -330,12 +371,16 @@ class WindowedDetector(BaseDetector):
         if not ref.ready and ref.mode == "fixed":
             taken = ref.fill(arr)
             if ref.ready:
-                self._on_reference()
+                self._derive_reference()
                 ref.release()
             if taken == n:
                 return self._untested()
             arr = arr[taken:]
             n -= taken
+        fence = self._fence
+        if fence is not None:
+            arr, beyond = fence.clip(arr)
+            self.extremes.clipped += beyond
         stride = self._stride
         seen = self._seen
         rolling = ref.mode == "rolling"
@@ -353,7 +398,7 @@ class WindowedDetector(BaseDetector):
             evicted = window.extend(arr)
             self._on_push(arr, evicted)
             if rolling and ref.push(evicted):
-                self._on_reference()
+                self._derive_reference()
             self._seen = seen + n
             return self._untested()
         if self._pending:
@@ -368,7 +413,7 @@ class WindowedDetector(BaseDetector):
             evicted = window.extend(chunk)
             self._on_push(chunk, evicted)
             if rolling and ref.push(evicted):
-                self._on_reference()
+                self._derive_reference()
             self._seen += chunk.size
             i += chunk.size
             if self._seen % stride == 0:
@@ -440,6 +485,8 @@ class WindowedDetector(BaseDetector):
             "seen": self._seen,
             "since": self._gate.since,
             "extra": self._extra_state(),
+            "fence": None if self._fence is None else self._fence.to_list(),
+            "extremes": [self.extremes.infinite, self.extremes.clipped],
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -452,6 +499,10 @@ class WindowedDetector(BaseDetector):
         self._seen = int(state["seen"])
         since = state["since"]
         self._gate.since = None if since is None else int(since)
+        # Checkpoints written before the extreme-value rule have no fence: none is applied.
+        self._fence = Fence.from_list(state.get("fence"))
+        infinite, clipped = state.get("extremes", (0, 0))
+        self.extremes = ExtremeCounts(int(infinite), int(clipped))
         self._load_extra(state["extra"])
 
 
@@ -473,8 +524,9 @@ class RiverGatedDetector(WindowedDetector):
     def _transform(self, chunk: np.ndarray) -> list[Any]:
         return list(chunk.tolist())
 
-    def _scale(self) -> float:
-        return 1.0
+    def _location_scale(self, values: np.ndarray) -> tuple[float, float]:
+        """The reference's location and the scale the gate's effect is measured in."""
+        return float(values.mean()), 1.0
 
     def _reset_extra(self) -> None:
         self._river = self._make_river()
@@ -485,8 +537,7 @@ class RiverGatedDetector(WindowedDetector):
 
     def _on_reference(self) -> None:
         values = self._reference.ring.values()
-        self._ref_mean = float(values.mean())
-        self._ref_scale = self._scale()
+        self._ref_mean, self._ref_scale = self._location_scale(values)
         self._tau = autocorrelation_time(self._reference.ring.ordered())
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
