@@ -16,6 +16,7 @@ import numpy as np
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
 from detectors.extremes import ExtremeCounts, Fence, finite_values
+from detectors.state import StateError
 
 __all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 
@@ -277,9 +278,24 @@ class WindowedDetector(BaseDetector):
 
     def _prepare(self, values: Any) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64).ravel()
-        if self.numeric_values:
+        if not self.numeric_values:
+            return drop_nan(arr)
+        fence = self._fence
+        if fence is None:
             return finite_values(arr, self.extremes)
-        return drop_nan(arr)
+        # The usual call: all inside the fence (so finite), told by one min and one max.
+        if arr.size == 0 or (arr.min() >= fence.lo and arr.max() <= fence.hi):
+            return arr
+        return self._fenced(finite_values(arr, self.extremes))
+
+    def _fenced(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` clipped to the fence (if any), the clipped values counted."""
+        fence = self._fence
+        if fence is None:
+            return arr
+        arr, beyond = fence.clip(arr)
+        self.extremes.clipped += beyond
+        return arr
 
     def _make_fence(self, reference: np.ndarray) -> Fence | None:
         """The fence values are clipped to, from the complete reference (numeric detectors)."""
@@ -375,12 +391,9 @@ class WindowedDetector(BaseDetector):
                 ref.release()
             if taken == n:
                 return self._untested()
-            arr = arr[taken:]
+            # Prepared before the reference had its fence.
+            arr = self._fenced(arr[taken:])
             n -= taken
-        fence = self._fence
-        if fence is not None:
-            arr, beyond = fence.clip(arr)
-            self.extremes.clipped += beyond
         stride = self._stride
         seen = self._seen
         rolling = ref.mode == "rolling"
@@ -500,9 +513,12 @@ class WindowedDetector(BaseDetector):
         since = state["since"]
         self._gate.since = None if since is None else int(since)
         # Checkpoints written before the extreme-value rule have no fence: none is applied.
-        self._fence = Fence.from_list(state.get("fence"))
-        infinite, clipped = state.get("extremes", (0, 0))
-        self.extremes = ExtremeCounts(int(infinite), int(clipped))
+        try:
+            self._fence = Fence.from_list(state.get("fence"))
+            infinite, clipped = state.get("extremes", (0, 0))
+            self.extremes = ExtremeCounts(int(infinite), int(clipped))
+        except (TypeError, ValueError, IndexError) as err:
+            raise StateError(f"detector state holds an invalid fence or counts: {err}") from err
         self._load_extra(state["extra"])
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors import build_detector, parse_spec, restore_detector
+from detectors import StateError, build_detector, parse_spec, restore_detector
 from detectors.extremes import MAGNITUDE_LIMIT, ExtremeCounts, Fence, finite_values
+from detectors.state import pack, unpack
 
 MAX = 1.7976931348623157e308
 #: name -> the extreme in units of the signal: "scale" ones are multiplied by the scale.
@@ -196,6 +197,16 @@ def test_fence_and_counts_survive_a_checkpoint() -> None:
     tail = rng.normal(size=3000)
     tail[100] = -MAX
     assert restored.update_many(tail) == det.update_many(tail)
+
+
+@pytest.mark.parametrize("fence", [[1.0, 0.0], [math.nan, 1.0], [0.0], "x"])
+def test_a_checkpoint_with_a_bad_fence_is_a_state_error(fence: Any) -> None:
+    det = build_detector(_spec("ks_window"))
+    det.update_many(np.random.default_rng(1).normal(size=REFERENCE))
+    raw = unpack(det.to_bytes())
+    raw["state"]["fence"] = fence
+    with pytest.raises(StateError, match="invalid fence"):
+        restore_detector(pack(raw))
 
 
 def test_half_space_trees_relearns_a_reference_that_held_an_extreme() -> None:
