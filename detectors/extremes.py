@@ -24,11 +24,14 @@ The rule, applied in this order to every value a numeric detector (``ks_window``
    is about 9x its p99 (about one value in 200,000 of such a stream lies beyond it).
    Reference values and later values beyond the fence are clipped to it, and counted
    (:attr:`ExtremeCounts.clipped`).
-4. **Reference moments leave the clipped values out.** The mean and standard deviation
-   that standardize values for ADWIN / Page-Hinkley and size the effect gates are computed
-   over the reference values inside the fence (:meth:`Fence.moments`): a few extremes in the
-   reference leave them as they would be without them. With no value clipped they are
-   exactly the plain mean and std, so clean streams see no change at all.
+4. **Reference statistics leave the clipped values out.** The mean and standard deviation
+   that standardize values for ADWIN / Page-Hinkley and size the effect gates, and the
+   reference quantile (with the share of values above its limit) of ``quantile``, are
+   computed over the reference values inside the fence (:meth:`Fence.inside`): a few
+   extremes in the reference leave them as they would be without them. With no value
+   clipped they are exactly what they were, so clean streams see no change at all. (The KS
+   reference distribution keeps its clipped values, at the fence: a rank test counts them as
+   the tail they are, and a clipped window value ties with them.)
 
 Why clip rather than drop, for users of a monitoring product: a clipped value stays where it
 belongs in the ordering, above (or below) every plausible reference value, so rank tests
@@ -155,15 +158,19 @@ class Fence:
         fresh = int(np.count_nonzero(beyond & (np.abs(arr) != MAGNITUDE_LIMIT)))
         return np.clip(arr, self.lo, self.hi), fresh
 
-    def moments(self, values: np.ndarray) -> tuple[float, float]:
-        """Rule 4: mean and std of the clipped ``values`` that lie strictly inside the fence;
-        ``values.mean()`` and ``values.std()`` themselves when none sits on it."""
+    def inside(self, values: np.ndarray) -> np.ndarray:
+        """Rule 4: the clipped ``values`` that lie strictly inside the fence; ``values``
+        itself when none sits on it (or all do: nothing would be left to describe)."""
         inside = (values > self.lo) & (values < self.hi)
-        if inside.all():
-            return float(values.mean()), float(values.std())
-        kept = values[inside]
-        if kept.size == 0:
-            return float(values.mean()), float(values.std())
+        if inside.all() or not inside.any():
+            return values
+        kept: np.ndarray = values[inside]
+        return kept
+
+    def moments(self, values: np.ndarray) -> tuple[float, float]:
+        """Mean and std of :meth:`inside` ``values``: exactly ``values.mean()`` and
+        ``values.std()`` when none was clipped."""
+        kept = self.inside(values)
         return float(kept.mean()), float(kept.std())
 
     def to_list(self) -> list[float]:

@@ -104,18 +104,22 @@ class QuantileDetector(WindowedDetector):
         return fence.raised_to(limit + 0.5 * (fence.hi - fence.lo))
 
     def _limit_of(self, values: np.ndarray, fence: Fence | None) -> tuple[float, float]:
-        """The reference quantile and the limit ``max_ratio`` puts on the window's."""
+        """The reference quantile and the limit ``max_ratio`` puts on the window's, from the
+        reference values inside the fence (the extreme-value rule)."""
+        if fence is not None:
+            values = fence.inside(values)
         ref_quantile = float(np.quantile(values, self.spec.q))
         ratio = self.spec.max_ratio
         if ref_quantile > 0:
             return ref_quantile, ref_quantile * ratio
-        std = float(values.std()) if fence is None else fence.moments(values)[1]
-        return ref_quantile, ref_quantile + (ratio - 1.0) * std
+        return ref_quantile, ref_quantile + (ratio - 1.0) * float(values.std())
 
     def _on_reference(self) -> None:
         if self.absolute:
             return
         values = self._reference.ring.values()
+        if self._fence is not None:
+            values = self._fence.inside(values)
         self._ref_quantile, self._limit = self._limit_of(values, self._fence)
         self._ref_above = float(np.count_nonzero(values > self._limit))
         self._ref_n = int(values.size)
