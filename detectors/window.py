@@ -349,16 +349,21 @@ class WindowedDetector(BaseDetector):
             held = ring.buf[: ring.count]
             fence = self._fence = self._make_fence(held)
             if fence is not None:
-                clipped, beyond = fence.clip(held)
-                if clipped is not held:
-                    held[:] = clipped
-                    self.extremes.clipped += beyond
-                    log.info(
-                        "%s reference: %d values beyond %r clipped",
-                        type(self).__name__,
-                        beyond,
-                        fence,
-                    )
+                # A rolling reference's first window was filled before there was a fence.
+                window = self._window
+                for ring, name in ((self._reference.ring, "reference"), (window, "window")):
+                    held = ring.buf[: ring.count]
+                    clipped, beyond = fence.clip(held)
+                    if clipped is not held:
+                        held[:] = clipped
+                        self.extremes.clipped += beyond
+                        log.info(
+                            "%s %s: %d values beyond %r clipped",
+                            type(self).__name__,
+                            name,
+                            beyond,
+                            fence,
+                        )
         self._on_reference()
 
     def _reference_moments(self, values: np.ndarray) -> tuple[float, float]:

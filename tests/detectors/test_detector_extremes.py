@@ -149,6 +149,24 @@ def test_each_magnitude_alone_in_the_reference_leaves_the_detector_seeing(
     assert delay is not None and clean is not None and delay <= clean + 500, (delay, clean)
 
 
+@pytest.mark.parametrize("kind", ["ks_window", "adwin", "page_hinkley", "quantile"])
+def test_a_rolling_reference_with_extremes_still_sees_a_shift(kind: str) -> None:
+    # A rolling reference is fenced at its first refresh; the window then held values that
+    # came before any fence, and is clipped with it.
+    spec = parse_spec({"type": kind, "reference": {"mode": "rolling", "size": REFERENCE}})
+    stream = _stream(kind, 4)
+    for offset, magnitude in enumerate(MAGNITUDES):
+        stream = _inject(
+            kind, stream, [200 + offset, 2600 + offset, 7000 + offset], _extreme(kind, magnitude)
+        )
+    det = build_detector(spec)
+    readings = [det.update_many(stream[i : i + BATCH]) for i in range(0, len(stream), BATCH)]
+    breached = [(i + 1) * BATCH for i, r in enumerate(readings) if r.breached]
+    assert not [b for b in breached if b <= SHIFT_AT], breached
+    assert breached and breached[0] - SHIFT_AT <= 1500, breached
+    assert det.extremes.infinite == 6
+
+
 def test_the_latency_slo_still_breaches_on_huge_latencies() -> None:
     # Huge but finite latencies are huge: clamped at 1e150 ms, far above the SLO.
     det = build_detector(_spec("quantile_slo"))
