@@ -4,17 +4,14 @@ values, so that a single hostile number cannot blind it.
 The rule, applied in this order to every value a numeric detector (``ks_window``, ``adwin``,
 ``page_hinkley``, ``quantile``, and each feature of ``half_space_trees``) receives:
 
-1. **Non-finite is missing.** NaN, +inf and -inf are dropped like an absent value; the
-   infinities are counted (:attr:`ExtremeCounts.infinite`; NaN is how an absent value
-   arrives, and ``missing_rate`` watches those). An infinity says nothing about *how* large
-   a value was (``1e309`` in JSON decodes to inf), and a single one makes every mean, spread
-   and sum it touches meaningless.
-2. **Magnitudes past** :data:`MAGNITUDE_LIMIT` (1e150) are clamped to it, sign kept, and
-   counted as clipped. Still astronomically large (a latency SLO sees it as a breach), but
-   squares and sums of a window of them stay finite, so no statistic overflows to inf or NaN.
-   This is the whole rule for a detector that has no reference (``quantile`` with an
-   absolute ``threshold``): its window quantile is robust already, and a huge latency must
-   stay huge there.
+1. **NaN is missing**, as it always was: dropped, and watched by ``missing_rate``.
+2. **Infinities and magnitudes past** :data:`MAGNITUDE_LIMIT` (1e150) are clamped to
+   +-1e150, sign kept: an infinity is the most extreme of values, not an absent one (a
+   latency of +inf is as slow as it gets). Still astronomically large, so a latency SLO sees
+   it as a breach, but squares and sums of a window of them stay finite: no statistic
+   overflows to inf or NaN. This is the whole rule for a detector that has no reference
+   (``quantile`` with an absolute ``threshold``), and for any detector until its reference
+   is complete (:data:`UNBOUNDED` is the fence then).
 3. **Absurd is clipped to the reference's fence.** Once a detector's reference is complete,
    a :class:`Fence` is derived from it: ``median +- FENCE_WIDTHS x w``, where ``w`` is the
    wider of the reference's two tail widths ``q(1 - t) - median`` and ``median - q(t)``, with
@@ -22,8 +19,7 @@ The rule, applied in this order to every value a numeric detector (``ks_window``
    its values, can be extreme on either side without moving the fence). For a normal signal
    that is about +-23 standard deviations; for a lognormal latency (sigma 1) the upper edge
    is about 9x its p99 (about one value in 200,000 of such a stream lies beyond it).
-   Reference values and later values beyond the fence are clipped to it, and counted
-   (:attr:`ExtremeCounts.clipped`).
+   Reference values and later values beyond the fence are clipped to it.
 4. **Reference statistics leave the clipped values out.** The mean and standard deviation
    that standardize values for ADWIN / Page-Hinkley and size the effect gates, and the
    reference quantile (with the share of values above its limit) of ``quantile``, are
@@ -39,9 +35,10 @@ belongs in the ordering, above (or below) every plausible reference value, so ra
 moves far keeps being seen as moved. What clipping removes is the leverage of one value on a
 mean or a variance: one value at the fence moves a 500-value window's mean by about 0.05
 reference std (the effect gates ask for 0.25), where one 1e308 made the reference std
-infinite and hid every later shift. A (nearly) constant reference has no spread to judge
-absurdity by; its fence falls back to ``FENCE_WIDTHS x max(|median|, 1)`` around the median,
-so a change from a constant stays visible and only magnitudes absurd for it are clipped.
+infinite and hid every later shift. Every clipped value is counted (:class:`ExtremeCounts`).
+A (nearly) constant reference has no spread to judge absurdity by; its fence falls back to
+``FENCE_WIDTHS x max(|median|, 1)`` around the median, so a change from a constant stays
+visible and only magnitudes absurd for it are clipped.
 """
 
 from __future__ import annotations
@@ -51,13 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "FENCE_WIDTHS",
-    "MAGNITUDE_LIMIT",
-    "ExtremeCounts",
-    "Fence",
-    "finite_values",
-]
+__all__ = ["FENCE_WIDTHS", "MAGNITUDE_LIMIT", "UNBOUNDED", "ExtremeCounts", "Fence"]
 
 #: Values are clamped to +-this: a window of a million of them still squares and sums finitely.
 MAGNITUDE_LIMIT = 1e150
@@ -67,40 +58,18 @@ FENCE_WIDTHS = 10.0
 _TAIL = 0.01
 #: At least this many reference values lie beyond the tail quantiles the width is read at.
 _MIN_BEYOND = 5
+# The reductions of the usual call's check, without ``ndarray.min``'s Python layer.
+_MIN = np.minimum.reduce
+_MAX = np.maximum.reduce
 
 
 @dataclass(slots=True)
 class ExtremeCounts:
-    """How many values one detector dropped as infinite and clipped as absurd."""
+    """Values one detector clipped (to the magnitude limit or its fence), and how many of
+    those were infinities."""
 
     infinite: int = 0
     clipped: int = 0
-
-
-def finite_values(arr: np.ndarray, counts: ExtremeCounts) -> np.ndarray:
-    """Rules 1 and 2: ``arr`` (float64, 1-D) without NaN / inf and clamped to +-1e150.
-
-    ``arr`` itself, no copy, when every value is finite and within the limit (the minimum and
-    maximum tell: either is NaN when a value is, and an infinity is past the limit).
-    ``counts`` is bumped by the infinities dropped and the values clamped.
-
-    >>> counts = ExtremeCounts()
-    >>> finite_values(np.array([1.0, np.nan, np.inf, -1.7976931348623157e308]), counts).tolist()
-    [1.0, -1e+150]
-    >>> counts
-    ExtremeCounts(infinite=1, clipped=1)
-    """
-    if arr.size == 0 or (arr.min() >= -MAGNITUDE_LIMIT and arr.max() <= MAGNITUDE_LIMIT):
-        return arr
-    finite = np.isfinite(arr)
-    if not finite.all():
-        counts.infinite += int(np.count_nonzero(np.isinf(arr)))
-        arr = arr[finite]
-    beyond = int(np.count_nonzero(np.abs(arr) > MAGNITUDE_LIMIT))
-    if beyond:
-        counts.clipped += beyond
-        arr = np.clip(arr, -MAGNITUDE_LIMIT, MAGNITUDE_LIMIT)
-    return arr
 
 
 class Fence:
@@ -112,7 +81,8 @@ class Fence:
     >>> fence = Fence.of(ref)
     >>> round(fence.lo), round(fence.hi)
     (-24, 24)
-    >>> fence.moments(fence.clip(ref)[0]) == (float(clean.mean()), float(clean.std()))
+    >>> admitted = fence.admit(ref, ExtremeCounts())
+    >>> fence.moments(admitted) == (float(clean.mean()), float(clean.std()))
     True
     """
 
@@ -146,17 +116,28 @@ class Fence:
         """This fence with its upper edge at least ``hi`` (a limit clipping must not hide)."""
         return Fence(self.lo, min(max(self.hi, hi), MAGNITUDE_LIMIT))
 
-    def clip(self, arr: np.ndarray) -> tuple[np.ndarray, int]:
-        """``arr`` clipped to the fence, and how many values were; ``arr`` itself if none.
+    def admit(self, arr: np.ndarray, counts: ExtremeCounts) -> np.ndarray:
+        """Rules 2 and 3: NaN-free ``arr`` (any shape) clipped to the fence, clipped values counted;
+        ``arr`` itself when all lie inside (one min and one max tell).
 
-        A value at +-``MAGNITUDE_LIMIT`` was clamped (and counted) by ``finite_values``
-        already: it is clipped again, not counted again.
+        A value already at +-``MAGNITUDE_LIMIT`` was clamped, and counted, before a
+        reference fence existed: it is clipped again, not counted again.
+
+        >>> counts = ExtremeCounts()
+        >>> UNBOUNDED.admit(np.array([1.0, np.inf, -1.7976931348623157e308]), counts).tolist()
+        [1.0, 1e+150, -1e+150]
+        >>> Fence(-5.0, 5.0).admit(np.array([1e150, 6.0, 0.5]), counts).tolist(), counts
+        ([5.0, 5.0, 0.5], ExtremeCounts(infinite=1, clipped=3))
         """
-        if arr.size == 0 or (arr.min() >= self.lo and arr.max() <= self.hi):
-            return arr, 0
+        if arr.size == 0 or (_MIN(arr, None) >= self.lo and _MAX(arr, None) <= self.hi):
+            return arr
         beyond = (arr < self.lo) | (arr > self.hi)
-        fresh = int(np.count_nonzero(beyond & (np.abs(arr) != MAGNITUDE_LIMIT)))
-        return np.clip(arr, self.lo, self.hi), fresh
+        if self.hi < MAGNITUDE_LIMIT or self.lo > -MAGNITUDE_LIMIT:
+            beyond &= np.abs(arr) != MAGNITUDE_LIMIT
+        counts.clipped += int(np.count_nonzero(beyond))
+        counts.infinite += int(np.count_nonzero(np.isinf(arr)))
+        clipped: np.ndarray = np.clip(arr, self.lo, self.hi)
+        return clipped
 
     def inside(self, values: np.ndarray) -> np.ndarray:
         """Rule 4: the clipped ``values`` that lie strictly inside the fence; ``values``
@@ -182,3 +163,7 @@ class Fence:
 
     def __repr__(self) -> str:
         return f"Fence(lo={self.lo!r}, hi={self.hi!r})"
+
+
+#: The fence before a reference gives one (and of a detector with no reference): rule 2.
+UNBOUNDED = Fence(-MAGNITUDE_LIMIT, MAGNITUDE_LIMIT)

@@ -13,7 +13,7 @@ from river import anomaly
 
 from detectors.base import Reading, Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2
-from detectors.extremes import MAGNITUDE_LIMIT, Fence
+from detectors.extremes import MAGNITUDE_LIMIT, UNBOUNDED, Fence
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ class HalfSpaceTreesDetector(WindowedDetector):
     ANOMALY when the window's anomalous share exceeds the reference's by ``min_difference``
     and beyond chance (one-sided G-test at the family-corrected alpha).
 
-    The extreme-value rule (:mod:`detectors.extremes`) holds per feature: a row with an
-    infinity is dropped like one with NaN (infinities counted), magnitudes are clamped to
-    1e150, and once a fixed reference is complete each feature gets its reference's fence.
+    The extreme-value rule (:mod:`detectors.extremes`) holds per feature: magnitudes past
+    1e150 (infinities too) are clamped to it, and once a fixed reference is complete each
+    feature gets its reference's fence.
     A reference in which some value lay beyond its feature's fence is learned again, from
     its rows clipped to the fences, with the clipped values left out of the feature ranges:
     otherwise one 1e308 would stretch that feature's frozen range until every ordinary value
@@ -96,7 +96,8 @@ class HalfSpaceTreesDetector(WindowedDetector):
         return super().update_many(rows[need:])
 
     def _rows(self, values: Any) -> np.ndarray:
-        """Valid, complete rows: NaN or inf in any feature drops the row; magnitudes clamped."""
+        """Valid, complete rows: NaN in any feature drops the row; magnitudes (infinities too)
+        are clamped to +-1e150."""
         rows = np.asarray(values, dtype=np.float64)
         if rows.ndim == 1:
             rows = rows.reshape(1, -1)
@@ -107,15 +108,8 @@ class HalfSpaceTreesDetector(WindowedDetector):
             raise ValueError(
                 f"half_space_trees got {d} features, max_features is {self.spec.max_features}"
             )
-        finite = np.isfinite(rows)
-        if not finite.all():
-            self.extremes.infinite += int(np.count_nonzero(np.isinf(rows)))
-            rows = rows[finite.all(axis=1)]
-        beyond = int(np.count_nonzero(np.abs(rows) > MAGNITUDE_LIMIT))
-        if beyond:
-            self.extremes.clipped += beyond
-            rows = np.clip(rows, -MAGNITUDE_LIMIT, MAGNITUDE_LIMIT)
-        return rows
+        rows = rows[~np.isnan(rows).any(axis=1)]
+        return UNBOUNDED.admit(rows, self.extremes)
 
     def _prepare(self, values: Any) -> np.ndarray:
         rows = self._rows(values)

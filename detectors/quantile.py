@@ -12,7 +12,7 @@ import numpy as np
 
 from detectors.base import Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2
-from detectors.extremes import Fence
+from detectors.extremes import ExtremeCounts, Fence
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
@@ -100,7 +100,8 @@ class QuantileDetector(WindowedDetector):
         if self.absolute:
             return None
         fence = Fence.of(reference)
-        _, limit = self._limit_of(fence.clip(reference)[0], fence)
+        # A trial clip, counted nowhere: the reference is admitted for real once fenced.
+        _, limit = self._limit_of(fence.admit(reference, ExtremeCounts()), fence)
         return fence.raised_to(limit + 0.5 * (fence.hi - fence.lo))
 
     def _limit_of(self, values: np.ndarray, fence: Fence | None) -> tuple[float, float]:

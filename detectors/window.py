@@ -15,13 +15,15 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
-from detectors.extremes import ExtremeCounts, Fence, finite_values
+from detectors.extremes import UNBOUNDED, ExtremeCounts, Fence
 from detectors.state import StateError
 
 __all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 
 log = logging.getLogger(__name__)
 
+
+_MIN = np.minimum.reduce
 
 #: Buffers at least this large are mapped from the kernel rather than taken from the heap.
 _MAPPED_BYTES = 65_536
@@ -216,9 +218,10 @@ def drop_nan(arr: np.ndarray) -> np.ndarray:
     >>> drop_nan(np.array([1.0, np.nan, np.inf])).tolist()
     [1.0, inf]
     """
-    # One reduction tells whether there is any NaN at all (x * x is NaN only for NaN, and
-    # inf + inf stays inf), so the mask and its copy are paid only by batches that need them.
-    if math.isnan(arr @ arr):
+    # One reduction tells whether there is any NaN at all (minimum propagates NaN, and cannot
+    # overflow as a dot product of huge values does), so the mask and its copy are paid only
+    # by batches that need them.
+    if arr.size and math.isnan(_MIN(arr)):
         kept: np.ndarray = arr[~np.isnan(arr)]
         return kept
     return arr
@@ -248,9 +251,9 @@ class WindowedDetector(BaseDetector):
     are computed (``_on_reference``) and what one test concludes (``_test``). The verdict
     turns only for a material and significant breach that has held for ``persist`` events.
 
-    A numeric detector (``numeric_values``) applies :mod:`detectors.extremes`' rule: its
-    values lose NaN / inf and are clamped in ``_prepare``, its reference and every later value
-    are clipped to the reference's fence, and ``extremes`` counts what was dropped or clipped.
+    A numeric detector (``numeric_values``) applies :mod:`detectors.extremes`' rule: values
+    entering its window are clamped to +-1e150 (infinities too), its complete reference and
+    every later value are clipped to the reference's fence, and ``extremes`` counts them.
     """
 
     spec: Any
@@ -277,25 +280,18 @@ class WindowedDetector(BaseDetector):
         return load_numeric_file(path)
 
     def _prepare(self, values: Any) -> np.ndarray:
-        arr = np.asarray(values, dtype=np.float64).ravel()
-        if not self.numeric_values:
-            return drop_nan(arr)
-        fence = self._fence
-        if fence is None:
-            return finite_values(arr, self.extremes)
-        # The usual call: all inside the fence (so finite), told by one min and one max.
-        if arr.size == 0 or (arr.min() >= fence.lo and arr.max() <= fence.hi):
-            return arr
-        return self._fenced(finite_values(arr, self.extremes))
+        return drop_nan(np.asarray(values, dtype=np.float64).ravel())
 
-    def _fenced(self, arr: np.ndarray) -> np.ndarray:
-        """``arr`` clipped to the fence (if any), the clipped values counted."""
+    def _admit(self, arr: np.ndarray) -> np.ndarray:
+        """Values about to enter the window, clipped to the fence (numeric detectors).
+
+        Applied where values enter the window, not per call: deferred values are admitted
+        together at the next test, so the daemon's usual call pays nothing for the rule.
+        """
         fence = self._fence
         if fence is None:
             return arr
-        arr, beyond = fence.clip(arr)
-        self.extremes.clipped += beyond
-        return arr
+        return fence.admit(arr, self.extremes)
 
     def _make_fence(self, reference: np.ndarray) -> Fence | None:
         """The fence values are clipped to, from the complete reference (numeric detectors)."""
@@ -336,7 +332,8 @@ class WindowedDetector(BaseDetector):
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
         self.extremes = ExtremeCounts()
-        self._fence: Fence | None = None
+        # Numeric detectors clamp magnitudes until their reference gives them a fence.
+        self._fence: Fence | None = UNBOUNDED if self.numeric_values else None
         self._reset_extra()
         if self._reference.ready:
             self._derive_reference()
@@ -347,23 +344,21 @@ class WindowedDetector(BaseDetector):
         if self.numeric_values:
             ring = self._reference.ring
             held = ring.buf[: ring.count]
-            fence = self._fence = self._make_fence(held)
-            if fence is not None:
+            # The reference came in raw: clamp it (rule 2) before its quantiles are read.
+            clamped = UNBOUNDED.admit(held, self.extremes)
+            first = self._fence is UNBOUNDED
+            fence = self._make_fence(clamped)
+            self._fence = UNBOUNDED if fence is None else fence
+            admitted = self._fence.admit(clamped, self.extremes)
+            if admitted is not held:
+                held[:] = admitted
+                log.info("%s reference clipped to %r", type(self).__name__, self._fence)
+            if first and self._window.count:
                 # A rolling reference's first window was filled before there was a fence.
-                window = self._window
-                for ring, name in ((self._reference.ring, "reference"), (window, "window")):
-                    held = ring.buf[: ring.count]
-                    clipped, beyond = fence.clip(held)
-                    if clipped is not held:
-                        held[:] = clipped
-                        self.extremes.clipped += beyond
-                        log.info(
-                            "%s %s: %d values beyond %r clipped",
-                            type(self).__name__,
-                            name,
-                            beyond,
-                            fence,
-                        )
+                window = self._window.buf[: self._window.count]
+                admitted = self._fence.admit(window, self.extremes)
+                if admitted is not window:
+                    window[:] = admitted
         self._on_reference()
 
     def _reference_moments(self, values: np.ndarray) -> tuple[float, float]:
@@ -396,8 +391,7 @@ class WindowedDetector(BaseDetector):
                 ref.release()
             if taken == n:
                 return self._untested()
-            # Prepared before the reference had its fence.
-            arr = self._fenced(arr[taken:])
+            arr = arr[taken:]
             n -= taken
         stride = self._stride
         seen = self._seen
@@ -413,6 +407,7 @@ class WindowedDetector(BaseDetector):
                 self._pending_n += n
                 self._seen = seen + n
                 return self._untested()
+            arr = self._admit(arr)
             evicted = window.extend(arr)
             self._on_push(arr, evicted)
             if rolling and ref.push(evicted):
@@ -427,7 +422,8 @@ class WindowedDetector(BaseDetector):
         last: Reading | None = None
         i = 0
         while i < n:
-            chunk = arr[i : i + stride - self._seen % stride]
+            # Admitted chunk by chunk: a rolling reference may refresh its fence in between.
+            chunk = self._admit(arr[i : i + stride - self._seen % stride])
             evicted = window.extend(chunk)
             self._on_push(chunk, evicted)
             if rolling and ref.push(evicted):
@@ -491,7 +487,7 @@ class WindowedDetector(BaseDetector):
         """Push the deferred values (they end no stride: no test is due)."""
         if not self._pending:
             return
-        arr = self._take_pending()
+        arr = self._admit(self._take_pending())
         self._on_push(arr, self._window.extend(arr))
         self._seen += arr.size
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from detectors import StateError, build_detector, parse_spec, restore_detector
-from detectors.extremes import MAGNITUDE_LIMIT, ExtremeCounts, Fence, finite_values
+from detectors.extremes import MAGNITUDE_LIMIT, UNBOUNDED, ExtremeCounts, Fence
 from detectors.state import pack, unpack
+from detectors.window import drop_nan
 
 MAX = 1.7976931348623157e308
 #: name -> the extreme in units of the signal: "scale" ones are multiplied by the scale.
@@ -192,7 +193,8 @@ def test_a_ready_reference_with_extremes_gives_the_clean_reference_statistics(ki
     a, b = build_detector(_spec(kind)), build_detector(_spec(kind))
     a.update_many(clean)
     b.update_many(dirty)
-    assert b.extremes == ExtremeCounts(infinite=2, clipped=4)
+    # Four in the reference, two (the infinities) in the window; NaN is missing, not clipped.
+    assert b.extremes == ExtremeCounts(infinite=2, clipped=6)
     ref_a, ref_b = a._extra_state()["ref"], b._extra_state()["ref"]
     assert all(math.isfinite(v) for v in ref_b)
     # (mean, std), or (p99, limit): the four values are left out, as if four normal values
@@ -209,7 +211,7 @@ def test_fence_and_counts_survive_a_checkpoint() -> None:
     det.update_many(rng.normal(size=REFERENCE))
     det.update_many(np.array([1e12, math.inf, 0.5]))
     restored = restore_detector(det.to_bytes())
-    assert restored.extremes == det.extremes == ExtremeCounts(infinite=1, clipped=1)
+    assert restored.extremes == det.extremes == ExtremeCounts(infinite=1, clipped=2)
     assert restored._fence is not None and det._fence is not None
     assert restored._fence.to_list() == det._fence.to_list()
     tail = rng.normal(size=3000)
@@ -258,12 +260,13 @@ def test_half_space_trees_relearns_a_reference_that_held_an_extreme() -> None:
         [0.0, -0.0, 5e-324],
     ],
 )
-def test_finite_values_never_returns_a_non_finite_or_overflowing_value(values: list[float]) -> None:
+def test_admitted_values_are_never_non_finite_nor_overflow(values: list[float]) -> None:
     counts = ExtremeCounts()
-    out = finite_values(np.array(values), counts)
+    out = UNBOUNDED.admit(drop_nan(np.array(values)), counts)
     assert np.isfinite(out).all()
     assert math.isfinite(float(out @ out))
     assert counts.infinite == sum(math.isinf(v) for v in values)
+    assert counts.clipped == sum(math.isinf(v) or abs(v) > MAGNITUDE_LIMIT for v in values)
 
 
 @pytest.mark.parametrize(
