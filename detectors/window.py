@@ -513,9 +513,13 @@ class WindowedDetector(BaseDetector):
         self._seen = int(state["seen"])
         since = state["since"]
         self._gate.since = None if since is None else int(since)
-        # Checkpoints written before the extreme-value rule have no fence: none is applied.
+        # Checkpoints written before the extreme-value rule have no fence: values are still
+        # clamped (rule 2), but a released reference cannot give one.
         try:
-            self._fence = Fence.from_list(state.get("fence"))
+            fence = Fence.from_list(state.get("fence"))
+            if self.numeric_values and (fence is None or fence.to_list() == UNBOUNDED.to_list()):
+                fence = UNBOUNDED
+            self._fence = fence
             infinite, clipped = state.get("extremes", (0, 0))
             self.extremes = ExtremeCounts(int(infinite), int(clipped))
         except (TypeError, ValueError, IndexError) as err:

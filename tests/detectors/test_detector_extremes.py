@@ -219,6 +219,17 @@ def test_fence_and_counts_survive_a_checkpoint() -> None:
     assert restored.update_many(tail) == det.update_many(tail)
 
 
+def test_a_checkpoint_from_before_the_rule_still_clamps() -> None:
+    det = build_detector(_spec("ks_window"))
+    det.update_many(np.random.default_rng(2).normal(size=REFERENCE))
+    raw = unpack(det.to_bytes())
+    del raw["state"]["fence"], raw["state"]["extremes"]
+    restored = restore_detector(pack(raw))
+    restored.update_many(np.array([math.inf, 1.0]))
+    assert restored._window.values().tolist() == [MAGNITUDE_LIMIT, 1.0]
+    assert restored.extremes == ExtremeCounts(infinite=1, clipped=1)
+
+
 @pytest.mark.parametrize("fence", [[1.0, 0.0], [math.nan, 1.0], [0.0], "x"])
 def test_a_checkpoint_with_a_bad_fence_is_a_state_error(fence: Any) -> None:
     det = build_detector(_spec("ks_window"))
