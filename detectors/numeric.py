@@ -59,6 +59,7 @@ class KSWindowDetector(WindowedDetector):
     """
 
     spec: KSWindowSpec
+    numeric_values = True
 
     def _reset_extra(self) -> None:
         self._grid = np.zeros(0)
@@ -80,8 +81,8 @@ class KSWindowDetector(WindowedDetector):
         self._m = ordered.size
         self._grid = self._quantile_grid(sorted_ref)
         self._ranked = None
-        self._ref_mean = float(ordered.mean())
-        self._ref_std = float(ordered.std())
+        # The extreme-value rule: clipped reference values do not widen the std.
+        self._ref_mean, self._ref_std = self._reference_moments(ordered)
         self._tau = autocorrelation_time(ordered) if spec.autocorrelation else 1.0
         self._factor = self._bootstrap_factor(ordered) if spec.calibration == "bootstrap" else 1.0
         log.debug(
@@ -186,10 +187,13 @@ class KSWindowDetector(WindowedDetector):
 
 
 class _RiverNumericDetector(RiverGatedDetector):
-    """River numeric detector on values standardized by the reference mean and std."""
+    """River numeric detector on values standardized by the reference mean and std (both
+    without the values the extreme-value rule clipped, as is every value River sees)."""
 
-    def _scale(self) -> float:
-        return float(self._reference.ring.values().std())
+    numeric_values = True
+
+    def _location_scale(self, values: np.ndarray) -> tuple[float, float]:
+        return self._reference_moments(values)
 
     def _transform(self, chunk: np.ndarray) -> list[Any]:
         scale = self._ref_scale if self._ref_scale > 0 else 1.0

@@ -12,6 +12,7 @@ import numpy as np
 
 from detectors.base import Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2
+from detectors.extremes import ExtremeCounts, Fence
 from detectors.window import WindowedDetector
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class QuantileDetector(WindowedDetector):
     """
 
     spec: QuantileSpec
+    numeric_values = True
 
     def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
         self.absolute = spec.threshold is not None
@@ -91,16 +93,35 @@ class QuantileDetector(WindowedDetector):
             self._reference.ready = True
             self._reference.mode = "none"
 
+    def _make_fence(self, reference: np.ndarray) -> Fence | None:
+        """No fence under an absolute limit (a huge latency must stay huge; the window
+        quantile is robust anyway); else the reference's, raised so that it lies at least as
+        far above the relative limit as above the median: a clipped value stays above it."""
+        if self.absolute:
+            return None
+        fence = Fence.of(reference)
+        # A trial clip, counted nowhere: the reference is admitted for real once fenced.
+        _, limit = self._limit_of(fence.admit(reference, ExtremeCounts()), fence)
+        return fence.raised_to(limit + 0.5 * (fence.hi - fence.lo))
+
+    def _limit_of(self, values: np.ndarray, fence: Fence | None) -> tuple[float, float]:
+        """The reference quantile and the limit ``max_ratio`` puts on the window's, from the
+        reference values inside the fence (the extreme-value rule)."""
+        if fence is not None:
+            values = fence.inside(values)
+        ref_quantile = float(np.quantile(values, self.spec.q))
+        ratio = self.spec.max_ratio
+        if ref_quantile > 0:
+            return ref_quantile, ref_quantile * ratio
+        return ref_quantile, ref_quantile + (ratio - 1.0) * float(values.std())
+
     def _on_reference(self) -> None:
         if self.absolute:
             return
         values = self._reference.ring.values()
-        self._ref_quantile = float(np.quantile(values, self.spec.q))
-        ratio = self.spec.max_ratio
-        if self._ref_quantile > 0:
-            self._limit = self._ref_quantile * ratio
-        else:
-            self._limit = self._ref_quantile + (ratio - 1.0) * float(values.std())
+        if self._fence is not None:
+            values = self._fence.inside(values)
+        self._ref_quantile, self._limit = self._limit_of(values, self._fence)
         self._ref_above = float(np.count_nonzero(values > self._limit))
         self._ref_n = int(values.size)
 

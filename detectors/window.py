@@ -15,11 +15,15 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
+from detectors.extremes import UNBOUNDED, ExtremeCounts, Fence
+from detectors.state import StateError
 
 __all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 
 log = logging.getLogger(__name__)
 
+
+_MIN = np.minimum.reduce
 
 #: Buffers at least this large are mapped from the kernel rather than taken from the heap.
 _MAPPED_BYTES = 65_536
@@ -214,9 +218,10 @@ def drop_nan(arr: np.ndarray) -> np.ndarray:
     >>> drop_nan(np.array([1.0, np.nan, np.inf])).tolist()
     [1.0, inf]
     """
-    # One reduction tells whether there is any NaN at all (x * x is NaN only for NaN, and
-    # inf + inf stays inf), so the mask and its copy are paid only by batches that need them.
-    if math.isnan(arr @ arr):
+    # One reduction tells whether there is any NaN at all (minimum propagates NaN, and cannot
+    # overflow as a dot product of huge values does), so the mask and its copy are paid only
+    # by batches that need them.
+    if arr.size and math.isnan(_MIN(arr)):
         kept: np.ndarray = arr[~np.isnan(arr)]
         return kept
     return arr
@@ -245,12 +250,18 @@ class WindowedDetector(BaseDetector):
     Subclasses say how values are prepared (``_prepare``), how derived reference statistics
     are computed (``_on_reference``) and what one test concludes (``_test``). The verdict
     turns only for a material and significant breach that has held for ``persist`` events.
+
+    A numeric detector (``numeric_values``) applies :mod:`detectors.extremes`' rule: values
+    entering its window are clamped to +-1e150 (infinities too), its complete reference and
+    every later value are clipped to the reference's fence, and ``extremes`` counts them.
     """
 
     spec: Any
     dtype: Any = np.float64
     #: The verdict a breach of this detector means.
     breach_verdict = Verdict.DRIFT
+    #: Values are measurements (not 0 / 1 or category codes): the extreme-value rule applies.
+    numeric_values = False
 
     def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
         super().__init__(spec, family_size=family_size, seed=seed)
@@ -270,6 +281,21 @@ class WindowedDetector(BaseDetector):
 
     def _prepare(self, values: Any) -> np.ndarray:
         return drop_nan(np.asarray(values, dtype=np.float64).ravel())
+
+    def _admit(self, arr: np.ndarray) -> np.ndarray:
+        """Values about to enter the window, clipped to the fence (numeric detectors).
+
+        Applied where values enter the window, not per call: deferred values are admitted
+        together at the next test, so the daemon's usual call pays nothing for the rule.
+        """
+        fence = self._fence
+        if fence is None:
+            return arr
+        return fence.admit(arr, self.extremes)
+
+    def _make_fence(self, reference: np.ndarray) -> Fence | None:
+        """The fence values are clipped to, from the complete reference (numeric detectors)."""
+        return Fence.of(reference)
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         """Called after ``chunk`` entered the window and ``evicted`` left it."""
@@ -305,10 +331,41 @@ class WindowedDetector(BaseDetector):
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
+        self.extremes = ExtremeCounts()
+        # Numeric detectors clamp magnitudes until their reference gives them a fence.
+        self._fence: Fence | None = UNBOUNDED if self.numeric_values else None
         self._reset_extra()
         if self._reference.ready:
-            self._on_reference()
+            self._derive_reference()
             self._reference.release()
+
+    def _derive_reference(self) -> None:
+        """The reference is complete (or refreshed): fence it, then derive its statistics."""
+        if self.numeric_values:
+            ring = self._reference.ring
+            held = ring.buf[: ring.count]
+            # The reference came in raw: clamp it (rule 2) before its quantiles are read.
+            clamped = UNBOUNDED.admit(held, self.extremes)
+            first = self._fence is UNBOUNDED
+            fence = self._make_fence(clamped)
+            self._fence = UNBOUNDED if fence is None else fence
+            admitted = self._fence.admit(clamped, self.extremes)
+            if admitted is not held:
+                held[:] = admitted
+                log.info("%s reference clipped to %r", type(self).__name__, self._fence)
+            if first and self._window.count:
+                # A rolling reference's first window was filled before there was a fence.
+                window = self._window.buf[: self._window.count]
+                admitted = self._fence.admit(window, self.extremes)
+                if admitted is not window:
+                    window[:] = admitted
+        self._on_reference()
+
+    def _reference_moments(self, values: np.ndarray) -> tuple[float, float]:
+        """Mean and std of reference ``values``, the fence's clipped values left out."""
+        if self._fence is None:
+            return float(values.mean()), float(values.std())
+        return self._fence.moments(values)
 
     def update(self, value: Any) -> Reading:
         return self.update_many([value])
@@ -330,7 +387,7 @@ class WindowedDetector(BaseDetector):
         if not ref.ready and ref.mode == "fixed":
             taken = ref.fill(arr)
             if ref.ready:
-                self._on_reference()
+                self._derive_reference()
                 ref.release()
             if taken == n:
                 return self._untested()
@@ -350,10 +407,11 @@ class WindowedDetector(BaseDetector):
                 self._pending_n += n
                 self._seen = seen + n
                 return self._untested()
+            arr = self._admit(arr)
             evicted = window.extend(arr)
             self._on_push(arr, evicted)
             if rolling and ref.push(evicted):
-                self._on_reference()
+                self._derive_reference()
             self._seen = seen + n
             return self._untested()
         if self._pending:
@@ -364,11 +422,12 @@ class WindowedDetector(BaseDetector):
         last: Reading | None = None
         i = 0
         while i < n:
-            chunk = arr[i : i + stride - self._seen % stride]
+            # Admitted chunk by chunk: a rolling reference may refresh its fence in between.
+            chunk = self._admit(arr[i : i + stride - self._seen % stride])
             evicted = window.extend(chunk)
             self._on_push(chunk, evicted)
             if rolling and ref.push(evicted):
-                self._on_reference()
+                self._derive_reference()
             self._seen += chunk.size
             i += chunk.size
             if self._seen % stride == 0:
@@ -428,7 +487,7 @@ class WindowedDetector(BaseDetector):
         """Push the deferred values (they end no stride: no test is due)."""
         if not self._pending:
             return
-        arr = self._take_pending()
+        arr = self._admit(self._take_pending())
         self._on_push(arr, self._window.extend(arr))
         self._seen += arr.size
 
@@ -440,6 +499,8 @@ class WindowedDetector(BaseDetector):
             "seen": self._seen,
             "since": self._gate.since,
             "extra": self._extra_state(),
+            "fence": None if self._fence is None else self._fence.to_list(),
+            "extremes": [self.extremes.infinite, self.extremes.clipped],
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -452,6 +513,17 @@ class WindowedDetector(BaseDetector):
         self._seen = int(state["seen"])
         since = state["since"]
         self._gate.since = None if since is None else int(since)
+        # Checkpoints written before the extreme-value rule have no fence: values are still
+        # clamped (rule 2), but a released reference cannot give one.
+        try:
+            fence = Fence.from_list(state.get("fence"))
+            if self.numeric_values and (fence is None or fence.to_list() == UNBOUNDED.to_list()):
+                fence = UNBOUNDED
+            self._fence = fence
+            infinite, clipped = state.get("extremes", (0, 0))
+            self.extremes = ExtremeCounts(int(infinite), int(clipped))
+        except (TypeError, ValueError, IndexError) as err:
+            raise StateError(f"detector state holds an invalid fence or counts: {err}") from err
         self._load_extra(state["extra"])
 
 
@@ -473,8 +545,9 @@ class RiverGatedDetector(WindowedDetector):
     def _transform(self, chunk: np.ndarray) -> list[Any]:
         return list(chunk.tolist())
 
-    def _scale(self) -> float:
-        return 1.0
+    def _location_scale(self, values: np.ndarray) -> tuple[float, float]:
+        """The reference's location and the scale the gate's effect is measured in."""
+        return float(values.mean()), 1.0
 
     def _reset_extra(self) -> None:
         self._river = self._make_river()
@@ -485,8 +558,7 @@ class RiverGatedDetector(WindowedDetector):
 
     def _on_reference(self) -> None:
         values = self._reference.ring.values()
-        self._ref_mean = float(values.mean())
-        self._ref_scale = self._scale()
+        self._ref_mean, self._ref_scale = self._location_scale(values)
         self._tau = autocorrelation_time(self._reference.ring.ordered())
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
