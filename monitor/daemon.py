@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
 import signal
 import time
@@ -19,6 +20,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from monitor import __version__
 from monitor.actions import Actions
+from monitor.backoff import Backoff
 from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
 from monitor.engine import Engine
 from monitor.errors import BrokerUnavailableError
@@ -45,6 +47,11 @@ log = logging.getLogger(__name__)
 #: SIGTERM is how Kubernetes asks a pod to stop; SIGINT is Ctrl-C. The first asks for a
 #: graceful stop; a second one forces it.
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Retries of a broker that cannot be reached at start: 1 s doubling to 30 s, jittered.
+BROKER_START_RETRY = Backoff(first_s=1.0, max_s=30.0, jitter=0.2)
+#: Past this with no broker the daemon exits 1 (the orchestrator restarts it and shows why).
+BROKER_START_TIMEOUT_S = 300.0
 
 
 class Daemon:
@@ -83,6 +90,10 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._stopping = False
+        self.broker_retry = BROKER_START_RETRY
+        self.broker_start_timeout_s = max(
+            BROKER_START_TIMEOUT_S, settings.kafka.broker_timeout_s * 3
+        )
         self._loop_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
@@ -178,23 +189,61 @@ class Daemon:
         s = self.settings.kafka
         # One view of the broker: a failed dead-letter write also fails /readyz.
         self.side_writer.broker = self.consumer
-        deadline = time.monotonic() + max(30.0, s.broker_timeout_s * 3)
-        while True:
-            try:
-                if s.create_topics:
-                    await ensure_topics(
-                        s,
-                        {s.dead_letter_topic: {"partitions": 1}, s.review_topic: {"partitions": 1}},
-                        s.broker_timeout_s,
+        started = time.monotonic()
+        deadline = started + self.broker_start_timeout_s
+        delays = self.broker_retry.delays()
+        # aiokafka logs an ERROR of its own for every refused connection; the one line per
+        # attempt below carries its reason instead.
+        quiet = _ConnectErrorsMuted()
+        aiokafka_log = logging.getLogger("aiokafka")
+        aiokafka_log.addFilter(quiet)
+        try:
+            for attempt in itertools.count(1):
+                try:
+                    if s.create_topics:
+                        await ensure_topics(
+                            s,
+                            {
+                                s.dead_letter_topic: {"partitions": 1},
+                                s.review_topic: {"partitions": 1},
+                            },
+                            s.broker_timeout_s,
+                        )
+                    await self.side_writer.start()
+                    await self.consumer.start()
+                    if attempt > 1:
+                        log.info(
+                            "Kafka reachable at %s after %d attempts", s.bootstrap_servers, attempt
+                        )
+                    return
+                except Exception as err:  # any start-up failure is retried until the deadline
+                    delay = next(delays)
+                    reason = quiet.take() or repr(err)
+                    waited = time.monotonic() - started
+                    if self._stop.is_set() or time.monotonic() + delay > deadline:
+                        why = "stopped" if self._stop.is_set() else "giving up"
+                        raise BrokerUnavailableError(
+                            f"Kafka unavailable at {s.bootstrap_servers} ({why} after "
+                            f"{attempt} attempts in {waited:.0f}s): {reason}"
+                        ) from err
+                    log.warning(
+                        "Kafka not reachable at %s (attempt %d: %s); retrying in %.1fs",
+                        s.bootstrap_servers,
+                        attempt,
+                        reason,
+                        delay,
                     )
-                await self.side_writer.start()
-                await self.consumer.start()
-                return
-            except Exception as err:  # any start-up failure is retried until the deadline
-                if time.monotonic() > deadline or self._stop.is_set():
-                    raise BrokerUnavailableError(f"Kafka unavailable at start: {err!r}") from err
-                log.warning("Kafka not reachable yet (%r); retrying", err)
-                await asyncio.sleep(1.0)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
+                    if self._stop.is_set():
+                        raise BrokerUnavailableError(
+                            f"Kafka unavailable at {s.bootstrap_servers} (stopped after "
+                            f"{attempt} attempts in {time.monotonic() - started:.0f}s): {reason}"
+                        ) from err
+        finally:
+            aiokafka_log.removeFilter(quiet)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _shutdown_components(self, budget_s: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -604,3 +653,22 @@ def _build_store(settings: Settings) -> CheckpointStore | None:
     if state.backend == "kafka":
         return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
     return None
+
+
+class _ConnectErrorsMuted(logging.Filter):
+    """Holds back aiokafka's "Unable connect to ..." errors and keeps the last one, so the
+    daemon logs each start-up attempt once, with the reason and the next delay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
+            self._last = record.getMessage()
+            return False
+        return True
+
+    def take(self) -> str | None:
+        last, self._last = self._last, None
+        return last
