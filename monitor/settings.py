@@ -166,8 +166,9 @@ class ActionsSettings(_Section):
     #: Global shadow switch: every model runs as ``mode: shadow`` whatever its policy says
     #: (decide and record, touch no flag, page nobody). ``DRIFTWARDEN_ACTIONS__SHADOW=true``.
     shadow: bool = False
-    #: JSON lines of every transition and action (the audit trail); none when unset.
-    audit_log: str | None = None
+    #: JSON lines of every transition and action (the audit trail, where shadow decisions
+    #: are read); on by default, relative to the working directory; ``null`` turns it off.
+    audit_log: str | None = "var/driftwarden/audit.jsonl"
     #: Flags waiting for their backend; requests for one flag coalesce.
     flag_queue_size: int = Field(default=1000, ge=1)
 

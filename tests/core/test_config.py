@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from monitor.cli import main
 from monitor.errors import ConfigError
@@ -57,7 +58,8 @@ EXPECTED_PATHS = [
 
 def test_example_policy_is_valid() -> None:
     settings = load_settings(EXAMPLE)
-    assert settings.policy_for("fraud-scorer").mode == "enforce"
+    # the README's advice: start in shadow, read the audit log, then enforce
+    assert settings.policy_for("fraud-scorer").mode == "shadow"
     # an unlisted model gets the default policy
     assert settings.policy_for("unknown-model").mode == "shadow"
 
@@ -165,9 +167,15 @@ def test_version_flag_prints_version(capsys: pytest.CaptureFixture[str]) -> None
     assert __version__ in capsys.readouterr().out
 
 
-def test_global_shadow_switch_overrides_every_model_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_global_shadow_switch_overrides_every_model_policy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    enforcing = tmp_path / "enforce.yaml"
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["models"]["fraud-scorer"]["mode"] = "enforce"
+    enforcing.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("DRIFTWARDEN_ACTIONS__SHADOW", "true")
-    settings = load_settings(EXAMPLE)
+    settings = load_settings(enforcing)
     assert settings.policy_for("fraud-scorer").mode == "shadow"
     assert settings.models["fraud-scorer"].mode == "enforce"
 
@@ -192,8 +200,6 @@ def test_global_shadow_switch_overrides_every_model_policy(monkeypatch: pytest.M
 def test_subscription_errors_are_config_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka: dict[str, object], expected: str
 ) -> None:
-    import yaml
-
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"kafka": kafka}))
     assert main(["check-config", str(path)]) == 2
