@@ -98,6 +98,8 @@ class Daemon:
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
         self._signal_children: dict[tuple[str, str], Any] = {}
+        #: Bound children of driftwarden_model_events_total (no label lookup per batch).
+        self._model_event_counters: dict[str, Any] = {}
         self.store = _build_store(settings)
         #: Partition each model's events come from: its checkpoint follows that partition.
         self._model_partition: dict[str, TopicPartition] = {}
@@ -321,6 +323,12 @@ class Daemon:
             self._applied_log.write(ids)
             self._applied_log.flush()
         self.metrics.events_applied.inc(len(events))
+        counters = self._model_event_counters
+        for model, received in self.engine.received:
+            counter = counters.get(model)
+            if counter is None:
+                counter = counters[model] = self.metrics.model_events.labels(model)
+            counter.inc(received)
         dropped = self.engine.dropped_events - before
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
@@ -389,7 +397,9 @@ class Daemon:
         m = self.metrics
         for key in [k for k in self._signal_children if k[0] == model]:
             del self._signal_children[key]
+        self._model_event_counters.pop(model, None)
         for metric in (
+            m.model_events,
             m.health_level,
             m.health_state,
             m.signal_value,
@@ -413,6 +423,10 @@ class Daemon:
             if monitor is None:
                 continue
             state = monitor.health.level
+            if model not in self._model_event_counters:
+                # From the first publish on, also for a model restored from a checkpoint
+                # that has received nothing yet: "no events" needs a series that stays flat.
+                self._model_event_counters[model] = m.model_events.labels(model)
             # Key (model, ""): the model's own gauges (a member name is never empty).
             health = cache.get((model, ""))
             if health is None:

@@ -37,6 +37,7 @@ class Metrics:
     # engine
     models_active: Gauge
     models_dropped_events: Counter
+    model_events: Counter
     signal_value: Gauge
     signal_effect: Gauge
     signal_threshold: Gauge
@@ -134,6 +135,12 @@ class Metrics:
             models_dropped_events=Counter(
                 "driftwarden_model_limit_dropped_events_total",
                 "Events dropped because their model was past the max_models limit.",
+                registry=r,
+            ),
+            model_events=Counter(
+                "driftwarden_model_events_total",
+                "Events a model received (counted per batch, whether they fed a test yet).",
+                ["model"],
                 registry=r,
             ),
             signal_value=Gauge(
