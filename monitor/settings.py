@@ -158,8 +158,12 @@ class AlertsSettings(_Section):
     sinks: list[AlertSinkSpec] = Field(default_factory=_console_only)
     #: Pending deliveries per sink; past it the oldest is dropped (and counted).
     queue_size: int = Field(default=1000, ge=1)
-    #: Runbook of driftwarden's own alerts (flag backend or alert sink down).
+    #: Runbook of driftwarden's own alerts (flag backend or alert sink down), one URL for
+    #: both; ``self_runbook_base_url`` wins when set.
     self_runbook_url: str = ""
+    #: Where the runbooks of driftwarden's own alerts live: each alert links
+    #: ``<base>/<alertname>.md`` (``FlagBackendDown.md``, ``AlertSinkDown.md``).
+    self_runbook_base_url: str = ""
 
 
 class ActionsSettings(_Section):
