@@ -99,6 +99,9 @@ class EventConsumer:
         #: Next offset to commit per partition (last applied offset + 1), not yet committed.
         self._pending: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
+        #: Fetch position of each assigned partition that has applied nothing yet: its lag
+        #: is measured from there, so a partition stuck from its start shows up too.
+        self._start: dict[TopicPartition, int] = {}
         self.assignment: set[TopicPartition] = set()
         self.assignment_received = False
         #: True between a revoke and the next assignment (rejoining the group).
@@ -302,6 +305,7 @@ class EventConsumer:
                 continue
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
+            self._start.pop(tp, None)
             moved.append(tp)
         return moved
 
@@ -320,10 +324,35 @@ class EventConsumer:
         for tp in self.assignment:
             high = consumer.highwater(tp)
             nxt = self._next.get(tp)
+            if nxt is None:
+                nxt = self._start.get(tp)
             if high is not None and nxt is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, high - nxt)
                 )
+
+    async def track_unapplied_partitions(self) -> None:
+        """Note the fetch position of assigned partitions that have applied no record yet,
+        then export every assigned partition's lag (called each tick, not per batch)."""
+        consumer = self._consumer
+        if consumer is None or not self.broker_reachable:
+            return
+        for tp in list(self.assignment):
+            if tp in self._next or tp in self._start:
+                continue
+            try:
+                # Short: this runs on the tick, and a partition not found now is next tick.
+                position = await asyncio.wait_for(
+                    consumer.position(tp), min(1.0, self.settings.broker_timeout_s)
+                )
+            except (TimeoutError, KafkaError) as err:
+                log.debug("no position yet for %s: %r", tp, err)
+                continue
+            if tp in self.assignment and tp not in self._next:
+                self._start[tp] = position
+        for tp in [tp for tp in self._start if tp not in self.assignment or tp in self._next]:
+            del self._start[tp]
+        self.update_lag()
 
     async def commit(self) -> bool:
         """Commit every applied offset; False when the broker fails (the offsets stay
@@ -363,6 +392,7 @@ class EventConsumer:
             for tp in revoked:
                 self._pending.pop(tp, None)
                 self._next.pop(tp, None)
+                self._start.pop(tp, None)
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             self.assignment -= revoked

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import itertools
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -380,6 +381,9 @@ class Daemon:
                     await self._commit_point()
                 self._publish_models(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
+            # Lag of every assigned partition, also one that has applied nothing yet (outside
+            # the batch lock: a position lookup waits on the broker).
+            await self.consumer.track_unapplied_partitions()
 
     def _on_transitions(self, transitions: list[Transition], now: float) -> None:
         # A transition is checkpointed before the next commit, so a replica taking over
@@ -449,7 +453,9 @@ class Daemon:
                         thresholds = signal_monitor.policy.thresholds
                         children = cache[key] = [
                             m.signal_value.labels(model, member.name),
-                            m.signal_effect.labels(model, member.name),
+                            # Bound on the first finite effect size: a series of NaN (a
+                            # detector with no reference) only leaves gaps in a panel.
+                            None,
                             m.signal_breached.labels(model, member.name),
                             m.signal_samples.labels(model, member.name),
                             None
@@ -464,7 +470,14 @@ class Daemon:
                         continue
                     children[5] = r
                     children[0].set(r.statistic)
-                    children[1].set(r.effect)
+                    if math.isfinite(r.effect):
+                        if children[1] is None:
+                            children[1] = m.signal_effect.labels(model, member.name)
+                        children[1].set(r.effect)
+                    elif children[1] is not None:
+                        children[1] = None
+                        with contextlib.suppress(KeyError):
+                            m.signal_effect.remove(model, member.name)
                     children[2].set(1 if r.breached else 0)
                     children[3].set(r.samples)
                     if children[4] is not None:
