@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 #: so an escalation updates the same incident (one page) instead of opening a second one.
 ALERTNAME = "ModelUnhealthy"
 FLAG_BACKEND_DOWN = "FlagBackendDown"
+#: alertname of alerts.dispatcher.sink_down_alert.
+ALERT_SINK_DOWN = "AlertSinkDown"
 
 
 def _finite(x: float) -> float | None:
@@ -144,6 +146,7 @@ class Actions:
         review_topic: str | None = None,
         operator_token: str | None = None,
         self_runbook_url: str = "",
+        self_runbook_base_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
@@ -154,6 +157,7 @@ class Actions:
         self.review_topic = review_topic
         self.operator_token = operator_token
         self.self_runbook_url = self_runbook_url
+        self.self_runbook_base_url = self_runbook_base_url
         self.clock = clock
         #: Value of each flag before automation first changed it (None: had no value).
         self.baseline: dict[str, FlagValue | None] = {}
@@ -203,6 +207,7 @@ class Actions:
             review_topic=settings.kafka.review_topic,
             operator_token=token,
             self_runbook_url=settings.alerts.self_runbook_url,
+            self_runbook_base_url=settings.alerts.self_runbook_base_url,
             clock=clock,
         )
 
@@ -405,7 +410,7 @@ class Actions:
                 f"Flag writes to {name!r} are failing; they are queued and retried. "
                 "See driftwarden_flag_backend_up and driftwarden_flag_queue_depth."
             ),
-            runbook_url=self.self_runbook_url,
+            runbook_url=self.self_runbook(FLAG_BACKEND_DOWN),
             starts_at=datetime.now(UTC),
             values={"flag_backend_up": 1.0 if up else 0.0},
             labels={"backend": name},
@@ -420,11 +425,17 @@ class Actions:
         self._raise_or_clear(alert, up)
 
     def _on_sink_health(self, name: str, up: bool) -> None:
-        alert = sink_down_alert(name, runbook_url=self.self_runbook_url)
+        alert = sink_down_alert(name, runbook_url=self.self_runbook(ALERT_SINK_DOWN))
         self.audit.write(
             {"kind": "alert_sink_up" if up else "alert_sink_down", "at": self.clock(), "sink": name}
         )
         self._raise_or_clear(alert, up)
+
+    def self_runbook(self, alertname: str) -> str:
+        """The runbook of one of driftwarden's own alerts: its page under the base URL."""
+        if self.self_runbook_base_url:
+            return f"{self.self_runbook_base_url.rstrip('/')}/{alertname}.md"
+        return self.self_runbook_url
 
     def _raise_or_clear(self, self_alert: Alert, healthy: bool) -> None:
         """Fire driftwarden's own alert about a dependency, or resolve it once healthy."""

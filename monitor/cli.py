@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate settings/policy files (exit 0 valid, 2 invalid)",
-        description="Validate each file; print one line per error with the file, the field "
-        "path and what was expected. Environment overrides apply as they would at run time.",
+        description="Validate each file; print one line per error with the file and line "
+        "(or the environment variable), the field path and what was expected. Environment "
+        "overrides apply as they would at run time. An empty file is an error.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=_check_config)

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from monitor.backoff import Backoff
 from monitor.errors import BrokerUnavailableError
 from monitor.events import BadRecord
 from monitor.metrics import Metrics
@@ -64,6 +65,46 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+#: aiokafka's loggers that report each connection retry (dozens a second while the broker is
+#: down); a filter on a logger sees only the records of that logger, hence the list.
+AIOKAFKA_LOGGERS = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.producer.producer",
+    "aiokafka.producer.sender",
+)
+#: While the broker is down: how often "still unreachable" is logged, 5 s doubling to 60 s.
+OUTAGE_REPORTS = Backoff(first_s=5.0, max_s=60.0, jitter=0.0)
+
+
+class _ClientErrorsHeldBack(logging.Filter):
+    """During an outage, holds back aiokafka's warnings and errors (one per retry) and
+    counts them; the consumer reports them on a backoff schedule instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+        self.last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.held += 1
+        self.last = record.getMessage()
+        return False
+
+    def attach(self) -> None:
+        for name in AIOKAFKA_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def detach(self) -> None:
+        for name in AIOKAFKA_LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EventConsumer) -> None:
         self._owner = owner
@@ -99,6 +140,9 @@ class EventConsumer:
         #: Next offset to commit per partition (last applied offset + 1), not yet committed.
         self._pending: dict[TopicPartition, int] = {}
         self._next: dict[TopicPartition, int] = {}
+        #: Fetch position of each assigned partition that has applied nothing yet: its lag
+        #: is measured from there, so a partition stuck from its start shows up too.
+        self._start: dict[TopicPartition, int] = {}
         self.assignment: set[TopicPartition] = set()
         self.assignment_received = False
         #: True between a revoke and the next assignment (rejoining the group).
@@ -108,6 +152,9 @@ class EventConsumer:
         self._outage_started_at = 0.0
         #: Times the broker went from reachable to unreachable.
         self.outages = 0
+        self._held_back: _ClientErrorsHeldBack | None = None
+        self._report_at = 0.0
+        self._report_delays = OUTAGE_REPORTS.delays()
         self._probed_at = 0.0
 
     @property
@@ -155,6 +202,7 @@ class EventConsumer:
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
+        self._end_outage_log()
         if consumer is None:
             return
         try:
@@ -177,12 +225,20 @@ class EventConsumer:
         was_reachable = self.broker_reachable
         if ok:
             if not was_reachable and self.broker_failed_at is not None:
-                log.info("Kafka broker reachable again after %.1fs", now - self._outage_started_at)
+                held = self._end_outage_log()
+                log.info(
+                    "Kafka broker reachable again after %.1fs (%d client errors held back)",
+                    now - self._outage_started_at,
+                    held,
+                )
             self.broker_ok_at = now
         else:
+            if not was_reachable:
+                self._report_outage(now)
             if was_reachable:
                 self._outage_started_at = now
                 self.outages += 1
+                self._start_outage_log(now)
                 if self._pending:
                     # The broker that comes back may be a fresh one (memory-only Tansu, a
                     # recreated cluster) where these offsets point past the log end; the next
@@ -193,6 +249,35 @@ class EventConsumer:
                     self._pending.clear()
             self.broker_failed_at = now
         self.metrics.broker_up.set(1 if ok else 0)
+
+    def _start_outage_log(self, now: float) -> None:
+        if self._held_back is None:
+            self._held_back = _ClientErrorsHeldBack()
+            self._held_back.attach()
+        self._report_delays = OUTAGE_REPORTS.delays()
+        self._report_at = now + next(self._report_delays)
+
+    def _report_outage(self, now: float) -> None:
+        held_back = self._held_back
+        if held_back is None or now < self._report_at:
+            return
+        log.warning(
+            "Kafka broker at %s still unreachable after %.0fs (%d client errors held back, "
+            "last: %s); next report in %.0fs",
+            self.settings.bootstrap_servers,
+            now - self._outage_started_at,
+            held_back.held,
+            held_back.last,
+            delay := next(self._report_delays),
+        )
+        self._report_at = now + delay
+
+    def _end_outage_log(self) -> int:
+        held_back, self._held_back = self._held_back, None
+        if held_back is None:
+            return 0
+        held_back.detach()
+        return held_back.held
 
     async def fetch(self) -> Batch:
         """One getmany() under a deadline; an empty batch when the broker is slow or down."""
@@ -302,6 +387,7 @@ class EventConsumer:
                 continue
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
+            self._start.pop(tp, None)
             moved.append(tp)
         return moved
 
@@ -320,10 +406,35 @@ class EventConsumer:
         for tp in self.assignment:
             high = consumer.highwater(tp)
             nxt = self._next.get(tp)
+            if nxt is None:
+                nxt = self._start.get(tp)
             if high is not None and nxt is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, high - nxt)
                 )
+
+    async def track_unapplied_partitions(self) -> None:
+        """Note the fetch position of assigned partitions that have applied no record yet,
+        then export every assigned partition's lag (called each tick, not per batch)."""
+        consumer = self._consumer
+        if consumer is None or not self.broker_reachable:
+            return
+        for tp in list(self.assignment):
+            if tp in self._next or tp in self._start:
+                continue
+            try:
+                # Short: this runs on the tick, and a partition not found now is next tick.
+                position = await asyncio.wait_for(
+                    consumer.position(tp), min(1.0, self.settings.broker_timeout_s)
+                )
+            except (TimeoutError, KafkaError) as err:
+                log.debug("no position yet for %s: %r", tp, err)
+                continue
+            if tp in self.assignment and tp not in self._next:
+                self._start[tp] = position
+        for tp in [tp for tp in self._start if tp not in self.assignment or tp in self._next]:
+            del self._start[tp]
+        self.update_lag()
 
     async def commit(self) -> bool:
         """Commit every applied offset; False when the broker fails (the offsets stay
@@ -363,6 +474,7 @@ class EventConsumer:
             for tp in revoked:
                 self._pending.pop(tp, None)
                 self._next.pop(tp, None)
+                self._start.pop(tp, None)
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             self.assignment -= revoked

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from monitor import __version__
 from monitor.actions import Actions
+from monitor.backoff import Backoff
 from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
 from monitor.engine import Engine
 from monitor.errors import BrokerUnavailableError
@@ -48,6 +51,11 @@ log = logging.getLogger(__name__)
 #: SIGTERM is how Kubernetes asks a pod to stop; SIGINT is Ctrl-C. The first asks for a
 #: graceful stop; a second one forces it.
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Retries of a broker that cannot be reached at start: 1 s doubling to 30 s, jittered.
+BROKER_START_RETRY = Backoff(first_s=1.0, max_s=30.0, jitter=0.2)
+#: Past this with no broker the daemon exits 1 (the orchestrator restarts it and shows why).
+BROKER_START_TIMEOUT_S = 300.0
 
 
 class Daemon:
@@ -86,11 +94,17 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._stopping = False
+        self.broker_retry = BROKER_START_RETRY
+        self.broker_start_timeout_s = max(
+            BROKER_START_TIMEOUT_S, settings.kafka.broker_timeout_s * 3
+        )
         self._loop_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
         #: Per model, its bound metric children by member name ("": the model's own).
         self._signal_children: dict[str, dict[str, Any]] = {}
+        #: Bound children of driftwarden_model_events_total (no label lookup per batch).
+        self._model_event_counters: dict[str, Any] = {}
         self.store = _build_store(settings)
         #: Partition each model's events come from: its checkpoint follows that partition.
         self._model_partition: dict[str, TopicPartition] = {}
@@ -183,23 +197,61 @@ class Daemon:
         s = self.settings.kafka
         # One view of the broker: a failed dead-letter write also fails /readyz.
         self.side_writer.broker = self.consumer
-        deadline = time.monotonic() + max(30.0, s.broker_timeout_s * 3)
-        while True:
-            try:
-                if s.create_topics:
-                    await ensure_topics(
-                        s,
-                        {s.dead_letter_topic: {"partitions": 1}, s.review_topic: {"partitions": 1}},
-                        s.broker_timeout_s,
+        started = time.monotonic()
+        deadline = started + self.broker_start_timeout_s
+        delays = self.broker_retry.delays()
+        # aiokafka logs an ERROR of its own for every refused connection; the one line per
+        # attempt below carries its reason instead.
+        quiet = _ConnectErrorsMuted()
+        aiokafka_log = logging.getLogger("aiokafka")
+        aiokafka_log.addFilter(quiet)
+        try:
+            for attempt in itertools.count(1):
+                try:
+                    if s.create_topics:
+                        await ensure_topics(
+                            s,
+                            {
+                                s.dead_letter_topic: {"partitions": 1},
+                                s.review_topic: {"partitions": 1},
+                            },
+                            s.broker_timeout_s,
+                        )
+                    await self.side_writer.start()
+                    await self.consumer.start()
+                    if attempt > 1:
+                        log.info(
+                            "Kafka reachable at %s after %d attempts", s.bootstrap_servers, attempt
+                        )
+                    return
+                except Exception as err:  # any start-up failure is retried until the deadline
+                    delay = next(delays)
+                    reason = quiet.take() or repr(err)
+                    waited = time.monotonic() - started
+                    if self._stop.is_set() or time.monotonic() + delay > deadline:
+                        why = "stopped" if self._stop.is_set() else "giving up"
+                        raise BrokerUnavailableError(
+                            f"Kafka unavailable at {s.bootstrap_servers} ({why} after "
+                            f"{attempt} attempts in {waited:.0f}s): {reason}"
+                        ) from err
+                    log.warning(
+                        "Kafka not reachable at %s (attempt %d: %s); retrying in %.1fs",
+                        s.bootstrap_servers,
+                        attempt,
+                        reason,
+                        delay,
                     )
-                await self.side_writer.start()
-                await self.consumer.start()
-                return
-            except Exception as err:  # any start-up failure is retried until the deadline
-                if time.monotonic() > deadline or self._stop.is_set():
-                    raise BrokerUnavailableError(f"Kafka unavailable at start: {err!r}") from err
-                log.warning("Kafka not reachable yet (%r); retrying", err)
-                await asyncio.sleep(1.0)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
+                    if self._stop.is_set():
+                        raise BrokerUnavailableError(
+                            f"Kafka unavailable at {s.bootstrap_servers} (stopped after "
+                            f"{attempt} attempts in {time.monotonic() - started:.0f}s): {reason}"
+                        ) from err
+        finally:
+            aiokafka_log.removeFilter(quiet)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _shutdown_components(self, budget_s: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -285,6 +337,12 @@ class Daemon:
             self._applied_log.write(ids)
             self._applied_log.flush()
         self.metrics.events_applied.inc(len(events) - dropped)
+        counters = self._model_event_counters
+        for model, received in self.engine.received:
+            counter = counters.get(model)
+            if counter is None:
+                counter = counters[model] = self.metrics.model_events.labels(model)
+            counter.inc(received)
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
             for reason, count in self.engine.refused_events.items():
@@ -345,6 +403,9 @@ class Daemon:
                 self._publish_models(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
                 history_of(self).record(self.engine.models, now)  # for the status page
+            # Lag of every assigned partition, also one that has applied nothing yet (outside
+            # the batch lock: a position lookup waits on the broker).
+            await self.consumer.track_unapplied_partitions()
 
     def _on_transitions(self, transitions: list[Transition], now: float) -> None:
         # A transition is checkpointed before the next commit, so a replica taking over
@@ -366,6 +427,8 @@ class Daemon:
         """
         m = self.metrics
         published = self._signal_children.pop(model, {})
+        if self._model_event_counters.pop(model, None) is not None:
+            m.model_events.remove(model)
         if "" in published:
             m.health_level.remove(model)
             for state in HEALTH_STATES:
@@ -398,6 +461,10 @@ class Daemon:
             if cache is None:
                 cache = children_of[model] = {}
             state = monitor.health.level
+            if model not in self._model_event_counters:
+                # From the first publish on, also for a model restored from a checkpoint
+                # that has received nothing yet: "no events" needs a series that stays flat.
+                self._model_event_counters[model] = m.model_events.labels(model)
             # Key "": the model's own gauges (a member name is never empty).
             health = cache.get("")
             if health is None:
@@ -419,7 +486,9 @@ class Daemon:
                         thresholds = signal_monitor.policy.thresholds
                         children = cache[member.name] = [
                             m.signal_value.labels(model, member.name),
-                            m.signal_effect.labels(model, member.name),
+                            # Bound on the first finite effect size: a series of NaN (a
+                            # detector with no reference) only leaves gaps in a panel.
+                            None,
                             m.signal_breached.labels(model, member.name),
                             m.signal_samples.labels(model, member.name),
                             None
@@ -434,7 +503,14 @@ class Daemon:
                         continue
                     children[5] = r
                     children[0].set(r.statistic)
-                    children[1].set(r.effect)
+                    if math.isfinite(r.effect):
+                        if children[1] is None:
+                            children[1] = m.signal_effect.labels(model, member.name)
+                        children[1].set(r.effect)
+                    elif children[1] is not None:
+                        children[1] = None
+                        with contextlib.suppress(KeyError):
+                            m.signal_effect.remove(model, member.name)
                     children[2].set(1 if r.breached else 0)
                     children[3].set(r.samples)
                     if children[4] is not None:
@@ -685,3 +761,22 @@ def _build_store(settings: Settings) -> CheckpointStore | None:
     if state.backend == "kafka":
         return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
     return None
+
+
+class _ConnectErrorsMuted(logging.Filter):
+    """Holds back aiokafka's "Unable connect to ..." errors and keeps the last one, so the
+    daemon logs each start-up attempt once, with the reason and the next delay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
+            self._last = record.getMessage()
+            return False
+        return True
+
+    def take(self) -> str | None:
+        last, self._last = self._last, None
+        return last

@@ -286,6 +286,8 @@ class Engine:
         self.evicted: list[str] = []
         #: Models of the last batch whose Readings or health may have changed.
         self.changed: list[str] = []
+        #: Models of the last batch and how many of its events each one received.
+        self.received: list[tuple[str, int]] = []
         self._seed = seed
         self._refused: set[str] = set()
 
@@ -432,6 +434,7 @@ class Engine:
             ordered += model_events
             spans.append((monitor, start, len(ordered)))
         columns = EventColumns(ordered)
+        self.received = [(monitor.model, end - start) for monitor, start, end in spans]
         changed = self.changed = []
         for i, (monitor, start, end) in enumerate(spans, 1):
             fed = monitor.apply_span(columns, start, end, now)

@@ -48,6 +48,7 @@ class Metrics:
     models_dropped_events: Counter
     events_refused: Counter
     models_evicted: Counter
+    model_events: Counter
     signal_value: Gauge
     signal_effect: Gauge
     signal_threshold: Gauge
@@ -163,6 +164,12 @@ class Metrics:
             models_evicted=Counter(
                 "driftwarden_models_evicted_total",
                 "Unnamed models evicted (healthy, holding nothing) to watch a new model.",
+                registry=r,
+            ),
+            model_events=Counter(
+                "driftwarden_model_events_total",
+                "Events a model received (counted per batch, whether they fed a test yet).",
+                ["model"],
                 registry=r,
             ),
             signal_value=Gauge(

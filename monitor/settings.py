@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +25,8 @@ from pydantic_settings import (
 )
 
 from alerts.config import AlertSinkSpec, ConsoleSpec
+from monitor.config_errors import LoadedYaml, load_yaml_with_lines
+from monitor.config_errors import format_validation_error as _format_errors
 from monitor.errors import ConfigError
 from monitor.flags.config import FlagBackendSpec, FlagdFileSpec
 from monitor.policy import ModelPolicy
@@ -171,16 +172,21 @@ class AlertsSettings(_Section):
     sinks: list[AlertSinkSpec] = Field(default_factory=_console_only)
     #: Pending deliveries per sink; past it the oldest is dropped (and counted).
     queue_size: int = Field(default=1000, ge=1)
-    #: Runbook of driftwarden's own alerts (flag backend or alert sink down).
+    #: Runbook of driftwarden's own alerts (flag backend or alert sink down), one URL for
+    #: both; ``self_runbook_base_url`` wins when set.
     self_runbook_url: str = ""
+    #: Where the runbooks of driftwarden's own alerts live: each alert links
+    #: ``<base>/<alertname>.md`` (``FlagBackendDown.md``, ``AlertSinkDown.md``).
+    self_runbook_base_url: str = ""
 
 
 class ActionsSettings(_Section):
     #: Global shadow switch: every model runs as ``mode: shadow`` whatever its policy says
     #: (decide and record, touch no flag, page nobody). ``DRIFTWARDEN_ACTIONS__SHADOW=true``.
     shadow: bool = False
-    #: JSON lines of every transition and action (the audit trail); none when unset.
-    audit_log: str | None = None
+    #: JSON lines of every transition and action (the audit trail, where shadow decisions
+    #: are read); on by default, relative to the working directory; ``null`` turns it off.
+    audit_log: str | None = "var/driftwarden/audit.jsonl"
     #: Flags waiting for their backend; requests for one flag coalesce.
     flag_queue_size: int = Field(default=1000, ge=1)
 
@@ -300,48 +306,13 @@ class _YamlData(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-def _field_path(loc: tuple[int | str, ...], data: Any) -> str:
-    """``models.fraud.signals[2].threshold`` from a pydantic error location.
-
-    Tagged unions put the tag (e.g. the detector ``type``) into the location; it is not a
-    key of the file, so it is dropped by walking the data alongside.
-    """
-    parts: list[str] = []
-    node = data
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-            continue
-        if isinstance(node, dict) and item not in node and node.get("type") == item:
-            continue
-        if item.startswith("function-") or item in ("str", "int", "float", "bool"):
-            continue
-        parts.append(("." if parts else "") + item)
-        node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts) or "<root>"
-
-
 def format_validation_error(source: str, err: ValidationError, data: Any) -> list[str]:
-    """One line per problem: ``FILE: field.path: what was expected (got VALUE)``."""
-    lines = []
-    for problem in err.errors(include_url=False):
-        path = _field_path(tuple(problem["loc"]), data)
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown field (check its spelling and indentation)"
-        elif problem["type"] == "missing":
-            message = "required field is missing"
-        got = problem.get("input")
-        suffix = ""
-        if (
-            problem["type"] not in ("missing", "extra_forbidden")
-            and not isinstance(got, dict | list)
-            and "got " not in message
-        ):
-            suffix = f" (got {got!r})"
-        lines.append(f"{source}: {path}: {message}{suffix}")
-    return lines
+    """One line per problem: ``FILE:LINE: field.path: what was expected (got VALUE)``.
+
+    ``data`` is the file's data, or a LoadedYaml that also knows each field's line.
+    """
+    loaded = data if isinstance(data, LoadedYaml) else LoadedYaml(data)
+    return _format_errors(source, err, loaded, root=Settings, env_prefix=ENV_PREFIX)
 
 
 def load_settings(path: str | os.PathLike[str] | None) -> Settings:
@@ -350,30 +321,35 @@ def load_settings(path: str | os.PathLike[str] | None) -> Settings:
     Raises ConfigError with one line per problem.
     """
     source = str(path) if path is not None else "<environment>"
-    data: dict[str, Any] = {}
+    loaded = LoadedYaml({})
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError([f"{source}: cannot read the file: {err.strerror}"]) from err
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(err, "problem", None) or str(err)
-            raise ConfigError([f"{source}: {where}not valid YAML: {problem}"]) from err
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
+        except UnicodeDecodeError as err:
+            raise ConfigError([f"{source}: not UTF-8 text: {err.reason}"]) from err
+        loaded = load_yaml_with_lines(text, source)
+        if loaded.data is None or loaded.data == {}:
+            # Most likely the wrong file, or a ConfigMap mounted empty: running on defaults
+            # alone would watch the wrong topic and act on nothing without saying so.
             raise ConfigError(
-                [f"{source}: <root>: expected a mapping of sections, got {type(loaded).__name__}"]
+                [
+                    f"{source}: <root>: the file is empty; expected a mapping of sections "
+                    "(kafka, models, ...), see examples/policy.yaml"
+                ]
             )
-        data = loaded
-    Settings._yaml_data = data
+        if not isinstance(loaded.data, dict):
+            raise ConfigError(
+                [
+                    f"{source}: <root>: expected a mapping of sections, "
+                    f"got {type(loaded.data).__name__}"
+                ]
+            )
+    Settings._yaml_data = loaded.data
     try:
         return Settings()
     except ValidationError as err:
-        raise ConfigError(format_validation_error(source, err, data)) from err
+        raise ConfigError(format_validation_error(source, err, loaded)) from err
     finally:
         Settings._yaml_data = {}

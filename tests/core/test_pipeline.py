@@ -121,6 +121,9 @@ async def test_good_records_applied_bad_records_dead_lettered_with_reasons(
     assert get("driftwarden_bad_records_total", {"reason": "missing_model"}) == 1
     assert get("driftwarden_bad_records_total", {"reason": "wrong_type"}) == 2
     assert get("driftwarden_bad_records_total", {"reason": "too_large"}) == 1
+    # per-model event counts (what "no events" alerts on), 600 events for each of 5 models
+    for i in range(5):
+        assert get("driftwarden_model_events_total", {"model": f"model-{i}"}) == 600
 
     dead = await read_all(broker.bootstrap_servers, f"{topic}-dlq", len(bad))
     assert sorted(r.value for r in dead) == sorted(v for _, v in bad)

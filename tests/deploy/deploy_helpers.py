@@ -16,7 +16,9 @@ from tests.services.availability import missing
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "minimal")
+#: The overlays for clusters with KEDA and the Prometheus Operator; `minimal` needs neither.
+OPERATOR_OVERLAYS = ("dev", "prod")
 
 
 def require_tool(path: str | None, what: str) -> str:

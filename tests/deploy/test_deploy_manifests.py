@@ -15,7 +15,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import DEPLOY, K8S, OVERLAYS, Rendered, checkov_path, require_tool
+from tests.deploy.deploy_helpers import (
+    DEPLOY,
+    K8S,
+    OPERATOR_OVERLAYS,
+    OVERLAYS,
+    Rendered,
+    checkov_path,
+    require_tool,
+)
 
 SCHEMAS = Path(__file__).parent / "schemas"
 #: kubernetes-validate ships no schema for these custom resources; each is checked against a
@@ -219,7 +227,7 @@ def test_secrets_are_referenced_never_inlined(rendered: dict[str, Rendered], ove
         assert {ref["name"] for ref in auth["spec"]["secretTargetRef"]} == {"driftwarden-secrets"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", OPERATOR_OVERLAYS)
 def test_autoscaler_is_bounded_by_partitions_and_watches_the_daemons_group(
     rendered: dict[str, Rendered], overlay: str
 ) -> None:
@@ -273,6 +281,8 @@ def test_service_pdb_policy_and_monitor_select_the_pods(
     netpol = r.one("NetworkPolicy")["spec"]
     assert selects(netpol["podSelector"]["matchLabels"])
     assert sorted(netpol["policyTypes"]) == ["Egress", "Ingress"]
+    if overlay not in OPERATOR_OVERLAYS:
+        return  # no ServiceMonitor: see test_minimal_overlay_needs_no_keda_nor_operator
     monitor = r.one("ServiceMonitor")["spec"]
     assert all(
         service["metadata"]["labels"].get(k) == v
@@ -290,10 +300,49 @@ def test_overlays_differ_only_where_intended(rendered: dict[str, Rendered]) -> N
         o: {d["metadata"].get("namespace") for d in r.docs if d["kind"] != "Namespace"}
         for o, r in rendered.items()
     }
-    assert namespaces == {"dev": {"driftwarden-dev"}, "prod": {"driftwarden"}}
+    assert namespaces == {
+        "dev": {"driftwarden-dev"},
+        "prod": {"driftwarden"},
+        "minimal": {"driftwarden"},
+    }
     prod_labels = rendered["prod"].one("PrometheusRule")["metadata"]["labels"]
     assert prod_labels["release"] == "kube-prometheus-stack"
     assert rendered["prod"].one("ServiceMonitor")["metadata"]["labels"]["release"] == (
         "kube-prometheus-stack"
     )
     assert (K8S / "base" / "kustomization.yaml").exists()
+
+
+def test_minimal_overlay_needs_no_keda_nor_operator(rendered: dict[str, Rendered]) -> None:
+    r = rendered["minimal"]
+    groups = {d["apiVersion"].split("/")[0] for d in r.docs}
+    # only built-in API groups: nothing a plain cluster would refuse for a missing CRD
+    assert groups <= {"v1", "apps", "policy", "networking.k8s.io"}, groups
+    assert {d["kind"] for d in r.docs} == {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    deployment = r.one("Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    template = deployment["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["http"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    # the rest is the base, unchanged: same policy, same probes, same security context
+    assert (
+        r.configmap("driftwarden-policy")["data"]
+        == (rendered["prod"].configmap("driftwarden-policy")["data"])
+    )
+    prod = rendered["prod"].one("Deployment")["spec"]["template"]["spec"]
+    assert template["spec"]["securityContext"] == prod["securityContext"]
+    (prod_container,) = prod["containers"]
+    for key in ("livenessProbe", "readinessProbe", "securityContext", "args"):
+        assert container[key] == prod_container[key], key

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from tests.deploy.deploy_helpers import REPO, Rendered
 
@@ -21,6 +22,8 @@ DAEMON_ALERTS = (
     "FlagBackendDown",
     "AlertSinkDown",
 )
+#: The daemon's alerts about itself, each linked to its own runbook page.
+SELF_ALERTS = ("FlagBackendDown", "AlertSinkDown")
 SECTIONS = (
     "## What it means",
     "## How to confirm",
@@ -69,6 +72,8 @@ def runbook_urls(node: Any) -> Iterator[str]:
         for key, value in node.items():
             if key in ("runbook_url", "self_runbook_url") and isinstance(value, str) and value:
                 yield value
+            elif key == "self_runbook_base_url" and isinstance(value, str) and value:
+                yield from (f"{value.rstrip('/')}/{name}.md" for name in SELF_ALERTS)
             else:
                 yield from runbook_urls(value)
     elif isinstance(node, list):
@@ -81,4 +86,20 @@ def test_every_runbook_url_in_the_deployed_policy_exists(policy_text: str) -> No
     assert urls, "the deployed policy names no runbook"
     for url in urls:
         assert url.startswith(URL_PREFIX), url
+        assert (RUNBOOKS / url.removeprefix(URL_PREFIX)).is_file(), url
+
+
+def test_each_self_alert_of_the_deployed_policy_links_its_own_runbook() -> None:
+    from monitor.actions import ALERT_SINK_DOWN, FLAG_BACKEND_DOWN, Actions
+    from monitor.metrics import Metrics
+    from monitor.settings import load_settings
+
+    assert {FLAG_BACKEND_DOWN, ALERT_SINK_DOWN} == set(SELF_ALERTS)
+    actions = Actions.from_settings(
+        load_settings(REPO / "deploy" / "k8s" / "base" / "policy.yaml"),
+        Metrics.create(CollectorRegistry()),
+    )
+    urls = {name: actions.self_runbook(name) for name in SELF_ALERTS}
+    assert urls == {name: f"{URL_PREFIX}{name}.md" for name in SELF_ALERTS}
+    for url in urls.values():
         assert (RUNBOOKS / url.removeprefix(URL_PREFIX)).is_file(), url
