@@ -315,7 +315,7 @@ def test_a_bad_admission_setting_is_refused_naming_the_file_and_field(
         load_settings(path)
     assert len(caught.value.problems) == 1
     line = caught.value.problems[0]
-    assert line.startswith(f"{path}: engine.{field}: ") and expected in line, line
+    assert line.startswith(f"{path}:2: engine.{field}: ") and expected in line, line
 
 
 def test_hostile_model_ids_are_counted_on_probation_like_any_other() -> None:
