@@ -23,6 +23,7 @@ from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topi
 from monitor.engine import Engine
 from monitor.errors import BrokerUnavailableError
 from monitor.events import BadRecord, Event, EventDecoder
+from monitor.failpoints import failpoint
 from monitor.health import Transition
 from monitor.http import HttpServer, LoopHeartbeat
 from monitor.metrics import HEALTH_STATES, Metrics
@@ -97,6 +98,17 @@ class Daemon:
         self.restored_models = 0
         self._force_checkpoint = False
         self._store_outages = 0
+        #: Per model, per partition: the offset of the last record its state holds. It goes
+        #: into the model's checkpoint, so a model can be checkpointed mid-batch (at its
+        #: transition, before any action) and a replay after a crash re-applies nothing the
+        #: checkpoint already holds: the transition is not decided (nor acted on) twice.
+        self._applied_offsets: dict[str, dict[TopicPartition, int]] = {}
+        #: After a restore: per partition, per model, records at or below this offset are
+        #: skipped (the restored state already holds them). Emptied once passed.
+        self._replay_skip: dict[TopicPartition, dict[str, int]] = {}
+        if self.store is not None:
+            self.actions.persist = self._persist_model
+            self.actions.on_state_changed = self._mark_dirty
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -242,30 +254,43 @@ class Daemon:
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
         track = self.store is not None
+        #: Per model of this batch: its partitions' last offsets (what its state holds once
+        #: the model's span is applied).
+        batch_offsets: dict[str, dict[TopicPartition, int]] = {}
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
             first = len(events)
+            skip = self._replay_skip.get(tp)
             for record in records:
                 decoded = decode(record.value)
                 if isinstance(decoded, Event):
+                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
+                        continue  # the model's restored checkpoint already holds it
                     events.append(decoded)
                 else:
                     bad.append((record, decoded))
+            if skip is not None and records and records[-1].offset >= max(skip.values()):
+                del self._replay_skip[tp]
             if track:
                 models = {event.model for event in events[first:]}
                 self._dirty |= models
+                last = records[-1].offset
                 for model in models:
                     self._model_partition[model] = tp
+                    batch_offsets.setdefault(model, {})[tp] = last
         before = self.engine.dropped_events
         acting = False
         for transitions in self.engine.apply_stepwise(events, now):
             if transitions:
-                self._on_transitions(transitions, now)
+                await self._on_transitions(transitions, now, batch_offsets)
                 acting = True
             if acting:
                 # The flag and alert workers (reads, writes, their threads' results) move on
                 # while the rest of the batch is applied: a breach does not wait for it.
                 await asyncio.sleep(0)
+                failpoint("batch.between_models")
+        for model, offsets in batch_offsets.items():
+            self._applied_offsets.setdefault(model, {}).update(offsets)
         self.applied_events += len(events)
         if self._applied_log is not None:
             ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
@@ -316,7 +341,7 @@ class Daemon:
                 now = self.clock()
                 transitions = self.engine.tick(now)
                 if transitions:
-                    self._on_transitions(transitions, now)
+                    await self._on_transitions(transitions, now, None)
                 self.actions.tick(now)
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
@@ -324,14 +349,48 @@ class Daemon:
                 self._publish_models(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
 
-    def _on_transitions(self, transitions: list[Transition], now: float) -> None:
-        # A transition is checkpointed before the next commit, so a replica taking over
-        # continues from the new state instead of deciding (and paging) again.
+    async def _on_transitions(
+        self,
+        transitions: list[Transition],
+        now: float,
+        batch_offsets: dict[str, dict[TopicPartition, int]] | None,
+    ) -> None:
+        """Decide, checkpoint the deciding models, and only then act (intent before effect).
+
+        The checkpoint holds the new health state, the records it was decided on (their
+        offsets: a replay skips them) and the decided flags and notifications: a crash after
+        it carries the decision out on restart, a crash before it decides again; either way
+        the transition's effects happen once. Called mid-batch, right after the models' spans.
+        """
         self._force_checkpoint = True
         for t in transitions:
             self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
             log.info("transition %s", t.describe())
-        self.actions.on_transitions(transitions, self.engine, now)
+        decided = self.actions.decide(transitions, now)
+        failpoint("transition.decided")
+        if self.store is not None and decided:
+            for model in decided:
+                offsets = (batch_offsets or {}).get(model)
+                if offsets:
+                    self._applied_offsets.setdefault(model, {}).update(offsets)
+            if not await self._checkpoint(decided):
+                # Availability first: a store down must not stop the fail-safe flip or the
+                # page; those effects are at-least-once until the store is back.
+                log.warning("acting on %d transitions without their checkpoint", len(decided))
+            failpoint("transition.saved")
+        self.actions.dispatch()
+        failpoint("transition.dispatched")
+
+    async def _persist_model(self, model: str) -> None:
+        """Checkpoint ``model`` now (the flag worker, before a flag write): at a point where
+        its state matches its offsets, never in the middle of a batch's other models."""
+        async with self.consumer.batch_lock:
+            if model in self.engine.models and not await self._checkpoint({model}):
+                raise RuntimeError(f"checkpoint of {model!r} failed")
+
+    def _mark_dirty(self, model: str) -> None:
+        if model in self.engine.models:
+            self._dirty.add(model)
 
     def _unpublish(self, model: str) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
@@ -433,6 +492,7 @@ class Daemon:
             self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
         log.info("dropped %d models idle for over %.0fs", len(idle), ttl)
         if self.store is not None:
@@ -452,7 +512,9 @@ class Daemon:
             return
         if await self._checkpoint(set(self._dirty)):
             self._force_checkpoint = False
+            failpoint("commit.before")
             await self.consumer.commit()
+            failpoint("commit.after")
 
     async def _checkpoint(self, models: set[str]) -> bool:
         store = self.store
@@ -463,7 +525,10 @@ class Daemon:
             monitor = self.engine.models.get(model)
             if monitor is not None:
                 snapshots[model] = snapshot_model(
-                    monitor, self.actions, self._model_partition.get(model)
+                    monitor,
+                    self.actions,
+                    self._model_partition.get(model),
+                    self._applied_offsets.get(model),
                 )
         try:
             if isinstance(store, KafkaStore) and self.consumer.outages != self._store_outages:
@@ -471,11 +536,18 @@ class Daemon:
                 self._store_outages = self.consumer.outages
                 # The broker may have lost every checkpoint: write all models, not the dirty.
                 snapshots = {
-                    model: snapshot_model(m, self.actions, self._model_partition.get(model))
+                    model: snapshot_model(
+                        m,
+                        self.actions,
+                        self._model_partition.get(model),
+                        self._applied_offsets.get(model),
+                    )
                     for model, m in self.engine.models.items()
                 }
             if snapshots:
+                failpoint("checkpoint.before_save")
                 await store.save(snapshots)
+                failpoint("checkpoint.saved")
         except Exception as err:
             self.metrics.checkpoint_failures.inc()
             log.warning(
@@ -509,6 +581,7 @@ class Daemon:
                 "cannot load checkpoints: the models of %d partitions start afresh", len(assigned)
             )
             return
+        failpoint("restore.loaded")
         now = self.clock()
         # A replica that missed a revoke (its commit raced a rebalance) may still hold models
         # of partitions now owned elsewhere: it must not act for them, nor checkpoint them
@@ -518,6 +591,7 @@ class Daemon:
             self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
             self.actions.forget(model)
         if stale:
@@ -540,7 +614,14 @@ class Daemon:
             self.engine.models[model] = monitor
             self._model_partition[model] = tp
             self._saved_at[model] = header.saved_at
+            offsets = header.applied_offsets()
+            self._applied_offsets[model] = offsets
+            for part, offset in offsets.items():
+                self._replay_skip.setdefault(part, {})[model] = offset
+            # What the checkpoint decided and did not see done is carried out now, once.
+            self.actions.resume(model)
             restored += 1
+        failpoint("restore.resumed")
         self.restored_models += restored
         log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))
 
@@ -549,11 +630,14 @@ class Daemon:
         if self.store is None or not revoked:
             return
         leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
+        for tp in revoked:
+            self._replay_skip.pop(tp, None)
         await self._checkpoint(leaving)
         for model in leaving:
             self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
             self.actions.forget(model)
         log.info("handed over %d models with their checkpoints", len(leaving))
