@@ -180,6 +180,12 @@ class Daemon:
                     await self._commit_point()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
+        if self.store is not None and self._dirty:
+            # The flush confirmed deliveries and flag writes: record them, or the next start
+            # would send those notifications again (same idempotency key, but Slack has none).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 0.5)):
+                    await self._checkpoint(set(self._dirty))
         await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
         if self._applied_log is not None:
             self._applied_log.close()

@@ -233,7 +233,7 @@ class CheckpointHeader(msgspec.Struct):
     #: When the checkpoint was taken (its writer's clock).
     saved_at: float = 0.0
     #: [topic, partition, offset] of the last record applied to the model, per partition.
-    offsets: list[list[Any]] = msgspec.field(default_factory=list)
+    offsets: list[Any] = msgspec.field(default_factory=list)
 
     @property
     def topic_partition(self) -> TopicPartition | None:
