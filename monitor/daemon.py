@@ -395,8 +395,12 @@ class Daemon:
                 raise RuntimeError(f"checkpoint of {model!r} failed")
 
     def _mark_dirty(self, model: str) -> None:
+        # An acknowledgement (a notification delivered, a flag written) is checkpointed at
+        # the next commit point, not the next interval: that keeps the window in which a
+        # crash re-sends a delivered notification (same idempotency key) to about one batch.
         if model in self.engine.models:
             self._dirty.add(model)
+            self._force_checkpoint = True
 
     def _unpublish(self, model: str) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
