@@ -414,6 +414,10 @@ class AlertDispatcher:
                 lane.push(_Delivery("acknowledge", current))
         return True
 
+    def current(self, alert: Alert) -> Alert | None:
+        """The active incident ``alert`` belongs to (same model and alertname), if any."""
+        return self._active.get(alert.dedup_key)
+
     def active(self) -> list[Alert]:
         """The open incidents, oldest first."""
         return sorted(self._active.values(), key=lambda a: (a.starts_at, a.dedup_key))

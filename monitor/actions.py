@@ -337,6 +337,18 @@ class Actions:
             for notice in list(effects.outbox):
                 if notice.sinks is not None or self.dispatcher is None:
                     continue
+                # Record the notification as the sinks get it (the incident's first start,
+                # the labels it was fired with), so a re-send after a crash is identical.
+                current = self.dispatcher.current(notice.alert)
+                if current is not None and notice.action == "resolve":
+                    notice.alert = replace(
+                        current,
+                        ends_at=notice.alert.ends_at,
+                        values=notice.alert.values or current.values,
+                        idempotency_key=notice.alert.idempotency_key,
+                    )
+                elif current is not None:
+                    notice.alert = replace(notice.alert, starts_at=current.starts_at)
                 if notice.action == "resolve":
                     notice.sinks = self.dispatcher.resolve(notice.alert)
                 else:

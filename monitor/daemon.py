@@ -277,7 +277,7 @@ class Daemon:
                     bad.append((record, decoded))
             if skip is not None and records and records[-1].offset >= max(skip.values()):
                 del self._replay_skip[tp]
-            if track:
+            if track and records:
                 models = {event.model for event in events[first:]}
                 self._dirty |= models
                 last = records[-1].offset

@@ -387,18 +387,17 @@ async def run_case(
     outcome.final = watch.current
     outcome.notifications = receiver.deduplicated()
     outcome.posts = len(receiver.model_posts())
+    posts = receiver.model_posts()
+
+    def content(post: dict[str, Any]) -> str:
+        return json.dumps({"status": post["status"], "alert": post["alert"]}, sort_keys=True)
+
+    # A key names one notification: every attempt with it says exactly the same thing.
     outcome.keys_match = all(
-        p["header_key"] == p["idempotency_key"] is not None for p in receiver.model_posts()
+        p["header_key"] == p["idempotency_key"] is not None for p in posts
     ) and all(
-        len(
-            {
-                (p["status"], p["alert"]["state"])
-                for p in receiver.model_posts()
-                if p["idempotency_key"] == key
-            }
-        )
-        == 1
-        for key in {p["idempotency_key"] for p in receiver.model_posts()}
+        len({content(p) for p in posts if p["idempotency_key"] == key}) == 1
+        for key in {p["idempotency_key"] for p in posts}
     )
     log_text = (tmp / "daemon.log").read_text(errors="replace")
     outcome.log = daemon.log_tail()
