@@ -94,6 +94,16 @@ CASES: list[tuple[str, int, str | None]] = [
 ]
 
 
+#: Cases whose checkpoints go to a compacted topic on the broker (state.backend kafka); the
+#: others use a directory (state.backend file).
+KAFKA_STATE = {
+    "flag.written:3",
+    "alert.delivered:1",
+    "commit.before:4",
+    "transition.saved:2+restore.loaded:1",
+}
+
+
 def case_id(case: tuple[str, int, str | None]) -> str:
     point, nth, then = case
     return f"{point}:{nth}" + (f"+{then}" if then else "")
@@ -174,7 +184,14 @@ class Outcome:
     log: str = ""
 
 
-def write_config(tmp: Path, broker: EmbeddedBroker, topic: str, receiver: Receiver) -> Path:
+def write_config(
+    tmp: Path, broker: EmbeddedBroker, topic: str, receiver: Receiver, state_backend: str
+) -> Path:
+    state: dict[str, Any] = {"backend": state_backend, "interval_s": 1}
+    if state_backend == "kafka":
+        state["topic"] = f"{topic}-state"
+    else:
+        state["path"] = str(tmp / "state")
     data = {
         "kafka": {
             "bootstrap_servers": broker.bootstrap_servers,
@@ -188,7 +205,7 @@ def write_config(tmp: Path, broker: EmbeddedBroker, topic: str, receiver: Receiv
         },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
-        "state": {"backend": "file", "path": str(tmp / "state"), "interval_s": 1},
+        "state": state,
         "flags": {"type": "flagd_file", "path": str(tmp / "flags.json")},
         "alerts": {
             "sinks": [{"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/alerts"}]
@@ -315,7 +332,8 @@ async def run_case(
     receiver = Receiver()
     await receiver.start()
     watch = FlagWatch(tmp / "flags.json")
-    daemon = Daemon(write_config(tmp, broker, topic, receiver), tmp)
+    backend = "kafka" if outcome.case in KAFKA_STATE else "file"
+    daemon = Daemon(write_config(tmp, broker, topic, receiver, backend), tmp)
     armed = [f"{point}:{nth}", *([then] if then else [])]
     phase_index = 0
     phase = [PHASES[0][1]]
@@ -437,10 +455,11 @@ def outcomes(
     started = time.monotonic()
     results = asyncio.run(run_all())
     print(f"\n{len(results)} kill cases in {time.monotonic() - started:.0f}s")
-    print("| point:nth | kills | pages seen (posts) | mode changes | enabled changes | final |")
+    print("| point:nth | state | kills | pages (posts) | mode changes | enabled changes | final |")
     for r in results.values():
+        backend = "kafka" if r.case in KAFKA_STATE else "file"
         print(
-            f"| {r.case} | {', '.join(r.kills)} | {len(r.notifications)} ({r.posts}) | "
+            f"| {r.case} | {backend} | {', '.join(r.kills)} | {len(r.notifications)} ({r.posts}) | "
             f"{r.changes.get('mode')} | {r.changes.get('enabled')} | {r.final} |"
         )
     return results
