@@ -59,6 +59,10 @@ class Alert:
     values: dict[str, float] = field(default_factory=dict)
     #: Extra labels (e.g. the model version); never secrets.
     labels: dict[str, str] = field(default_factory=dict)
+    #: Identifies one notification of an incident (incident id and sequence number): a
+    #: notification re-sent after a crash carries the same key, so a receiver that dedupes
+    #: on it sees it once. None for driftwarden's own alerts (sink or backend down).
+    idempotency_key: str | None = None
 
     @property
     def resolved(self) -> bool:

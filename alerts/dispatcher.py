@@ -22,7 +22,7 @@ from alerts.base import AcknowledgingSink, Alert, AlertSink, ResendingSink, seve
 from monitor.errors import AlertSinkError
 from monitor.metrics import Metrics
 
-__all__ = ["AlertDispatcher", "SinkHealthCallback", "sink_down_alert"]
+__all__ = ["AlertDispatcher", "DeliveryCallback", "SinkHealthCallback", "sink_down_alert"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ _STATUS: dict[Action, str] = {
 }
 #: Called with the sink's name and whether it now delivers; the daemon raises a self-alert.
 SinkHealthCallback = Callable[[str, bool], None]
+#: Called with the sink's name, the action and the alert when a delivery to that sink is
+#: over for good (delivered, given up, or superseded by a newer one), never when it was only
+#: dropped (queue full, not flushed on stop): the caller's persisted outbox then keeps it.
+DeliveryCallback = Callable[[str, str, Alert], None]
 #: While flushing on stop, a failing sink is retried at least this often.
 _FLUSH_RETRY_S = 0.25
 
@@ -114,8 +118,16 @@ class _Lane:
         self._depth_gauge = metrics.alert_queue_depth.labels(sink=self.name)
         self._deliveries = metrics.alerts_sent
         self._counters: dict[tuple[str, str], Counter] = {}
+        self.on_done: DeliveryCallback | None = None
 
     def count(self, delivery: _Delivery, outcome: str) -> None:
+        # Every delivery ends in exactly one count other than ``retry``: the place to tell
+        # the owner of the outbox that this sink needs it no more.
+        if outcome not in ("retry", "dropped") and self.on_done is not None:
+            try:
+                self.on_done(self.name, delivery.action, delivery.alert)
+            except Exception:
+                log.exception("on_delivered callback failed for sink %s", self.name)
         status = _STATUS[delivery.action]
         counter = self._counters.get((status, outcome))
         if counter is None:
@@ -251,6 +263,7 @@ class AlertDispatcher:
         initial_backoff_s: float = 0.5,
         delivery_timeout_s: float = 30.0,
         on_sink_health: SinkHealthCallback | None = None,
+        on_delivered: DeliveryCallback | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1.")
@@ -265,6 +278,12 @@ class AlertDispatcher:
         names = [lane.name for lane in self._lanes]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be distinct, got {names}.")
+        self.on_delivered = on_delivered
+        #: Called with the sink's name and the alert before each attempt (crash tests' kill
+        #: point between the decision and the send).
+        self.on_sending: Callable[[str, Alert], None] | None = None
+        for lane in self._lanes:
+            lane.on_done = self._delivered
         self._active: dict[str, Alert] = {}
         self._started = False
         self._closing = asyncio.Event()
@@ -306,11 +325,13 @@ class AlertDispatcher:
                 lane.open.discard(key)
                 lane.touched.discard(key)
 
-    def fire(self, alert: Alert) -> None:
-        """Open or update the incident of ``alert``; enqueue notifications if it is news."""
+    def fire(self, alert: Alert) -> list[str]:
+        """Open or update the incident of ``alert``; enqueue notifications if it is news.
+
+        Returns the names of the sinks a notification was queued for (none: not news).
+        """
         if alert.resolved:
-            self.resolve(alert)
-            return
+            return self.resolve(alert)
         key = alert.dedup_key
         current = self._active.get(key)
         if current is not None:
@@ -318,34 +339,67 @@ class AlertDispatcher:
             alert = replace(alert, starts_at=current.starts_at)
             self._active[key] = alert
             if _notified_state(current) == _notified_state(alert):
-                return
+                return []
         self._active[key] = alert
         rank = severity_rank(alert.severity)
+        queued = []
         for lane in self._lanes:
             if rank >= lane.min_rank:
                 lane.open.add(key)
                 lane.push(_Delivery("fire", alert))
+                queued.append(lane.name)
+        return queued
 
-    def resolve(self, alert: Alert) -> None:
+    def resolve(self, alert: Alert) -> list[str]:
         """Close the incident of ``alert`` (model and alertname); a no-op when none is active.
 
         Sinks receive the incident as last fired (same labels, so Alertmanager matches it),
-        with ``ends_at`` from ``alert`` or now, and ``alert``'s values.
+        with ``ends_at`` from ``alert`` or now, ``alert``'s values and idempotency key.
+        Returns the names of the sinks a resolve was queued for.
         """
         key = alert.dedup_key
         current = self._active.pop(key, None)
         if current is None:
             log.debug("resolve of %s ignored: not active", key)
-            return
+            return []
         ended = replace(
             current,
             ends_at=alert.ends_at or datetime.now(UTC),
             values=alert.values or current.values,
+            idempotency_key=alert.idempotency_key or current.idempotency_key,
         )
+        queued = []
         for lane in self._lanes:
             if key in lane.open:
                 lane.open.discard(key)
                 lane.push(_Delivery("resolve", ended))
+                queued.append(lane.name)
+        return queued
+
+    def redeliver(self, action: str, alert: Alert, sinks: Iterable[str]) -> None:
+        """Queue again a notification that was handed to ``sinks`` and not confirmed before a
+        restart (restored from a checkpoint), with its idempotency key unchanged.
+
+        Call it after :meth:`adopt`, oldest notification first: a newer one supersedes an
+        older one still pending, as when they were first queued.
+        """
+        wanted = set(sinks)
+        key = alert.dedup_key
+        for lane in self._lanes:
+            if lane.name not in wanted:
+                continue
+            # The sink may have received the fire before the crash: it needs the resolve.
+            lane.touched.add(key)
+            if action == "resolve":
+                lane.open.discard(key)
+                lane.push(_Delivery("resolve", alert))
+            else:
+                lane.open.add(key)
+                lane.push(_Delivery("fire", alert))
+
+    def _delivered(self, sink_name: str, action: str, alert: Alert) -> None:
+        if self.on_delivered is not None:
+            self.on_delivered(sink_name, action, alert)
 
     def acknowledge(self, alert: Alert) -> bool:
         """Acknowledge the active incident of ``alert`` on sinks that support it (PagerDuty).
@@ -359,6 +413,10 @@ class AlertDispatcher:
             if isinstance(lane.sink, AcknowledgingSink) and current.dedup_key in lane.open:
                 lane.push(_Delivery("acknowledge", current))
         return True
+
+    def current(self, alert: Alert) -> Alert | None:
+        """The active incident ``alert`` belongs to (same model and alertname), if any."""
+        return self._active.get(alert.dedup_key)
 
     def active(self) -> list[Alert]:
         """The open incidents, oldest first."""
@@ -477,6 +535,8 @@ class AlertDispatcher:
 
     async def _attempt(self, lane: _Lane, delivery: _Delivery) -> AlertSinkError | None:
         sink = lane.sink
+        if self.on_sending is not None:
+            self.on_sending(lane.name, delivery.alert)
         try:
             async with asyncio.timeout(self.delivery_timeout_s):
                 if delivery.action == "acknowledge":

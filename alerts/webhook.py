@@ -2,6 +2,8 @@
 
 Receivers check ``X-Driftwarden-Signature: sha256=<hex>`` with :func:`verify_signature`; the
 body carries ``sent_at`` (also in ``X-Driftwarden-Timestamp``) so the signature covers it.
+Each model notification carries an ``Idempotency-Key`` header (and ``idempotency_key`` in the
+body), the same on every re-send of that notification, so a receiver can drop duplicates.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from alerts.base import Alert
 from alerts.transport import HttpSink, HttpTransport, rfc3339
 
 __all__ = [
+    "IDEMPOTENCY_HEADER",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "WebhookSink",
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Driftwarden-Signature"
 TIMESTAMP_HEADER = "X-Driftwarden-Timestamp"
+#: Same value for every attempt of one notification, across restarts: the receiver dedupes.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 PAYLOAD_VERSION = "1"
 
 
@@ -100,6 +105,7 @@ class WebhookSink(HttpSink):
             "status": "resolved" if alert.resolved else "firing",
             "sent_at": sent_at,
             "dedup_key": alert.dedup_key,
+            "idempotency_key": alert.idempotency_key,
             "alert": {
                 "model": alert.model,
                 "alertname": alert.alertname,
@@ -123,5 +129,7 @@ class WebhookSink(HttpSink):
             SIGNATURE_HEADER: sign(self._secret.get_secret_value().encode(), body),
             TIMESTAMP_HEADER: str(sent_at),
         }
+        if alert.idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = alert.idempotency_key
         await self._http.post(self.url, body, headers)
         log.debug("webhook %s: posted %s", self.name, alert.dedup_key)

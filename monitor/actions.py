@@ -12,8 +12,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ import msgspec
 from alerts.base import Alert
 from alerts.config import build_sinks
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
+from monitor.failpoints import failpoint
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.base import FlagValue
 from monitor.flags.config import build_backend
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from monitor.events import Event
     from monitor.settings import Settings
 
-__all__ = ["ALERTNAME", "Actions", "AuditLog", "flags_at"]
+__all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ ALERTNAME = "ModelUnhealthy"
 FLAG_BACKEND_DOWN = "FlagBackendDown"
 #: alertname of alerts.dispatcher.sink_down_alert.
 ALERT_SINK_DOWN = "AlertSinkDown"
+
+
+#: Marks "no entry" where None is a value.
+_MISSING: Any = object()
 
 
 def _finite(x: float) -> float | None:
@@ -126,6 +131,44 @@ class _FlagPlan:
     restore: list[str]
 
 
+@dataclass(slots=True)
+class _Notice:
+    """One notification of an incident, decided and persisted before any sink sees it."""
+
+    action: str  # "fire" or "resolve"
+    alert: Alert  # carries the idempotency key
+    #: Sinks it was queued for and that have not confirmed it; None: not queued yet.
+    sinks: list[str] | None = None
+
+
+@dataclass(slots=True)
+class Effects:
+    """A model's decided effects not yet known to be carried out, persisted with its
+    checkpoint (intent before effect): after a crash, a restart carries them out again,
+    idempotently (same flag values, same idempotency keys).
+    """
+
+    #: The open incident's id (model and first transition time) and its last sequence number.
+    incident: str | None = None
+    seq: int = 0
+    #: Flag plans decided and not yet handed entirely to the actuator, in decision order.
+    plans: list[_FlagPlan] = field(default_factory=list)
+    #: Flag writes handed to the actuator and not yet acknowledged (incident values and
+    #: restores of pre-incident values alike): flag -> value. A restart requests them again.
+    writing: dict[str, FlagValue] = field(default_factory=dict)
+    #: Notifications not yet confirmed by every sink they were queued for, oldest first.
+    outbox: list[_Notice] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.incident is None and not (self.plans or self.writing or self.outbox)
+
+
+#: A model's outbox keeps at most this many notifications (a newer one supersedes an older
+#: one at every sink anyway; the bound only matters for a sink that never answers).
+_OUTBOX_LIMIT = 16
+
+
 class Actions:
     """Decides, once per transition, what to flip and whom to page; delivery is queued.
 
@@ -133,6 +176,12 @@ class Actions:
     order the transitions happened; the value a flag held before automation first touched it
     is remembered and written back on recovery. Alerts go through an :class:`AlertDispatcher`.
     ``mode: shadow`` records the same decisions in the audit trail and touches nothing.
+
+    Crash safety (intent before effect): :meth:`decide` records a transition's decisions in
+    the model's :class:`Effects` (held flags, flag plans, notifications with an idempotency
+    key) and touches nothing; the daemon checkpoints the model, then calls :meth:`dispatch`.
+    The flag worker reads a flag's prior value and persists it (``persist``) before writing
+    the flag. A restored checkpoint's undone effects are carried out again (:meth:`resume`).
     """
 
     def __init__(
@@ -174,11 +223,25 @@ class Actions:
         self._review_budget: dict[str, tuple[float, float]] = {}
         self._random = random.Random(0)
         self._encoder = msgspec.json.Encoder()
+        #: Per model: decided effects not yet known to be carried out (checkpointed).
+        self.effects: dict[str, Effects] = {}
+        #: Writes a model's checkpoint (set by the daemon when it has a store): awaited
+        #: between reading a flag's prior value and writing the flag.
+        self.persist: Callable[[str], Awaitable[None]] | None = None
+        #: Told when a model's action state changed after an acknowledgement (a flag written,
+        #: a notification delivered): its next checkpoint records it.
+        self.on_state_changed: Callable[[str], None] | None = None
+        #: Models with decided effects that :meth:`dispatch` has not handed over yet.
+        self._undispatched: dict[str, None] = {}
+        #: Plans on the worker's queue (not persisted: after a restart nothing is queued).
+        self._queued: set[int] = set()
         if actuator is not None:
             actuator.on_applied = self._on_flag_applied
             actuator.on_backend_health = self._on_flag_backend_health
         if dispatcher is not None:
             dispatcher.on_sink_health = self._on_sink_health
+            dispatcher.on_delivered = self._on_delivered
+            dispatcher.on_sending = self._on_sending
 
     @classmethod
     def from_settings(
@@ -242,6 +305,21 @@ class Actions:
     # ----------------------------------------------------------------- decisions
 
     def on_transitions(self, transitions: Sequence[Transition], engine: Engine, now: float) -> None:
+        """Decide and carry out at once: for callers with nothing to checkpoint in between."""
+        self.decide(transitions, now, engine)
+        self.dispatch()
+
+    def decide(
+        self, transitions: Sequence[Transition], now: float, engine: Engine | None = None
+    ) -> set[str]:
+        """Decide each transition's flags and notification and record them as the model's
+        intent, touching no flag and no sink; return the models whose action state changed.
+        With ``engine``, a recovery's resolve carries what the model's signals read now.
+
+        Checkpoint those models, then call :meth:`dispatch`: a crash in between finds the
+        decision in the checkpoint and carries it out on restart, once.
+        """
+        decided: set[str] = set()
         for t in transitions:
             policy = self.policy_for(t.model)
             shadow = policy.mode == "shadow"
@@ -249,6 +327,54 @@ class Actions:
             entry["flags"] = self._decide_flags(t, policy, shadow)
             entry["alert"] = self._decide_alert(t, policy, shadow, now, engine)
             self.audit.write(entry)
+            decided.add(t.model)
+        return decided
+
+    def dispatch(self) -> None:
+        """Hand the decided and not yet handed-over plans to the flag worker and the
+        notifications to the dispatcher, in decision order."""
+        models, self._undispatched = self._undispatched, {}
+        for model in models:
+            effects = self.effects.get(model)
+            if effects is None:
+                continue
+            for plan in effects.plans:
+                if id(plan) not in self._queued:
+                    self._queued.add(id(plan))
+                    self._plans.put_nowait(plan)
+            for notice in list(effects.outbox):
+                if notice.sinks is not None or self.dispatcher is None:
+                    continue
+                # Record the notification as the sinks get it (the incident's first start,
+                # the labels it was fired with), so a re-send after a crash is identical.
+                current = self.dispatcher.current(notice.alert)
+                if current is not None and notice.action == "resolve":
+                    notice.alert = replace(
+                        current,
+                        ends_at=notice.alert.ends_at,
+                        values=notice.alert.values or current.values,
+                        idempotency_key=notice.alert.idempotency_key,
+                    )
+                elif current is not None:
+                    notice.alert = replace(notice.alert, starts_at=current.starts_at)
+                if notice.action == "resolve":
+                    notice.sinks = self.dispatcher.resolve(notice.alert)
+                else:
+                    notice.sinks = self.dispatcher.fire(notice.alert)
+                if not notice.sinks:
+                    effects.outbox.remove(notice)
+            self._drop_if_empty(model)
+
+    def _effects(self, model: str) -> Effects:
+        effects = self.effects.get(model)
+        if effects is None:
+            effects = self.effects[model] = Effects()
+        return effects
+
+    def _drop_if_empty(self, model: str) -> None:
+        effects = self.effects.get(model)
+        if effects is not None and effects.empty:
+            del self.effects[model]
 
     def _decide_flags(self, t: Transition, policy: ModelPolicy, shadow: bool) -> dict[str, Any]:
         before = flags_at(policy, t.from_level)
@@ -265,13 +391,27 @@ class Actions:
         decision = {"set": set_flags, "restore": restore, "outcome": outcome}
         if not shadow:
             key = f"{t.model}@{t.at:.3f}:{t.from_level.label}->{t.to_level.label}"
-            self._plans.put_nowait(_FlagPlan(t.model, key, set_flags, restore))
+            # What the model holds changes with the decision, not with the write: the
+            # checkpoint taken before the write already says which flags need a restore.
+            held = self.held.setdefault(t.model, {})
+            held.update(set_flags)
+            for flag in restore:
+                held.pop(flag, None)
+            if not held:
+                del self.held[t.model]
+            self._effects(t.model).plans.append(_FlagPlan(t.model, key, set_flags, restore))
+            self._undispatched[t.model] = None
             for flag in (*set_flags, *restore):
                 self._requested_at[flag] = (key, t.at)
         return decision
 
     def _decide_alert(
-        self, t: Transition, policy: ModelPolicy, shadow: bool, now: float, engine: Engine
+        self,
+        t: Transition,
+        policy: ModelPolicy,
+        shadow: bool,
+        now: float,
+        engine: Engine | None,
     ) -> dict[str, Any] | None:
         alert = self._alert_for(t, policy, now, engine)
         if alert is None:
@@ -282,22 +422,34 @@ class Actions:
         kind = "alert_resolve" if alert.resolved else "alert_fire"
         outcome = "shadow" if shadow else "silenced" if silenced else "requested"
         self.metrics.actions.labels(kind, outcome).inc()
+        decision: dict[str, Any] = {"kind": kind, "severity": alert.severity, "outcome": outcome}
         if not shadow and not silenced and self.dispatcher is not None:
+            effects = self._effects(t.model)
+            if effects.incident is None:
+                # One id per incident, from its first notification; the sequence number
+                # tells its notifications apart (fire, updates, resolve).
+                effects.incident = f"{t.model}@{t.at:.3f}"
+                effects.seq = 0
+            effects.seq += 1
+            key = f"{effects.incident}#{effects.seq}"
+            action = "resolve" if alert.resolved else "fire"
+            effects.outbox.append(_Notice(action, replace(alert, idempotency_key=key)))
+            del effects.outbox[:-_OUTBOX_LIMIT]
             if alert.resolved:
-                self.dispatcher.resolve(alert)
-            else:
-                self.dispatcher.fire(alert)
-        return {"kind": kind, "severity": alert.severity, "outcome": outcome}
+                effects.incident = None
+            self._undispatched[t.model] = None
+            decision["idempotency_key"] = key
+        return decision
 
     def _alert_for(
-        self, t: Transition, policy: ModelPolicy, now: float, engine: Engine
+        self, t: Transition, policy: ModelPolicy, now: float, engine: Engine | None
     ) -> Alert | None:
         at = datetime.fromtimestamp(t.at, UTC)
         values = {c.signal: c.statistic for c in t.causes if math.isfinite(c.statistic)}
         if t.to_level is Level.OK:
             # A recovery has no causes: the resolve carries what the signals read now, not
             # the values the incident fired with.
-            monitor = engine.models.get(t.model)
+            monitor = engine.models.get(t.model) if engine is not None else None
             if monitor is not None:
                 values = {
                     name: o.statistic
@@ -345,40 +497,108 @@ class Actions:
     # ----------------------------------------------------------------- flag plans
 
     async def _run_plans(self) -> None:
-        actuator = self.actuator
         while True:
             plan = await self._plans.get()
             try:
-                if actuator is None:
-                    continue
-                for flag, value in plan.set_flags.items():
-                    if flag not in self.baseline:
-                        try:
-                            self.baseline[flag] = await actuator.current(flag, timeout_s=2.0)
-                        except Exception as err:  # a backend down must not lose the plan
-                            log.warning("cannot read %r before setting it: %r", flag, err)
-                            self.baseline[flag] = None
-                    self.held.setdefault(plan.model, {})[flag] = value
-                    actuator.request(flag, value, key=plan.key)
-                for flag in plan.restore:
-                    self.held.get(plan.model, {}).pop(flag, None)
-                    if any(flag in held for held in self.held.values()):
-                        continue  # another model's incident still needs it
-                    prior = self.baseline.pop(flag, None)
-                    if prior is None:
-                        self.audit.write(
-                            {
-                                "kind": "flag_restore_skipped",
-                                "at": self.clock(),
-                                "flag": flag,
-                                "model": plan.model,
-                                "why": "value before the incident is unknown",
-                            }
-                        )
-                        continue
-                    actuator.request(flag, prior, key=plan.key)
+                self._queued.discard(id(plan))
+                if self.actuator is not None:
+                    await self._carry_out(plan, self.actuator)
+            except Exception:
+                log.exception("flag plan %s failed", plan.key)
             finally:
                 self._plans.task_done()
+
+    async def _carry_out(self, plan: _FlagPlan, actuator: FlagActuator) -> None:
+        effects = self.effects.get(plan.model)
+        read = False
+        for flag in plan.set_flags:
+            if flag not in self.baseline:
+                try:
+                    self.baseline[flag] = await actuator.current(flag, timeout_s=2.0)
+                except Exception as err:  # a backend down must not lose the plan
+                    log.warning("cannot read %r before setting it: %r", flag, err)
+                    self.baseline[flag] = None
+                read = True
+        if read:
+            # The prior value is safe before the flag changes: a restart never re-reads it
+            # from a backend that already holds the incident's value.
+            failpoint("flag.prior_read")
+            await self._persist(plan.model)
+            failpoint("flag.prior_saved")
+            if self.effects.get(plan.model) is not effects:
+                return  # handed over to another replica meanwhile: its owner carries it out
+        for flag, value in plan.set_flags.items():
+            if effects is not None:
+                effects.writing[flag] = value
+            actuator.request(flag, value, key=plan.key)
+        for flag in plan.restore:
+            if any(flag in held for held in self.held.values()):
+                continue  # another model's incident (or a newer one of this model) needs it
+            prior = self.baseline.pop(flag, None)
+            if prior is None:
+                self.audit.write(
+                    {
+                        "kind": "flag_restore_skipped",
+                        "at": self.clock(),
+                        "flag": flag,
+                        "model": plan.model,
+                        "why": "value before the incident is unknown",
+                    }
+                )
+                continue
+            if effects is not None:
+                effects.writing[flag] = prior
+            failpoint("flag.restore_requested")
+            actuator.request(flag, prior, key=plan.key)
+        if effects is not None and plan in effects.plans:
+            effects.plans.remove(plan)
+            self._changed(plan.model)
+
+    async def _persist(self, model: str) -> None:
+        if self.persist is None:
+            return
+        try:
+            await self.persist(model)
+        except Exception as err:
+            # Availability first: the flip still happens; only its crash safety is weaker
+            # until the store is back (logged, and the checkpoint failure is counted).
+            log.warning("cannot checkpoint %r before its flag write: %r", model, err)
+
+    def _changed(self, model: str) -> None:
+        self._drop_if_empty(model)
+        if self.on_state_changed is not None:
+            self.on_state_changed(model)
+
+    def resume(self, model: str) -> None:
+        """Carry out again what a restored checkpoint of ``model`` decided and did not see
+        confirmed: unacknowledged flag writes are requested again (writing the value a flag
+        already holds changes nothing), pending plans are redone, notifications queued again
+        with their idempotency keys. Call after its held flags, baselines and effects are
+        restored.
+        """
+        effects = self.effects.get(model)
+        if effects is None:
+            effects = Effects()
+        actuator = self.actuator
+        if actuator is not None:
+            planned = {flag for plan in effects.plans for flag in plan.set_flags}
+            key = f"resume:{model}"
+            for flag, value in self.held.get(model, {}).items():
+                if flag in planned or flag in effects.writing:
+                    continue  # its plan or its unacknowledged write below carries it out
+                if flag not in self.baseline:
+                    # Decided but its prior value never saved: the write never happened.
+                    effects.plans.insert(0, _FlagPlan(model, key, {flag: value}, []))
+                    self.effects[model] = effects
+            for flag, value in effects.writing.items():
+                actuator.request(flag, value, key=key)
+        if self.dispatcher is not None:
+            for notice in effects.outbox:
+                if notice.sinks:
+                    self.dispatcher.redeliver(notice.action, notice.alert, notice.sinks)
+        if model in self.effects:
+            self._undispatched[model] = None
+            self.dispatch()
 
     def _on_flag_applied(self, flag: str, value: FlagValue, key: str) -> None:
         now = self.clock()
@@ -397,6 +617,32 @@ class Actions:
             entry["latency_s"] = round(now - decided, 4)
         self.flips.append(entry)
         self.audit.write(entry)
+        for model, effects in list(self.effects.items()):
+            wanted = effects.writing.get(flag, _MISSING)
+            if wanted is not _MISSING and type(wanted) is type(value) and wanted == value:
+                del effects.writing[flag]
+                self._changed(model)
+
+    def _on_delivered(self, sink: str, action: str, alert: Alert) -> None:
+        key = alert.idempotency_key
+        if key is None:
+            return  # driftwarden's own alerts are not persisted
+        failpoint("alert.delivered")
+        effects = self.effects.get(alert.model)
+        if effects is None:
+            return
+        for notice in effects.outbox:
+            if notice.alert.idempotency_key == key and notice.action == action:
+                if notice.sinks is not None and sink in notice.sinks:
+                    notice.sinks.remove(sink)
+                    if not notice.sinks:
+                        effects.outbox.remove(notice)
+                    self._changed(alert.model)
+                return
+
+    def _on_sending(self, sink: str, alert: Alert) -> None:
+        if alert.idempotency_key is not None:
+            failpoint("alert.before_send")
 
     def _on_flag_backend_health(self, name: str, up: bool) -> None:
         alert = Alert(
@@ -498,6 +744,8 @@ class Actions:
         continues from the checkpoint): no restore, no resolve from here.
         """
         self.held.pop(model, None)
+        self.effects.pop(model, None)
+        self._undispatched.pop(model, None)
         self.silenced_until.pop(model, None)
         if self.dispatcher is not None:
             self.dispatcher.release(model)

@@ -26,6 +26,7 @@ from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topi
 from monitor.engine import Engine
 from monitor.errors import BrokerUnavailableError
 from monitor.events import BadRecord, Event, EventDecoder
+from monitor.failpoints import failpoint
 from monitor.health import Transition
 from monitor.history import history_of
 from monitor.http import HttpServer, LoopHeartbeat
@@ -116,6 +117,17 @@ class Daemon:
         self._force_checkpoint = False
         self._store_outages = 0
         self.checkpoint_health = CheckpointHealth(settings.state.max_failed_rounds)
+        #: Per model, per partition: the offset of the last record its state holds. It goes
+        #: into the model's checkpoint, so a model can be checkpointed mid-batch (at its
+        #: transition, before any action) and a replay after a crash re-applies nothing the
+        #: checkpoint already holds: the transition is not decided (nor acted on) twice.
+        self._applied_offsets: dict[str, dict[TopicPartition, int]] = {}
+        #: After a restore: per partition, per model, records at or below this offset are
+        #: skipped (the restored state already holds them). Emptied once passed.
+        self._replay_skip: dict[TopicPartition, dict[str, int]] = {}
+        if self.store is not None:
+            self.actions.persist = self._persist_model
+            self.actions.on_state_changed = self._mark_dirty
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -187,6 +199,12 @@ class Daemon:
                     await self._commit_point()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
+        if self.store is not None and self._dirty:
+            # The flush confirmed deliveries and flag writes: record them, or the next start
+            # would send those notifications again (same idempotency key, but Slack has none).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 0.5)):
+                    await self._checkpoint(set(self._dirty))
         await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
         if self._applied_log is not None:
             self._applied_log.close()
@@ -299,36 +317,46 @@ class Daemon:
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
         track = self.store is not None
-        seen_on: list[tuple[TopicPartition, set[str]]] = []
+        #: Per model of this batch: its partitions' last offsets (what its state holds once
+        #: the model's span is applied).
+        batch_offsets: dict[str, dict[TopicPartition, int]] = {}
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
             first = len(events)
+            skip = self._replay_skip.get(tp)
             for record in records:
                 decoded = decode(record.value)
                 if isinstance(decoded, Event):
+                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
+                        continue  # the model's restored checkpoint already holds it
                     events.append(decoded)
                 else:
                     bad.append((record, decoded))
-            if track:
-                seen_on.append((tp, {event.model for event in events[first:]}))
+            if skip is not None and records and records[-1].offset >= max(skip.values()):
+                del self._replay_skip[tp]
+            if track and records:
+                last = records[-1].offset
+                for model in {event.model for event in events[first:]}:
+                    batch_offsets.setdefault(model, {})[tp] = last
         before = self.engine.dropped_events
         refused_before = dict(self.engine.refused_events)
         acting = False
         for transitions in self.engine.apply_stepwise(events, now):
             if transitions:
-                self._on_transitions(transitions, now)
+                await self._on_transitions(transitions, now, batch_offsets)
                 acting = True
             if acting:
                 # The flag and alert workers (reads, writes, their threads' results) move on
                 # while the rest of the batch is applied: a breach does not wait for it.
                 await asyncio.sleep(0)
+                failpoint("batch.between_models")
         # Only watched models: a flood of refused ids must not grow these with the traffic.
         watching = self.engine.models
-        for tp, models in seen_on:
-            for model in models:
-                if model in watching:
-                    self._dirty.add(model)
-                    self._model_partition[model] = tp
+        for model, offsets in batch_offsets.items():
+            if model in watching:
+                self._dirty.add(model)
+                self._model_partition[model] = next(reversed(offsets))
+                self._applied_offsets.setdefault(model, {}).update(offsets)
         dropped = self.engine.dropped_events - before
         # Events of a model with no monitor reach no detector: refused, not applied.
         self.applied_events += len(events) - dropped
@@ -395,7 +423,7 @@ class Daemon:
                 now = self.clock()
                 transitions = self.engine.tick(now)
                 if transitions:
-                    self._on_transitions(transitions, now)
+                    await self._on_transitions(transitions, now, None)
                 self.actions.tick(now)
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
@@ -407,14 +435,54 @@ class Daemon:
             # the batch lock: a position lookup waits on the broker).
             await self.consumer.track_unapplied_partitions()
 
-    def _on_transitions(self, transitions: list[Transition], now: float) -> None:
-        # A transition is checkpointed before the next commit, so a replica taking over
-        # continues from the new state instead of deciding (and paging) again.
+    async def _on_transitions(
+        self,
+        transitions: list[Transition],
+        now: float,
+        batch_offsets: dict[str, dict[TopicPartition, int]] | None,
+    ) -> None:
+        """Decide, checkpoint the deciding models, and only then act (intent before effect).
+
+        The checkpoint holds the new health state, the records it was decided on (their
+        offsets: a replay skips them) and the decided flags and notifications: a crash after
+        it carries the decision out on restart, a crash before it decides again; either way
+        the transition's effects happen once. Called mid-batch, right after the models' spans.
+        """
         self._force_checkpoint = True
         for t in transitions:
             self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
             log.info("transition %s", t.describe())
-        self.actions.on_transitions(transitions, self.engine, now)
+        decided = self.actions.decide(transitions, now, self.engine)
+        failpoint("transition.decided")
+        if self.store is not None and decided:
+            for model in decided:
+                offsets = (batch_offsets or {}).get(model)
+                if offsets:
+                    # Mid-batch: the batch's bookkeeping of watched models comes after it.
+                    self._model_partition[model] = next(reversed(offsets))
+                    self._applied_offsets.setdefault(model, {}).update(offsets)
+            if not await self._checkpoint(decided):
+                # Availability first: a store down must not stop the fail-safe flip or the
+                # page; those effects are at-least-once until the store is back.
+                log.warning("acting on %d transitions without their checkpoint", len(decided))
+            failpoint("transition.saved")
+        self.actions.dispatch()
+        failpoint("transition.dispatched")
+
+    async def _persist_model(self, model: str) -> None:
+        """Checkpoint ``model`` now (the flag worker, before a flag write): at a point where
+        its state matches its offsets, never in the middle of a batch's other models."""
+        async with self.consumer.batch_lock:
+            if model in self.engine.models and not await self._checkpoint({model}):
+                raise RuntimeError(f"checkpoint of {model!r} failed")
+
+    def _mark_dirty(self, model: str) -> None:
+        # An acknowledgement (a notification delivered, a flag written) is checkpointed at
+        # the next commit point, not the next interval: that keeps the window in which a
+        # crash re-sends a delivered notification (same idempotency key) to about one batch.
+        if model in self.engine.models:
+            self._dirty.add(model)
+            self._force_checkpoint = True
 
     def _unpublish(self, model: str, *, counters: bool = False) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
@@ -546,6 +614,7 @@ class Daemon:
             self._unpublish(model, counters=True)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
             self._saved_at.pop(model, None)
             self.checkpoint_health.failing.pop(model, None)
@@ -575,7 +644,9 @@ class Daemon:
             return
         if await self._checkpoint(set(self._dirty)):
             self._force_checkpoint = False
+            failpoint("commit.before")
             await self.consumer.commit()
+            failpoint("commit.after")
 
     async def _checkpoint(self, models: set[str]) -> bool:
         store = self.store
@@ -586,7 +657,10 @@ class Daemon:
             monitor = self.engine.models.get(model)
             if monitor is not None:
                 snapshots[model] = snapshot_model(
-                    monitor, self.actions, self._model_partition.get(model)
+                    monitor,
+                    self.actions,
+                    self._model_partition.get(model),
+                    self._applied_offsets.get(model),
                 )
         refused: dict[str, str] = {}
         try:
@@ -595,11 +669,18 @@ class Daemon:
                 self._store_outages = self.consumer.outages
                 # The broker may have lost every checkpoint: write all models, not the dirty.
                 snapshots = {
-                    model: snapshot_model(m, self.actions, self._model_partition.get(model))
+                    model: snapshot_model(
+                        m,
+                        self.actions,
+                        self._model_partition.get(model),
+                        self._applied_offsets.get(model),
+                    )
                     for model, m in self.engine.models.items()
                 }
             if snapshots:
+                failpoint("checkpoint.before_save")
                 await store.save(snapshots)
+                failpoint("checkpoint.saved")
         except CheckpointError as err:
             if not err.failed:
                 return self._store_failed(err, len(snapshots))
@@ -662,6 +743,7 @@ class Daemon:
                 "cannot load checkpoints: the models of %d partitions start afresh", len(assigned)
             )
             return
+        failpoint("restore.loaded")
         now = self.clock()
         # A replica that missed a revoke (its commit raced a rebalance) may still hold models
         # of partitions now owned elsewhere: it must not act for them, nor checkpoint them
@@ -671,6 +753,7 @@ class Daemon:
             self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
             self.checkpoint_health.failing.pop(model, None)
             self.actions.forget(model)
@@ -693,7 +776,14 @@ class Daemon:
                 continue  # max_models reached; a named model is always adopted
             self._model_partition[model] = tp
             self._saved_at[model] = header.saved_at
+            offsets = header.applied_offsets()
+            self._applied_offsets[model] = offsets
+            for part, offset in offsets.items():
+                self._replay_skip.setdefault(part, {})[model] = offset
+            # What the checkpoint decided and did not see done is carried out now, once.
+            self.actions.resume(model)
             restored += 1
+        failpoint("restore.resumed")
         self.restored_models += restored
         log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))
 
@@ -702,11 +792,14 @@ class Daemon:
         if self.store is None or not revoked:
             return
         leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
+        for tp in revoked:
+            self._replay_skip.pop(tp, None)
         await self._checkpoint(leaving)
         for model in leaving:
             self._unpublish(model)
             self.engine.drop(model)
             self._model_partition.pop(model, None)
+            self._applied_offsets.pop(model, None)
             self._dirty.discard(model)
             self.checkpoint_health.failing.pop(model, None)
             self.actions.forget(model)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +31,7 @@ from monitor.errors import DriftwardenError
 from monitor.policy import Level, ModelPolicy
 
 if TYPE_CHECKING:
-    from monitor.actions import Actions
+    from monitor.actions import Actions, Effects
     from monitor.settings import KafkaSettings
 
 __all__ = [
@@ -187,10 +188,68 @@ def _alert_from_dict(raw: dict[str, Any]) -> Alert:
     )
 
 
+def _effects_to_dict(effects: Effects | None) -> dict[str, Any] | None:
+    if effects is None or effects.empty:
+        return None
+    return {
+        "incident": effects.incident,
+        "seq": effects.seq,
+        "plans": [
+            {"key": p.key, "set": p.set_flags, "restore": list(p.restore)} for p in effects.plans
+        ],
+        "writing": effects.writing,
+        "outbox": [
+            {
+                "action": n.action,
+                "alert": {
+                    **_alert_to_dict(n.alert),
+                    "ends_at": n.alert.ends_at.isoformat() if n.alert.ends_at else None,
+                    "idempotency_key": n.alert.idempotency_key,
+                },
+                "sinks": n.sinks,
+            }
+            for n in effects.outbox
+        ],
+    }
+
+
+def _effects_from_dict(model: str, raw: dict[str, Any]) -> Effects:
+    from monitor.actions import Effects, _FlagPlan, _Notice
+
+    outbox = []
+    for notice in raw.get("outbox") or ():
+        alert = _alert_from_dict(notice["alert"])
+        ends_at = notice["alert"].get("ends_at")
+        alert = replace(
+            alert,
+            ends_at=datetime.fromisoformat(ends_at) if ends_at else None,
+            idempotency_key=notice["alert"].get("idempotency_key"),
+        )
+        sinks = notice.get("sinks")
+        outbox.append(_Notice(str(notice["action"]), alert, list(sinks) if sinks else None))
+    return Effects(
+        incident=raw.get("incident"),
+        seq=int(raw.get("seq") or 0),
+        plans=[
+            _FlagPlan(model, str(p["key"]), dict(p["set"]), list(p["restore"]))
+            for p in raw.get("plans") or ()
+        ],
+        writing=dict(raw.get("writing") or {}),
+        outbox=outbox,
+    )
+
+
 def snapshot_model(
-    monitor: ModelMonitor, actions: Actions | None, partition: TopicPartition | None
+    monitor: ModelMonitor,
+    actions: Actions | None,
+    partition: TopicPartition | None,
+    offsets: dict[TopicPartition, int] | None = None,
 ) -> bytes:
-    """Everything needed to continue a model elsewhere, as bytes."""
+    """Everything needed to continue a model elsewhere, as bytes.
+
+    ``offsets``: per partition, the offset of the last record whose events the model's state
+    holds; a restore skips that model's records up to it (a replay re-applies nothing).
+    """
     monitor.flush(monitor.last_event_at or 0.0)
     health = monitor.health
     members: dict[str, Any] = {}
@@ -205,9 +264,17 @@ def snapshot_model(
     action_state: dict[str, Any] = {}
     if actions is not None:
         held = actions.held.get(monitor.model, {})
+        effects = actions.effects.get(monitor.model)
+        touched = set(held)
+        if effects is not None:
+            for plan in effects.plans:
+                touched.update(plan.set_flags, plan.restore)
+        # Only the prior values known: a flag missing here has not been read yet (so not
+        # written either); None is a flag that had no value.
         action_state = {
             "held": held,
-            "baseline": {f: actions.baseline.get(f) for f in held},
+            "baseline": {f: actions.baseline[f] for f in touched if f in actions.baseline},
+            "effects": _effects_to_dict(effects),
             "alerts": [
                 _alert_to_dict(a)
                 for a in (actions.dispatcher.active() if actions.dispatcher else [])
@@ -219,6 +286,7 @@ def snapshot_model(
         "v": STATE_VERSION,
         "model": monitor.model,
         "partition": [partition.topic, partition.partition] if partition else None,
+        "offsets": [[tp.topic, tp.partition, off] for tp, off in (offsets or {}).items()],
         "saved_at": time.time(),
         "events": monitor.events,
         "last_event_at": monitor.last_event_at,
@@ -246,11 +314,27 @@ class CheckpointHeader(msgspec.Struct):
     partition: list[Any] | None = None
     #: When the checkpoint was taken (its writer's clock).
     saved_at: float = 0.0
+    #: [topic, partition, offset] of the last record applied to the model, per partition.
+    offsets: list[Any] = msgspec.field(default_factory=list)
 
     @property
     def topic_partition(self) -> TopicPartition | None:
         part = self.partition
         return TopicPartition(part[0], int(part[1])) if part else None
+
+    def applied_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the last offset the model's state holds (empty: unknown)."""
+        found: dict[TopicPartition, int] = {}
+        for entry in self.offsets:
+            if (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and isinstance(entry[0], str)
+                and isinstance(entry[1], int)
+                and isinstance(entry[2], int)
+            ):
+                found[TopicPartition(entry[0], entry[1])] = entry[2]
+        return found
 
 
 read_header = msgspec.msgpack.Decoder(CheckpointHeader).decode
@@ -310,8 +394,11 @@ def restore_model(
         held = dict(action_state.get("held") or {})
         if held:
             actions.held[model] = held
-            for flag, value in (action_state.get("baseline") or {}).items():
-                actions.baseline.setdefault(flag, value)
+        # Prior values are restored for held flags and for pending plans and restores alike.
+        for flag, value in (action_state.get("baseline") or {}).items():
+            actions.baseline.setdefault(flag, value)
+        if action_state.get("effects"):
+            actions.effects[model] = _effects_from_dict(model, action_state["effects"])
         if action_state.get("silenced_until"):
             actions.silenced_until[model] = float(action_state["silenced_until"])
         if actions.dispatcher is not None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from monitor.errors import FlagBackendError
+from monitor.failpoints import failpoint
 from monitor.flags.base import FlagBackend, FlagValue
 from monitor.metrics import Metrics
 
@@ -251,6 +252,7 @@ class FlagActuator:
                 self._pending.pop(flag, None)
                 self._depth_gauge.set(len(self._pending))
                 continue
+            failpoint("flag.before_write")
             try:
                 await self.backend.set(flag, target.value)
             except asyncio.CancelledError:
@@ -277,6 +279,7 @@ class FlagActuator:
                     )
                     self._done(flag, target)
                 continue
+            failpoint("flag.written")
             self._failures = 0
             self._set_health(True, None)
             self._writes["ok"].inc()
