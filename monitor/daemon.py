@@ -580,6 +580,7 @@ class Daemon:
             problems.append("no partition assignment yet")
         elif self.consumer.rejoining:
             problems.append("rejoining the consumer group: partitions revoked, none assigned yet")
+        problems += self.consumer.unreadable_problems()
         if self._stop.is_set():
             problems.append("shutting down")
         return problems
@@ -592,6 +593,7 @@ class Daemon:
             "applied_events": self.applied_events,
             "restored_models": self.restored_models,
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
+            "unreadable_partitions": self.consumer.unreadable_problems(),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }
