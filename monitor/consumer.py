@@ -416,7 +416,7 @@ class EventConsumer:
         )
         self.unreadable[tp] = entry
         consumer.pause(tp)
-        self.metrics.fetch_errors.labels(tp.topic, str(tp.partition), reason).inc()
+        self.metrics.fetch_errors.labels(tp.topic, str(tp.partition)).inc()
         self.metrics.partition_unreadable.labels(tp.topic, str(tp.partition)).set(1)
         # Bounded by the backoff: at most one line per partition per retry.
         log.warning(
@@ -450,9 +450,10 @@ class EventConsumer:
 
     def _forget_unreadable(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
-            if self.unreadable.pop(tp, None) is not None:
+            self.unreadable.pop(tp, None)
+            for metric in (self.metrics.partition_unreadable, self.metrics.fetch_errors):
                 with contextlib.suppress(KeyError):
-                    self.metrics.partition_unreadable.remove(tp.topic, str(tp.partition))
+                    metric.remove(tp.topic, str(tp.partition))
 
     def unreadable_problems(self) -> list[str]:
         """One line per unreadable partition, for /readyz and /status."""
@@ -591,6 +592,14 @@ class EventConsumer:
                 await self._on_assigned_hook(set(assigned))
             self.assignment = set(assigned)
             self._forget_unreadable(set(self.unreadable) - self.assignment)
+            for tp in self.assignment:
+                # Every owned partition has its series (0 while readable), for dashboards
+                # and alert rules alike.
+                partition = str(tp.partition)
+                self.metrics.partition_unreadable.labels(tp.topic, partition).set(
+                    1 if tp in self.unreadable else 0
+                )
+                self.metrics.fetch_errors.labels(tp.topic, partition)
             consumer = self._consumer
             if consumer is not None:
                 # A new assignment starts unpaused: what is still known unreadable waits

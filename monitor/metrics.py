@@ -133,8 +133,8 @@ class Metrics:
             ),
             fetch_errors=Counter(
                 "driftwarden_fetch_errors_total",
-                "Reads of a partition's records that failed, by error class.",
-                ["topic", "partition", "reason"],
+                "Reads of a partition's records that failed (the error: log, /readyz, /status).",
+                ["topic", "partition"],
                 registry=r,
             ),
             loop_lag=Gauge(

@@ -124,7 +124,10 @@ async def test_unreadable_partition_is_paused_reported_retried_and_stalls_no_oth
         entry = daemon.consumer.unreadable[bad]
         assert (entry.offset, entry.reason) == (0, reason)
         assert get("driftwarden_partition_unreadable", labels) == 1
-        assert (get("driftwarden_fetch_errors_total", {**labels, "reason": reason}) or 0) >= 1
+        assert (get("driftwarden_fetch_errors_total", labels) or 0) >= 1
+        readable = {"topic": topic, "partition": str((bad.partition + 1) % len(CODECS))}
+        assert get("driftwarden_partition_unreadable", readable) == 0
+        assert get("driftwarden_fetch_errors_total", readable) == 0
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
                 assert response.status == 503
@@ -144,6 +147,7 @@ async def test_unreadable_partition_is_paused_reported_retried_and_stalls_no_oth
         await wait_for(lambda: daemon.consumer.unreadable[bad].failures >= 3, timeout=30)
         broken_for = time.monotonic() - started - join_s - detect_s
         failures = daemon.consumer.unreadable[bad].failures
+        assert get("driftwarden_fetch_errors_total", labels) == failures
         assert failures <= 2 + math.log2(1 + broken_for / consumer_module.UNREADABLE_RETRY_FIRST_S)
         assert daemon.applied_events == total - PER_PARTITION
 
