@@ -414,6 +414,8 @@ class EventConsumer:
             failures=failures,
             retry_at=now + delay,
         )
+        if tp not in consumer.assignment():
+            return  # revoked while its position was asked for: its new owner reads it
         self.unreadable[tp] = entry
         consumer.pause(tp)
         self.metrics.fetch_errors.labels(tp.topic, str(tp.partition)).inc()
@@ -443,8 +445,9 @@ class EventConsumer:
 
     def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
         now = time.monotonic()
+        assigned = consumer.assignment()
         for entry in self.unreadable.values():
-            if not entry.retrying and entry.retry_at <= now:
+            if not entry.retrying and entry.retry_at <= now and entry.tp in assigned:
                 entry.retrying = True
                 consumer.resume(entry.tp)
 
