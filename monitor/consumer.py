@@ -1,5 +1,6 @@
-"""The Kafka side: the consumer (getmany batches, manual commits, rebalance listener, a
-deadline on every broker wait) and the producer for the dead-letter and review topics.
+"""The Kafka side: the consumer (getmany batches read partition by partition, manual commits,
+rebalance listener, a deadline on every broker wait, unreadable partitions paused and retried)
+and the producer for the dead-letter and review topics.
 """
 
 from __future__ import annotations
@@ -9,11 +10,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedCodecError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from monitor.backoff import Backoff
@@ -22,15 +33,71 @@ from monitor.events import BadRecord
 from monitor.metrics import Metrics
 from monitor.settings import KafkaSettings
 
-__all__ = ["DeadLetterWriter", "EventConsumer", "ensure_topics"]
+__all__ = ["DeadLetterWriter", "EventConsumer", "UnreadablePartition", "ensure_topics"]
 
 log = logging.getLogger(__name__)
 
 #: How often an idle consumer proves with a metadata request that the broker is there.
 PROBE_INTERVAL_S = 1.0
 
+#: Bounded backoff between reads of a partition whose records could not be read: doubles from
+#: the first to the last value (a codec library installed, a transient broker answer heals).
+UNREADABLE_RETRY_FIRST_S = 1.0
+UNREADABLE_RETRY_MAX_S = 30.0
+
+#: Errors aiokafka raises out of getmany() for one partition's records (unpacking a batch or
+#: a per-partition fetch error). Any exception that is not a KafkaError comes from unpacking
+#: too (a decompressor's own error on a corrupt batch); other KafkaErrors concern the whole
+#: consumer (stopped, group coordination).
+PARTITION_ERRORS: tuple[type[KafkaError], ...] = (
+    UnsupportedCodecError,
+    CorruptRecordException,
+    RecordTooLargeError,
+    OffsetOutOfRangeError,
+    NoOffsetForPartitionError,
+    TopicAuthorizationFailedError,
+)
+
 PartitionHook = Callable[[set[TopicPartition]], Awaitable[None]]
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+def _is_partition_error(err: Exception) -> bool:
+    return isinstance(err, PARTITION_ERRORS) or not isinstance(err, KafkaError)
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+@dataclass(slots=True)
+class UnreadablePartition:
+    """A partition whose records could not be read: paused, retried with backoff, never
+    committed past (its offset stays where reading stopped)."""
+
+    tp: TopicPartition
+    #: The position where reading stopped: the first offset not yet handed to the daemon.
+    offset: int | None
+    reason: str
+    detail: str
+    since: float
+    failures: int
+    retry_at: float
+    #: True while the partition is resumed for a retry (not yet known to be readable).
+    retrying: bool = False
+
+    def describe(self, now: float) -> str:
+        at = "?" if self.offset is None else str(self.offset)
+        state = (
+            "retrying now"
+            if self.retrying
+            else f"next retry in {max(0.0, self.retry_at - now):.1f}s"
+        )
+        return (
+            f"Kafka partition {_name(self.tp)} unreadable at offset {at} for "
+            f"{now - self.since:.1f}s ({self.failures} failed reads, {state}): "
+            f"{self.reason}: {self.detail}"
+        )
 
 
 async def ensure_topics(
@@ -105,6 +172,22 @@ class _ClientErrorsHeldBack(logging.Filter):
             logging.getLogger(name).removeFilter(self)
 
 
+async def _next_fetch_response(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+    """Wait until aiokafka's fetcher holds new data (records or a partition's error), at
+    most ``timeout_s``.
+
+    This is the future aiokafka's own getmany() waits on; it is private API (aiokafka is
+    pinned below 0.15, tests/kafka/test_unreadable_partition.py checks it is there). A
+    getmany() over all partitions would wait the same way but take their records at once.
+    """
+    waiter: asyncio.Future[None] = consumer._fetcher._create_fetch_waiter()
+    done, _ = await asyncio.wait([waiter], timeout=timeout_s)
+    if not done:
+        waiter.cancel()
+        return
+    waiter.result()  # an authorization error of the group fails every waiter
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EventConsumer) -> None:
         self._owner = owner
@@ -156,6 +239,10 @@ class EventConsumer:
         self._report_at = 0.0
         self._report_delays = OUTAGE_REPORTS.delays()
         self._probed_at = 0.0
+        #: Partitions paused because their records could not be read (see fetch()).
+        self.unreadable: dict[TopicPartition, UnreadablePartition] = {}
+        #: Rotates the partition read first, so one busy partition cannot starve the others.
+        self._read_turn = 0
 
     @property
     def broker_reachable(self) -> bool:
@@ -280,12 +367,20 @@ class EventConsumer:
         return held_back.held
 
     async def fetch(self) -> Batch:
-        """One getmany() under a deadline; an empty batch when the broker is slow or down."""
+        """One batch under a deadline; an empty batch when the broker is slow or down.
+
+        Records are read partition by partition: aiokafka raises a partition's unpacking
+        error (a codec it lacks, a corrupt batch) out of a getmany() over all partitions and
+        drops the records it had already taken from the others, so one unreadable partition
+        would stall every partition of the consumer. Here it is paused and retried instead
+        (see UnreadablePartition); the others go on.
+        """
         consumer = self._require()
         s = self.settings
+        self._resume_due(consumer)
         try:
-            batch: Batch = await asyncio.wait_for(
-                consumer.getmany(timeout_ms=s.fetch_timeout_ms, max_records=s.max_poll_records),
+            batch = await asyncio.wait_for(
+                self._read(consumer, s.fetch_timeout_ms, s.max_poll_records),
                 s.fetch_timeout_ms / 1000 + s.broker_timeout_s,
             )
         except TimeoutError:
@@ -307,6 +402,53 @@ class EventConsumer:
             await self.reset_positions_past_log_end()
         return batch
 
+    async def _read(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Batch:
+        """What the fetcher holds for the readable partitions, or what its next fetch
+        answers within ``timeout_ms``."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            batch = await self._drain(consumer, max_records)
+            left = deadline - time.monotonic()
+            if batch or left <= 0:
+                return batch
+            await _next_fetch_response(consumer, left)
+
+    async def _drain(self, consumer: AIOKafkaConsumer, max_records: int) -> Batch:
+        """Take, without waiting, up to ``max_records`` the fetcher already holds, one
+        partition at a time so that an error names its partition and costs no other
+        partition its records."""
+        unreadable = self.unreadable
+        readable = sorted(
+            (tp for tp in consumer.assignment() if tp not in unreadable or unreadable[tp].retrying),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+        batch: Batch = {}
+        if not readable:
+            return batch
+        self._read_turn = (self._read_turn + 1) % len(readable)
+        left = max_records
+        for tp in readable[self._read_turn :] + readable[: self._read_turn]:
+            try:
+                records = (await consumer.getmany(tp, timeout_ms=0, max_records=left)).get(tp)
+            except Exception as err:
+                if not _is_partition_error(err):
+                    if batch:
+                        # The whole consumer failed: hand out what was read; the next
+                        # fetch meets the error again.
+                        return batch
+                    raise
+                await self._mark_unreadable(consumer, tp, err)
+                continue
+            if not records:
+                continue
+            batch[tp] = records
+            if tp in self.unreadable:
+                self._mark_readable(tp, records[0].offset)
+            left -= len(records)
+            if left <= 0:
+                break
+        return batch
+
     async def _top_up(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         """Merge what the fetcher already holds into ``batch``, within a small time budget.
 
@@ -322,9 +464,7 @@ class EventConsumer:
                 return
             try:
                 more: Batch = await asyncio.wait_for(
-                    consumer.getmany(
-                        timeout_ms=min(10, left_ms), max_records=s.max_poll_records - have
-                    ),
+                    self._read(consumer, min(10, left_ms), s.max_poll_records - have),
                     s.broker_timeout_s,
                 )
             except (TimeoutError, KafkaError):
@@ -334,6 +474,82 @@ class EventConsumer:
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)
                 have += len(records)
+
+    async def _mark_unreadable(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, err: Exception
+    ) -> None:
+        """Pause ``tp`` after its records could not be read; retry it with backoff."""
+        now = time.monotonic()
+        offset: int | None
+        try:
+            offset = await asyncio.wait_for(consumer.position(tp), self.settings.broker_timeout_s)
+        except (TimeoutError, KafkaError):
+            offset = None
+        known = self.unreadable.get(tp)
+        failures = 1 if known is None else known.failures + 1
+        delay = min(UNREADABLE_RETRY_MAX_S, UNREADABLE_RETRY_FIRST_S * 2 ** (failures - 1))
+        reason = type(err).__name__
+        detail = str(err) or repr(err)
+        entry = UnreadablePartition(
+            tp=tp,
+            offset=offset,
+            reason=reason,
+            detail=detail[:500],
+            since=now if known is None else known.since,
+            failures=failures,
+            retry_at=now + delay,
+        )
+        if tp not in consumer.assignment():
+            return  # revoked while its position was asked for: its new owner reads it
+        self.unreadable[tp] = entry
+        consumer.pause(tp)
+        self.metrics.fetch_errors.labels(tp.topic, str(tp.partition)).inc()
+        self.metrics.partition_unreadable.labels(tp.topic, str(tp.partition)).set(1)
+        # Bounded by the backoff: at most one line per partition per retry.
+        log.warning(
+            "%s: cannot read records at offset %s (%s: %s); partition paused, nothing "
+            "committed past it, retry %d in %.1fs",
+            _name(tp),
+            "?" if offset is None else offset,
+            reason,
+            entry.detail,
+            failures,
+            delay,
+        )
+
+    def _mark_readable(self, tp: TopicPartition, offset: int) -> None:
+        entry = self.unreadable.pop(tp)
+        self.metrics.partition_unreadable.labels(tp.topic, str(tp.partition)).set(0)
+        log.info(
+            "%s: readable again at offset %d after %d failed reads over %.1fs",
+            _name(tp),
+            offset,
+            entry.failures,
+            time.monotonic() - entry.since,
+        )
+
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        assigned = consumer.assignment()
+        for entry in self.unreadable.values():
+            if not entry.retrying and entry.retry_at <= now and entry.tp in assigned:
+                entry.retrying = True
+                consumer.resume(entry.tp)
+
+    def _forget_unreadable(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self.unreadable.pop(tp, None)
+            for metric in (self.metrics.partition_unreadable, self.metrics.fetch_errors):
+                with contextlib.suppress(KeyError):
+                    metric.remove(tp.topic, str(tp.partition))
+
+    def unreadable_problems(self) -> list[str]:
+        """One line per unreadable partition, for /readyz and /status."""
+        now = time.monotonic()
+        return [
+            self.unreadable[tp].describe(now)
+            for tp in sorted(self.unreadable, key=lambda t: (t.topic, t.partition))
+        ]
 
     async def probe(self) -> bool:
         """One metadata request under the broker deadline; True when the broker answered."""
@@ -477,6 +693,7 @@ class EventConsumer:
                 self._start.pop(tp, None)
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            self._forget_unreadable(revoked)
             self.assignment -= revoked
             self.rejoining = True
             self.metrics.partitions_assigned.set(len(self.assignment))
@@ -489,6 +706,22 @@ class EventConsumer:
             if self._on_assigned_hook is not None:
                 await self._on_assigned_hook(set(assigned))
             self.assignment = set(assigned)
+            self._forget_unreadable(set(self.unreadable) - self.assignment)
+            for tp in self.assignment:
+                # Every owned partition has its series (0 while readable), for dashboards
+                # and alert rules alike.
+                partition = str(tp.partition)
+                self.metrics.partition_unreadable.labels(tp.topic, partition).set(
+                    1 if tp in self.unreadable else 0
+                )
+                self.metrics.fetch_errors.labels(tp.topic, partition)
+            consumer = self._consumer
+            if consumer is not None:
+                # A new assignment starts unpaused: what is still known unreadable waits
+                # for its retry.
+                for entry in self.unreadable.values():
+                    if not entry.retrying:
+                        consumer.pause(entry.tp)
             self.assignment_received = True
             self.rejoining = False
             self.metrics.partitions_assigned.set(len(self.assignment))

@@ -197,6 +197,13 @@ class Daemon:
                 async with self.consumer.batch_lock:
                     self._force_checkpoint = True
                     await self._commit_point()
+        # Leave the group before the actions stop: a rebalance while this replica is still
+        # a member would hand it partitions it can no longer act for (_on_assigned adopts
+        # none once stopping), and keeps them from a replica that stays.
+        log.info("shutdown: leaving the consumer group")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 1)):
+                await self.consumer.stop()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
         if self.store is not None and self._dirty:
@@ -727,6 +734,12 @@ class Daemon:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Restore the models of newly assigned partitions before any of their records."""
+        if self._stop.is_set():
+            # A stopping replica cannot act for what it would adopt (its batch loop has
+            # ended, its actions stop next): the partitions go to a replica that stays,
+            # from their checkpoints, once this one has left the group.
+            log.info("stopping: adopting no models for %d assigned partitions", len(assigned))
+            return
         store = self.store
         if store is None or not assigned:
             return
@@ -827,6 +840,7 @@ class Daemon:
             problems.append("no partition assignment yet")
         elif self.consumer.rejoining:
             problems.append("rejoining the consumer group: partitions revoked, none assigned yet")
+        problems += self.consumer.unreadable_problems()
         if self._stop.is_set():
             problems.append("shutting down")
         problems.extend(self.checkpoint_health.problems())
@@ -842,6 +856,7 @@ class Daemon:
             "restored_models": self.restored_models,
             "checkpoints": self.checkpoint_health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
+            "unreadable_partitions": self.consumer.unreadable_problems(),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }

@@ -42,6 +42,8 @@ class Metrics:
     commit_failures: Counter
     broker_up: Gauge
     partitions_assigned: Gauge
+    partition_unreadable: Gauge
+    fetch_errors: Counter
     loop_lag: Gauge
     # engine
     models_active: Gauge
@@ -134,6 +136,18 @@ class Metrics:
             partitions_assigned=Gauge(
                 "driftwarden_partitions_assigned",
                 "Partitions assigned to this replica.",
+                registry=r,
+            ),
+            partition_unreadable=Gauge(
+                "driftwarden_partition_unreadable",
+                "1 while a partition's records cannot be read (paused, retried with backoff).",
+                ["topic", "partition"],
+                registry=r,
+            ),
+            fetch_errors=Counter(
+                "driftwarden_fetch_errors_total",
+                "Reads of a partition's records that failed (the error: log, /readyz, /status).",
+                ["topic", "partition"],
                 registry=r,
             ),
             loop_lag=Gauge(
