@@ -432,6 +432,10 @@ def retriable(err: BaseException) -> bool:
     return isinstance(err, KafkaError) and not isinstance(err, _REFUSED)
 
 
+#: Every ``reason`` label of driftwarden_dead_letters_dropped_total, exported from the start.
+DROP_REASONS = ("too_large", "not_authorized", "invalid_topic", "rejected")
+
+
 def _drop_reason(err: BaseException) -> str:
     if isinstance(err, _TOO_LARGE):
         return "too_large"
@@ -457,6 +461,8 @@ class DeadLetterWriter:
     def __init__(self, settings: KafkaSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        for reason in DROP_REASONS:  # a rate over a series that exists from the start
+            metrics.dead_letters_dropped.labels(reason)
         self._producer: AIOKafkaProducer | None = None
         self._inflight: list[asyncio.Future[Any]] = []
         #: Dead letters sent, not yet acknowledged, with what they stand for.
