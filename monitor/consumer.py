@@ -634,6 +634,7 @@ class DeadLetterWriter:
         """Send ``pending`` and wait for the broker; return the records that failed, why."""
         failures: list[tuple[ConsumerRecord[bytes, bytes], BadRecord, BaseException]] = []
         sent: dict[tuple[str, int, int], BadRecord] = {}
+        self._dead_inflight = []  # an attempt cancelled midway leaves nothing to wait for
         for i, (record, bad_record) in enumerate(pending):
             try:
                 await self.dead_letter(record, bad_record)
@@ -652,7 +653,7 @@ class DeadLetterWriter:
         )
         acknowledged = 0
         for future, record in inflight:
-            bad_record = sent[(record.topic, record.partition, record.offset)]
+            bad_record = sent[(record.topic, record.partition, record.offset)]  # sent above
             if future in waiting:
                 future.cancel()
                 failures.append((record, bad_record, TimeoutError("dead letter not acknowledged")))

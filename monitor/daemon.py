@@ -230,6 +230,9 @@ class Daemon:
                 self._batch_started_at = time.monotonic()
                 try:
                     applied = await self._apply(batch)
+                    if applied:
+                        self.consumer.mark_applied(batch)
+                        await self._commit_point()
                 finally:
                     self._batch_started_at = None
                 if not applied:
@@ -242,8 +245,6 @@ class Daemon:
                         f"({self.side_writer.last_error}); exiting without committing the "
                         "batch: a restart replays it"
                     )
-                self.consumer.mark_applied(batch)
-                await self._commit_point()
                 self.consumer.update_lag()
                 self.metrics.batch_duration.observe(time.perf_counter() - started)
                 self.metrics.batches.inc()

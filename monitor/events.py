@@ -120,8 +120,8 @@ def _validation_reason(detail: str) -> BadReason:
     at_model = detail.endswith("at `$.model`")
     if at_model and "of length <=" in detail:
         return BadReason.MODEL_ID_TOO_LONG
-    if at_model or ("`model`" in detail and "missing" in detail):
-        return BadReason.MISSING_MODEL  # absent, empty, or not a string
+    if (at_model and "of length >=" in detail) or "missing required field `model`" in detail:
+        return BadReason.MISSING_MODEL  # absent or empty (not a string: wrong_type)
     if detail.startswith("Expected `object` of length <="):
         if detail.endswith("at `$.segment`"):
             return BadReason.TOO_MANY_SEGMENTS

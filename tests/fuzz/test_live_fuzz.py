@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import random
 import signal
@@ -191,6 +192,9 @@ async def test_hostile_records_never_kill_or_wedge_a_live_daemon(
                 assert response.status == 200, await response.text()
             async with http.get(base + "/readyz") as response:
                 assert response.status == 200, await response.text()
+            async with http.get(base + "/status") as response:
+                status = json.loads(await response.text())
+            assert status["applied_events"] == expected_applied
         bad_by_reason = {
             labels["reason"]: value
             for key, (labels, value) in samples.items()
