@@ -110,7 +110,6 @@ def test_feature_and_segment_counts_at_the_edge() -> None:
     "body",
     [
         {"features": {"a": "x" * (MAX_STRING_CHARS + 1)}},
-        {"features": {"k" * (MAX_STRING_CHARS + 1): 1}},
         {"prediction": "x" * (MAX_STRING_CHARS + 1)},
         {"label": "x" * (MAX_STRING_CHARS + 1)},
         {"segment": {"region": "x" * (MAX_STRING_CHARS + 1)}},
@@ -185,6 +184,12 @@ def test_ts_is_rfc3339_or_bounded_epoch_seconds(ts: Any, expected: BadReason | N
 def test_bytes_and_shapes_that_are_not_an_event(raw: bytes | None, expected: BadReason) -> None:
     found = DECODER.decode(raw)
     assert isinstance(found, BadRecord) and found.reason is expected
+
+
+def test_a_long_feature_name_is_bounded_by_the_record_size_only() -> None:
+    # A name is only looked up by the policy's signals, never kept.
+    found = decode({"model": "m", "features": {"k" * 100_000: 1}})
+    assert isinstance(found, Event) and found.features == {"k" * 100_000: 1.0}
 
 
 def test_duplicate_keys_take_the_last_value_and_stay_bounded() -> None:

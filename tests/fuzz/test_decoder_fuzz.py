@@ -149,7 +149,9 @@ def _check(value: bytes) -> Event | BadRecord:
     assert model and model.isprintable() and len(model.encode()) <= MAX_MODEL_ID_BYTES
     features = found.features or {}
     assert len(features) <= MAX_FEATURES and len(found.segment or {}) <= MAX_SEGMENTS
-    strings = [*features, *(found.segment or {}).items()]
+    # Feature names are bounded by the record's size only.
+    strings: list[Any] = [*(found.segment or {}).items()]
+    strings += [s for s in (found.model_version, found.request_id) if s is not None]
     for value_ in [found.prediction, found.label, *features.values()]:
         if isinstance(value_, str):
             strings.append(value_)
