@@ -665,8 +665,20 @@ class DeadLetterWriter:
         if acknowledged or any(isinstance(err, BrokerResponseError) for *_, err in failures):
             self._report(True)  # the broker answered
         if any(retriable(err) for *_, err in failures):
-            self._report(False)
+            await self._check_broker()
         return failures
+
+    async def _check_broker(self) -> None:
+        # A dead letter that timed out does not prove the broker down (its partition's
+        # leader may be slow while the consumer's broker answers): /readyz says
+        # "unreachable" only when a metadata request fails too.
+        broker = self.broker
+        if broker is None:
+            return
+        try:
+            await broker.probe()
+        except RuntimeError:  # not started: no view to ask
+            self._report(False)
 
     def _drop(self, record: ConsumerRecord[bytes, bytes], err: BaseException) -> None:
         reason = _drop_reason(err)
@@ -696,7 +708,13 @@ class DeadLetterWriter:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send a side record (a review sample); ``flush`` waits for it."""
-        self._inflight.append(await self._send(topic, value, key=key, headers=headers))
+        try:
+            future = await self._send(topic, value, key=key, headers=headers)
+        except (TimeoutError, KafkaError) as err:
+            if retriable(err):
+                self._report(False)
+            raise
+        self._inflight.append(future)
 
     async def _send(
         self,
@@ -710,15 +728,10 @@ class DeadLetterWriter:
         if producer is None:
             raise RuntimeError("DeadLetterWriter is not started")
         await self._recreate_lost_topics()
-        try:
-            future: asyncio.Future[Any] = await asyncio.wait_for(
-                producer.send(topic, value=value, key=key, headers=headers),
-                self.settings.broker_timeout_s,
-            )
-        except (TimeoutError, KafkaError) as err:
-            if retriable(err):
-                self._report(False)
-            raise
+        future: asyncio.Future[Any] = await asyncio.wait_for(
+            producer.send(topic, value=value, key=key, headers=headers),
+            self.settings.broker_timeout_s,
+        )
         return future
 
     async def flush(self) -> None:
