@@ -102,6 +102,9 @@ class Daemon:
         self._loop_task: asyncio.Task[None] | None = None
         self._started_at = time.monotonic()
         self._last_batch_at: float | None = None
+        #: When the batch being applied was taken (None between batches).
+        self._batch_started_at: float | None = None
+        self.metrics.batch_in_flight.set_function(self.batch_age)
         #: Per model, its bound metric children by member name ("": the model's own).
         self._signal_children: dict[str, dict[str, Any]] = {}
         #: Bound children of driftwarden_model_events_total (no label lookup per batch).
@@ -306,13 +309,24 @@ class Daemon:
                     if not batch:
                         continue
                 started = time.perf_counter()
-                applied = await self._apply(batch)
+                self._batch_started_at = time.monotonic()
+                try:
+                    applied = await self._apply(batch)
+                    if applied:
+                        self.consumer.mark_applied(batch)
+                        await self._commit_point()
+                finally:
+                    self._batch_started_at = None
                 if not applied:
                     # Dead letters could not be written: do not commit; replay after restart.
-                    self.request_stop("dead-letter topic unavailable")
-                    return
-                self.consumer.mark_applied(batch)
-                await self._commit_point()
+                    if self._stop.is_set():
+                        return
+                    raise BrokerUnavailableError(
+                        "dead letters not written within kafka.dead_letter_retry_s="
+                        f"{self.settings.kafka.dead_letter_retry_s}s "
+                        f"({self.side_writer.last_error}); exiting without committing the "
+                        "batch: a restart replays it"
+                    )
                 self.consumer.update_lag()
                 self.metrics.batch_duration.observe(time.perf_counter() - started)
                 self.metrics.batches.inc()
@@ -397,24 +411,17 @@ class Daemon:
         return await self._flush_side_records()
 
     async def _dead_letter(self, bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]]) -> bool:
+        """Write the batch's dead letters (bounded retries inside the writer); False when
+        they could not be written and the batch must not be committed."""
         reasons: dict[str, int] = {}
         for _, bad_record in bad:
             name = bad_record.reason.value
             reasons[name] = reasons.get(name, 0) + 1
         for name, count in reasons.items():
             self.metrics.bad_records.labels(name).inc(count)
-        for attempt in range(1, 1_000_000):
-            try:
-                for record, bad_record in bad:
-                    await self.side_writer.dead_letter(record, bad_record)
-                await self.side_writer.flush()
-                return True
-            except Exception as err:
-                if self._stop.is_set():
-                    return False
-                log.warning("dead-letter write failed (attempt %d): %r", attempt, err)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-        return False
+        if not await self.side_writer.write_dead_letters(bad, stopping=self._stop.is_set):
+            return False
+        return await self._flush_side_records()
 
     async def _flush_side_records(self) -> bool:
         try:
@@ -820,11 +827,28 @@ class Daemon:
 
     # ----------------------------------------------------------------- HTTP provider
 
+    def batch_age(self) -> float:
+        """Seconds the batch being applied has been in flight; 0 between batches."""
+        started = self._batch_started_at
+        return 0.0 if started is None else time.monotonic() - started
+
+    def _batch_age_limit(self) -> float:
+        # The longest a batch may legitimately take: its dead letters' retry budget, a
+        # deadline for each of its other broker calls, and a margin for a busy machine.
+        k = self.settings.kafka
+        return k.dead_letter_retry_s + 4 * k.broker_timeout_s + 30.0
+
     def health_problems(self) -> list[str]:
         problems = []
         lag = self.heartbeat.current_lag()
         if lag > self.settings.http.max_loop_lag_s:
             problems.append(f"event loop stuck: heartbeat {lag:.1f}s late")
+        age = self.batch_age()
+        if age > self._batch_age_limit():
+            problems.append(
+                f"batch loop stuck: one batch in flight for {age:.0f}s, over the "
+                f"{self._batch_age_limit():.0f}s any batch may take"
+            )
         task = self._loop_task
         if task is not None and task.done() and not self._stop.is_set():
             problems.append("batch loop died")
@@ -836,6 +860,13 @@ class Daemon:
             problems.append("starting")
         if not self.consumer.broker_reachable:
             problems.append("Kafka broker unreachable")
+        failing_since = self.side_writer.failing_since
+        if failing_since is not None and self._batch_started_at is not None:
+            problems.append(
+                f"dead letters of the batch in flight not written for "
+                f"{time.monotonic() - failing_since:.0f}s (retried up to "
+                f"{self.settings.kafka.dead_letter_retry_s:.0f}s): {self.side_writer.last_error}"
+            )
         if not self.consumer.assignment_received:
             problems.append("no partition assignment yet")
         elif self.consumer.rejoining:

@@ -35,6 +35,9 @@ class Metrics:
     events_applied: Counter
     bad_records: Counter
     dead_lettered: Counter
+    dead_letters_dropped: Counter
+    dead_letters_truncated: Counter
+    batch_in_flight: Gauge
     batches: Counter
     batch_duration: Histogram
     consumer_lag: Gauge
@@ -102,6 +105,24 @@ class Metrics:
             dead_lettered=Counter(
                 "driftwarden_dead_lettered_total",
                 "Records written to the dead-letter topic.",
+                registry=r,
+            ),
+            dead_letters_dropped=Counter(
+                "driftwarden_dead_letters_dropped_total",
+                "Bad records whose dead letter the broker refused for good, by reason "
+                "(too_large, not_authorized, invalid_topic, rejected); each is logged.",
+                ["reason"],
+                registry=r,
+            ),
+            dead_letters_truncated=Counter(
+                "driftwarden_dead_letters_truncated_total",
+                "Dead letters written with their value cut to kafka.dead_letter_max_bytes.",
+                registry=r,
+            ),
+            batch_in_flight=Gauge(
+                "driftwarden_batch_in_flight_seconds",
+                "Age of the batch being applied, 0 between batches; it grows while the "
+                "batch's dead letters wait for the broker.",
                 registry=r,
             ),
             batches=Counter(

@@ -69,6 +69,16 @@ class KafkaSettings(_Section):
     broker_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Records larger than this go to the dead-letter topic undecoded.
     max_record_bytes: int = Field(default=1_048_576, ge=64)
+    #: Largest dead letter written (key, value and headers together; keep it under the
+    #: broker's ``message.max.bytes``, 1 MiB by default). A longer value is cut to fit and
+    #: the dead letter carries ``driftwarden.truncated: <original size>``; one the broker
+    #: still refuses as too large is written with no value, then counted as dropped.
+    dead_letter_max_bytes: int = Field(default=1_000_000, ge=4096, le=100 * 1024 * 1024)
+    #: How long one batch's dead letters are retried while the broker times out or is
+    #: unreachable. Past it the daemon exits 1 without committing the batch (a restart
+    #: replays it). Errors a retry cannot fix (too large, not authorized, invalid topic)
+    #: are not retried: the dead letter is counted as dropped and logged.
+    dead_letter_retry_s: float = Field(default=120.0, gt=0, le=3600)
     create_topics: bool = True
     # Security: passed through to aiokafka unchanged.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
