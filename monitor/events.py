@@ -5,8 +5,9 @@ Limits of the contract (documented in the README's event contract; past one, the
 dead-lettered with the reason in brackets):
 
 - ``model``: 1 to ``MAX_MODEL_ID_BYTES`` (180) bytes of UTF-8 and no control character
-  (C0, DEL, C1). It becomes a metric label, a Kafka key and (base64) a checkpoint file name,
-  which must stay under 255 bytes. [``model_id_too_long``, ``bad_model_id``]
+  (C0, DEL, C1). It becomes a metric label, a Kafka key, a path segment of the operator API
+  and a log field: an id of any length in all of those is a cost no event should impose.
+  [``model_id_too_long``, ``bad_model_id``]
 - ``features``: at most ``MAX_FEATURES`` (1,000) entries; ``segment`` at most
   ``MAX_SEGMENTS`` (64). [``too_many_features``, ``too_many_segments``]
 - every string value (categorical feature values, prediction, label, segment keys and
