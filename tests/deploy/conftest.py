@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import fields
-from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +25,7 @@ from monitor.metrics import Metrics
 from tests.conftest import kafka_section
 from tests.core.kafka_helpers import create_topic
 from tests.deploy.deploy_helpers import (
+    EXPOSITION_POLICY,
     K8S,
     OVERLAYS,
     REPO,
@@ -55,51 +55,6 @@ def promtool() -> str:
 @pytest.fixture(scope="session")
 def policy_text() -> str:
     return (K8S / "base" / "policy.yaml").read_text(encoding="utf-8")
-
-
-SMALL_WINDOW = {"window": 50, "min_samples": 20, "stride": 10, "persist": 0}
-
-#: A policy that exercises every metric: an error-rate incident on one model (transition,
-#: flag flip, alert, review sampling) and the signal kinds the dashboard's panels select
-#: (latency, error, engagement, a feature), with thresholds and with a detector's own.
-EXPOSITION_POLICY: dict[str, Any] = {
-    "default": {
-        "mode": "enforce",
-        "health": {"for": 0, "cooldown": 0, "recover_after": 600},
-        "signals": [
-            {
-                "name": "error_rate",
-                "source": "error",
-                "detector": {**SMALL_WINDOW, "type": "rate_window"},
-                "thresholds": {"degraded": 0.2},
-            },
-            {
-                "name": "latency_p95",
-                "source": "latency_ms",
-                "detector": {**SMALL_WINDOW, "type": "quantile", "q": 0.95},
-                "thresholds": {"degraded": 1000.0},
-            },
-            {
-                "name": "feedback_rate",
-                "source": "feedback",
-                "detector": {**SMALL_WINDOW, "type": "rate_window"},
-                "thresholds": {"warn": 0.05, "direction": "below"},
-            },
-            {
-                "source": "feature",
-                "feature": "amount",
-                "detector": {**SMALL_WINDOW, "type": "ks_window", "reference": {"size": 50}},
-            },
-        ],
-        "actions": {
-            "degraded": {
-                "flags": {"checkout-model": "fallback"},
-                "alert": {"severity": "page"},
-                "review": {"sample_rate": 1.0, "max_per_second": 1000},
-            }
-        },
-    }
-}
 
 
 def _expected_series() -> dict[str, set[str]]:

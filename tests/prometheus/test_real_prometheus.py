@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from monitor.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section, require_component, wait_for
 from tests.core.kafka_helpers import create_topic
+from tests.deploy.deploy_helpers import EXPOSITION_POLICY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,48 +38,6 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "k8s" / "base" / "prometheusrule.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "driftwarden.json"
 NAMESPACE = "dw"
-WINDOW = {"window": 50, "min_samples": 20, "stride": 10, "persist": 0}
-
-#: Every model fails safe on an error-rate incident (flag, page, review), and watches the
-#: signal kinds the dashboard's panels select: latency, error, engagement, a feature.
-POLICY: dict[str, Any] = {
-    "default": {
-        "mode": "enforce",
-        "health": {"for": 0, "cooldown": 0, "recover_after": 600},
-        "signals": [
-            {
-                "name": "error_rate",
-                "source": "error",
-                "detector": {**WINDOW, "type": "rate_window"},
-                "thresholds": {"degraded": 0.2},
-            },
-            {
-                "name": "latency_p95",
-                "source": "latency_ms",
-                "detector": {**WINDOW, "type": "quantile", "q": 0.95},
-                "thresholds": {"degraded": 1000.0},
-            },
-            {
-                "name": "feedback_rate",
-                "source": "feedback",
-                "detector": {**WINDOW, "type": "rate_window"},
-                "thresholds": {"warn": 0.05, "direction": "below"},
-            },
-            {
-                "source": "feature",
-                "feature": "amount",
-                "detector": {**WINDOW, "type": "ks_window", "reference": {"size": 50}},
-            },
-        ],
-        "actions": {
-            "degraded": {
-                "flags": {"checkout-model": "fallback"},
-                "alert": {"severity": "page"},
-                "review": {"sample_rate": 1.0, "max_per_second": 1000},
-            }
-        },
-    }
-}
 
 
 def scaled_rules() -> dict[str, Any]:
@@ -200,7 +159,7 @@ async def stack(
         },
         "actions": {"audit_log": str(tmp_path / "audit.jsonl")},
         "state": {"backend": "file", "path": str(tmp_path / "state"), "interval_s": 1},
-        "models": POLICY,
+        "models": EXPOSITION_POLICY,
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(scaled_rules(), width=1000))
