@@ -167,12 +167,16 @@ class Daemon:
         s = self.settings
         grace = s.lifecycle.grace_period_s
         await self.heartbeat.start()
+        # Before the HTTP server: the operator API takes pins and silences from then on, while
+        # Kafka may still be starting, and each must reach the audit file.
+        self.actions.audit.open()
         await self.http.start()
         try:
             await self._start_kafka()
         except BrokerUnavailableError as err:
             log.error("%s", err)
             await self._shutdown_components(grace)
+            self.actions.audit.close()
             return 1
         if self.store is not None:
             try:
@@ -180,6 +184,7 @@ class Daemon:
             except Exception as err:
                 log.error("checkpoint store unavailable: %r", err)
                 await self._shutdown_components(grace)
+                self.actions.audit.close()
                 return 1
         await self.actions.start()
         tick = asyncio.create_task(self._tick_loop(), name="health-tick")

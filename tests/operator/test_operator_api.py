@@ -4,16 +4,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from alerts.webhook import SIGNATURE_HEADER, verify_signature
-from monitor.embedded_broker import EmbeddedBroker
+from monitor.daemon import Daemon
+from monitor.embedded_broker import EmbeddedBroker, free_port
 from monitor.flags.flagd_file import FlagdFileBackend
+from monitor.metrics import Metrics
 from tests.conftest import wait_for
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.server import serving
@@ -393,3 +398,28 @@ async def test_a_non_finite_or_mistyped_pin_is_refused_and_the_flagd_file_stays_
 def _threshold(flags_path: Path) -> object:
     definition = _strict_json(flags_path.read_text())["flags"]["ranker-threshold"]  # type: ignore[index]
     return definition["variants"][definition["defaultVariant"]]  # type: ignore[index]
+
+
+async def test_a_silence_taken_while_kafka_still_starts_reaches_the_audit_file(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator API answers from the moment the HTTP server is up, before the broker is:
+    what it records must be in the audit file, not only in memory."""
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    settings = write_settings(tmp_path, broker, f"early-{unique}", named_models=(MODEL,))
+    settings.kafka.bootstrap_servers = f"127.0.0.1:{free_port()}"  # nothing listens there
+    daemon = Daemon(settings, metrics=Metrics.create(CollectorRegistry()))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await wait_for(lambda: daemon.http.bound_port is not None, timeout=10, what="HTTP up")
+        assert daemon.readiness_problems(), "Kafka cannot be up"
+        url = f"http://127.0.0.1:{daemon.http.bound_port}/v1/models/{MODEL}/silence"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, json={"duration": "1h"}, headers=auth()) as r,
+        ):
+            assert r.status == 200, await r.text()
+        assert [e["model"] for e in audit(tmp_path) if e["kind"] == "silenced"] == [MODEL]
+    finally:
+        daemon.request_stop("test over")
+        assert await asyncio.wait_for(task, 30) == 1  # it never started consuming
