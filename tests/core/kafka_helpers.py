@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
@@ -96,3 +97,23 @@ async def read_all(
     finally:
         await consumer.stop()
     return records
+
+
+def json_record(
+    tp: TopicPartition, offset: int, body: dict[str, object]
+) -> ConsumerRecord[bytes, bytes]:
+    """A fetched record holding ``body`` as JSON, for tests that feed the daemon a batch."""
+    value = json.dumps(body).encode()
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=len(value),
+        headers=(),
+    )

@@ -4,12 +4,11 @@ events are counted (``dropped_events``, ``driftwarden_model_limit_dropped_events
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pytest
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from monitor.daemon import Daemon
@@ -19,6 +18,7 @@ from monitor.flags.config import FlagdFileSpec
 from monitor.metrics import Metrics
 from monitor.policy import ModelPolicy, SignalPolicy
 from monitor.settings import EngineSettings, Settings
+from tests.core.kafka_helpers import json_record
 
 POLICY = ModelPolicy(
     mode="shadow",
@@ -87,25 +87,6 @@ def test_many_refused_models_are_logged_once_each_and_held_in_bounded_memory(
     assert engine.dropped_events == 2 * 2 + 5000
 
 
-def record(
-    tp: TopicPartition, offset: int, body: dict[str, object]
-) -> ConsumerRecord[bytes, bytes]:
-    value = json.dumps(body).encode()
-    return ConsumerRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=-1,
-        serialized_value_size=len(value),
-        headers=(),
-    )
-
-
 async def test_the_daemon_counts_events_past_the_limit_in_its_metric(tmp_path: Path) -> None:
     settings = Settings(
         engine=EngineSettings(max_models=3),
@@ -116,7 +97,7 @@ async def test_the_daemon_counts_events_past_the_limit_in_its_metric(tmp_path: P
     daemon = Daemon(settings, metrics=metrics)
     tp = TopicPartition("events", 0)
     # Nothing reaches the broker: a batch of good records writes no dead letter.
-    batch = {tp: [record(tp, i, {"model": f"m{i % 10}", "error": False}) for i in range(100)]}
+    batch = {tp: [json_record(tp, i, {"model": f"m{i % 10}", "error": False}) for i in range(100)]}
     assert await daemon._apply(batch)
     assert sorted(daemon.engine.models) == ["m0", "m1", "m2"]
     get = metrics.registry.get_sample_value

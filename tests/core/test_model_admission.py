@@ -5,7 +5,6 @@ an incident or holding flags is never evicted; an eviction drops the model like 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from monitor.flags.config import FlagdFileSpec
 from monitor.metrics import Metrics
 from monitor.policy import Level, ModelPolicy, SignalPolicy
 from monitor.settings import EngineSettings, Settings, StateSettings, load_settings
+from tests.core.kafka_helpers import json_record
 
 POLICY = ModelPolicy.model_validate(
     {
@@ -191,25 +191,6 @@ def test_the_sketch_never_undercounts_and_one_shot_ids_rarely_reach_three() -> N
     assert sketch.add(["id-7"], [2], now=1.0) >= [3]
 
 
-def record(
-    tp: TopicPartition, offset: int, body: dict[str, object]
-) -> ConsumerRecord[bytes, bytes]:
-    value = json.dumps(body).encode()
-    return ConsumerRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=-1,
-        serialized_value_size=len(value),
-        headers=(),
-    )
-
-
 def series_of(metrics: Metrics, model: str) -> list[str]:
     found = []
     for metric in metrics.registry.collect():
@@ -238,7 +219,7 @@ async def test_the_daemon_unpublishes_and_forgets_the_checkpoint_of_an_evicted_m
     def batch(
         *bodies: dict[str, object],
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        return {tp: [record(tp, next(offsets), body) for body in bodies]}
+        return {tp: [json_record(tp, next(offsets), body) for body in bodies]}
 
     assert await daemon._apply(batch({"model": "a"}, {"model": "b"}))
     daemon._publish_models(set(daemon.engine.models))
