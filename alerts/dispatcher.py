@@ -20,7 +20,7 @@ from prometheus_client import Counter
 
 from alerts.base import AcknowledgingSink, Alert, AlertSink, ResendingSink, severity_rank
 from monitor.errors import AlertSinkError
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 
 __all__ = ["AlertDispatcher", "DeliveryCallback", "SinkHealthCallback", "sink_down_alert"]
 

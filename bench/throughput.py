@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from monitor.daemon import Daemon  # noqa: E402
-from monitor.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
-from monitor.events import Event  # noqa: E402
-from monitor.metrics import Metrics  # noqa: E402
-from monitor.runtime import tuned_runtime  # noqa: E402
-from monitor.settings import Settings, load_settings  # noqa: E402
+from monitor.config.settings import Settings, load_settings  # noqa: E402
+from monitor.daemon.daemon import Daemon  # noqa: E402
+from monitor.daemon.runtime import tuned_runtime  # noqa: E402
+from monitor.engine.events import Event  # noqa: E402
+from monitor.observability.metrics import Metrics  # noqa: E402
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 
 __all__ = ["BenchConfig", "Run", "load_topic", "main", "run_bench"]
 
@@ -620,7 +620,7 @@ def breach_completions(incident: list[tuple[float, bool]], settings: Settings) -
     """Produce times of the events that complete each breach of the incident model: its
     error sequence replayed through the same detector and thresholds as the daemon's."""
     from detectors.specs import build_detector
-    from monitor.policy import Level
+    from monitor.config.policy import Level
 
     signal = settings.policy_for(INCIDENT_MODEL).signals[0]
     detector = build_detector(signal.detector_spec)
@@ -771,7 +771,7 @@ def _memory_main(argv: list[str]) -> int:
     resident). REFERENCE overrides every detector's reference size (0: the policy's)."""
     policy, events, n_models = Path(argv[0]), int(argv[1]), int(argv[2])
     reference = int(argv[3]) if len(argv) > 3 else 0
-    from monitor.engine import Engine
+    from monitor.engine.engine import Engine
 
     if reference:
         import yaml

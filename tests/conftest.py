@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from monitor.embedded_broker import EmbeddedBroker, tansu_path
+from monitor.tools.embedded_broker import EmbeddedBroker, tansu_path
 from tests.services.availability import missing
 from tests.services.postgres import PostgresServer, running_postgres
 from tests.services.unleash import UnleashServer, running_unleash

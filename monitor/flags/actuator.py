@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from monitor.errors import FlagBackendError
 from monitor.failpoints import failpoint
 from monitor.flags.base import FlagBackend, FlagValue
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 
 __all__ = ["FlagActuator"]
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from alerts.base import Alert
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 
 MakeAlert = Callable[..., Alert]
 

@@ -17,7 +17,7 @@ from alerts.pagerduty import PagerDutySink
 from alerts.slack import SlackSink
 from alerts.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify_signature
 from monitor.errors import AlertSinkError
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 from tests.alerts.conftest import MakeAlert
 from tests.conftest import wait_for
 from tests.fakes.pagerduty import FakePagerDuty

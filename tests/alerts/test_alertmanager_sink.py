@@ -8,7 +8,7 @@ import pytest
 
 from alerts.alertmanager import AlertmanagerSink
 from alerts.dispatcher import AlertDispatcher
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 from tests.alerts.conftest import MakeAlert
 from tests.conftest import wait_for
 from tests.services.alertmanager import running_alertmanager

@@ -14,7 +14,7 @@ from bench.throughput import (
     INCIDENT_POLICY,
     breach_completions,
 )
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
 
 
 def test_breach_completes_at_the_first_test_whose_window_rate_exceeds_the_threshold(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.throughput import BenchConfig, measure_latency, run_bench
-from monitor.embedded_broker import EmbeddedBroker
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import require_tansu
 
 pytestmark = pytest.mark.integration

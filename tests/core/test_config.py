@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.cli import main
+from monitor.cli.main import main
+from monitor.config.settings import load_settings
 from monitor.errors import ConfigError
-from monitor.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "policy.yaml"

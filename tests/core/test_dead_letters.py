@@ -25,12 +25,12 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from monitor.consumer import DEAD_LETTER_HEADERS_MAX, DEAD_LETTER_KEY_MAX, DeadLetterWriter
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.events import BadReason, BadRecord
-from monitor.metrics import Metrics
-from monitor.settings import KafkaSettings, load_settings
+from monitor.config.settings import KafkaSettings, load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.events import BadReason, BadRecord
+from monitor.kafka.consumer import DEAD_LETTER_HEADERS_MAX, DEAD_LETTER_KEY_MAX, DeadLetterWriter
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.core.kafka_helpers import committed_offsets, create_topic, event, produce, read_all
 from tests.core.test_pipeline import write_config

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.engine import Engine
-from monitor.events import Event
-from monitor.policy import ModelPolicy
+from monitor.config.policy import ModelPolicy
+from monitor.engine.engine import Engine
+from monitor.engine.events import Event
 
 SMALL = {"window": 200, "stride": 50, "reference": {"size": 300}}
 POLICY = ModelPolicy.model_validate(
@@ -124,7 +124,7 @@ def _checkpoint(monitor: Any) -> dict[str, Any]:
     """A model's checkpoint (detector states as bytes) without its wall-clock stamp."""
     import msgspec
 
-    from monitor.state import snapshot_model
+    from monitor.state.checkpoints import snapshot_model
 
     state: dict[str, Any] = msgspec.msgpack.decode(snapshot_model(monitor, None, None))
     state.pop("saved_at")

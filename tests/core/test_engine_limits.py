@@ -11,13 +11,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.engine import Engine
-from monitor.events import Event
+from monitor.config.policy import ModelPolicy, SignalPolicy
+from monitor.config.settings import EngineSettings, Settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.engine import Engine
+from monitor.engine.events import Event
 from monitor.flags.config import FlagdFileSpec
-from monitor.metrics import Metrics
-from monitor.policy import ModelPolicy, SignalPolicy
-from monitor.settings import EngineSettings, Settings
+from monitor.observability.metrics import Metrics
 from tests.core.kafka_helpers import json_record
 
 POLICY = ModelPolicy(
@@ -69,7 +69,7 @@ def test_many_refused_models_are_logged_once_each_and_held_in_bounded_memory(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine = Engine(lambda model: POLICY, max_models=3)
-    caplog.set_level(logging.WARNING, logger="monitor.engine")
+    caplog.set_level(logging.WARNING, logger="monitor.engine.engine")
     engine.apply(batch_of(5, 1), now=1.0)
     engine.apply(batch_of(5, 1), now=2.0)
     refused = [r.getMessage() for r in caplog.records if "max_models=3" in r.getMessage()]

@@ -3,9 +3,9 @@ the batch: the flag write and the page start while later models are still being 
 
 from __future__ import annotations
 
-from monitor.engine import Engine
-from monitor.events import Event
-from monitor.policy import Level, ModelPolicy, SignalPolicy
+from monitor.config.policy import Level, ModelPolicy, SignalPolicy
+from monitor.engine.engine import Engine
+from monitor.engine.events import Event
 
 POLICY = ModelPolicy.model_validate(
     {

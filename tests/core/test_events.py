@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from monitor.events import (
+from monitor.engine.events import (
     MAX_ABS_NUMBER,
     MAX_FEATURES,
     MAX_MODEL_ID_BYTES,

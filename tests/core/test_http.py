@@ -24,10 +24,10 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.metrics import Metrics
-from monitor.settings import Settings, load_settings
+from monitor.config.settings import Settings, load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import fast_rate_window, require_component, wait_for
 from tests.core.kafka_helpers import create_topic
 

@@ -16,12 +16,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from monitor import consumer as consumer_module
-from monitor.consumer import DeadLetterWriter
-from monitor.events import BadReason, BadRecord
-from monitor.logs import configure_logging
-from monitor.metrics import Metrics
-from monitor.settings import KafkaSettings
+from monitor.config.settings import KafkaSettings
+from monitor.engine.events import BadReason, BadRecord
+from monitor.kafka import consumer as consumer_module
+from monitor.kafka.consumer import DeadLetterWriter
+from monitor.observability.logs import configure_logging
+from monitor.observability.metrics import Metrics
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -130,7 +130,7 @@ def test_bad_record_log_lines_are_rate_limited_per_reason_with_the_suppressed_co
     writer = DeadLetterWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
     not_json = BadRecord(BadReason.NOT_JSON, "expected JSON")
     missing = BadRecord(BadReason.MISSING_MODEL, "no 'model' field")
-    caplog.set_level(logging.WARNING, logger="monitor.consumer")
+    caplog.set_level(logging.WARNING, logger="monitor.kafka.consumer")
 
     for offset in range(5):
         writer._log_rate_limited(bad_record(offset), not_json)

@@ -13,12 +13,12 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.events import Event
+from monitor.config.policy import ModelPolicy
+from monitor.config.settings import EngineSettings, HttpSettings, Settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.events import Event
 from monitor.flags.config import FlagdFileSpec
-from monitor.metrics import Metrics
-from monitor.policy import ModelPolicy
-from monitor.settings import EngineSettings, HttpSettings, Settings
+from monitor.observability.metrics import Metrics
 from tests.conftest import wait_for
 
 MODELS = 10_000

@@ -1,4 +1,4 @@
-"""Model admission (monitor/admission.py): a flood of unknown model ids cannot keep a named
+"""Model admission (monitor/engine/admission.py): a flood of unknown model ids cannot keep a named
 model or a new legitimate model unwatched; refused events are counted by reason; a model in
 an incident or holding flags is never evicted; an eviction drops the model like the idle TTL.
 """
@@ -14,15 +14,15 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from alerts.base import Alert
-from monitor.admission import Admission, CandidateSketch, Refusal
-from monitor.daemon import Daemon
-from monitor.engine import Engine
+from monitor.config.policy import Level, ModelPolicy, SignalPolicy
+from monitor.config.settings import EngineSettings, Settings, StateSettings, load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.admission import Admission, CandidateSketch, Refusal
+from monitor.engine.engine import Engine
+from monitor.engine.events import Event
 from monitor.errors import ConfigError
-from monitor.events import Event
 from monitor.flags.config import FlagdFileSpec
-from monitor.metrics import Metrics
-from monitor.policy import Level, ModelPolicy, SignalPolicy
-from monitor.settings import EngineSettings, Settings, StateSettings, load_settings
+from monitor.observability.metrics import Metrics
 from tests.core.kafka_helpers import json_record
 
 POLICY = ModelPolicy.model_validate(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import gc
 
-from monitor.runtime import GC_YOUNG_THRESHOLD, pin_mmap_threshold, tuned_runtime
+from monitor.daemon.runtime import GC_YOUNG_THRESHOLD, pin_mmap_threshold, tuned_runtime
 
 
 def test_collector_tuning_is_undone() -> None:

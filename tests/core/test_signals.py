@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.events import Event
-from monitor.policy import SignalPolicy
-from monitor.signals import EventColumns, _numbers, extractors_for
+from monitor.config.policy import SignalPolicy
+from monitor.engine.columns import EventColumns, _numbers, extractors_for
+from monitor.engine.events import Event
 
 FAMILY = ["a", "b", "c"]
 

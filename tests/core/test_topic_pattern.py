@@ -12,10 +12,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.core.kafka_helpers import committed_offsets, create_topic, end_offsets, event, produce
 

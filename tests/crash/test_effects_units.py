@@ -20,15 +20,15 @@ from pydantic import SecretStr
 from alerts.base import Alert
 from alerts.dispatcher import AlertDispatcher
 from alerts.webhook import IDEMPOTENCY_HEADER, WebhookSink
-from monitor.actions import Actions, AuditLog
-from monitor.engine import ModelMonitor
+from monitor.actions.actions import Actions, AuditLog
+from monitor.config.policy import Level, ModelPolicy
+from monitor.engine.engine import ModelMonitor
+from monitor.engine.health import Transition
 from monitor.failpoints import ENV, _parse
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.flagd_file import FlagdFileBackend
-from monitor.health import Transition
-from monitor.metrics import Metrics
-from monitor.policy import Level, ModelPolicy
-from monitor.state import read_header, restore_model, snapshot_model
+from monitor.observability.metrics import Metrics
+from monitor.state.checkpoints import read_header, restore_model, snapshot_model
 from tests.alerts.conftest import MakeAlert
 from tests.alerts.test_alert_dispatcher import RecordingSink
 from tests.alerts.test_alert_sinks import serving

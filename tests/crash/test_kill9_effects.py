@@ -33,7 +33,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from alerts.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.core.kafka_helpers import create_topic
 
 # The module fixture runs every case (the first test's setup): its timeout covers them all.

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from monitor.demo import Demo, DemoOptions, run_demo
-from monitor.traffic import DEMO_MODELS, DEMO_SCRIPT, demo_script, script_length
+from monitor.tools.demo import Demo, DemoOptions, run_demo
+from monitor.tools.traffic import DEMO_MODELS, DEMO_SCRIPT, demo_script, script_length
 from tests.conftest import require_tansu, wait_for
 from tests.demo.browser import chromium, require_chromium
 
@@ -197,7 +197,7 @@ async def test_status_page_in_headless_chromium_shows_each_model_state(tmp_path:
 
 DEMO_MAIN = (
     "import argparse, sys\n"
-    "from monitor import cli_demo\n"
+    "from monitor.cli import demo as cli_demo\n"
     "parser = argparse.ArgumentParser(prog='driftwarden')\n"
     "cli_demo.register(parser.add_subparsers())\n"
     "args = parser.parse_args(sys.argv[1:])\n"

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from monitor import cli, cli_demo
-from monitor.demo import (
+from monitor.cli import demo as cli_demo
+from monitor.cli import main as cli
+from monitor.config.settings import load_settings
+from monitor.tools.demo import (
     Demo,
     DemoOptions,
     IncidentTracker,
@@ -26,8 +28,7 @@ from monitor.demo import (
     seed_flags,
     summary_lines,
 )
-from monitor.settings import load_settings
-from monitor.traffic import (
+from monitor.tools.traffic import (
     DEMO_MODELS,
     DEMO_SCRIPT,
     Incident,

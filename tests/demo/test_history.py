@@ -1,4 +1,4 @@
-"""The daemon's signal history (monitor/history.py): bounded rings, incidents with their
+"""The daemon's signal history (monitor/observability/history.py): bounded rings, incidents with their
 runbook, "recovering" with the time left, and the status page serving it (also in Chromium)."""
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from monitor.engine import ModelMonitor, describe
-from monitor.events import Event
-from monitor.history import SignalHistory, attach_history, history_of, recovery, signal_value
-from monitor.settings import load_settings
-from monitor.status_page import HISTORY_PATH, add_routes
+from monitor.config.settings import load_settings
+from monitor.engine.engine import ModelMonitor, describe
+from monitor.engine.events import Event
+from monitor.http.status_page import HISTORY_PATH, add_routes
+from monitor.observability.history import (
+    SignalHistory,
+    attach_history,
+    history_of,
+    recovery,
+    signal_value,
+)
 from tests.demo.browser import chromium, require_chromium
 
 ROOT = Path(__file__).resolve().parents[2]

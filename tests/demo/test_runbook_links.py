@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.demo import demo_config
-from monitor.policy import ModelPolicy
+from monitor.config.policy import ModelPolicy
+from monitor.tools.demo import demo_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -79,7 +79,7 @@ def test_the_walk_finds_the_links_of_each_kind_of_shipped_file() -> None:
         "deploy/k8s/base/policy.yaml",
         "deploy/k8s/base/prometheusrule.yaml",
         "deploy/prometheus/driftwarden.rules.test.yaml",
-        "monitor/embedded/demo_policy.yaml",
+        "monitor/tools/demo_policy.yaml",
     ):
         assert by_file.get(expected), f"no runbook link found in {expected}"
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from monitor.status_page import CONTENT_SECURITY_POLICY, add_routes, page_html
+from monitor.http.status_page import CONTENT_SECURITY_POLICY, add_routes, page_html
 
 
 class FakeDaemon:

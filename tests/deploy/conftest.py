@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section
 from tests.core.kafka_helpers import create_topic
 from tests.deploy.deploy_helpers import (

@@ -128,14 +128,14 @@ def test_image_command_runs_the_daemon_on_the_policy_the_image_ships() -> None:
         "/etc/driftwarden/policy.yaml",
     ]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["driftwarden"] == "monitor.cli:main"
+    assert scripts["driftwarden"] == "monitor.cli.main:main"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_deployed_policy_passes_check_config_under_each_overlays_environment(
     rendered: dict[str, Rendered], overlay: str, tmp_path: Path
 ) -> None:
-    # The real command (monitor.cli:main, as the console script runs it) on the deployed
+    # The real command (monitor.cli.main:main, as the console script runs it) on the deployed
     # file, under the environment the overlay's ConfigMap gives the pod: environment beats
     # the file, so a bad override there would stop the pod at start.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTWARDEN_")}

@@ -90,9 +90,9 @@ def test_every_runbook_url_in_the_deployed_policy_exists(policy_text: str) -> No
 
 
 def test_each_self_alert_of_the_deployed_policy_links_its_own_runbook() -> None:
-    from monitor.actions import ALERT_SINK_DOWN, FLAG_BACKEND_DOWN, Actions
-    from monitor.metrics import Metrics
-    from monitor.settings import load_settings
+    from monitor.actions.actions import ALERT_SINK_DOWN, FLAG_BACKEND_DOWN, Actions
+    from monitor.config.settings import load_settings
+    from monitor.observability.metrics import Metrics
 
     assert {FLAG_BACKEND_DOWN, ALERT_SINK_DOWN} == set(SELF_ALERTS)
     actions = Actions.from_settings(

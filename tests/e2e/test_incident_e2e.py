@@ -19,11 +19,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
 from monitor.flags.unleash import UnleashBackend
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section, wait_for
 from tests.core.kafka_helpers import create_topic
 from tests.services.alertmanager import running_alertmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 
 
 @pytest.fixture

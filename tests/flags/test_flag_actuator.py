@@ -13,7 +13,7 @@ import pytest
 
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.http import HttpFlagBackend
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 from tests.flags.eventually import eventually
 from tests.flags.flag_service import FlagService
 

@@ -17,7 +17,7 @@ from UnleashClient import UnleashClient  # type: ignore[attr-defined]
 from monitor.errors import FlagBackendError
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.unleash import UnleashBackend
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 from tests.flags.eventually import eventually
 from tests.services.unleash import UnleashServer
 

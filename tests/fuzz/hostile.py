@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.events import MAX_FEATURES, MAX_MODEL_ID_BYTES, MAX_STRING_CHARS
+from monitor.engine.events import MAX_FEATURES, MAX_MODEL_ID_BYTES, MAX_STRING_CHARS
 
 Headers = list[tuple[str, bytes]]
 

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.events import (
+from monitor.engine.events import (
     MAX_ABS_NUMBER,
     MAX_FEATURES,
     MAX_MODEL_ID_BYTES,

@@ -24,8 +24,8 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.events import MAX_MODEL_ID_BYTES, Event, EventDecoder
+from monitor.engine.events import MAX_MODEL_ID_BYTES, Event, EventDecoder
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import fast_rate_window, kafka_section, wait_for
 from tests.core.kafka_helpers import committed_offsets, create_topic, read_all
 from tests.fuzz.hostile import KINDS, Produced, hostile_records, valid_records

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import require_component
 
 #: Every compression.type a Kafka producer may use; partition i is written with CODECS[i].

@@ -20,11 +20,11 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from monitor import consumer as consumer_module
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.kafka import consumer as consumer_module
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.core.kafka_helpers import committed_offsets, create_topic, end_offsets
 from tests.kafka.codec_helpers import (
@@ -90,7 +90,7 @@ async def test_unreadable_partition_is_paused_reported_retried_and_stalls_no_oth
     how: str,
     reason: str,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="monitor.consumer")
+    caplog.set_level(logging.INFO, logger="monitor.kafka.consumer")
     topic = f"unreadable-{unique}"
     bad = TopicPartition(topic, CODECS.index(codec))
     await create_topic(broker.bootstrap_servers, topic, partitions=len(CODECS))

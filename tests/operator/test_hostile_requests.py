@@ -24,20 +24,20 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from alerts.dispatcher import AlertDispatcher
-from monitor.actions import Actions, AuditLog
-from monitor.engine import Engine
+from monitor.actions.actions import Actions, AuditLog
+from monitor.config.policy import LevelActions, ModelPolicy
+from monitor.engine.engine import Engine
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.flagd_file import FlagdFileBackend
-from monitor.http import MAX_REQUEST_BODY_BYTES, HttpServer
-from monitor.logs import JsonFormatter
-from monitor.metrics import Metrics
-from monitor.operator import (
+from monitor.http.operator import (
     MAX_ACTIVE_SILENCES,
     MAX_NAME_CHARS,
     add_gate_routes,
     add_operator_routes,
 )
-from monitor.policy import LevelActions, ModelPolicy
+from monitor.http.server import MAX_REQUEST_BODY_BYTES, HttpServer
+from monitor.observability.logs import JsonFormatter
+from monitor.observability.metrics import Metrics
 from tests.conftest import wait_for
 
 TOKEN = "op-t0ken-3b9d1f7a5c2e4b6d8f0a"
@@ -682,7 +682,7 @@ def test_the_token_reaches_no_log_record_whatever_follows_it(
     assert drained(), "the access log is on and was captured"
     records = list(caplog.records)
     assert any(r.name == "aiohttp.access" and "<redacted>" in r.getMessage() for r in records)
-    assert any(r.name == "monitor.http" and "malformed" in r.getMessage() for r in records)
+    assert any(r.name == "monitor.http.server" and "malformed" in r.getMessage() for r in records)
     text_formatter = logging.Formatter("%(name)s %(message)s")
     json_formatter = JsonFormatter()
     for record in records:

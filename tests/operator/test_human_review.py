@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from monitor.embedded_broker import EmbeddedBroker
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import fast_rate_window, wait_for
 from tests.operator.harness import (
     Running,

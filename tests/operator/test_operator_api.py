@@ -15,10 +15,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from alerts.webhook import SIGNATURE_HEADER, verify_signature
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.daemon.daemon import Daemon
 from monitor.flags.flagd_file import FlagdFileBackend
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import wait_for
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.server import serving
@@ -94,7 +94,7 @@ async def test_bad_or_missing_bearer_is_401_and_logged_without_any_token(
         refused = [
             rec
             for rec in caplog.records
-            if rec.name == "monitor.operator" and "unauthorized" in rec.getMessage()
+            if rec.name == "monitor.http.operator" and "unauthorized" in rec.getMessage()
         ]
         assert len(refused) == len(presented)
         assert all(path in rec.getMessage() for rec in refused)

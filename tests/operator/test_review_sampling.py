@@ -10,10 +10,10 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from monitor.actions import Actions, AuditLog
-from monitor.events import Event
-from monitor.metrics import Metrics
-from monitor.policy import Level, LevelActions, ModelPolicy, ReviewAction
+from monitor.actions.actions import Actions, AuditLog
+from monitor.config.policy import Level, LevelActions, ModelPolicy, ReviewAction
+from monitor.engine.events import Event
+from monitor.observability.metrics import Metrics
 
 REVIEW_TOPIC = "review"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.embedded_broker import EmbeddedBroker
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.operator.harness import THRESHOLD, Running, Traffic, incident, running, write_settings
 

@@ -19,11 +19,11 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.events import BadRecord
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.events import BadRecord
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import require_tansu, wait_for
 from tests.core.kafka_helpers import create_topic, event, produce, read_all
 from tests.core.test_pipeline import POLICY

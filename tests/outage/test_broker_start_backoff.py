@@ -14,11 +14,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.backoff import Backoff
-from monitor.daemon import Daemon
-from monitor.embedded_broker import free_port
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.kafka.backoff import Backoff
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import free_port
 from tests.conftest import wait_for
 
 RETRY = re.compile(r"attempt (\d+): .*\); retrying in (\d+\.\d)s$")
@@ -40,7 +40,7 @@ def _daemon(tmp_path: Path) -> Daemon:
 def _retries(caplog: pytest.LogCaptureFixture) -> list[tuple[int, float]]:
     found = []
     for record in caplog.records:
-        if record.name == "monitor.daemon" and (match := RETRY.search(record.getMessage())):
+        if record.name == "monitor.daemon.daemon" and (match := RETRY.search(record.getMessage())):
             found.append((int(match.group(1)), float(match.group(2))))
     return found
 
@@ -89,7 +89,11 @@ async def test_unreachable_broker_is_retried_with_backoff_and_one_line_per_attem
         for r in caplog.records
         if "attempt" in r.getMessage()
     )
-    final = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "monitor.daemon"]
+    final = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "monitor.daemon.daemon"
+    ]
     assert len(final) == 1
     assert f"giving up after {len(retries) + 1} attempts" in final[0].getMessage()
 

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.metrics import Metrics
-from monitor.settings import load_settings
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section, require_tansu, wait_for
 from tests.core.kafka_helpers import create_topic
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.events import Event, EventDecoder
+from monitor.engine.events import Event, EventDecoder
+from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import require_component
 from tests.core.kafka_helpers import create_topic, read_all
 

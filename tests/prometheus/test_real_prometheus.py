@@ -27,7 +27,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section, require_component, wait_for
 from tests.core.kafka_helpers import create_topic
 from tests.deploy.deploy_helpers import EXPOSITION_POLICY

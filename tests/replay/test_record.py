@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from monitor.cli_replay import register
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.record import TopicRecorder
-from monitor.replay import replay_file
-from monitor.settings import load_settings
+from monitor.cli.replay import register
+from monitor.config.settings import load_settings
+from monitor.tools.embedded_broker import EmbeddedBroker
+from monitor.tools.record import TopicRecorder
+from monitor.tools.replay import replay_file
 from tests.core.kafka_helpers import create_topic, event, produce
 from tests.replay.streams import write_policy
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli_replay import register
-from monitor.health import Cause, Transition
-from monitor.policy import Level, LevelActions, ModelPolicy
-from monitor.replay import (
+from monitor.cli.replay import register
+from monitor.config.policy import Level, LevelActions, ModelPolicy
+from monitor.config.settings import load_settings
+from monitor.engine.health import Cause, Transition
+from monitor.tools.replay import (
     Incident,
     ModelTrail,
     Replay,
@@ -26,7 +27,6 @@ from monitor.replay import (
     replay_file,
     score,
 )
-from monitor.settings import load_settings
 from tests.replay.streams import expected_transitions, lines, write_policy, write_stream
 
 N = 20_000

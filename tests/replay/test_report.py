@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli_replay import register
-from monitor.report import LEVEL_COLOURS, nice_ticks, time_ticks
+from monitor.cli.replay import register
+from monitor.tools.report import LEVEL_COLOURS, nice_ticks, time_ticks
 from tests.demo.browser import chromium, require_chromium
 from tests.replay.streams import write_policy, write_stream
 

@@ -16,13 +16,13 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.engine import ModelMonitor
-from monitor.metrics import Metrics
-from monitor.policy import ModelPolicy
-from monitor.settings import load_settings
-from monitor.state import CheckpointError, DirectoryStore, snapshot_model
+from monitor.config.policy import ModelPolicy
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.engine import ModelMonitor
+from monitor.observability.metrics import Metrics
+from monitor.state.checkpoints import CheckpointError, DirectoryStore, snapshot_model
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import kafka_section, wait_for
 from tests.core.kafka_helpers import committed_offsets, create_topic, event, produce
 

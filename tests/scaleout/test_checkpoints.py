@@ -15,14 +15,14 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker, free_port
-from monitor.engine import ModelMonitor
-from monitor.events import Event
-from monitor.metrics import Metrics
-from monitor.policy import Level, ModelPolicy
-from monitor.settings import load_settings
-from monitor.state import DirectoryStore, partition_of, restore_model, snapshot_model
+from monitor.config.policy import Level, ModelPolicy
+from monitor.config.settings import load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.engine.engine import ModelMonitor
+from monitor.engine.events import Event
+from monitor.observability.metrics import Metrics
+from monitor.state.checkpoints import DirectoryStore, partition_of, restore_model, snapshot_model
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import create_topic, produce
 

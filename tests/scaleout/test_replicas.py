@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from monitor.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import create_topic
 

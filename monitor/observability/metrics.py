@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor import __version__
-from monitor.admission import Refusal
+from monitor.engine.admission import Refusal
 
 __all__ = ["HEALTH_STATES", "Metrics"]
 

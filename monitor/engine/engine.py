@@ -1,6 +1,6 @@
 """The engine: routes each batch's events by model id to that model's monitor, which feeds
 its signals' detectors and its health state machine. Memory is bounded by the policy's named
-models plus ``max_models`` others (``monitor.admission`` decides who gets a monitor).
+models plus ``max_models`` others (``monitor.engine.admission`` decides who gets a monitor).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
 from detectors.specs import build_detector
-from monitor.admission import Admission, Refusal
-from monitor.events import Event
-from monitor.health import HealthMachine, SignalObservation, Transition
-from monitor.policy import Level, ModelPolicy, SignalPolicy
-from monitor.signals import ColumnSet, EventColumns, Extractor, extractors_for
+from monitor.config.policy import Level, ModelPolicy, SignalPolicy
+from monitor.engine.admission import Admission, Refusal
+from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
+from monitor.engine.events import Event
+from monitor.engine.health import HealthMachine, SignalObservation, Transition
 
 if TYPE_CHECKING:
-    from monitor.settings import Settings
+    from monitor.config.settings import Settings
 
 __all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
 

@@ -26,13 +26,13 @@ from aiokafka.structs import TopicPartition
 from alerts.base import Alert
 from detectors.specs import restore_detector
 from detectors.state import StateError
-from monitor.engine import ModelMonitor
+from monitor.config.policy import Level, ModelPolicy
+from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
-from monitor.policy import Level, ModelPolicy
 
 if TYPE_CHECKING:
-    from monitor.actions import Actions, Effects
-    from monitor.settings import KafkaSettings
+    from monitor.actions.actions import Actions, Effects
+    from monitor.config.settings import KafkaSettings
 
 __all__ = [
     "CheckpointError",
@@ -214,7 +214,7 @@ def _effects_to_dict(effects: Effects | None) -> dict[str, Any] | None:
 
 
 def _effects_from_dict(model: str, raw: dict[str, Any]) -> Effects:
-    from monitor.actions import Effects, _FlagPlan, _Notice
+    from monitor.actions.actions import Effects, _FlagPlan, _Notice
 
     outbox = []
     for notice in raw.get("outbox") or ():
@@ -518,7 +518,7 @@ class KafkaStore:
     async def ensure_topic(self) -> None:
         """Create the compacted topic when missing (at start, and after a broker outage that
         may have lost it: a memory-only or recreated cluster)."""
-        from monitor.consumer import ensure_topics
+        from monitor.kafka.consumer import ensure_topics
 
         s = self.settings
         await ensure_topics(

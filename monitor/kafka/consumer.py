@@ -36,11 +36,11 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
-from monitor.backoff import Backoff
+from monitor.config.settings import KafkaSettings
+from monitor.engine.events import BadRecord
 from monitor.errors import BrokerUnavailableError
-from monitor.events import BadRecord
-from monitor.metrics import Metrics
-from monitor.settings import KafkaSettings
+from monitor.kafka.backoff import Backoff
+from monitor.observability.metrics import Metrics
 
 __all__ = ["DeadLetterWriter", "EventConsumer", "UnreadablePartition", "ensure_topics"]
 

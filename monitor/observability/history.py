@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.engine import ModelMonitor, SignalMonitor
-from monitor.policy import Level
+from monitor.config.policy import Level
+from monitor.engine.engine import ModelMonitor, SignalMonitor
 
 __all__ = [
     "ModelHistory",

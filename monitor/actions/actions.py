@@ -23,19 +23,19 @@ import msgspec
 from alerts.base import Alert
 from alerts.config import build_sinks
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
+from monitor.config.policy import Level, ModelPolicy
+from monitor.engine.health import Transition
 from monitor.failpoints import failpoint
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.base import FlagValue
 from monitor.flags.config import build_backend
-from monitor.health import Transition
-from monitor.metrics import Metrics
-from monitor.policy import Level, ModelPolicy
+from monitor.observability.metrics import Metrics
 
 if TYPE_CHECKING:
-    from monitor.consumer import DeadLetterWriter
-    from monitor.engine import Engine
-    from monitor.events import Event
-    from monitor.settings import Settings
+    from monitor.config.settings import Settings
+    from monitor.engine.engine import Engine
+    from monitor.engine.events import Event
+    from monitor.kafka.consumer import DeadLetterWriter
 
 __all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
 
@@ -107,7 +107,7 @@ def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
 def flags_at(policy: ModelPolicy, level: Level) -> dict[str, FlagValue]:
     """The flags in effect at ``level``: every level's flags up to it, higher levels winning.
 
-    >>> from monitor.policy import LevelActions
+    >>> from monitor.config.policy import LevelActions
     >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"v": "rules"}),
     ...                          "critical": LevelActions(flags={"on": False, "v": "off"})})
     >>> flags_at(p, Level.WARN), flags_at(p, Level.DEGRADED), flags_at(p, Level.CRITICAL)

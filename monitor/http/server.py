@@ -1,6 +1,6 @@
 """The HTTP side of the daemon: /metrics, /healthz, /readyz, /status (read-only, no auth).
 
-The operator API and the rollout gate are mounted on the same server by ``monitor.operator``.
+The operator API and the rollout gate are mounted on the same server by ``monitor.http.operator``.
 This module also owns what every request gets whatever its route: a bounded body, JSON error
 answers (a malformed request is a 4xx ``{"error": ...}``, never a 500 or an echo of its bytes)
 and access and error logs with the ``Authorization`` header and any registered secret redacted.
@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitor.metrics import Metrics
+from monitor.observability.metrics import Metrics
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -51,7 +51,13 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
 
 #: Loggers whose records can carry request bytes (headers, request lines) and are redacted.
-REDACTED_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", __name__, "monitor.operator")
+REDACTED_LOGGERS = (
+    "aiohttp.access",
+    "aiohttp.server",
+    "aiohttp.web",
+    __name__,
+    "monitor.http.operator",
+)
 
 REDACTED = "<redacted>"
 

@@ -35,15 +35,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from monitor.consumer import ensure_topics
-from monitor.daemon import Daemon
-from monitor.embedded_broker import EmbeddedBroker
-from monitor.history import SignalHistory, attach_history, recovery
-from monitor.metrics import Metrics
-from monitor.policy import Level
-from monitor.settings import Settings, load_settings
-from monitor.status_page import add_routes
-from monitor.traffic import (
+from monitor.config.policy import Level
+from monitor.config.settings import Settings, load_settings
+from monitor.daemon.daemon import Daemon
+from monitor.http.status_page import add_routes
+from monitor.kafka.consumer import ensure_topics
+from monitor.observability.history import SignalHistory, attach_history, recovery
+from monitor.observability.metrics import Metrics
+from monitor.tools.embedded_broker import EmbeddedBroker
+from monitor.tools.traffic import (
     DEMO_SCRIPT,
     SCRIPT_PERIOD_S,
     Incident,
@@ -112,7 +112,8 @@ def human(x: float | None) -> str:
 def shown_reading(signal: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
     """A /status signal's statistic, the boundary it is compared with and its effect size:
     the worst reading's, against the policy's threshold for the next level up (the
-    detector's own when the policy maps none), as ``monitor.history.signal_value`` does.
+    detector's own when the policy maps none), as
+    ``monitor.observability.history.signal_value`` does.
 
     >>> shown_reading({"level": "ok", "thresholds": {"degraded": 250, "critical": 900},
     ...     "readings": {"x": {"statistic": 80.0, "threshold": 1.0, "effect": 0.1}}})
@@ -158,7 +159,7 @@ class DemoOptions:
 
 def demo_policy_text() -> str:
     """The embedded demo policy (package data)."""
-    return resources.files("monitor").joinpath("embedded/demo_policy.yaml").read_text("utf-8")
+    return resources.files("monitor.tools").joinpath("demo_policy.yaml").read_text("utf-8")
 
 
 def demo_config(
@@ -293,7 +294,7 @@ class IncidentTracker:
     """Follows the script against what the daemon did: each incident's model state reaching
     the incident's level and coming back to ok, and its flag flipping and being restored.
 
-    >>> from monitor.traffic import Incident
+    >>> from monitor.tools.traffic import Incident
     >>> inc = Incident("m", "error_surge", 1.0, 3.0, "m-on", False, True, "critical")
     >>> t = IncidentTracker((inc,), period_s=None)
     >>> t.observe(0.5, {"m": "critical"}, {"m-on": False})  # before it started: not counted

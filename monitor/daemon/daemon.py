@@ -20,20 +20,20 @@ from aiohttp import web
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from monitor import __version__
-from monitor.actions import Actions
-from monitor.backoff import Backoff
-from monitor.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
-from monitor.engine import Engine
+from monitor.actions.actions import Actions
+from monitor.config.settings import Settings
+from monitor.daemon.runtime import tuned_runtime
+from monitor.engine.engine import Engine
+from monitor.engine.events import BadRecord, Event, EventDecoder
+from monitor.engine.health import Transition
 from monitor.errors import BrokerUnavailableError
-from monitor.events import BadRecord, Event, EventDecoder
 from monitor.failpoints import failpoint
-from monitor.health import Transition
-from monitor.history import history_of
-from monitor.http import HttpServer, LoopHeartbeat
-from monitor.metrics import HEALTH_STATES, Metrics
-from monitor.runtime import tuned_runtime
-from monitor.settings import Settings
-from monitor.state import (
+from monitor.http.server import HttpServer, LoopHeartbeat
+from monitor.kafka.backoff import Backoff
+from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.observability.history import history_of
+from monitor.observability.metrics import HEALTH_STATES, Metrics
+from monitor.state.checkpoints import (
     CheckpointError,
     CheckpointHealth,
     CheckpointStore,
@@ -611,12 +611,12 @@ class Daemon:
                         children[4].set(r.threshold)
 
     def _add_routes(self, app: web.Application) -> None:
-        from monitor.operator import add_gate_routes, add_operator_routes
+        from monitor.http.operator import add_gate_routes, add_operator_routes
 
         add_gate_routes(app, self.engine)
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
         try:
-            status_page = importlib.import_module("monitor.status_page")
+            status_page = importlib.import_module("monitor.http.status_page")
         except ImportError:
             return
         status_page.add_routes(app, self)

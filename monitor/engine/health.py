@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor.policy import HealthTiming, Level
+from monitor.config.policy import HealthTiming, Level
 
 __all__ = ["Cause", "HealthMachine", "Transition"]
 
@@ -70,7 +70,7 @@ class SignalObservation:
 class HealthMachine:
     """Health of one model.
 
-    >>> from monitor.policy import HealthTiming
+    >>> from monitor.config.policy import HealthTiming
     >>> m = HealthMachine("fraud", HealthTiming(**{"for": 10, "cooldown": 0, "recover_after": 30}))
     >>> bad = {"error_rate": SignalObservation(Level.DEGRADED, 0.2, 0.05, 0.19, 10.0)}
     >>> m.observe(0.0, bad) is None, m.observe(9.0, bad) is None

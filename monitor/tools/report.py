@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.policy import ModelPolicy
-from monitor.replay import ModelTrail, ReplayResult, SeriesRecorder
+from monitor.config.policy import ModelPolicy
+from monitor.tools.replay import ModelTrail, ReplayResult, SeriesRecorder
 
 __all__ = [
     "LEVEL_COLOURS",

@@ -40,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from monitor.demo import DemoOptions, configure_demo_logging, run_demo
+    from monitor.tools.demo import DemoOptions, configure_demo_logging, run_demo
 
     ui = not args.no_ui and sys.stdout.isatty()
     console = Console()

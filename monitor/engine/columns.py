@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.specs import InputKind
-from monitor.events import Event
-from monitor.policy import SignalPolicy, SignalSource
+from monitor.config.policy import SignalPolicy, SignalSource
+from monitor.engine.events import Event
 
 __all__ = ["Column", "ColumnSet", "EventColumns", "Extractor", "extractors_for"]
 

@@ -23,13 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from monitor.actions import flags_at
-from monitor.engine import Engine, ModelMonitor
+from monitor.actions.actions import flags_at
+from monitor.config.policy import Level, ModelPolicy
+from monitor.config.settings import Settings
+from monitor.engine.engine import Engine, ModelMonitor
+from monitor.engine.events import BadRecord, Event, EventDecoder, event_time
+from monitor.engine.health import Transition
 from monitor.errors import ConfigError
-from monitor.events import BadRecord, Event, EventDecoder, event_time
-from monitor.health import Transition
-from monitor.policy import Level, ModelPolicy
-from monitor.settings import Settings
 
 __all__ = [
     "SUMMARY_VERSION",
@@ -94,14 +94,14 @@ class BadLine:
 class ModelTrail:
     """Transitions of one model and the flag flips and alerts they imply.
 
-    Mirrors ``monitor.actions``: on entering a level, the flags named by that level and every
-    lower level are set (``flags_at``: a higher level wins on a flag named twice); flags no
+    Mirrors ``monitor.actions.actions``: on entering a level, the flags named by that level and
+    every lower level are set (``flags_at``: a higher level wins on a flag named twice); flags no
     longer named are restored to their prior value (unknown offline, so ``value`` is null).
     One alert per model: it fires on entering a level that has an alert, is updated when the
     severity changes, keeps firing through levels without an alert and resolves on return to
     ok.
 
-    >>> from monitor.policy import LevelActions, ModelPolicy
+    >>> from monitor.config.policy import LevelActions, ModelPolicy
     >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"variant": "rules"})})
     >>> trail = ModelTrail("m", p)
     >>> trail.desired_flags(Level.CRITICAL), trail.desired_flags(Level.WARN)

@@ -25,11 +25,11 @@ from pydantic_settings import (
 )
 
 from alerts.config import AlertSinkSpec, ConsoleSpec
-from monitor.config_errors import LoadedYaml, load_yaml_with_lines
-from monitor.config_errors import format_validation_error as _format_errors
+from monitor.config.diagnostics import LoadedYaml, load_yaml_with_lines
+from monitor.config.diagnostics import format_validation_error as _format_errors
+from monitor.config.policy import ModelPolicy
 from monitor.errors import ConfigError
 from monitor.flags.config import FlagBackendSpec, FlagdFileSpec
-from monitor.policy import ModelPolicy
 
 __all__ = [
     "EngineSettings",

@@ -20,9 +20,9 @@ EXIT_CONFIG = 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    from monitor.daemon import Daemon
-    from monitor.logs import configure_logging
-    from monitor.settings import load_settings
+    from monitor.config.settings import load_settings
+    from monitor.daemon.daemon import Daemon
+    from monitor.observability.logs import configure_logging
 
     try:
         settings = load_settings(args.config)
@@ -51,7 +51,7 @@ def _run_loop(coro: object) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from monitor.settings import load_settings
+    from monitor.config.settings import load_settings
 
     failed = False
     for path in args.files:
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     # Imported lazily: `driftwarden run` should not pay for the report and demo modules.
-    from monitor import cli_demo, cli_replay
+    from monitor.cli import demo as cli_demo
+    from monitor.cli import replay as cli_replay
 
     return [cli_demo.register, cli_replay.register]
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from monitor.history import history_of
+from monitor.observability.history import history_of
 
 __all__ = ["CONTENT_SECURITY_POLICY", "HISTORY_PATH", "add_routes", "page_html"]
 
@@ -36,7 +36,7 @@ class _Status(Protocol):
 
 def page_html() -> str:
     """The page's HTML, read from the package."""
-    return resources.files("monitor").joinpath("static/status.html").read_text("utf-8")
+    return resources.files("monitor.http").joinpath("static/status.html").read_text("utf-8")
 
 
 def _script_json(data: Any) -> str:

@@ -24,14 +24,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from alerts.base import Alert
-from monitor.actions import ALERTNAME
+from monitor.actions.actions import ALERTNAME
+from monitor.config.policy import Level, ModelPolicy, parse_duration
 from monitor.flags.base import FlagValue
-from monitor.http import LOG_REDACTOR, MAX_REQUEST_BODY_BYTES
-from monitor.policy import Level, ModelPolicy, parse_duration
+from monitor.http.server import LOG_REDACTOR, MAX_REQUEST_BODY_BYTES
 
 if TYPE_CHECKING:
-    from monitor.actions import Actions
-    from monitor.engine import Engine
+    from monitor.actions.actions import Actions
+    from monitor.engine.engine import Engine
 
 __all__ = [
     "MAX_ACTIVE_SILENCES",
@@ -249,7 +249,7 @@ def parse_body(raw: bytes, allowed: Collection[str]) -> dict[str, Any]:
     >>> parse_body(b'{"value": NaN}', {"value"})
     Traceback (most recent call last):
     ...
-    monitor.operator._Refused: value: 'NaN' is not a JSON number (only finite numbers are)
+    monitor.http.operator._Refused: value: 'NaN' is not a JSON number (only finite numbers are)
     """
     if not raw.strip():
         return {}
@@ -361,7 +361,7 @@ def _check_duration(data: Mapping[str, Any]) -> float:
 def policy_flag_kinds(policies: Mapping[str, ModelPolicy]) -> dict[str, frozenset[str]]:
     """Per flag, the kinds of value (boolean, string, number) the policies set it to.
 
-    >>> from monitor.policy import LevelActions
+    >>> from monitor.config.policy import LevelActions
     >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"v": "rules", "on": False}),
     ...                          "critical": LevelActions(flags={"v": "off"})})
     >>> sorted((f, sorted(k)) for f, k in policy_flag_kinds({"default": p}).items())

@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from monitor.config.policy import parse_duration
 from monitor.errors import ConfigError, DriftwardenError
-from monitor.policy import parse_duration
 
 __all__ = ["print_comparison", "print_summary", "record_command", "register", "replay_command"]
 
@@ -124,9 +124,9 @@ def _progress_enabled(quiet: bool) -> bool:
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    from monitor.replay import DEFAULT_CHUNK, Replay, load_truth, open_events
-    from monitor.report import write_comparison, write_report
-    from monitor.settings import load_settings
+    from monitor.config.settings import load_settings
+    from monitor.tools.replay import DEFAULT_CHUNK, Replay, load_truth, open_events
+    from monitor.tools.report import write_comparison, write_report
 
     compare = getattr(args, "compare", None)
     if compare is not None and args.events == "-":
@@ -278,7 +278,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 def print_comparison(first: Any, second: Any, labels: tuple[str, str], out: TextIO) -> None:
     """Each model's scores under the two policies, one line per score."""
-    from monitor.report import comparison_rows
+    from monitor.tools.report import comparison_rows
 
     out.write(f"\ncompared: A {labels[0]}  B {labels[1]}\n")
     out.write(f"  {'model':<20}{'score':<24}{'A':>12}{'B':>12}\n")
@@ -287,14 +287,14 @@ def print_comparison(first: Any, second: Any, labels: tuple[str, str], out: Text
 
 
 def _ts(ts: float) -> str:
-    from monitor.report import format_time
+    from monitor.tools.report import format_time
 
     return format_time(ts)
 
 
 def record_command(args: argparse.Namespace) -> int:
-    from monitor.record import TopicRecorder
-    from monitor.settings import KafkaSettings, load_settings
+    from monitor.config.settings import KafkaSettings, load_settings
+    from monitor.tools.record import TopicRecorder
 
     try:
         kafka = load_settings(args.config).kafka if args.config else KafkaSettings()

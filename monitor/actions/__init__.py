@@ -1,0 +1,1 @@
+"""What happens on a health transition: decisions, flags, alerts, audit and review."""

@@ -1,0 +1,1 @@
+"""The ``driftwarden`` command line, one module per subcommand family."""

@@ -1,0 +1,1 @@
+"""The daemon's composition: lifecycle, the batch loop, and runtime tuning."""

@@ -1,0 +1,1 @@
+"""What the daemon exports about itself: Prometheus metrics, logs, and recent history."""
