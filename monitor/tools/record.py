@@ -211,8 +211,10 @@ class TopicRecorder:
                             continue
                         if b"\n" in value or b"\r" in value:
                             value = encode(parsed)
+                        # A value that is not an object is written as it is: the replay
+                        # counts it as the bad line the daemon dead-letters. A timestamp of
+                        # -1 means the broker has none for the record.
                         if isinstance(parsed, dict) and record.timestamp >= 0:
-                            # Not an object: replayed as the bad line the daemon dead-letters.
                             value = stamp_record_time(value, bool(parsed), record.timestamp)
                         sink.write(value)
                         sink.write(b"\n")
@@ -245,7 +247,8 @@ class TopicRecorder:
 
 
 def stamp_record_time(value: bytes, has_members: bool, timestamp_ms: int) -> bytes:
-    """``value`` (one JSON object on one line) with ``_record_ts`` added as its last member.
+    """``value`` (one JSON object on one line, already validated; ``has_members`` when it is
+    not ``{}``) with ``_record_ts`` added as its last member.
 
     The producer's bytes are kept as they are (no re-encoding of its numbers or strings).
 
