@@ -167,6 +167,11 @@ def replay_command(args: argparse.Namespace) -> int:
             print(f"driftwarden replay: {args.events}: {err}", file=sys.stderr)
             return EXIT_INPUT
     result = results[0]
+    for label, found in zip((args.config, compare), results, strict=False):
+        for warning in found.warnings:
+            # Loud: a stuck clock makes "no transition" look like a healthy verdict.
+            where = f" ({label})" if len(results) == 2 else ""
+            print(f"driftwarden replay: WARNING{where}: {warning['message']}", file=sys.stderr)
     try:
         print_summary(result.summary(), sys.stdout)
         if len(results) == 2:

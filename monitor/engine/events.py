@@ -152,9 +152,10 @@ class EventDecoder:
     <BadReason.TOO_DEEP: 'too_deep'>
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, event_type: type[Event] = Event) -> None:
         self.max_bytes = max_bytes
-        self._decoder = msgspec.json.Decoder(Event)
+        # ``event_type``: a subclass with more members (the replay's recorded events).
+        self._decoder = msgspec.json.Decoder(event_type)
 
     def decode(self, value: bytes | None) -> Event | BadRecord:
         if not value:

@@ -1,5 +1,9 @@
 """Recording a topic (or a time range of it) to JSON lines for ``driftwarden replay``: reads
 without a consumer group, from assigned partitions, and stops at the end seen at start.
+
+Each event line carries the broker's record timestamp as one added member, ``_record_ts``
+(epoch seconds), last in the object: the replay's clock for an event without ``ts``, which the
+daemon times by its receive time (docs/replay.md, "Event time").
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from monitor.errors import BrokerUnavailableError, DriftwardenError
 
-__all__ = ["RecordStats", "TopicRecorder"]
+__all__ = ["RECORD_TS_FIELD", "RecordStats", "TopicRecorder", "stamp_record_time"]
 
 log = logging.getLogger(__name__)
+
+#: The member ``record`` adds to each event object: the broker's record timestamp, epoch
+#: seconds. Written last, so it wins over a producer's own member of that name.
+RECORD_TS_FIELD = "_record_ts"
+_FIELD_PREFIX = b',"' + RECORD_TS_FIELD.encode() + b'":'
 
 
 @dataclass(slots=True)
@@ -202,6 +211,11 @@ class TopicRecorder:
                             continue
                         if b"\n" in value or b"\r" in value:
                             value = encode(parsed)
+                        # A value that is not an object is written as it is: the replay
+                        # counts it as the bad line the daemon dead-letters. A timestamp of
+                        # -1 means the broker has none for the record.
+                        if isinstance(parsed, dict) and record.timestamp >= 0:
+                            value = stamp_record_time(value, bool(parsed), record.timestamp)
                         sink.write(value)
                         sink.write(b"\n")
                         stats.written += 1
@@ -230,6 +244,24 @@ class TopicRecorder:
             return True
         # Appended after the recording started: a live topic would otherwise never end.
         return bool(record.offset >= end and record.timestamp > started_ms)
+
+
+def stamp_record_time(value: bytes, has_members: bool, timestamp_ms: int) -> bytes:
+    """``value`` (one JSON object on one line, already validated; ``has_members`` when it is
+    not ``{}``) with ``_record_ts`` added as its last member.
+
+    The producer's bytes are kept as they are (no re-encoding of its numbers or strings).
+
+    >>> stamp_record_time(b'{"model": "m"} ', True, 1700000000123)
+    b'{"model": "m","_record_ts":1700000000.123}'
+    >>> stamp_record_time(b"{}", False, 5)
+    b'{"_record_ts":0.005}'
+    """
+    stamp = f"{timestamp_ms // 1000}.{timestamp_ms % 1000:03d}".encode()
+    body = value.rstrip()
+    if not has_members:
+        return b"{" + _FIELD_PREFIX[1:] + stamp + b"}"
+    return body[:-1] + _FIELD_PREFIX + stamp + b"}"
 
 
 def _open_out(path: Path) -> IO[bytes]:

@@ -2,8 +2,11 @@
 time, and reports the transitions, flag flips and alerts it would have caused, and their score.
 
 The engine and health machine are the daemon's own; only the clock differs. Replay time is the
-running maximum of the events' ``ts``, so ``for``, ``recover_after`` and ``cooldown`` behave as
-they would have live. See ``docs/replay.md`` for the summary shape and the scoring rules.
+running maximum of the events' time: ``ts``, or for an event without it the broker's record
+timestamp that ``driftwarden record`` keeps beside it (``_record_ts``; the daemon times such an
+event by its receive time), so ``for``, ``recover_after`` and ``cooldown`` behave as they would
+have live. A clock that does not move far enough for any ``for`` to run out is reported
+(``warnings``). See ``docs/replay.md`` for the summary shape and the scoring rules.
 """
 
 from __future__ import annotations
@@ -23,24 +26,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from monitor.actions.actions import flags_at
 from monitor.config.policy import Level, ModelPolicy
 from monitor.config.settings import Settings
 from monitor.engine.engine import Engine, ModelMonitor
-from monitor.engine.events import BadRecord, Event, EventDecoder, event_time
+from monitor.engine.events import (
+    MAX_EPOCH_S,
+    BadReason,
+    BadRecord,
+    Event,
+    EventDecoder,
+    event_time,
+)
 from monitor.engine.health import Transition
 from monitor.errors import ConfigError
+from monitor.tools.record import RECORD_TS_FIELD
 
 __all__ = [
     "SUMMARY_VERSION",
     "BadLine",
     "Incident",
     "ModelTrail",
+    "RecordedEvent",
+    "RecordedEventDecoder",
     "Replay",
     "ReplayResult",
     "SeriesRecorder",
     "load_truth",
     "open_events",
+    "record_time",
     "score",
 ]
 
@@ -59,6 +75,12 @@ TICK_S = 1.0
 #: A gap in event time is walked tick by tick for at most this many ticks, then jumped.
 MAX_TICKS_PER_GAP = 3600
 _GZIP_MAGIC = b"\x1f\x8b"
+#: A replay of at least this many events whose clock moved less than the shortest ``for`` is
+#: warned about (a stuck clock is warned about whatever the count).
+MANY_EVENTS = 100
+_STAMP_PREFIX = b',"' + RECORD_TS_FIELD.encode() + b'":'
+#: Longest ``,"_record_ts":<epoch s with ms>`` that ``record`` appends.
+_STAMP_MAX = len(_STAMP_PREFIX) + 20
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -85,6 +107,54 @@ class BadLine:
     line: int
     reason: str
     detail: str
+
+
+class RecordedEvent(Event, gc=False):
+    """An event line of a ``driftwarden record`` file: the event, and the broker's record
+    timestamp kept beside it. Any type is accepted here (a producer may send a member of that
+    name): ``record_time`` uses only an epoch-seconds number, as the contract bounds ``ts``."""
+
+    record_ts: Any = msgspec.field(default=None, name=RECORD_TS_FIELD)
+
+
+def record_time(event: Event) -> float | None:
+    """The broker timestamp ``record`` kept for ``event`` (epoch seconds), or None.
+
+    >>> decode = RecordedEventDecoder(max_bytes=1000).decode
+    >>> record_time(decode(b'{"model": "m", "_record_ts": 1700000000.5}'))
+    1700000000.5
+    >>> [record_time(decode(b'{"model": "m", "_record_ts": %s}' % v)) for v in
+    ...  (b'"soon"', b"true", b"-1", b"1e300", b"null")]
+    [None, None, None, None, None]
+    """
+    value = getattr(event, "record_ts", None)
+    if not isinstance(value, int | float) or isinstance(value, bool):  # a bool is no time
+        return None
+    seconds = float(value)
+    return seconds if 0.0 <= seconds <= MAX_EPOCH_S else None
+
+
+class RecordedEventDecoder:
+    """The daemon's ``EventDecoder`` for the lines of a recording: the same rules and limits,
+    applied to the record value as the broker held it. ``max_bytes`` is checked without the
+    ``_record_ts`` member that ``record`` appended, so a value the daemon accepted is not
+    refused here for being stamped."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._decode = EventDecoder(max_bytes + _STAMP_MAX, event_type=RecordedEvent).decode
+
+    def decode(self, line: bytes) -> Event | BadRecord:
+        size = len(line)
+        if size > self.max_bytes:
+            stamp = line.rfind(_STAMP_PREFIX, max(0, size - _STAMP_MAX))
+            if stamp > 0 and line.endswith(b"}"):
+                size = stamp + 1  # the value without the stamp, with its closing brace
+            if size > self.max_bytes:
+                return BadRecord(
+                    BadReason.TOO_LARGE, f"record is {size} bytes, over max {self.max_bytes}"
+                )
+        return self._decode(line)
 
 
 # -- actions the policy would take --------------------------------------------------------------
@@ -506,6 +576,77 @@ class _Pending:
     last_time: float = 0.0
 
 
+@dataclass(slots=True, frozen=True)
+class ReplayClock:
+    """How the replay's event time ran: its span, what timed the events, and the shortest
+    ``for`` of the replayed models (None without a model)."""
+
+    first_ts: float | None
+    last_ts: float | None
+    shortest_for_s: float | None
+    events_with_ts: int = 0
+    events_with_record_ts: int = 0
+    events_untimed: int = 0
+
+    @property
+    def span_s(self) -> float:
+        if self.first_ts is None or self.last_ts is None:
+            return 0.0
+        return self.last_ts - self.first_ts
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "span_s": round(self.span_s, 6),
+            "shortest_for_s": self.shortest_for_s,
+            "events_with_ts": self.events_with_ts,
+            "events_with_record_ts": self.events_with_record_ts,
+            "events_untimed": self.events_untimed,
+        }
+
+    def warnings(self, events: int) -> list[dict[str, str]]:
+        """A clock that never moved over two or more events, or, over ``MANY_EVENTS`` or
+        more, moved less than the shortest ``for``: no ``for`` could run out, so the replay
+        cannot show the transitions the daemon would have made."""
+        untimed = ""
+        if self.events_untimed:
+            untimed = (
+                f"; {self.events_untimed} events have neither `ts` nor a recorded broker "
+                "time (record the topic with this version of `driftwarden record`, which "
+                "keeps it)"
+            )
+        if events >= 2 and self.span_s <= 0.0:
+            return [
+                {
+                    "code": "clock_never_advanced",
+                    "message": (
+                        f"event time never advanced over {events} events (it stayed at "
+                        f"{self.first_ts}): no `for` or `recover_after` can run out, so no "
+                        f"transition is reported{untimed}"
+                    ),
+                }
+            ]
+        shortest = self.shortest_for_s
+        if events >= MANY_EVENTS and shortest is not None and self.span_s < shortest:
+            return [
+                {
+                    "code": "clock_shorter_than_for",
+                    "message": (
+                        f"event time advanced only {self.span_s:g} s over {events} events, "
+                        f"less than the shortest `for` ({shortest:g} s): no breach can be "
+                        f"held long enough to cause a transition{untimed}"
+                    ),
+                }
+            ]
+        return []
+
+
+def _shortest_for(engine: Engine) -> float | None:
+    fors = [s.for_s for monitor in engine.models.values() for s in monitor.signals]
+    return min(fors) if fors else None
+
+
 @dataclass(slots=True)
 class ReplayResult:
     """What a replay found; ``summary()`` is the documented ``--summary`` JSON."""
@@ -526,6 +667,12 @@ class ReplayResult:
     final_state: dict[str, str]
     score: dict[str, Any] | None = None
     incidents: list[Incident] = field(default_factory=list)
+    clock: ReplayClock = field(default_factory=lambda: ReplayClock(None, None, None))
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """What makes this replay's findings untrustworthy (``clock.warnings``)."""
+        return self.clock.warnings(self.events)
 
     @property
     def events_per_s(self) -> float:
@@ -567,6 +714,8 @@ class ReplayResult:
             },
             "models": models,
         }
+        out["clock"] = self.clock.summary()
+        out["warnings"] = self.warnings
         if self.score is not None:
             out["score"] = self.score
         return out
@@ -623,7 +772,7 @@ class Replay:
         """Replay every line; ``progress(lines_done)`` is called every ``progress_every``."""
         settings = self.settings
         engine = Engine.for_settings(settings)
-        decode = EventDecoder(max_bytes=settings.kafka.max_record_bytes).decode
+        decode = RecordedEventDecoder(max_bytes=settings.kafka.max_record_bytes).decode
         trails: dict[str, ModelTrail] = {}
         series: dict[str, SeriesRecorder] = {}
         model_events: dict[str, int] = {}
@@ -637,6 +786,8 @@ class Replay:
         bad: list[BadLine] = []
         bad_count = 0
         events = 0
+        #: Events timed by their ``ts``, by the recorded broker time, and by neither.
+        by_ts = by_record = untimed = 0
         chunk = self.chunk_size
         clock = -math.inf
         first_ts: float | None = None
@@ -689,7 +840,19 @@ class Replay:
                 if len(bad) < MAX_BAD_KEPT:
                     bad.append(BadLine(index, decoded.reason.value, decoded.detail))
                 continue
-            t = event_time(decoded, clock if clock > -math.inf else 0.0)
+            if decoded.ts is not None:
+                t = event_time(decoded, 0.0)
+                by_ts += 1
+            else:
+                # The daemon times an event without ts by its receive time: the broker's
+                # record timestamp is the nearest the file holds.
+                recorded = record_time(decoded)
+                if recorded is not None:
+                    t = recorded
+                    by_record += 1
+                else:
+                    t = clock if clock > -math.inf else 0.0
+                    untimed += 1
             if t > clock:
                 if first_ts is None:
                     first_ts = t
@@ -744,6 +907,14 @@ class Replay:
             model_events=model_events,
             final_state={m: mon.health.level.label for m, mon in engine.models.items()},
             incidents=list(self.truth or []),
+            clock=ReplayClock(
+                first_ts=first_ts,
+                last_ts=clock if clock > -math.inf else None,
+                shortest_for_s=_shortest_for(engine),
+                events_with_ts=by_ts,
+                events_with_record_ts=by_record,
+                events_untimed=untimed,
+            ),
         )
         if self.truth is not None:
             result.score = score(trails, self.truth, coverage, self.grace)

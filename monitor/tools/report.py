@@ -69,6 +69,8 @@ svg text { font: 11px system-ui, sans-serif; fill: #444; }
 .pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px; }
 .pair > div { min-width: 0; }
 .better { font-weight: 600; color: #1a7f37; }
+.warning { border: 2px solid #b00020; background: #fdecee; color: #5c0011; padding: 8px 12px;
+           margin: 12px 0; }
 """
 
 
@@ -510,6 +512,15 @@ def _header(result: ReplayResult) -> str:
     )  # fmt: skip
 
 
+def _warnings(result: ReplayResult, label: str = "") -> str:
+    """The replay's warnings (a stuck event clock), first on the page: they say the tables
+    below cannot show what the daemon would have done."""
+    return "".join(
+        f'<div class="warning" role="alert"><b>Warning{_esc(label)}:</b> {_esc(w["message"])}</div>'
+        for w in result.warnings
+    )
+
+
 def _span(*results: ReplayResult) -> tuple[float, float]:
     firsts = [r.first_ts for r in results if r.first_ts is not None]
     lasts = [r.last_ts for r in results if r.last_ts is not None]
@@ -534,6 +545,7 @@ def render_report(result: ReplayResult, *, title: str = "driftwarden replay") ->
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
+        _warnings(result),
         _header(result),
         _legend(),
     ]
@@ -646,6 +658,8 @@ def render_comparison(
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
         f"<p><b>A</b> {_esc(a_label)} · <b>B</b> {_esc(b_label)}</p>",
+        _warnings(first, " (A)"),
+        _warnings(second, " (B)"),
         _header(first),
         _legend(),
     ]
