@@ -1,19 +1,20 @@
-"""What happens on a health transition: the audit trail, flag flips (and their restore),
-alerts, review sampling, and the operator's pins, silences and acknowledgements.
+"""Carrying out what a health transition decides: flag flips (and their restore) through the
+actuator, notifications through the alert dispatcher, review sampling, and the operator's
+pins, silences and acknowledgements. The audit trail lives in ``audit``, the persisted intent
+in ``effects``, the decision rules in ``decisions``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ import msgspec
 from alerts.base import Alert
 from alerts.config import build_sinks
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
+from monitor.actions.audit import AuditLog, transition_entry
+from monitor.actions.decisions import flags_at
+from monitor.actions.effects import OUTBOX_LIMIT, Effects, FlagPlan, Notice
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.health import Transition
 from monitor.failpoints import failpoint
@@ -51,122 +55,6 @@ ALERT_SINK_DOWN = "AlertSinkDown"
 
 #: Marks "no entry" where None is a value.
 _MISSING: Any = object()
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-class AuditLog:
-    """Append-only JSON lines of every transition and action, plus a bounded in-memory tail."""
-
-    def __init__(self, path: Path | None, *, keep: int = 200) -> None:
-        self.path = path
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
-        self._file: Any = None
-
-    def open(self) -> None:
-        if self.path is not None and self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def write(self, entry: dict[str, Any]) -> None:
-        self.recent.append(entry)
-        if self._file is not None:
-            self._file.write(json.dumps(entry, default=str) + "\n")
-
-
-def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
-    return {
-        "kind": "transition",
-        "at": t.at,
-        "model": t.model,
-        "from": t.from_level.label,
-        "to": t.to_level.label,
-        "mode": mode,
-        "why": t.describe(),
-        "causes": [
-            {
-                "signal": c.signal,
-                "level": c.level.label,
-                "statistic": _finite(c.statistic),
-                "threshold": _finite(c.threshold),
-                "effect": _finite(c.effect),
-                "held_s": round(c.held_s, 3),
-            }
-            for c in t.causes
-        ],
-    }
-
-
-def flags_at(policy: ModelPolicy, level: Level) -> dict[str, FlagValue]:
-    """The flags in effect at ``level``: every level's flags up to it, higher levels winning.
-
-    >>> from monitor.config.policy import LevelActions
-    >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"v": "rules"}),
-    ...                          "critical": LevelActions(flags={"on": False, "v": "off"})})
-    >>> flags_at(p, Level.WARN), flags_at(p, Level.DEGRADED), flags_at(p, Level.CRITICAL)
-    ({}, {'v': 'rules'}, {'v': 'off', 'on': False})
-    """
-    merged: dict[str, FlagValue] = {}
-    for lvl in (Level.WARN, Level.DEGRADED, Level.CRITICAL):
-        if lvl > level:
-            break
-        actions = policy.actions.get(lvl.label)  # type: ignore[call-overload]
-        if actions is not None:
-            merged.update(actions.flags)
-    return merged
-
-
-@dataclass(slots=True)
-class _FlagPlan:
-    model: str
-    key: str
-    set_flags: dict[str, FlagValue]
-    restore: list[str]
-
-
-@dataclass(slots=True)
-class _Notice:
-    """One notification of an incident, decided and persisted before any sink sees it."""
-
-    action: str  # "fire" or "resolve"
-    alert: Alert  # carries the idempotency key
-    #: Sinks it was queued for and that have not confirmed it; None: not queued yet.
-    sinks: list[str] | None = None
-
-
-@dataclass(slots=True)
-class Effects:
-    """A model's decided effects not yet known to be carried out, persisted with its
-    checkpoint (intent before effect): after a crash, a restart carries them out again,
-    idempotently (same flag values, same idempotency keys).
-    """
-
-    #: The open incident's id (model and first transition time) and its last sequence number.
-    incident: str | None = None
-    seq: int = 0
-    #: Flag plans decided and not yet handed entirely to the actuator, in decision order.
-    plans: list[_FlagPlan] = field(default_factory=list)
-    #: Flag writes handed to the actuator and not yet acknowledged (incident values and
-    #: restores of pre-incident values alike): flag -> value. A restart requests them again.
-    writing: dict[str, FlagValue] = field(default_factory=dict)
-    #: Notifications not yet confirmed by every sink they were queued for, oldest first.
-    outbox: list[_Notice] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.incident is None and not (self.plans or self.writing or self.outbox)
-
-
-#: A model's outbox keeps at most this many notifications (a newer one supersedes an older
-#: one at every sink anyway; the bound only matters for a sink that never answers).
-_OUTBOX_LIMIT = 16
 
 
 class Actions:
@@ -218,7 +106,7 @@ class Actions:
         #: Per flag, the latest automation decision not yet written: (key, decided at).
         #: Requests for one flag coalesce, so only the latest can be applied.
         self._requested_at: dict[str, tuple[str, float]] = {}
-        self._plans: asyncio.Queue[_FlagPlan] = asyncio.Queue()
+        self._plans: asyncio.Queue[FlagPlan] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._review_budget: dict[str, tuple[float, float]] = {}
         self._random = random.Random(0)
@@ -399,7 +287,7 @@ class Actions:
                 held.pop(flag, None)
             if not held:
                 del self.held[t.model]
-            self._effects(t.model).plans.append(_FlagPlan(t.model, key, set_flags, restore))
+            self._effects(t.model).plans.append(FlagPlan(t.model, key, set_flags, restore))
             self._undispatched[t.model] = None
             for flag in (*set_flags, *restore):
                 self._requested_at[flag] = (key, t.at)
@@ -433,8 +321,8 @@ class Actions:
             effects.seq += 1
             key = f"{effects.incident}#{effects.seq}"
             action = "resolve" if alert.resolved else "fire"
-            effects.outbox.append(_Notice(action, replace(alert, idempotency_key=key)))
-            del effects.outbox[:-_OUTBOX_LIMIT]
+            effects.outbox.append(Notice(action, replace(alert, idempotency_key=key)))
+            del effects.outbox[:-OUTBOX_LIMIT]
             if alert.resolved:
                 effects.incident = None
             self._undispatched[t.model] = None
@@ -508,7 +396,7 @@ class Actions:
             finally:
                 self._plans.task_done()
 
-    async def _carry_out(self, plan: _FlagPlan, actuator: FlagActuator) -> None:
+    async def _carry_out(self, plan: FlagPlan, actuator: FlagActuator) -> None:
         effects = self.effects.get(plan.model)
         read = False
         for flag in plan.set_flags:
@@ -588,7 +476,7 @@ class Actions:
                     continue  # its plan or its unacknowledged write below carries it out
                 if flag not in self.baseline:
                     # Decided but its prior value never saved: the write never happened.
-                    effects.plans.insert(0, _FlagPlan(model, key, {flag: value}, []))
+                    effects.plans.insert(0, FlagPlan(model, key, {flag: value}, []))
                     self.effects[model] = effects
             for flag, value in effects.writing.items():
                 actuator.request(flag, value, key=key)

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from monitor.actions.actions import flags_at
+from monitor.actions.decisions import flags_at
 from monitor.config.policy import Level, ModelPolicy
 from monitor.config.settings import Settings
 from monitor.engine.engine import Engine, ModelMonitor
