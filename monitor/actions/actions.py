@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import os
 import random
 import time
@@ -25,9 +24,19 @@ from alerts.base import Alert
 from alerts.config import build_sinks
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
 from monitor.actions.audit import AuditLog, transition_entry
-from monitor.actions.decisions import flags_at
+from monitor.actions.decisions import (
+    ALERTNAME,
+    AlertDecision,
+    ReviewSampler,
+    ReviewVerdict,
+    decide_alert,
+    flag_intent,
+    flags_at,
+    incident_alert,
+    review_at,
+)
 from monitor.actions.effects import OUTBOX_LIMIT, Effects, FlagPlan, Notice
-from monitor.config.policy import Level, ModelPolicy
+from monitor.config.policy import Level, ModelPolicy, ReviewAction
 from monitor.engine.health import Transition
 from monitor.failpoints import failpoint
 from monitor.flags.actuator import FlagActuator
@@ -45,9 +54,6 @@ __all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
 
 log = logging.getLogger(__name__)
 
-#: One alert name per model incident; its ``state`` and ``severity`` labels follow the level,
-#: so an escalation updates the same incident (one page) instead of opening a second one.
-ALERTNAME = "ModelUnhealthy"
 FLAG_BACKEND_DOWN = "FlagBackendDown"
 #: alertname of alerts.dispatcher.sink_down_alert.
 ALERT_SINK_DOWN = "AlertSinkDown"
@@ -85,6 +91,7 @@ class Actions:
         self_runbook_url: str = "",
         self_runbook_base_url: str = "",
         clock: Callable[[], float] = time.time,
+        review_rng: random.Random | None = None,
     ) -> None:
         self.metrics = metrics
         self.audit = audit
@@ -108,8 +115,8 @@ class Actions:
         self._requested_at: dict[str, tuple[str, float]] = {}
         self._plans: asyncio.Queue[FlagPlan] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._review_budget: dict[str, tuple[float, float]] = {}
-        self._random = random.Random(0)
+        #: Review sampling decisions; its random source is injectable (``review_rng``).
+        self._review = ReviewSampler(review_rng)
         self._encoder = msgspec.json.Encoder()
         #: Per model: decided effects not yet known to be carried out (checkpointed).
         self.effects: dict[str, Effects] = {}
@@ -265,12 +272,10 @@ class Actions:
             del self.effects[model]
 
     def _decide_flags(self, t: Transition, policy: ModelPolicy, shadow: bool) -> dict[str, Any]:
-        before = flags_at(policy, t.from_level)
-        after = flags_at(policy, t.to_level)
-        set_flags = {f: v for f, v in after.items() if before.get(f) != v}
-        restore = [f for f in before if f not in after]
-        if not set_flags and not restore:
+        intent = flag_intent(policy, t.from_level, t.to_level)
+        if intent.empty:
             return {}
+        set_flags, restore = intent.set_flags, list(intent.restore)
         outcome = "shadow" if shadow else "requested"
         if set_flags:
             self.metrics.actions.labels("flag_set", outcome).inc(len(set_flags))
@@ -301,86 +306,65 @@ class Actions:
         now: float,
         engine: Engine | None,
     ) -> dict[str, Any] | None:
-        alert = self._alert_for(t, policy, now, engine)
-        if alert is None:
-            return None
-        # A silence holds back pages, never a resolve: an incident paged before the silence
-        # must still close, or it stays open (and re-sent to Alertmanager) after recovery.
-        silenced = not alert.resolved and self.silenced_until.get(t.model, 0.0) > now
-        kind = "alert_resolve" if alert.resolved else "alert_fire"
-        outcome = "shadow" if shadow else "silenced" if silenced else "requested"
-        self.metrics.actions.labels(kind, outcome).inc()
-        decision: dict[str, Any] = {"kind": kind, "severity": alert.severity, "outcome": outcome}
-        if not shadow and not silenced and self.dispatcher is not None:
-            effects = self._effects(t.model)
-            if effects.incident is None:
-                # One id per incident, from its first notification; the sequence number
-                # tells its notifications apart (fire, updates, resolve).
-                effects.incident = f"{t.model}@{t.at:.3f}"
-                effects.seq = 0
-            effects.seq += 1
-            key = f"{effects.incident}#{effects.seq}"
-            action = "resolve" if alert.resolved else "fire"
-            effects.outbox.append(Notice(action, replace(alert, idempotency_key=key)))
-            del effects.outbox[:-OUTBOX_LIMIT]
-            if alert.resolved:
-                effects.incident = None
-            self._undispatched[t.model] = None
-            decision["idempotency_key"] = key
-        return decision
-
-    def _alert_for(
-        self, t: Transition, policy: ModelPolicy, now: float, engine: Engine | None
-    ) -> Alert | None:
-        at = datetime.fromtimestamp(t.at, UTC)
-        values = {c.signal: c.statistic for c in t.causes if math.isfinite(c.statistic)}
+        recovery_values = None
         if t.to_level is Level.OK:
             # A recovery has no causes: the resolve carries what the signals read now, not
             # the values the incident fired with.
             monitor = engine.models.get(t.model) if engine is not None else None
             if monitor is not None:
-                values = {
-                    name: o.statistic
-                    for name, o in monitor.observations.items()
-                    if math.isfinite(o.statistic)
-                }
-            return Alert(
-                model=t.model,
-                alertname=ALERTNAME,
-                severity="info",
-                state="ok",
-                signals=(),
-                summary=f"{t.model} recovered",
-                description=t.describe(),
-                runbook_url=policy.runbook_url,
-                starts_at=at,
-                ends_at=at,
-                values=values,
-            )
-        level_actions = policy.actions.get(t.to_level.label)  # type: ignore[call-overload]
-        if level_actions is None or level_actions.alert is None:
+                recovery_values = {name: o.statistic for name, o in monitor.observations.items()}
+        alert = incident_alert(t, policy, recovery_values)
+        if alert is None:
             return None
-        summary = level_actions.alert.summary or (
-            f"{t.model} is {t.to_level.label}: " + ", ".join(t.signals or ("health",))
+        decided = decide_alert(
+            alert,
+            holding=self._notified(alert),
+            shadow=shadow,
+            silenced_until=self.silenced_until.get(t.model),
+            now=now,
         )
-        flags = flags_at(policy, t.to_level)
-        description = t.describe()
-        if flags:
-            description += ". Flags set: " + ", ".join(f"{k}={v}" for k, v in flags.items())
-        if policy.mode == "shadow":
-            description += " (shadow mode: no flag touched)"
-        return Alert(
-            model=t.model,
-            alertname=ALERTNAME,
-            severity=level_actions.alert.severity,
-            state=t.to_level.label,
-            signals=t.signals,
-            summary=summary,
-            description=description,
-            runbook_url=policy.runbook_url,
-            starts_at=at,
-            values=values,
-        )
+        self.metrics.actions.labels(decided.kind, decided.outcome.value).inc()
+        decision: dict[str, Any] = {
+            "kind": decided.kind,
+            "severity": alert.severity,
+            "outcome": decided.outcome.value,
+            "notification": decided.notification.value if decided.notification else None,
+        }
+        if decided.notifies and self.dispatcher is not None:
+            decision["idempotency_key"] = self._queue_notice(t, decided)
+        return decision
+
+    def _notified(self, alert: Alert) -> Alert | None:
+        """The model's incident as last notified, or as it will be once the notifications
+        decided and not yet dispatched are: what the dispatcher will compare ``alert`` with.
+        """
+        effects = self.effects.get(alert.model)
+        if effects is not None:
+            for notice in reversed(effects.outbox):
+                if notice.sinks is None and notice.alert.dedup_key == alert.dedup_key:
+                    return None if notice.action == "resolve" else notice.alert
+        if self.dispatcher is None:
+            return None
+        return self.dispatcher.current(alert)
+
+    def _queue_notice(self, t: Transition, decided: AlertDecision) -> str:
+        """Record a notification in the model's outbox with its idempotency key."""
+        effects = self._effects(t.model)
+        if effects.incident is None:
+            # One id per incident, from its first notification; the sequence number
+            # tells its notifications apart (fire, updates, resolve).
+            effects.incident = f"{t.model}@{t.at:.3f}"
+            effects.seq = 0
+        effects.seq += 1
+        key = f"{effects.incident}#{effects.seq}"
+        resolved = decided.alert.resolved
+        action = "resolve" if resolved else "fire"
+        effects.outbox.append(Notice(action, replace(decided.alert, idempotency_key=key)))
+        del effects.outbox[:-OUTBOX_LIMIT]
+        if resolved:
+            effects.incident = None
+        self._undispatched[t.model] = None
+        return key
 
     # ----------------------------------------------------------------- flag plans
 
@@ -588,39 +572,20 @@ class Actions:
         """Publish a sample of degraded models' events to the review topic."""
         if self.review_topic is None or not events:
             return
-        reviewing: dict[str, Any] = {}
+        reviewing: dict[str, ReviewAction] = {}
         for model, monitor in engine.models.items():
-            level = monitor.health.level
-            if level < Level.DEGRADED or monitor.policy.mode == "shadow":
-                continue
-            # Like flags, review carries up: a critical model keeps degraded's sampling unless
-            # critical configures its own.
-            for lvl in (level, Level.DEGRADED):
-                actions = monitor.policy.actions.get(lvl.label)  # type: ignore[call-overload]
-                if actions is not None and actions.review is not None:
-                    reviewing[model] = actions.review
-                    break
+            review = review_at(monitor.policy, monitor.health.level)
+            if review is not None:
+                reviewing[model] = review
         if not reviewing:
             return
         now = time.monotonic()
         for event in events:
             review = reviewing.get(event.model)
-            # An event that carries a label is an outcome (maybe a reviewer's own answer
-            # coming back): it needs no review, and sampling it would loop.
-            if review is None or event.label is not None:
+            if review is None:
                 continue
-            if review.max_confidence is not None and (
-                event.confidence is None or event.confidence >= review.max_confidence
-            ):
+            if self._review.verdict(event, review, now) is not ReviewVerdict.SAMPLED:
                 continue
-            if self._random.random() >= review.sample_rate:
-                continue
-            tokens, last = self._review_budget.get(event.model, (review.max_per_second, now))
-            tokens = min(review.max_per_second, tokens + (now - last) * review.max_per_second)
-            if tokens < 1.0:
-                self._review_budget[event.model] = (tokens, now)
-                continue
-            self._review_budget[event.model] = (tokens - 1.0, now)
             # The v1 contract without its absent fields: reviewers see what the service sent.
             fields = msgspec.structs.asdict(event)
             body = self._encoder.encode({k: v for k, v in fields.items() if v is not None})
