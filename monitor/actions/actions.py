@@ -31,7 +31,6 @@ from monitor.actions.decisions import (
     ReviewVerdict,
     decide_alert,
     flag_intent,
-    flags_at,
     incident_alert,
     review_at,
 )
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
     from monitor.engine.events import Event
     from monitor.kafka.consumer import DeadLetterWriter
 
-__all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
+__all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects"]
 
 log = logging.getLogger(__name__)
 
