@@ -19,6 +19,7 @@ from typing import Literal
 from prometheus_client import Counter
 
 from alerts.base import AcknowledgingSink, Alert, AlertSink, ResendingSink, severity_rank
+from alerts.incidents import news
 from monitor.errors import AlertSinkError
 from monitor.observability.metrics import Metrics
 
@@ -68,11 +69,6 @@ def sink_down_alert(sink_name: str, *, runbook_url: str = "", severity: str = "p
         values={"alert_sink_up": 0.0},
         labels={"sink": sink_name},
     )
-
-
-def _notified_state(alert: Alert) -> tuple[str, str, tuple[str, ...]]:
-    """What a sink is told about; a change of anything else is not worth a new notification."""
-    return alert.state, alert.severity, alert.signals
 
 
 @dataclass(slots=True)
@@ -337,10 +333,9 @@ class AlertDispatcher:
         if current is not None:
             # The incident keeps its first start time through every state change.
             alert = replace(alert, starts_at=current.starts_at)
-            self._active[key] = alert
-            if _notified_state(current) == _notified_state(alert):
-                return []
         self._active[key] = alert
+        if news(current, alert) is None:
+            return []
         rank = severity_rank(alert.severity)
         queued = []
         for lane in self._lanes:
@@ -360,6 +355,7 @@ class AlertDispatcher:
         key = alert.dedup_key
         current = self._active.pop(key, None)
         if current is None:
+            # alerts.incidents.news: a resolve with no open incident is no news.
             log.debug("resolve of %s ignored: not active", key)
             return []
         ended = replace(

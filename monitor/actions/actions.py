@@ -1,19 +1,19 @@
-"""What happens on a health transition: the audit trail, flag flips (and their restore),
-alerts, review sampling, and the operator's pins, silences and acknowledgements.
+"""Carrying out what a health transition decides: flag flips (and their restore) through the
+actuator, notifications through the alert dispatcher, review sampling, and the operator's
+pins, silences and acknowledgements. The audit trail lives in ``audit``, the persisted intent
+in ``effects``, the decision rules in ``decisions``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
-import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,19 @@ import msgspec
 from alerts.base import Alert
 from alerts.config import build_sinks
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
-from monitor.config.policy import Level, ModelPolicy
+from monitor.actions.audit import AuditLog, transition_entry
+from monitor.actions.decisions import (
+    ALERTNAME,
+    AlertDecision,
+    ReviewSampler,
+    ReviewVerdict,
+    decide_alert,
+    flag_intent,
+    incident_alert,
+    review_at,
+)
+from monitor.actions.effects import OUTBOX_LIMIT, Effects, FlagPlan, Notice
+from monitor.config.policy import Level, ModelPolicy, ReviewAction
 from monitor.engine.health import Transition
 from monitor.failpoints import failpoint
 from monitor.flags.actuator import FlagActuator
@@ -37,13 +49,10 @@ if TYPE_CHECKING:
     from monitor.engine.events import Event
     from monitor.kafka.consumer import DeadLetterWriter
 
-__all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
+__all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects"]
 
 log = logging.getLogger(__name__)
 
-#: One alert name per model incident; its ``state`` and ``severity`` labels follow the level,
-#: so an escalation updates the same incident (one page) instead of opening a second one.
-ALERTNAME = "ModelUnhealthy"
 FLAG_BACKEND_DOWN = "FlagBackendDown"
 #: alertname of alerts.dispatcher.sink_down_alert.
 ALERT_SINK_DOWN = "AlertSinkDown"
@@ -51,122 +60,6 @@ ALERT_SINK_DOWN = "AlertSinkDown"
 
 #: Marks "no entry" where None is a value.
 _MISSING: Any = object()
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-class AuditLog:
-    """Append-only JSON lines of every transition and action, plus a bounded in-memory tail."""
-
-    def __init__(self, path: Path | None, *, keep: int = 200) -> None:
-        self.path = path
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
-        self._file: Any = None
-
-    def open(self) -> None:
-        if self.path is not None and self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def write(self, entry: dict[str, Any]) -> None:
-        self.recent.append(entry)
-        if self._file is not None:
-            self._file.write(json.dumps(entry, default=str) + "\n")
-
-
-def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
-    return {
-        "kind": "transition",
-        "at": t.at,
-        "model": t.model,
-        "from": t.from_level.label,
-        "to": t.to_level.label,
-        "mode": mode,
-        "why": t.describe(),
-        "causes": [
-            {
-                "signal": c.signal,
-                "level": c.level.label,
-                "statistic": _finite(c.statistic),
-                "threshold": _finite(c.threshold),
-                "effect": _finite(c.effect),
-                "held_s": round(c.held_s, 3),
-            }
-            for c in t.causes
-        ],
-    }
-
-
-def flags_at(policy: ModelPolicy, level: Level) -> dict[str, FlagValue]:
-    """The flags in effect at ``level``: every level's flags up to it, higher levels winning.
-
-    >>> from monitor.config.policy import LevelActions
-    >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"v": "rules"}),
-    ...                          "critical": LevelActions(flags={"on": False, "v": "off"})})
-    >>> flags_at(p, Level.WARN), flags_at(p, Level.DEGRADED), flags_at(p, Level.CRITICAL)
-    ({}, {'v': 'rules'}, {'v': 'off', 'on': False})
-    """
-    merged: dict[str, FlagValue] = {}
-    for lvl in (Level.WARN, Level.DEGRADED, Level.CRITICAL):
-        if lvl > level:
-            break
-        actions = policy.actions.get(lvl.label)  # type: ignore[call-overload]
-        if actions is not None:
-            merged.update(actions.flags)
-    return merged
-
-
-@dataclass(slots=True)
-class _FlagPlan:
-    model: str
-    key: str
-    set_flags: dict[str, FlagValue]
-    restore: list[str]
-
-
-@dataclass(slots=True)
-class _Notice:
-    """One notification of an incident, decided and persisted before any sink sees it."""
-
-    action: str  # "fire" or "resolve"
-    alert: Alert  # carries the idempotency key
-    #: Sinks it was queued for and that have not confirmed it; None: not queued yet.
-    sinks: list[str] | None = None
-
-
-@dataclass(slots=True)
-class Effects:
-    """A model's decided effects not yet known to be carried out, persisted with its
-    checkpoint (intent before effect): after a crash, a restart carries them out again,
-    idempotently (same flag values, same idempotency keys).
-    """
-
-    #: The open incident's id (model and first transition time) and its last sequence number.
-    incident: str | None = None
-    seq: int = 0
-    #: Flag plans decided and not yet handed entirely to the actuator, in decision order.
-    plans: list[_FlagPlan] = field(default_factory=list)
-    #: Flag writes handed to the actuator and not yet acknowledged (incident values and
-    #: restores of pre-incident values alike): flag -> value. A restart requests them again.
-    writing: dict[str, FlagValue] = field(default_factory=dict)
-    #: Notifications not yet confirmed by every sink they were queued for, oldest first.
-    outbox: list[_Notice] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.incident is None and not (self.plans or self.writing or self.outbox)
-
-
-#: A model's outbox keeps at most this many notifications (a newer one supersedes an older
-#: one at every sink anyway; the bound only matters for a sink that never answers).
-_OUTBOX_LIMIT = 16
 
 
 class Actions:
@@ -197,6 +90,7 @@ class Actions:
         self_runbook_url: str = "",
         self_runbook_base_url: str = "",
         clock: Callable[[], float] = time.time,
+        review_rng: random.Random | None = None,
     ) -> None:
         self.metrics = metrics
         self.audit = audit
@@ -218,10 +112,10 @@ class Actions:
         #: Per flag, the latest automation decision not yet written: (key, decided at).
         #: Requests for one flag coalesce, so only the latest can be applied.
         self._requested_at: dict[str, tuple[str, float]] = {}
-        self._plans: asyncio.Queue[_FlagPlan] = asyncio.Queue()
+        self._plans: asyncio.Queue[FlagPlan] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._review_budget: dict[str, tuple[float, float]] = {}
-        self._random = random.Random(0)
+        #: Review sampling decisions; its random source is injectable (``review_rng``).
+        self._review = ReviewSampler(review_rng)
         self._encoder = msgspec.json.Encoder()
         #: Per model: decided effects not yet known to be carried out (checkpointed).
         self.effects: dict[str, Effects] = {}
@@ -377,12 +271,10 @@ class Actions:
             del self.effects[model]
 
     def _decide_flags(self, t: Transition, policy: ModelPolicy, shadow: bool) -> dict[str, Any]:
-        before = flags_at(policy, t.from_level)
-        after = flags_at(policy, t.to_level)
-        set_flags = {f: v for f, v in after.items() if before.get(f) != v}
-        restore = [f for f in before if f not in after]
-        if not set_flags and not restore:
+        intent = flag_intent(policy, t.from_level, t.to_level)
+        if intent.empty:
             return {}
+        set_flags, restore = intent.set_flags, list(intent.restore)
         outcome = "shadow" if shadow else "requested"
         if set_flags:
             self.metrics.actions.labels("flag_set", outcome).inc(len(set_flags))
@@ -399,7 +291,7 @@ class Actions:
                 held.pop(flag, None)
             if not held:
                 del self.held[t.model]
-            self._effects(t.model).plans.append(_FlagPlan(t.model, key, set_flags, restore))
+            self._effects(t.model).plans.append(FlagPlan(t.model, key, set_flags, restore))
             self._undispatched[t.model] = None
             for flag in (*set_flags, *restore):
                 self._requested_at[flag] = (key, t.at)
@@ -413,86 +305,65 @@ class Actions:
         now: float,
         engine: Engine | None,
     ) -> dict[str, Any] | None:
-        alert = self._alert_for(t, policy, now, engine)
-        if alert is None:
-            return None
-        # A silence holds back pages, never a resolve: an incident paged before the silence
-        # must still close, or it stays open (and re-sent to Alertmanager) after recovery.
-        silenced = not alert.resolved and self.silenced_until.get(t.model, 0.0) > now
-        kind = "alert_resolve" if alert.resolved else "alert_fire"
-        outcome = "shadow" if shadow else "silenced" if silenced else "requested"
-        self.metrics.actions.labels(kind, outcome).inc()
-        decision: dict[str, Any] = {"kind": kind, "severity": alert.severity, "outcome": outcome}
-        if not shadow and not silenced and self.dispatcher is not None:
-            effects = self._effects(t.model)
-            if effects.incident is None:
-                # One id per incident, from its first notification; the sequence number
-                # tells its notifications apart (fire, updates, resolve).
-                effects.incident = f"{t.model}@{t.at:.3f}"
-                effects.seq = 0
-            effects.seq += 1
-            key = f"{effects.incident}#{effects.seq}"
-            action = "resolve" if alert.resolved else "fire"
-            effects.outbox.append(_Notice(action, replace(alert, idempotency_key=key)))
-            del effects.outbox[:-_OUTBOX_LIMIT]
-            if alert.resolved:
-                effects.incident = None
-            self._undispatched[t.model] = None
-            decision["idempotency_key"] = key
-        return decision
-
-    def _alert_for(
-        self, t: Transition, policy: ModelPolicy, now: float, engine: Engine | None
-    ) -> Alert | None:
-        at = datetime.fromtimestamp(t.at, UTC)
-        values = {c.signal: c.statistic for c in t.causes if math.isfinite(c.statistic)}
+        recovery_values = None
         if t.to_level is Level.OK:
             # A recovery has no causes: the resolve carries what the signals read now, not
             # the values the incident fired with.
             monitor = engine.models.get(t.model) if engine is not None else None
             if monitor is not None:
-                values = {
-                    name: o.statistic
-                    for name, o in monitor.observations.items()
-                    if math.isfinite(o.statistic)
-                }
-            return Alert(
-                model=t.model,
-                alertname=ALERTNAME,
-                severity="info",
-                state="ok",
-                signals=(),
-                summary=f"{t.model} recovered",
-                description=t.describe(),
-                runbook_url=policy.runbook_url,
-                starts_at=at,
-                ends_at=at,
-                values=values,
-            )
-        level_actions = policy.actions.get(t.to_level.label)  # type: ignore[call-overload]
-        if level_actions is None or level_actions.alert is None:
+                recovery_values = {name: o.statistic for name, o in monitor.observations.items()}
+        alert = incident_alert(t, policy, recovery_values)
+        if alert is None:
             return None
-        summary = level_actions.alert.summary or (
-            f"{t.model} is {t.to_level.label}: " + ", ".join(t.signals or ("health",))
+        decided = decide_alert(
+            alert,
+            holding=self._notified(alert),
+            shadow=shadow,
+            silenced_until=self.silenced_until.get(t.model),
+            now=now,
         )
-        flags = flags_at(policy, t.to_level)
-        description = t.describe()
-        if flags:
-            description += ". Flags set: " + ", ".join(f"{k}={v}" for k, v in flags.items())
-        if policy.mode == "shadow":
-            description += " (shadow mode: no flag touched)"
-        return Alert(
-            model=t.model,
-            alertname=ALERTNAME,
-            severity=level_actions.alert.severity,
-            state=t.to_level.label,
-            signals=t.signals,
-            summary=summary,
-            description=description,
-            runbook_url=policy.runbook_url,
-            starts_at=at,
-            values=values,
-        )
+        self.metrics.actions.labels(decided.kind, decided.outcome.value).inc()
+        decision: dict[str, Any] = {
+            "kind": decided.kind,
+            "severity": alert.severity,
+            "outcome": decided.outcome.value,
+            "notification": decided.notification.value if decided.notification else None,
+        }
+        if decided.notifies and self.dispatcher is not None:
+            decision["idempotency_key"] = self._queue_notice(t, decided)
+        return decision
+
+    def _notified(self, alert: Alert) -> Alert | None:
+        """The model's incident as last notified, or as it will be once the notifications
+        decided and not yet dispatched are: what the dispatcher will compare ``alert`` with.
+        """
+        effects = self.effects.get(alert.model)
+        if effects is not None:
+            for notice in reversed(effects.outbox):
+                if notice.sinks is None and notice.alert.dedup_key == alert.dedup_key:
+                    return None if notice.action == "resolve" else notice.alert
+        if self.dispatcher is None:
+            return None
+        return self.dispatcher.current(alert)
+
+    def _queue_notice(self, t: Transition, decided: AlertDecision) -> str:
+        """Record a notification in the model's outbox with its idempotency key."""
+        effects = self._effects(t.model)
+        if effects.incident is None:
+            # One id per incident, from its first notification; the sequence number
+            # tells its notifications apart (fire, updates, resolve).
+            effects.incident = f"{t.model}@{t.at:.3f}"
+            effects.seq = 0
+        effects.seq += 1
+        key = f"{effects.incident}#{effects.seq}"
+        resolved = decided.alert.resolved
+        action = "resolve" if resolved else "fire"
+        effects.outbox.append(Notice(action, replace(decided.alert, idempotency_key=key)))
+        del effects.outbox[:-OUTBOX_LIMIT]
+        if resolved:
+            effects.incident = None
+        self._undispatched[t.model] = None
+        return key
 
     # ----------------------------------------------------------------- flag plans
 
@@ -508,7 +379,7 @@ class Actions:
             finally:
                 self._plans.task_done()
 
-    async def _carry_out(self, plan: _FlagPlan, actuator: FlagActuator) -> None:
+    async def _carry_out(self, plan: FlagPlan, actuator: FlagActuator) -> None:
         effects = self.effects.get(plan.model)
         read = False
         for flag in plan.set_flags:
@@ -588,7 +459,7 @@ class Actions:
                     continue  # its plan or its unacknowledged write below carries it out
                 if flag not in self.baseline:
                     # Decided but its prior value never saved: the write never happened.
-                    effects.plans.insert(0, _FlagPlan(model, key, {flag: value}, []))
+                    effects.plans.insert(0, FlagPlan(model, key, {flag: value}, []))
                     self.effects[model] = effects
             for flag, value in effects.writing.items():
                 actuator.request(flag, value, key=key)
@@ -700,39 +571,20 @@ class Actions:
         """Publish a sample of degraded models' events to the review topic."""
         if self.review_topic is None or not events:
             return
-        reviewing: dict[str, Any] = {}
+        reviewing: dict[str, ReviewAction] = {}
         for model, monitor in engine.models.items():
-            level = monitor.health.level
-            if level < Level.DEGRADED or monitor.policy.mode == "shadow":
-                continue
-            # Like flags, review carries up: a critical model keeps degraded's sampling unless
-            # critical configures its own.
-            for lvl in (level, Level.DEGRADED):
-                actions = monitor.policy.actions.get(lvl.label)  # type: ignore[call-overload]
-                if actions is not None and actions.review is not None:
-                    reviewing[model] = actions.review
-                    break
+            review = review_at(monitor.policy, monitor.health.level)
+            if review is not None:
+                reviewing[model] = review
         if not reviewing:
             return
         now = time.monotonic()
         for event in events:
             review = reviewing.get(event.model)
-            # An event that carries a label is an outcome (maybe a reviewer's own answer
-            # coming back): it needs no review, and sampling it would loop.
-            if review is None or event.label is not None:
+            if review is None:
                 continue
-            if review.max_confidence is not None and (
-                event.confidence is None or event.confidence >= review.max_confidence
-            ):
+            if self._review.verdict(event, review, now) is not ReviewVerdict.SAMPLED:
                 continue
-            if self._random.random() >= review.sample_rate:
-                continue
-            tokens, last = self._review_budget.get(event.model, (review.max_per_second, now))
-            tokens = min(review.max_per_second, tokens + (now - last) * review.max_per_second)
-            if tokens < 1.0:
-                self._review_budget[event.model] = (tokens, now)
-                continue
-            self._review_budget[event.model] = (tokens - 1.0, now)
             # The v1 contract without its absent fields: reviewers see what the service sent.
             fields = msgspec.structs.asdict(event)
             body = self._encoder.encode({k: v for k, v in fields.items() if v is not None})

@@ -31,7 +31,8 @@ from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
 
 if TYPE_CHECKING:
-    from monitor.actions.actions import Actions, Effects
+    from monitor.actions.actions import Actions
+    from monitor.actions.effects import Effects
     from monitor.config.settings import KafkaSettings
 
 __all__ = [
@@ -214,7 +215,7 @@ def _effects_to_dict(effects: Effects | None) -> dict[str, Any] | None:
 
 
 def _effects_from_dict(model: str, raw: dict[str, Any]) -> Effects:
-    from monitor.actions.actions import Effects, _FlagPlan, _Notice
+    from monitor.actions.effects import Effects, FlagPlan, Notice
 
     outbox = []
     for notice in raw.get("outbox") or ():
@@ -226,12 +227,12 @@ def _effects_from_dict(model: str, raw: dict[str, Any]) -> Effects:
             idempotency_key=notice["alert"].get("idempotency_key"),
         )
         sinks = notice.get("sinks")
-        outbox.append(_Notice(str(notice["action"]), alert, list(sinks) if sinks else None))
+        outbox.append(Notice(str(notice["action"]), alert, list(sinks) if sinks else None))
     return Effects(
         incident=raw.get("incident"),
         seq=int(raw.get("seq") or 0),
         plans=[
-            _FlagPlan(model, str(p["key"]), dict(p["set"]), list(p["restore"]))
+            FlagPlan(model, str(p["key"]), dict(p["set"]), list(p["restore"]))
             for p in raw.get("plans") or ()
         ],
         writing=dict(raw.get("writing") or {}),

@@ -28,7 +28,14 @@ from typing import IO, Any
 
 import msgspec
 
-from monitor.actions.actions import flags_at
+from alerts.base import Alert
+from monitor.actions.decisions import (
+    Notification,
+    decide_alert,
+    flag_intent,
+    flags_at,
+    incident_alert,
+)
 from monitor.config.policy import Level, ModelPolicy
 from monitor.config.settings import Settings
 from monitor.engine.engine import Engine, ModelMonitor
@@ -162,14 +169,15 @@ class RecordedEventDecoder:
 
 @dataclass(slots=True)
 class ModelTrail:
-    """Transitions of one model and the flag flips and alerts they imply.
+    """Transitions of one model and the flag flips and notifications they imply.
 
-    Mirrors ``monitor.actions.actions``: on entering a level, the flags named by that level and
-    every lower level are set (``flags_at``: a higher level wins on a flag named twice); flags no
+    It implements no rule of its own: the decision core (``monitor.actions.decisions``) that
+    the daemon's actions call decides both. Flags: on entering a level, the flags named by that
+    level and every lower level are set (a higher level wins on a flag named twice); flags no
     longer named are restored to their prior value (unknown offline, so ``value`` is null).
-    One alert per model: it fires on entering a level that has an alert, is updated when the
-    severity changes, keeps firing through levels without an alert and resolves on return to
-    ok.
+    Notifications: one incident per model, notified as the sinks are: ``fire`` when it opens
+    on a level with an alert, ``update`` each time what the sinks are told (state, severity,
+    signals) changes on a level with an alert, ``resolve`` on the return to ok.
 
     >>> from monitor.config.policy import LevelActions, ModelPolicy
     >>> p = ModelPolicy(actions={"degraded": LevelActions(flags={"variant": "rules"})})
@@ -185,19 +193,11 @@ class ModelTrail:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     #: signal -> [transitions naming it, alerts fired or updated naming it]
     per_signal: dict[str, list[int]] = field(default_factory=dict)
-    _flags_set: dict[str, Any] = field(default_factory=dict)
-    _severity: str | None = None
+    #: The incident as last notified (None: no open incident), as the dispatcher holds it.
+    _notified: Alert | None = None
 
     def desired_flags(self, level: Level) -> dict[str, Any]:
         return dict(flags_at(self.policy, level))
-
-    def severity_of(self, level: Level) -> str | None:
-        if level is Level.OK:
-            return None
-        actions = self.policy.actions.get(level.label)  # type: ignore[call-overload]
-        if actions is None or actions.alert is None:
-            return None
-        return str(actions.alert.severity)
 
     def record(self, t: Transition, index: int) -> None:
         signals = list(t.signals)
@@ -208,40 +208,36 @@ class ModelTrail:
         for name in signals:
             self.per_signal.setdefault(name, [0, 0])[0] += 1
 
-        desired = self.desired_flags(t.to_level)
-        for flag, value in desired.items():
-            if flag not in self._flags_set or self._flags_set[flag] != value:
-                self.flags.append({**base, "flag": flag, "action": "set", "value": value})
-        for flag in self._flags_set:
-            if flag not in desired:
-                self.flags.append({**base, "flag": flag, "action": "restore", "value": None})
-        self._flags_set = desired
+        intent = flag_intent(self.policy, t.from_level, t.to_level)
+        for flag, value in intent.set_flags.items():
+            self.flags.append({**base, "flag": flag, "action": "set", "value": value})
+        for flag in intent.restore:
+            self.flags.append({**base, "flag": flag, "action": "restore", "value": None})
 
-        # As the daemon does: a level without an alert leaves the incident's alert firing;
-        # only the return to ok resolves it.
-        severity = self.severity_of(t.to_level)
-        action: str | None = None
-        if t.to_level is Level.OK:
-            action = "resolve" if self._severity is not None else None
-        elif severity is not None and self._severity is None:
-            action = "fire"
-        elif severity is not None and severity != self._severity:
-            action = "update"
-        if action is None:
+        alert = incident_alert(t, self.policy)
+        if alert is None:
             return
+        # Shadow or not, the replay reports what enforcing would notify; it has no silences.
+        decision = decide_alert(alert, holding=self._notified)
+        notification = decision.notification
+        if notification is None:
+            return
+        # A resolve reaches the sinks as the incident last fired (its severity).
+        shown = self._notified if notification is Notification.RESOLVE else alert
+        assert shown is not None  # a resolve is news only while an incident is open
         self.alerts.append(
             {
                 **base,
-                "action": action,
-                "severity": severity if severity is not None else self._severity,
+                "action": notification.value,
+                "severity": shown.severity,
                 "state": t.to_level.label,
                 "signals": signals,
             }
         )
-        if action != "resolve":
+        if notification is not Notification.RESOLVE:
             for name in signals:
                 self.per_signal.setdefault(name, [0, 0])[1] += 1
-        self._severity = severity
+        self._notified = decision.notified(self._notified)
 
 
 # -- sampled time series for the report --------------------------------------------------------
