@@ -289,6 +289,10 @@ class HalfSpaceTreesSpec(_Windowed):
     max_features: int = Field(default=100, ge=1, le=1000)
 
 
+# Detectors whose spec lives in their own module (they import this module's bases).
+from detectors.joint import JointDriftSpec  # noqa: E402
+from detectors.novelty import NoveltyRateSpec  # noqa: E402
+
 DetectorSpec = Annotated[
     AdwinSpec
     | PageHinkleySpec
@@ -303,7 +307,9 @@ DetectorSpec = Annotated[
     | RateWindowSpec
     | QuantileSpec
     | MissingRateSpec
-    | HalfSpaceTreesSpec,
+    | HalfSpaceTreesSpec
+    | JointDriftSpec
+    | NoveltyRateSpec,
     Field(discriminator="type"),
 ]
 
@@ -336,7 +342,16 @@ def default_spec(kind: InputKind) -> Any:
 
 def _detector_class(spec: BaseModel) -> type[BaseDetector]:
     # Imported here: the detector modules import this module's specs.
-    from detectors import categorical, missing, multivariate, numeric, quantile, rates
+    from detectors import (
+        categorical,
+        joint,
+        missing,
+        multivariate,
+        novelty,
+        numeric,
+        quantile,
+        rates,
+    )
 
     classes: dict[type[BaseModel], type[BaseDetector]] = {
         AdwinSpec: numeric.AdwinDetector,
@@ -353,6 +368,8 @@ def _detector_class(spec: BaseModel) -> type[BaseDetector]:
         QuantileSpec: quantile.QuantileDetector,
         MissingRateSpec: missing.MissingRateDetector,
         HalfSpaceTreesSpec: multivariate.HalfSpaceTreesDetector,
+        JointDriftSpec: joint.JointDriftDetector,
+        NoveltyRateSpec: novelty.NoveltyRateDetector,
     }
     try:
         return classes[type(spec)]
