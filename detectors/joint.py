@@ -106,10 +106,11 @@ class JointDriftDetector(RowScoreDetector):
             # At least one component, and one fewer than the features: a subspace that is
             # the whole space reconstructs everything.
             kept = min(int(np.searchsorted(share, self.spec.variance_kept)) + 1, eigval.size - 1)
-            basis = eigvec[:, : max(kept, 1)]
-            return {"mean": mean, "scale": scale, "basis": basis}
+            # Contiguous copies: a strided operand sends the products down a far slower path.
+            basis = np.ascontiguousarray(eigvec[:, : max(kept, 1)])
+            return {"mean": mean, "scale": scale, "basis": basis, "basis_t": basis.T.copy()}
         floor = max(float(eigval[0]), 1.0) * 1e-6
-        whiten = eigvec / np.sqrt(np.maximum(eigval, floor))
+        whiten = np.ascontiguousarray(eigvec / np.sqrt(np.maximum(eigval, floor)))
         return {"mean": mean, "scale": scale, "whiten": whiten}
 
     def _score(self, rows: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ class JointDriftDetector(RowScoreDetector):
         z = (rows - model["mean"]) / model["scale"]
         if "basis" in model:
             basis = model["basis"]
-            residual = z - (z @ basis) @ basis.T
+            residual = z - (z @ basis) @ model["basis_t"]
             distance: np.ndarray = np.sqrt(np.einsum("ij,ij->i", residual, residual))
             return distance
         w = z @ model["whiten"]
@@ -129,7 +130,7 @@ class JointDriftDetector(RowScoreDetector):
         self._held_out = np.sort(scores)
         ranks = self._window_values(scores)
         self._rank_var = float(ranks.var())
-        self._tau = autocorrelation_time(ranks)
+        self._tau = max(autocorrelation_time(ranks), self._feature_tau)
 
     def _window_values(self, scores: np.ndarray) -> np.ndarray:
         held = self._held_out
