@@ -24,6 +24,8 @@ class JointDriftSpec(_Windowed):
     """Change of the joint distribution of a model's numeric features (fixed reference)."""
 
     input_kind: ClassVar[InputKind] = InputKind.MULTIVARIATE
+    #: A joint distribution needs two features at least (policies are checked for it).
+    min_features: ClassVar[int] = 2
     type: Literal["joint_drift"] = "joint_drift"
     #: ``pca_reconstruction``: distance of an event to the reference's principal subspace
     #: (NannyML's data reconstruction drift); ``mahalanobis``: distance under the reference

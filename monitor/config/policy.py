@@ -219,6 +219,12 @@ class SignalPolicy(_Strict):
             raise ValueError(f"source {src.value!r} needs 'features: [<name>, ...]'")
         if src not in needs_list and self.features is not None:
             raise ValueError(f"'features' does not apply to source {src.value!r}")
+        least = getattr(self.detector_spec, "min_features", 1)
+        if self.features is not None and len(self.features) < least:
+            raise ValueError(
+                f"detector {self.detector_spec.type!r} needs at least {least} features, "
+                f"got {len(self.features)}"
+            )
         kind = self.input_kind
         if kind not in _ALLOWED_KINDS[src]:
             allowed = ", ".join(sorted(k.value for k in _ALLOWED_KINDS[src]))

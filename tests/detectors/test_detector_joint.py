@@ -190,3 +190,16 @@ def test_joint_drift_refuses_a_feature_that_disappears() -> None:
 def test_joint_drift_spec_errors_name_the_field(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         parse_spec({"type": "joint_drift", **raw})
+
+
+def test_a_policy_naming_one_feature_for_joint_drift_is_refused_at_check_time() -> None:
+    from monitor.config.policy import SignalPolicy
+
+    ok = SignalPolicy.model_validate(
+        {"source": "anomaly", "features": ["a", "b"], "detector": {"type": "joint_drift"}}
+    )
+    assert ok.detector_spec.type == "joint_drift"
+    with pytest.raises(ValidationError, match="'joint_drift' needs at least 2 features, got 1"):
+        SignalPolicy.model_validate(
+            {"source": "anomaly", "features": ["a"], "detector": {"type": "joint_drift"}}
+        )
