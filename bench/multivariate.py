@@ -85,6 +85,11 @@ def flip(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([correlated(PRE, rng, 0.9), correlated(HORIZON, rng, -0.9)])
 
 
+def weaken(rng: np.random.Generator) -> np.ndarray:
+    """A milder joint change, inside PCA's kept subspace as much as outside it."""
+    return np.concatenate([correlated(PRE, rng, 0.9), correlated(HORIZON, rng, 0.5)])
+
+
 # -- Shuttle --------------------------------------------------------------------------------
 
 
@@ -243,7 +248,9 @@ class CorrelationWindow:
 
 
 JOINT_CANDIDATES: dict[str, Callable[[int, int], Any]] = {
-    "`joint_drift` pca_reconstruction (rank test)": lambda d, s: Driftwarden(JointDriftSpec(), s),
+    "`joint_drift` pca_reconstruction (rank test)": lambda d, s: Driftwarden(
+        JointDriftSpec(score="pca_reconstruction"), s
+    ),
     "`joint_drift` mahalanobis (rank test)": lambda d, s: Driftwarden(
         JointDriftSpec(score="mahalanobis"), s
     ),
@@ -257,7 +264,9 @@ JOINT_CANDIDATES: dict[str, Callable[[int, int], Any]] = {
 
 INFLUX_CANDIDATES: dict[str, Callable[[int, int], Any]] = {
     "`novelty_rate` (kNN distance, tail share)": lambda d, s: Driftwarden(NoveltyRateSpec(), s),
-    "`joint_drift` pca_reconstruction (rank test)": lambda d, s: Driftwarden(JointDriftSpec(), s),
+    "`joint_drift` mahalanobis (rank test)": lambda d, s: Driftwarden(
+        JointDriftSpec(score="mahalanobis"), s
+    ),
     "`half_space_trees` (today's `anomaly` signal)": lambda d, s: Driftwarden(
         HalfSpaceTreesSpec(), s
     ),
@@ -343,12 +352,15 @@ def main() -> None:
         "",
         "## Joint drift: correlation 0.9 -> -0.9, marginals N(0, 1) (target: within 3000)",
         "",
+        "False alarms per 1M events on each stationary stream (5 features unless named); the "
+        "last delay columns: a milder change, correlation 0.9 -> 0.5.",
+        "",
         "| method | median delay | worst delay | missed | within 3000 | FA before | "
         + " | ".join(STATIONARY)
-        + " | s |",
+        + " | 0.9 -> 0.5 median delay | 0.9 -> 0.5 missed | s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | "
         + " | ".join("---:" for _ in STATIONARY)
-        + " | ---: |",
+        + " | ---: | ---: | ---: |",
     ]
     for name, make in JOINT_CANDIDATES.items():
         t0 = time.perf_counter()
@@ -360,11 +372,13 @@ def main() -> None:
         for stream in STATIONARY.values():
             rate, _ = false_alarms(make, stream, budget)
             fas.append(f"{rate:.0f}" if rate >= 1 or rate == 0 else f"{rate:.1f}")
+        mild, _ = delay_stats(make, weaken, args.seeds)
+        mild_med, _, mild_missed, _ = fmt_delays(mild, HORIZON)
         spent = time.perf_counter() - t0
         lines.append(
             f"| {name} | {med} | {worst} | {missed} | {within} | {before} | "
             + " | ".join(fas)
-            + f" | {spent:.0f} |"
+            + f" | {mild_med} | {mild_missed} | {spent:.0f} |"
         )
         print(lines[-1], flush=True)
     normal, rare = shuttle()

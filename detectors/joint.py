@@ -27,10 +27,12 @@ class JointDriftSpec(_Windowed):
     #: A joint distribution needs two features at least (policies are checked for it).
     min_features: ClassVar[int] = 2
     type: Literal["joint_drift"] = "joint_drift"
-    #: ``pca_reconstruction``: distance of an event to the reference's principal subspace
-    #: (NannyML's data reconstruction drift); ``mahalanobis``: distance under the reference
-    #: covariance.
-    score: Literal["pca_reconstruction", "mahalanobis"] = "pca_reconstruction"
+    #: ``mahalanobis``: distance of an event under the reference's correlation matrix;
+    #: ``pca_reconstruction``: distance to the reference's principal subspace (NannyML's data
+    #: reconstruction drift). Mahalanobis is the default: it weighs every direction by its
+    #: reference variance, so it also sees changes inside the subspace PCA keeps (and the
+    #: direction PCA drops arbitrarily among equal eigenvalues); bench/multivariate.py.
+    score: Literal["mahalanobis", "pca_reconstruction"] = "mahalanobis"
     #: Share of the reference's (standardized) variance the kept components explain.
     variance_kept: float = Field(default=0.65, gt=0.0, lt=1.0)
     #: Materiality: the window's mean reference-rank must exceed 0.5 by this much, i.e. a
