@@ -154,8 +154,14 @@ class RowScoreDetector(BaseDetector):
     # -- internals --------------------------------------------------------------------------
 
     def _rows(self, values: Any) -> np.ndarray:
-        rows = np.asarray(values, dtype=np.float64)
+        try:
+            rows = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.spec.type} needs numeric rows: {err}") from err
         if rows.ndim == 1:
+            if rows.size == 0:
+                # No rows at all: nothing to check the width of.
+                return np.zeros((0, self._width or 0))
             rows = rows.reshape(1, -1)
         if rows.ndim != 2:
             raise ValueError(f"{self.spec.type} needs a 2-D array (n, d), got shape {rows.shape}")
@@ -169,6 +175,8 @@ class RowScoreDetector(BaseDetector):
                 f"{self.spec.type} got {d} features, max_features is {self.spec.max_features}"
             )
         if self._width is None:
+            if rows.shape[0] == 0:
+                return rows
             self._width = d
         elif d != self._width:
             raise ValueError(

@@ -203,3 +203,18 @@ def test_a_policy_naming_one_feature_for_joint_drift_is_refused_at_check_time() 
         SignalPolicy.model_validate(
             {"source": "anomaly", "features": ["a"], "detector": {"type": "joint_drift"}}
         )
+
+
+def test_joint_drift_empty_batches_change_nothing_and_fix_no_width() -> None:
+    det = build_detector(JointDriftSpec(reference={"size": 100}))
+    for empty in ([], np.zeros((0, 3)), np.zeros(0)):
+        assert det.update_many(empty).verdict is Verdict.INCONCLUSIVE
+    # The first rows, not an empty batch, say how many features the model has.
+    det.update_many(np.zeros((10, 4)))
+    assert det.update_many(np.zeros((0, 4))).samples == 0
+
+
+def test_joint_drift_refuses_non_numeric_rows_naming_itself() -> None:
+    det = build_detector(JointDriftSpec())
+    with pytest.raises(ValueError, match="joint_drift needs numeric rows"):
+        det.update_many([["a", "b"], ["c", "d"]])
