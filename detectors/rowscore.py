@@ -93,7 +93,9 @@ class RowScoreDetector(BaseDetector):
     def reset(self) -> None:
         spec = self.spec
         self._width: int | None = None
-        self._ref_rows: list[np.ndarray] = []
+        # The reference rows, one buffer of reference.size x features once the width is known:
+        # the daemon's usual call brings a few rows, which must not become a list of arrays.
+        self._ref_rows = np.zeros((0, 0))
         self._ref_count = 0
         self._model: dict[str, np.ndarray] | None = None
         self._fence_lo: np.ndarray | None = None
@@ -111,7 +113,9 @@ class RowScoreDetector(BaseDetector):
         if self._model is None and rows.shape[0]:
             need = self.spec.reference.size - self._ref_count
             taken = rows[:need]
-            self._ref_rows.append(taken.copy())
+            if self._ref_rows.shape[0] == 0:
+                self._ref_rows = np.zeros((self.spec.reference.size, rows.shape[1]))
+            self._ref_rows[self._ref_count : self._ref_count + taken.shape[0]] = taken
             self._ref_count += taken.shape[0]
             rows = rows[need:]
             if self._ref_count >= self.spec.reference.size:
@@ -189,8 +193,8 @@ class RowScoreDetector(BaseDetector):
         return UNBOUNDED.admit(rows, self.extremes)
 
     def _fit_reference(self) -> None:
-        table = np.concatenate(self._ref_rows)
-        self._ref_rows = []
+        table = self._ref_rows
+        self._ref_rows = np.zeros((0, 0))
         fences = [Fence.of(column) for column in table.T]
         self._fence_lo = np.array([f.lo for f in fences])
         self._fence_hi = np.array([f.hi for f in fences])
@@ -234,7 +238,7 @@ class RowScoreDetector(BaseDetector):
     def _state(self) -> dict[str, Any]:
         return {
             "width": self._width,
-            "ref_rows": self._ref_rows,
+            "ref_rows": self._ref_rows[: self._ref_count],
             "ref_count": self._ref_count,
             "model": self._model,
             "fence": None if self._fence_lo is None else [self._fence_lo, self._fence_hi],
@@ -249,8 +253,15 @@ class RowScoreDetector(BaseDetector):
         try:
             width = state["width"]
             self._width = None if width is None else int(width)
-            self._ref_rows = [np.asarray(r, dtype=np.float64) for r in state["ref_rows"]]
+            held = np.asarray(state["ref_rows"], dtype=np.float64)
             self._ref_count = int(state["ref_count"])
+            fitted = state["model"] is not None
+            if not fitted and (held.ndim != 2 or held.shape[0] != self._ref_count):
+                raise ValueError(f"reference rows of shape {held.shape}, count {self._ref_count}")
+            self._ref_rows = np.zeros((0, 0))
+            if self._ref_count and not fitted:
+                self._ref_rows = np.zeros((self.spec.reference.size, held.shape[1]))
+                self._ref_rows[: self._ref_count] = held
             model = state["model"]
             self._model = None if model is None else {str(k): v for k, v in model.items()}
             fence = state["fence"]

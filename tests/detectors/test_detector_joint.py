@@ -218,3 +218,17 @@ def test_joint_drift_refuses_non_numeric_rows_naming_itself() -> None:
     det = build_detector(JointDriftSpec())
     with pytest.raises(ValueError, match="joint_drift needs numeric rows"):
         det.update_many([["a", "b"], ["c", "d"]])
+
+
+def test_joint_drift_row_by_row_reads_like_batches() -> None:
+    rng = np.random.default_rng(8)
+    rows = np.concatenate([_correlated(3_000, rng, 0.9), _correlated(1_500, rng, -0.9)])
+    spec = JointDriftSpec(reference={"size": 2000})
+    batched = build_detector(spec)
+    single = build_detector(spec)
+    for start in range(0, rows.shape[0], 100):
+        a = batched.update_many(rows[start : start + 100])
+        for row in rows[start : start + 100]:
+            b = single.update(row)
+        assert _same(a, b)
+    assert batched.reading().verdict is Verdict.DRIFT
