@@ -45,6 +45,8 @@ _PATH = re.compile(
     r"(?<![\w./-])((?:monitor|detectors|alerts)/(?:\w+/)*(?:\w[\w-]*\.\w+|(?=[\s`)'\",;:]|$)))"
     r"(?:::([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*))?"
 )
+#: A table row naming a module by its bare file name (``| `base.py` | ... |``).
+_TABLE_MODULE = re.compile(r"^\|\s*`(\w+\.py)`\s*\|")
 #: A dotted name rooted at ``monitor`` (``monitor.http.server.MAX_REQUEST_BODY_BYTES``).
 _DOTTED = re.compile(r"(?<![\w.])(monitor(?:\.[A-Za-z_]\w*)+)")
 
@@ -63,12 +65,20 @@ class Reference:
 
 
 def references(text: str, doc: str) -> list[Reference]:
-    """Every path and dotted name of ``monitor``/``detectors``/``alerts`` in ``text``."""
+    """Every path and dotted name of ``monitor``/``detectors``/``alerts`` in ``text``, and
+    every module of a package's table (a row starting with a bare ``name.py``, relative to
+    the last folder the text named before the table: "The code lives in `alerts/`")."""
     found: list[Reference] = []
+    folder: str | None = None
     for number, line in enumerate(text.splitlines(), 1):
+        row = _TABLE_MODULE.match(line)
+        if row is not None and folder is not None:
+            found.append(Reference(doc, number, row.group(1), folder + row.group(1), ()))
         for m in _PATH.finditer(line):
             names = tuple(m.group(2).split(".")) if m.group(2) else ()
             found.append(Reference(doc, number, m.group(0), m.group(1), names))
+            if row is None and not line.startswith("|") and m.group(1).endswith("/"):
+                folder = m.group(1)
         for m in _DOTTED.finditer(line):
             parts = m.group(1).split(".")
             found.append(Reference(doc, number, m.group(1), "", tuple(parts)))
@@ -241,6 +251,18 @@ def test_the_checker_resolves_what_exists_and_names_what_does_not(
     refs = references(text, "doc.md")
     assert len(refs) == 1, refs
     assert problem(refs[0], tree, frozenset({"monitor/planned.py"})) == why
+
+
+def test_a_package_table_is_checked_against_the_folder_named_before_it(tree: Path) -> None:
+    text = (
+        "The code lives in `monitor/http/`:\n\n| module | owns |\n| --- | --- |\n"
+        "| `server.py` | the server |\n| `gone.py` | moved away |\n"
+    )
+    refs = [r for r in references(text, "doc.md") if r.line >= 5]
+    assert [(r.path, problem(r, tree)) for r in refs] == [
+        ("monitor/http/server.py", None),
+        ("monitor/http/gone.py", "no file monitor/http/gone.py"),
+    ]
 
 
 @pytest.mark.parametrize(
