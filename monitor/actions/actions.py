@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from monitor.config.settings import Settings
     from monitor.engine.engine import Engine
     from monitor.engine.events import Event
-    from monitor.kafka.consumer import DeadLetterWriter
+    from monitor.kafka.dead_letters import DeadLetterWriter
 
 __all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects", "flags_at"]
 

@@ -30,7 +30,9 @@ from monitor.errors import BrokerUnavailableError
 from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
 from monitor.kafka.backoff import Backoff
-from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.kafka.consumer import Batch, EventConsumer
+from monitor.kafka.dead_letters import DeadLetterWriter
+from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
 from monitor.observability.metrics import HEALTH_STATES, Metrics
 from monitor.state.checkpoints import (
@@ -611,7 +613,8 @@ class Daemon:
                         children[4].set(r.threshold)
 
     def _add_routes(self, app: web.Application) -> None:
-        from monitor.http.operator import add_gate_routes, add_operator_routes
+        from monitor.http.operator import add_operator_routes
+        from monitor.http.rollout_gate import add_gate_routes
 
         add_gate_routes(app, self.engine)
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)

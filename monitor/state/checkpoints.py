@@ -518,7 +518,7 @@ class KafkaStore:
     async def ensure_topic(self) -> None:
         """Create the compacted topic when missing (at start, and after a broker outage that
         may have lost it: a memory-only or recreated cluster)."""
-        from monitor.kafka.consumer import ensure_topics
+        from monitor.kafka.topics import ensure_topics
 
         s = self.settings
         await ensure_topics(

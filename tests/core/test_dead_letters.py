@@ -28,7 +28,11 @@ from prometheus_client import CollectorRegistry
 from monitor.config.settings import KafkaSettings, load_settings
 from monitor.daemon.daemon import Daemon
 from monitor.engine.events import BadReason, BadRecord
-from monitor.kafka.consumer import DEAD_LETTER_HEADERS_MAX, DEAD_LETTER_KEY_MAX, DeadLetterWriter
+from monitor.kafka.dead_letters import (
+    DEAD_LETTER_HEADERS_MAX,
+    DEAD_LETTER_KEY_MAX,
+    DeadLetterWriter,
+)
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
