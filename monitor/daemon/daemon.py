@@ -31,7 +31,7 @@ from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
 from monitor.kafka.backoff import Backoff
 from monitor.kafka.consumer import Batch, EventConsumer
-from monitor.kafka.dead_letters import DeadLetterWriter
+from monitor.kafka.side_topics import SideTopicWriter
 from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
 from monitor.observability.metrics import HEALTH_STATES, Metrics
@@ -81,7 +81,7 @@ class Daemon:
             on_assigned=self._on_assigned,
             on_revoked=self._on_revoked,
         )
-        self.side_writer = DeadLetterWriter(settings.kafka, self.metrics)
+        self.side_writer = SideTopicWriter(settings.kafka, self.metrics)
         self.actions = (
             actions
             if actions is not None

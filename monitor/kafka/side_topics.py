@@ -1,5 +1,6 @@
-"""The producer of side records: bounded dead letters of bad records, with bounded retries
-and drops, and the review samples; ``flush`` waits until the broker has them all.
+"""The writer of the two side topics, sharing one producer: the dead-letter topic (bounded
+dead letters of bad records, bounded retries, counted drops) and the review topic (samples of
+degraded models' events); ``flush`` waits until the broker has the review samples.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from monitor.kafka.consumer import EventConsumer, _being_cancelled
 from monitor.kafka.topics import ensure_topics
 from monitor.observability.metrics import Metrics
 
-__all__ = ["DEAD_LETTER_HEADERS_MAX", "DEAD_LETTER_KEY_MAX", "DeadLetterWriter", "retriable"]
+__all__ = ["DEAD_LETTER_HEADERS_MAX", "DEAD_LETTER_KEY_MAX", "SideTopicWriter", "retriable"]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ def _drop_reason(err: BaseException) -> str:
 DeadLetter = tuple[ConsumerRecord[bytes, bytes], BadRecord]
 
 
-class DeadLetterWriter:
-    """Writes bad records (original bytes and headers) to the dead-letter topic and other
-    side records (review samples); ``flush`` waits until the broker has them all.
+class SideTopicWriter:
+    """Writes to both side topics: bad records (original bytes and headers) to the dead-letter
+    topic with ``write_dead_letters``, review samples with ``send``; ``flush`` waits until the
+    broker has every ``send``.
 
     A dead letter is bounded by ``kafka.dead_letter_max_bytes`` (key, headers and value are
     cut to fit, and say so in headers); ``write_dead_letters`` retries what the broker may
@@ -363,7 +365,7 @@ class DeadLetterWriter:
     ) -> asyncio.Future[Any]:
         producer = self._producer
         if producer is None:
-            raise RuntimeError("DeadLetterWriter is not started")
+            raise RuntimeError("SideTopicWriter is not started")
         await self._recreate_lost_topics()
         future: asyncio.Future[Any] = await asyncio.wait_for(
             producer.send(topic, value=value, key=key, headers=headers),
