@@ -31,6 +31,7 @@ from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
 from monitor.kafka.backoff import Backoff
 from monitor.kafka.consumer import Batch, EventConsumer
+from monitor.kafka.quirks import ConnectErrorsMuted
 from monitor.kafka.side_topics import SideTopicWriter
 from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
@@ -244,7 +245,7 @@ class Daemon:
         delays = self.broker_retry.delays()
         # aiokafka logs an ERROR of its own for every refused connection; the one line per
         # attempt below carries its reason instead.
-        quiet = _ConnectErrorsMuted()
+        quiet = ConnectErrorsMuted()
         aiokafka_log = logging.getLogger("aiokafka")
         aiokafka_log.addFilter(quiet)
         try:
@@ -915,22 +916,3 @@ def _build_store(settings: Settings) -> CheckpointStore | None:
     if state.backend == "kafka":
         return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
     return None
-
-
-class _ConnectErrorsMuted(logging.Filter):
-    """Holds back aiokafka's "Unable connect to ..." errors and keeps the last one, so the
-    daemon logs each start-up attempt once, with the reason and the next delay."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
-            self._last = record.getMessage()
-            return False
-        return True
-
-    def take(self) -> str | None:
-        last, self._last = self._last, None
-        return last

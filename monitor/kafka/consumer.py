@@ -26,6 +26,14 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from monitor.config.settings import KafkaSettings
 from monitor.errors import BrokerUnavailableError
 from monitor.kafka.backoff import Backoff
+from monitor.kafka.quirks import (
+    ClientErrorsHeldBack,
+    being_cancelled,
+    close_after_interrupted_stop,
+    lost_committed_offsets,
+    next_fetch_response,
+    positions_past_log_end,
+)
 from monitor.observability.metrics import Metrics
 
 __all__ = ["Batch", "EventConsumer", "UnreadablePartition"]
@@ -95,65 +103,8 @@ class UnreadablePartition:
         )
 
 
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-#: aiokafka's loggers that report each connection retry (dozens a second while the broker is
-#: down); a filter on a logger sees only the records of that logger, hence the list.
-AIOKAFKA_LOGGERS = (
-    "aiokafka",
-    "aiokafka.conn",
-    "aiokafka.cluster",
-    "aiokafka.consumer.fetcher",
-    "aiokafka.consumer.group_coordinator",
-    "aiokafka.producer.producer",
-    "aiokafka.producer.sender",
-)
 #: While the broker is down: how often "still unreachable" is logged, 5 s doubling to 60 s.
 OUTAGE_REPORTS = Backoff(first_s=5.0, max_s=60.0, jitter=0.0)
-
-
-class _ClientErrorsHeldBack(logging.Filter):
-    """During an outage, holds back aiokafka's warnings and errors (one per retry) and
-    counts them; the consumer reports them on a backoff schedule instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = 0
-        self.last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        self.held += 1
-        self.last = record.getMessage()
-        return False
-
-    def attach(self) -> None:
-        for name in AIOKAFKA_LOGGERS:
-            logging.getLogger(name).addFilter(self)
-
-    def detach(self) -> None:
-        for name in AIOKAFKA_LOGGERS:
-            logging.getLogger(name).removeFilter(self)
-
-
-async def _next_fetch_response(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
-    """Wait until aiokafka's fetcher holds new data (records or a partition's error), at
-    most ``timeout_s``.
-
-    This is the future aiokafka's own getmany() waits on; it is private API (aiokafka is
-    pinned below 0.15, tests/kafka/test_unreadable_partition.py checks it is there). A
-    getmany() over all partitions would wait the same way but take their records at once.
-    """
-    waiter: asyncio.Future[None] = consumer._fetcher._create_fetch_waiter()
-    done, _ = await asyncio.wait([waiter], timeout=timeout_s)
-    if not done:
-        waiter.cancel()
-        return
-    waiter.result()  # an authorization error of the group fails every waiter
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -190,6 +141,12 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         #: Next offset to commit per partition (last applied offset + 1), not yet committed.
         self._pending: dict[TopicPartition, int] = {}
+        #: The offset this consumer last committed per partition (kept across revokes: the
+        #: broker holds it, or more if another replica committed since).
+        self._committed: dict[TopicPartition, int] = {}
+        #: Set by an outage: before the next commit, ask whether the broker still holds
+        #: ``_committed`` (see quirks.lost_committed_offsets).
+        self._check_committed = False
         self._next: dict[TopicPartition, int] = {}
         #: Fetch position of each assigned partition that has applied nothing yet: its lag
         #: is measured from there, so a partition stuck from its start shows up too.
@@ -203,7 +160,7 @@ class EventConsumer:
         self._outage_started_at = 0.0
         #: Times the broker went from reachable to unreachable.
         self.outages = 0
-        self._held_back: _ClientErrorsHeldBack | None = None
+        self._held_back: ClientErrorsHeldBack | None = None
         self._report_at = 0.0
         self._report_delays = OUTAGE_REPORTS.delays()
         self._probed_at = 0.0
@@ -265,14 +222,9 @@ class EventConsumer:
         except (TimeoutError, KafkaError, OSError) as err:
             log.warning("consumer did not stop cleanly: %r", err)
         except asyncio.CancelledError:
-            if _being_cancelled():
+            if being_cancelled():
                 raise
-            # aiokafka 0.14's Fetcher.close() awaits the fetch requests it has just
-            # cancelled; one sleeping in its retry backoff (the broker is down) re-raises
-            # CancelledError into us and the rest of consumer.stop() never runs.
-            log.warning("consumer stop interrupted by aiokafka; closing its connections")
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer._client.close(), self.settings.broker_timeout_s)
+            await close_after_interrupted_stop(consumer, self.settings.broker_timeout_s)
 
     def mark_broker(self, ok: bool) -> None:
         """Record the outcome of a broker call (any client of this daemon); sets broker_up."""
@@ -294,20 +246,15 @@ class EventConsumer:
                 self._outage_started_at = now
                 self.outages += 1
                 self._start_outage_log(now)
-                if self._pending:
-                    # The broker that comes back may be a fresh one (memory-only Tansu, a
-                    # recreated cluster) where these offsets point past the log end; the next
-                    # batch commits past them anyway, and a crash before it only replays.
-                    log.warning(
-                        "broker unreachable: dropping %d uncommitted offsets", len(self._pending)
-                    )
-                    self._pending.clear()
+                # The broker that comes back may have lost its data (Tansu, a recreated
+                # cluster): the next commit first checks it still holds our offsets.
+                self._check_committed = True
             self.broker_failed_at = now
         self.metrics.broker_up.set(1 if ok else 0)
 
     def _start_outage_log(self, now: float) -> None:
         if self._held_back is None:
-            self._held_back = _ClientErrorsHeldBack()
+            self._held_back = ClientErrorsHeldBack()
             self._held_back.attach()
         self._report_delays = OUTAGE_REPORTS.delays()
         self._report_at = now + next(self._report_delays)
@@ -379,7 +326,7 @@ class EventConsumer:
             left = deadline - time.monotonic()
             if batch or left <= 0:
                 return batch
-            await _next_fetch_response(consumer, left)
+            await next_fetch_response(consumer, left)
 
     async def _drain(self, consumer: AIOKafkaConsumer, max_records: int) -> Batch:
         """Take, without waiting, up to ``max_records`` the fetcher already holds, one
@@ -535,12 +482,8 @@ class EventConsumer:
 
     async def reset_positions_past_log_end(self) -> list[TopicPartition]:
         """Move every position beyond its partition's high watermark back per
-        ``auto_offset_reset``; return the partitions moved.
-
-        After a broker restart that lost the log (Tansu keeps nothing) a stale position or
-        committed offset points past the end. Tansu answers such a fetch with no records
-        rather than OFFSET_OUT_OF_RANGE, so aiokafka would wait there forever, and would
-        silently skip the new records below that offset once the log grows past it.
+        ``auto_offset_reset``; return the partitions moved (none on a broker that answers
+        OFFSET_OUT_OF_RANGE: see quirks.positions_past_log_end).
         """
         consumer = self._require()
         s = self.settings
@@ -551,7 +494,7 @@ class EventConsumer:
                 continue
             try:
                 position = await asyncio.wait_for(consumer.position(tp), s.broker_timeout_s)
-                if position <= high:
+                if tp not in positions_past_log_end({tp: position}, {tp: high}):
                     continue
                 log.warning(
                     "%s[%d]: position %d is past the log end %d (log lost in a broker "
@@ -622,10 +565,16 @@ class EventConsumer:
 
     async def commit(self) -> bool:
         """Commit every applied offset; False when the broker fails (the offsets stay
-        pending for the next commit unless the failure starts an outage, see mark_broker)."""
+        pending for the next commit). After an outage the offsets are dropped instead when
+        the broker lost the ones committed before it (see _drop_offsets_of_a_lost_log)."""
         if not self._pending:
             return True
         consumer = self._require()
+        if self._check_committed:
+            if not await self._drop_offsets_of_a_lost_log(consumer):
+                return False
+            if not self._pending:
+                return True
         offsets = {
             tp: OffsetAndMetadata(offset, "")
             for tp, offset in self._pending.items()
@@ -642,10 +591,38 @@ class EventConsumer:
             log.warning("offset commit failed, will retry after the next batch: %r", err)
             return False
         for tp, meta in offsets.items():
+            self._committed[tp] = meta.offset
             self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(meta.offset)
             if self._pending.get(tp) == meta.offset:
                 del self._pending[tp]
         self.mark_broker(True)
+        return True
+
+    async def _drop_offsets_of_a_lost_log(self, consumer: AIOKafkaConsumer) -> bool:
+        """After an outage, ask the broker for the offsets committed before it; when it lost
+        them (Tansu keeps nothing across a restart) the pending offsets may point past its
+        new log end: drop them (the next batch commits past them anyway, and a crash before
+        it only replays). False when the broker did not answer (the check is retried)."""
+        ours = {tp: offset for tp, offset in self._committed.items() if tp in self.assignment}
+        try:
+            theirs = {
+                tp: await asyncio.wait_for(consumer.committed(tp), self.settings.broker_timeout_s)
+                for tp in ours
+            }
+        except (TimeoutError, KafkaError) as err:
+            # Not proof of an outage (the group may be rejoining): the check runs again on
+            # the next commit.
+            log.warning("cannot read the committed offsets after an outage: %r", err)
+            return False
+        self._check_committed = False
+        if lost_committed_offsets(ours, theirs):
+            log.warning(
+                "the broker lost the offsets committed before the outage: dropping %d "
+                "uncommitted offsets",
+                len(self._pending),
+            )
+            self._pending.clear()
+            self._committed.clear()
         return True
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -33,7 +33,8 @@ from aiokafka.structs import ConsumerRecord
 from monitor.config.settings import KafkaSettings
 from monitor.engine.events import BadRecord
 from monitor.errors import BrokerUnavailableError
-from monitor.kafka.consumer import EventConsumer, _being_cancelled
+from monitor.kafka.consumer import EventConsumer
+from monitor.kafka.quirks import being_cancelled
 from monitor.kafka.topics import ensure_topics
 from monitor.observability.metrics import Metrics
 
@@ -151,7 +152,7 @@ class SideTopicWriter:
         except (TimeoutError, KafkaError, OSError) as err:
             log.warning("dead-letter producer did not stop cleanly: %r", err)
         except asyncio.CancelledError:
-            if _being_cancelled():
+            if being_cancelled():
                 raise
             log.warning("dead-letter producer stop interrupted by aiokafka")
 
