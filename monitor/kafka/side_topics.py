@@ -392,9 +392,10 @@ class SideTopicWriter:
             self.broker.mark_broker(ok)
 
     async def _recreate_lost_topics(self) -> None:
-        # A broker that lost its data (Tansu keeps none across a restart) acknowledges
-        # writes to a topic it no longer has, then drops them when the topic is created
-        # again: so the topics are created first, with the partitions given at start.
+        # A broker that lost its data (Tansu keeps none across a restart, see
+        # monitor.kafka.quirks) acknowledges writes to a topic it no longer has, then drops
+        # them when the topic is created again: so the topics are created first, with the
+        # partitions given at start (nothing is created where they still exist).
         broker = self.broker
         if broker is None or broker.outages == self._outages_checked:
             return
