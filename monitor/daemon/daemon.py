@@ -30,7 +30,10 @@ from monitor.errors import BrokerUnavailableError
 from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
 from monitor.kafka.backoff import Backoff
-from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.kafka.consumer import Batch, EventConsumer
+from monitor.kafka.quirks import ConnectErrorsMuted
+from monitor.kafka.side_topics import SideTopicWriter
+from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
 from monitor.observability.metrics import HEALTH_STATES, Metrics
 from monitor.state.checkpoints import (
@@ -79,7 +82,7 @@ class Daemon:
             on_assigned=self._on_assigned,
             on_revoked=self._on_revoked,
         )
-        self.side_writer = DeadLetterWriter(settings.kafka, self.metrics)
+        self.side_writer = SideTopicWriter(settings.kafka, self.metrics)
         self.actions = (
             actions
             if actions is not None
@@ -242,7 +245,7 @@ class Daemon:
         delays = self.broker_retry.delays()
         # aiokafka logs an ERROR of its own for every refused connection; the one line per
         # attempt below carries its reason instead.
-        quiet = _ConnectErrorsMuted()
+        quiet = ConnectErrorsMuted()
         aiokafka_log = logging.getLogger("aiokafka")
         aiokafka_log.addFilter(quiet)
         try:
@@ -611,7 +614,8 @@ class Daemon:
                         children[4].set(r.threshold)
 
     def _add_routes(self, app: web.Application) -> None:
-        from monitor.http.operator import add_gate_routes, add_operator_routes
+        from monitor.http.operator import add_operator_routes
+        from monitor.http.rollout_gate import add_gate_routes
 
         add_gate_routes(app, self.engine)
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
@@ -912,22 +916,3 @@ def _build_store(settings: Settings) -> CheckpointStore | None:
     if state.backend == "kafka":
         return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
     return None
-
-
-class _ConnectErrorsMuted(logging.Filter):
-    """Holds back aiokafka's "Unable connect to ..." errors and keeps the last one, so the
-    daemon logs each start-up attempt once, with the reason and the next delay."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
-            self._last = record.getMessage()
-            return False
-        return True
-
-    def take(self) -> str | None:
-        last, self._last = self._last, None
-        return last

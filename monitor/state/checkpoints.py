@@ -29,6 +29,7 @@ from detectors.state import StateError
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
+from monitor.kafka.quirks import read_end
 
 if TYPE_CHECKING:
     from monitor.actions.actions import Actions
@@ -519,7 +520,7 @@ class KafkaStore:
     async def ensure_topic(self) -> None:
         """Create the compacted topic when missing (at start, and after a broker outage that
         may have lost it: a memory-only or recreated cluster)."""
-        from monitor.kafka.consumer import ensure_topics
+        from monitor.kafka.topics import ensure_topics
 
         s = self.settings
         await ensure_topics(
@@ -545,7 +546,7 @@ class KafkaStore:
             with contextlib.suppress(TimeoutError, KafkaError):
                 await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
 
-    async def load_all(self, idle_s: float = 1.0, deadline_s: float = 30.0) -> dict[str, bytes]:
+    async def load_all(self, deadline_s: float = 30.0) -> dict[str, bytes]:
         """Read the topic to its end; raise CheckpointError when that takes past deadline_s
         (a partial read would silently restart models from scratch)."""
         s = self.settings
@@ -563,22 +564,22 @@ class KafkaStore:
             tps = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_beginning()
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
+            listed = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
             seen: dict[TopicPartition, int] = {}
 
-            def reached(margin: int) -> bool:
-                return all(seen.get(tp, -1) >= ends[tp] - margin for tp in tps if ends[tp] > 0)
+            def read_to_the_end() -> bool:
+                # The log end: the ListOffsets answer until a fetch tells its high watermark
+                # (on Tansu the former is wrong, see quirks.read_end).
+                return all(
+                    seen.get(tp, -1) >= end - 1
+                    for tp in tps
+                    if (end := read_end(listed[tp], consumer.highwater(tp))) > 0
+                )
 
-            # Kafka answers the log end (last offset + 1); Tansu the last batch's base offset.
-            # Past that offset the read is surely complete; at end - 1 it is complete on Kafka
-            # and on Tansu only once the last batch arrived, so that needs idle_s of quiet.
-            # Before end - 1 no quiet period ends the read: only the deadline does.
-            started = quiet_since = time.monotonic()
-            while not reached(0):
-                now = time.monotonic()
-                if reached(1) and now - quiet_since >= idle_s:
-                    break
-                if now - started > deadline_s:
+            started = time.monotonic()
+            while not read_to_the_end():
+                if time.monotonic() - started > deadline_s:
+                    ends = {tp: read_end(listed[tp], consumer.highwater(tp)) for tp in tps}
                     raise CheckpointError(
                         f"checkpoint topic {self.topic!r} not read to its end "
                         f"({seen} of {ends}) within {deadline_s:.0f}s"
@@ -590,7 +591,6 @@ class KafkaStore:
                     if records:
                         seen[tp] = max(seen.get(tp, -1), records[-1].offset)
                     for record in records:
-                        quiet_since = time.monotonic()
                         if record.key is None:
                             continue
                         model = record.key.decode()

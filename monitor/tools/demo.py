@@ -39,7 +39,7 @@ from monitor.config.policy import Level
 from monitor.config.settings import Settings, load_settings
 from monitor.daemon.daemon import Daemon
 from monitor.http.status_page import add_routes
-from monitor.kafka.consumer import ensure_topics
+from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import SignalHistory, attach_history, recovery
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker
