@@ -24,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: ``test_allow_list_names_only_missing_modules`` fails until it leaves the list.
 ALLOWED_TARGETS: frozenset[str] = frozenset(
     {
-        "alerts/errors.py",  # alerts' own error tree (wt-split)
-        "monitor/kafka/quirks.py",  # broker workarounds in one place (wt-split)
-        "monitor/kafka/side_topics.py",  # dead-letter and review writer (wt-split)
-        "monitor/kafka/topics.py",  # ensure_topics (wt-split)
-        "monitor/cli/record.py",  # the record subcommand (wt-split)
-        "monitor/http/rollout_gate.py",  # /v1/models/{model}/health (wt-split)
         "monitor/daemon/batches.py",  # one batch's application (wt-daemon)
         "monitor/state/ownership.py",  # checkpoint ownership (wt-daemon)
         "monitor/observability/publisher.py",  # metric publishing (wt-daemon)
