@@ -285,8 +285,8 @@ class WindowedDetector(BaseDetector):
     def _admit(self, arr: np.ndarray) -> np.ndarray:
         """Values about to enter the window, clipped to the fence (numeric detectors).
 
-        Applied where values enter the window, not per call: deferred values are admitted
-        together at the next test, so the daemon's usual call pays nothing for the rule.
+        Applied where values enter the window, chunk by chunk (a rolling reference may
+        refresh its fence between two chunks of one call).
         """
         fence = self._fence
         if fence is None:
@@ -326,8 +326,6 @@ class WindowedDetector(BaseDetector):
             spec.reference.size, spec.reference.mode, self.dtype, self._reference_file
         )
         self._seen = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_n = 0
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
@@ -379,7 +377,7 @@ class WindowedDetector(BaseDetector):
                 math.nan,
                 math.nan,
                 Verdict.INCONCLUSIVE,
-                window.count + self._pending_n,
+                window.count,
                 self._last.threshold,
             )
             return self._last
@@ -397,16 +395,9 @@ class WindowedDetector(BaseDetector):
         seen = self._seen
         rolling = ref.mode == "rolling"
         if seen % stride + n < stride:
-            # The daemon's usual call: a few values of one model that end no stride, so no
-            # test runs and the last Reading stands (the same object: callers skip it).
-            if not rolling and ref.ready and window.count >= self._min_samples:
-                # Testing has started: nothing but the next test reads the window, so the
-                # values wait and enter it then, in one push (one copy: callers may reuse
-                # arrays).
-                self._pending.append(arr.copy())
-                self._pending_n += n
-                self._seen = seen + n
-                return self._untested()
+            # Values that end no stride: no test runs and the last Reading stands (the same
+            # object: callers skip it). Values are held back in one place only, by the
+            # caller (the daemon's engine, between tests): here each call enters the window.
             arr = self._admit(arr)
             evicted = window.extend(arr)
             self._on_push(arr, evicted)
@@ -414,10 +405,6 @@ class WindowedDetector(BaseDetector):
                 self._derive_reference()
             self._seen = seen + n
             return self._untested()
-        if self._pending:
-            # Deferred values first, as if pushed when they came: same window, same tests.
-            arr = np.concatenate((self._take_pending(), arr))
-            n = arr.size
         breached: Reading | None = None
         last: Reading | None = None
         i = 0
@@ -474,25 +461,7 @@ class WindowedDetector(BaseDetector):
         verdict = self.breach_verdict if fired else Verdict.OK
         return Reading(statistic, effect, verdict, count, threshold)
 
-    def _take_pending(self) -> np.ndarray:
-        """The deferred values, in order, with ``_seen`` set back to before them."""
-        pending = self._pending
-        arr = np.concatenate(pending) if len(pending) > 1 else pending[0]
-        self._seen -= self._pending_n
-        self._pending = []
-        self._pending_n = 0
-        return arr
-
-    def _flush(self) -> None:
-        """Push the deferred values (they end no stride: no test is due)."""
-        if not self._pending:
-            return
-        arr = self._admit(self._take_pending())
-        self._on_push(arr, self._window.extend(arr))
-        self._seen += arr.size
-
     def _state(self) -> dict[str, Any]:
-        self._flush()
         return {
             "window": self._window.state(),
             "reference": self._reference.state(),
@@ -504,8 +473,6 @@ class WindowedDetector(BaseDetector):
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        self._pending = []
-        self._pending_n = 0
         self._window.load(state["window"])
         self._reference.load(state["reference"], self.dtype)
         # Derived reference statistics are in the extra state: raw values are not needed.
