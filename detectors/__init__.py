@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Detector, Reading, Verdict
+from detectors.serialization import StateError
 from detectors.specs import (
     AdwinSpec,
     DDMSpec,
@@ -29,7 +30,6 @@ from detectors.specs import (
     parse_spec,
     restore_detector,
 )
-from detectors.state import StateError
 
 __all__ = [
     "INCONCLUSIVE",

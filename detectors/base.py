@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel
 
-from detectors.state import pack
+from detectors.serialization import pack
 
 __all__ = ["INCONCLUSIVE", "BaseDetector", "Detector", "Reading", "Verdict"]
 

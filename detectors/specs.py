@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from detectors.base import STATE_VERSION, BaseDetector, Detector
-from detectors.state import StateError, unpack
+from detectors.serialization import StateError, unpack
 
 __all__ = [
     "AdwinSpec",

@@ -16,7 +16,7 @@ import numpy as np
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
 from detectors.extremes import UNBOUNDED, ExtremeCounts, Fence
-from detectors.state import StateError
+from detectors.serialization import StateError
 
 __all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
 

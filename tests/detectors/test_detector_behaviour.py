@@ -189,11 +189,11 @@ def test_missing_reference_file_is_a_precise_error(tmp_path: Any) -> None:
 
 
 def test_checkpoint_cannot_smuggle_arbitrary_code() -> None:
-    from detectors.state import pack
+    from detectors.serialization import pack
 
     det = build_detector(_spec("adwin"))
     good = det.to_bytes()
-    from detectors.state import unpack
+    from detectors.serialization import unpack
 
     raw = unpack(good)
     raw["state"]["extra"]["river"] = {"__river__": pickle.dumps(print)}
