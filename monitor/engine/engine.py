@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
-from detectors.specs import build_detector
+from detectors.registry import build_detector
 from monitor.config.policy import Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for

@@ -25,8 +25,8 @@ from aiokafka.structs import TopicPartition
 
 from alerts.base import Alert
 from detectors.base import Detector
+from detectors.registry import restore_detector
 from detectors.serialization import StateError, pack, unpack
-from detectors.specs import restore_detector
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError

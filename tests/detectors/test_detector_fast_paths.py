@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors import Verdict, build_detector, parse_spec, restore_detector
+from detectors import InputKind, Verdict, build_detector, parse_spec, restore_detector
 from detectors.calibration import (
     g_statistic,
     g_statistic_2x2,
@@ -18,6 +18,7 @@ from detectors.calibration import (
     ks_statistic_ranked,
 )
 from detectors.quantile import linear_quantile
+from detectors.registry import TYPES
 from detectors.window import Ring
 
 
@@ -136,35 +137,22 @@ def test_filling_reference_reports_one_inconclusive_reading_object() -> None:
 def _stream(kind: str, rng: np.random.Generator, n: int) -> Any:
     """Values for ``kind`` that change half way, with a few missing ones."""
     half = n // 2
-    if kind in ("psi", "jensen_shannon", "unseen_rate"):
+    input_kind = parse_spec({"type": kind}).input_kind
+    if input_kind is InputKind.CATEGORICAL:
         before = rng.choice(np.array(["a", "b", "c", "d"]), half, p=[0.4, 0.3, 0.2, 0.1])
         after = rng.choice(np.array(["a", "b", "c", "e"]), n - half)
         out: list[Any] = [*before.tolist(), *after.tolist()]
         for i in rng.choice(n, n // 50).tolist():
             out[i] = None
         return out
-    if kind in ("rate_window", "missing_rate", "ddm", "eddm", "hddm_a", "hddm_w"):
+    if input_kind is InputKind.BINARY:
         return np.r_[rng.random(half) < 0.02, rng.random(n - half) < 0.2].astype(np.float64)
-    if kind == "half_space_trees":
+    if input_kind is InputKind.MULTIVARIATE:
         return np.r_[rng.random((half, 3)), rng.random((n - half, 3)) * 0.3 + 0.7]
     return _drifting(n, rng, discrete=False)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "ks_window",
-        "adwin",
-        "page_hinkley",
-        "psi",
-        "jensen_shannon",
-        "unseen_rate",
-        "rate_window",
-        "missing_rate",
-        "quantile",
-        "half_space_trees",
-    ],
-)
+@pytest.mark.parametrize("kind", TYPES)
 def test_saving_state_changes_nothing(kind: str) -> None:
     # A twin that saves its state after every call (a checkpoint at any moment) sees every
     # Reading of one that never saves, ends in the same state, and a copy restored from any
