@@ -4,6 +4,7 @@ capability is a class, never an instance flag."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -171,3 +172,27 @@ def test_mypy_refuses_a_detector_built_from_another_detectors_spec(tmp_path: Pat
     assert set(errors) == refused, stdout + stderr
     assert all("[arg-type]" in message for message in errors.values()), stdout
     assert status == 1
+
+
+def test_detector_modules_do_not_import_the_registry() -> None:
+    # The dependency runs one way: the registry imports the detector modules, never back
+    # (nor does any of them reach into the daemon).
+    package = ROOT / "detectors"
+    for module in sorted(package.glob("*.py")):
+        if module.name in ("__init__.py", "registry.py"):
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        bad = {
+            name
+            for name in imported
+            if name in ("detectors", "detectors.registry") or name.startswith("monitor")
+        }
+        assert not bad, f"{module.name} imports {sorted(bad)}"
