@@ -619,7 +619,7 @@ def _producer_main(argv: list[str]) -> int:
 def breach_completions(incident: list[tuple[float, bool]], settings: Settings) -> list[float]:
     """Produce times of the events that complete each breach of the incident model: its
     error sequence replayed through the same detector and thresholds as the daemon's."""
-    from detectors.specs import build_detector
+    from detectors.registry import build_detector
     from monitor.config.policy import Level
 
     signal = settings.policy_for(INCIDENT_MODEL).signals[0]

@@ -24,8 +24,9 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
 from alerts.base import Alert
-from detectors.specs import restore_detector
-from detectors.state import StateError
+from detectors.base import Detector
+from detectors.registry import restore_detector
+from detectors.serialization import StateError, pack, unpack
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
@@ -251,17 +252,20 @@ def snapshot_model(
 
     ``offsets``: per partition, the offset of the last record whose events the model's state
     holds; a restore skips that model's records up to it (a replay re-applies nothing).
+    Saving changes nothing: events the engine holds back are saved as they wait, beside
+    each detector's state, and fed to the detector on restore.
     """
-    monitor.flush(monitor.last_event_at or 0.0)
     health = monitor.health
     members: dict[str, Any] = {}
     for signal in monitor.signals:
         digest = _spec_digest(signal.policy.detector_spec)
         for member in signal.members:
+            waiting = monitor.waiting(member)
             members[member.name] = {
                 "spec": digest,
                 "detector": member.detector.to_bytes(),
-                "last_conclusive_at": member.last_conclusive_at,
+                "waiting": None if waiting is None else pack({"values": waiting}),
+                "last_conclusive_at": monitor.conclusive_at(member),
             }
     action_state: dict[str, Any] = {}
     if actions is not None:
@@ -346,6 +350,17 @@ def partition_of(data: bytes) -> TopicPartition | None:
     return read_header(data).topic_partition
 
 
+def _feed_waiting(detector: Detector, data: Any) -> None:
+    """Feed a restored detector the events that waited in the engine when it was saved."""
+    if not isinstance(data, bytes):
+        raise StateError(f"waiting values are {type(data).__name__}, not bytes")
+    values = unpack(data).get("values")
+    try:
+        detector.update_many(values)
+    except (TypeError, ValueError) as err:
+        raise StateError(f"invalid waiting values: {err}") from err
+
+
 def restore_model(
     data: bytes, policy: ModelPolicy, now: float, actions: Actions | None
 ) -> ModelMonitor:
@@ -373,12 +388,17 @@ def restore_model(
             if saved is None or saved["spec"] != digest:
                 continue
             try:
-                member.detector = restore_detector(saved["detector"])
+                detector = restore_detector(saved["detector"])
+                # None, and absent from checkpoints of versions that fed them before saving.
+                waiting = saved.get("waiting")
+                if waiting is not None:
+                    _feed_waiting(detector, waiting)
             except StateError as err:
                 log.warning(
                     "model %r signal %r: detector state not restored: %s", model, member.name, err
                 )
                 continue
+            member.detector = detector
             member.reading = member.detector.reading()
             member.last_conclusive_at = saved["last_conclusive_at"]
     health = raw["health"]

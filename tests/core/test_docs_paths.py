@@ -27,8 +27,6 @@ ALLOWED_TARGETS: frozenset[str] = frozenset(
         "monitor/daemon/batches.py",  # one batch's application (wt-daemon)
         "monitor/state/ownership.py",  # checkpoint ownership (wt-daemon)
         "monitor/observability/publisher.py",  # metric publishing (wt-daemon)
-        "detectors/registry.py",  # the detector registry (wt-detectors)
-        "detectors/serialization.py",  # detectors/state.py renamed (wt-detectors)
     }
 )
 
