@@ -91,8 +91,8 @@ class Witness:
 
 
 def traffic_of(bootstrap: str, topic: str, sent: list[str]) -> TrafficGenerator:
-    """A minute of events of 200 models, ten times as many of the incident models, keyed by
-    model; an incident model fails 60 % while an ``error_surge`` is begun on it. ``sent``
+    """Events of 200 models, ten times as many of the incident models, keyed by model, until
+    stopped; an incident model fails 60 % while an ``error_surge`` is begun on it. ``sent``
     receives each acknowledged request id."""
     return TrafficGenerator(
         bootstrap,
@@ -103,7 +103,6 @@ def traffic_of(bootstrap: str, topic: str, sent: list[str]) -> TrafficGenerator:
         seed=3,
         make=ErrorEvents(error_rate=0.0, surge_error_rate=0.6, latency_ms=10.0),
         weights=dict.fromkeys(INCIDENT_MODELS, 10.0),
-        duration_s=60.0,
         observe=lambda body: sent.append(body["request_id"]),
         linger_ms=10,
         client_id="scaleout-traffic",
@@ -367,7 +366,9 @@ async def run_scenario(
             timeout=20,
             what=lambda: f"every incident resolved ({witness.summary()})",
         )
-        await traffic.finished()
+        # The traffic runs until the incident is over everywhere (healthy events drive the
+        # recovery); then every event it had acknowledged must be applied.
+        await traffic.stop()
         everything = set(sent)
         await wait_for(
             lambda: everything <= applied(tmp),
