@@ -38,7 +38,7 @@ from monitor.tools.traffic import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICY = ROOT / "monitor" / "embedded" / "demo_policy.yaml"
+POLICY = ROOT / "monitor" / "tools" / "demo_policy.yaml"
 
 
 def test_embedded_demo_policy_passes_check_config() -> None:

@@ -28,7 +28,7 @@ from monitor.observability.history import (
 from tests.demo.browser import chromium, require_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICY = ROOT / "monitor" / "embedded" / "demo_policy.yaml"
+POLICY = ROOT / "monitor" / "tools" / "demo_policy.yaml"
 RUNBOOK = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md"
 
 

@@ -19,7 +19,7 @@ from monitor.tools.demo import demo_config
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
 URL_PREFIX = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/"
-SHIPPED_DIRS = ("examples", "deploy", "monitor/embedded")
+SHIPPED_DIRS = ("examples", "deploy", "monitor/tools")
 #: A runbook page named in any string, e.g. inside a ConfigMap literal or a description.
 PAGE_IN_TEXT = re.compile(r"docs/runbooks/([A-Za-z0-9_.-]+\.md)")
 
