@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import logging
 import math
@@ -29,6 +28,7 @@ from monitor.engine.health import Transition
 from monitor.errors import BrokerUnavailableError
 from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
+from monitor.http.status_page import add_routes as add_status_page
 from monitor.kafka.backoff import Backoff
 from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
 from monitor.observability.history import history_of
@@ -615,11 +615,7 @@ class Daemon:
 
         add_gate_routes(app, self.engine)
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
-        try:
-            status_page = importlib.import_module("monitor.http.status_page")
-        except ImportError:
-            return
-        status_page.add_routes(app, self)
+        add_status_page(app, self)
 
     # ----------------------------------------------------------------- rebalance hooks
 
