@@ -11,7 +11,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,10 @@ class Daemon:
         self._stop = asyncio.Event()
         #: The health tick runs until the batch loop has ended.
         self._ticking = True
-        self._stopping = False
+        self._tick_task: asyncio.Task[None] | None = None
+        #: Loop time by which the components still running after the ordered shutdown (or a
+        #: failed start) must have stopped; set when they start stopping.
+        self._components_deadline: float | None = None
         self.broker_retry = BROKER_START_RETRY
         self.broker_start_timeout_s = max(
             BROKER_START_TIMEOUT_S, settings.kafka.broker_timeout_s * 3
@@ -164,48 +167,76 @@ class Daemon:
             return await self._run()
 
     async def _run(self) -> int:
-        s = self.settings
-        grace = s.lifecycle.grace_period_s
+        grace = self.settings.lifecycle.grace_period_s
+        self._components_deadline = None
+        # Each component is entered once started: a failed start unwinds what had started,
+        # in reverse order, and so does the end of the ordered shutdown below.
+        async with contextlib.AsyncExitStack() as components:
+            try:
+                await self._start_components(components)
+            except (BrokerUnavailableError, _StoreUnavailableError) as err:
+                log.error("%s", err)
+                return 1
+            exit_code = await self._serve()
+            started = time.monotonic()
+            await self._shut_down(started, grace)
+            # What is left (the store, the dead-letter writer, the HTTP server, the heartbeat)
+            # stops as the stack unwinds, the Kafka clients within what remains of the grace.
+            self._components_deadline = asyncio.get_running_loop().time() + max(
+                0.1, grace - (time.monotonic() - started)
+            )
+        if self._applied_log is not None:
+            self._applied_log.close()
+        log.info("shutdown complete in %.2fs", time.monotonic() - started)
+        return exit_code
+
+    async def _start_components(self, components: contextlib.AsyncExitStack) -> None:
+        """Start every component in order, each entered in ``components`` once started."""
         await self.heartbeat.start()
+        components.push_async_callback(self.heartbeat.stop)
         # Before the HTTP server: the operator API takes pins and silences from then on, while
         # Kafka may still be starting, and each must reach the audit file.
         self.actions.audit.open()
+        components.callback(self.actions.audit.close)
         await self.http.start()
-        try:
-            await self._start_kafka()
-        except BrokerUnavailableError as err:
-            log.error("%s", err)
-            await self._shutdown_components(grace)
-            self.actions.audit.close()
-            return 1
+        components.push_async_callback(self.http.stop)
+        await self._start_kafka(components)
         if self.store is not None:
             try:
                 await self.store.start()
             except Exception as err:
-                log.error("checkpoint store unavailable: %r", err)
-                await self._shutdown_components(grace)
-                self.actions.audit.close()
-                return 1
+                raise _StoreUnavailableError(f"checkpoint store unavailable: {err!r}") from err
+            components.push_async_callback(self._within_grace(self.store.stop))
         await self.actions.start()
-        tick = asyncio.create_task(self._tick_loop(), name="health-tick")
+        components.push_async_callback(self._stop_actions)
+
+    async def _serve(self) -> int:
+        """Run the health tick and the batch loop until the loop ends; its exit code."""
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="health-tick")
         self._loop_task = asyncio.create_task(self._batch_loop(), name="batch-loop")
-        exit_code = 0
         try:
             await self._loop_task
         except asyncio.CancelledError:
             log.warning("batch loop cancelled (forced stop)")
-            exit_code = 1
+            return 1
         except Exception:
             log.exception("batch loop died")
-            exit_code = 1
-        started = time.monotonic()
+            return 1
+        return 0
+
+    async def _shut_down(self, started: float, grace: float) -> None:
+        """The ordered part of the shutdown: stop the tick, checkpoint and commit, leave the
+        group, flush the actions and record what the flush confirmed."""
+        s = self.settings
         self._ticking = False
-        tick.cancel()
-        # Bounded: Python 3.11's wait_for can lose a cancellation that lands as its inner call
-        # (a broker lookup of the tick) completes; the flag above ends the loop in that case.
-        done, _ = await asyncio.wait([tick], timeout=max(2.0, s.kafka.broker_timeout_s))
-        if not done:
-            log.warning("health tick did not stop in time; shutting down without it")
+        tick = self._tick_task
+        if tick is not None:
+            tick.cancel()
+            # Bounded: Python 3.11's wait_for can lose a cancellation that lands as its inner
+            # call (a broker lookup of the tick) completes; the flag above ends the loop then.
+            done, _ = await asyncio.wait([tick], timeout=max(2.0, s.kafka.broker_timeout_s))
+            if not done:
+                log.warning("health tick did not stop in time; shutting down without it")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, grace - 1.0)):
                 log.info("shutdown: checkpointing and committing offsets")
@@ -227,19 +258,38 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 0.5)):
                     await self._checkpoint(set(self._dirty))
-        await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
-        if self._applied_log is not None:
-            self._applied_log.close()
-        log.info("shutdown complete in %.2fs", time.monotonic() - started)
-        return exit_code
 
-    async def _start_kafka(self) -> None:
+    async def _stop_actions(self) -> None:
+        # After the ordered shutdown a no-op (Actions.stop is idempotent); after a failed
+        # start of a later component, a flush within the grace period.
+        await self.actions.stop(flush_timeout_s=max(0.1, self._components_left_s()))
+
+    def _components_left_s(self) -> float:
+        loop = asyncio.get_running_loop()
+        if self._components_deadline is None:
+            # Unwinding after a failed start: the whole grace period from now on.
+            self._components_deadline = loop.time() + self.settings.lifecycle.grace_period_s
+        return self._components_deadline - loop.time()
+
+    def _within_grace(self, stop: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``stop`` bounded by the components' shutdown deadline: a broker that is gone must
+        not hold the exit past the grace period (each client also has its own deadline)."""
+
+        async def bounded() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self._components_left_s())):
+                    await stop()
+
+        return bounded
+
+    async def _start_kafka(self, components: contextlib.AsyncExitStack) -> None:
         s = self.settings.kafka
         # One view of the broker: a failed dead-letter write also fails /readyz.
         self.side_writer.broker = self.consumer
         started = time.monotonic()
         deadline = started + self.broker_start_timeout_s
         delays = self.broker_retry.delays()
+        side_writer_entered = False
         # aiokafka logs an ERROR of its own for every refused connection; the one line per
         # attempt below carries its reason instead.
         quiet = _ConnectErrorsMuted()
@@ -258,7 +308,11 @@ class Daemon:
                             s.broker_timeout_s,
                         )
                     await self.side_writer.start()
+                    if not side_writer_entered:
+                        components.push_async_callback(self._within_grace(self.side_writer.stop))
+                        side_writer_entered = True
                     await self.consumer.start()
+                    components.push_async_callback(self._within_grace(self.consumer.stop))
                     if attempt > 1:
                         log.info(
                             "Kafka reachable at %s after %d attempts", s.bootstrap_servers, attempt
@@ -289,19 +343,15 @@ class Daemon:
                             f"Kafka unavailable at {s.bootstrap_servers} (stopped after "
                             f"{attempt} attempts in {time.monotonic() - started:.0f}s): {reason}"
                         ) from err
+        except BaseException:
+            # The consumer's failed start leaves its outage log attached (it holds back
+            # aiokafka's errors until the broker is back): a consumer never started stops
+            # nothing else.
+            await self.consumer.stop()
+            raise
         finally:
             aiokafka_log.removeFilter(quiet)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    async def _shutdown_components(self, budget_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget_s):
-                await self.consumer.stop()
-                await self.side_writer.stop()
-                if self.store is not None:
-                    await self.store.stop()
-        await self.http.stop()
-        await self.heartbeat.stop()
 
     # ----------------------------------------------------------------- the batch loop
 
@@ -899,6 +949,10 @@ class Daemon:
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }
+
+
+class _StoreUnavailableError(RuntimeError):
+    """The checkpoint store did not start: the daemon exits 1 rather than run without it."""
 
 
 def _build_store(settings: Settings) -> CheckpointStore | None:
