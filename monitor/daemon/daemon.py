@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -32,17 +31,14 @@ from monitor.http.status_page import add_routes as add_status_page
 from monitor.kafka.backoff import Backoff
 from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
 from monitor.observability.history import history_of
-from monitor.observability.metrics import HEALTH_STATES, Metrics
+from monitor.observability.metrics import Metrics
+from monitor.observability.publisher import SeriesPublisher
 from monitor.state.checkpoints import (
-    CheckpointError,
-    CheckpointHealth,
     CheckpointStore,
     DirectoryStore,
     KafkaStore,
-    read_header,
-    restore_model,
-    snapshot_model,
 )
+from monitor.state.ownership import CheckpointOwner
 
 __all__ = ["HANDLED_SIGNALS", "Daemon"]
 
@@ -110,32 +106,19 @@ class Daemon:
         #: When the batch being applied was taken (None between batches).
         self._batch_started_at: float | None = None
         self.metrics.batch_in_flight.set_function(self.batch_age)
-        #: Per model, its bound metric children by member name ("": the model's own).
-        self._signal_children: dict[str, dict[str, Any]] = {}
-        #: Bound children of driftwarden_model_events_total (no label lookup per batch).
-        self._model_event_counters: dict[str, Any] = {}
+        self.publisher = SeriesPublisher(self.metrics, self.engine.models)
         self.store = _build_store(settings)
-        #: Partition each model's events come from: its checkpoint follows that partition.
-        self._model_partition: dict[str, TopicPartition] = {}
-        self._dirty: set[str] = set()
-        #: When each model's state was last written to (or read from) the store.
-        self._saved_at: dict[str, float] = {}
-        self._last_checkpoint = time.monotonic()
-        self.restored_models = 0
-        self._force_checkpoint = False
-        self._store_outages = 0
-        self.checkpoint_health = CheckpointHealth(settings.state.max_failed_rounds)
-        #: Per model, per partition: the offset of the last record its state holds. It goes
-        #: into the model's checkpoint, so a model can be checkpointed mid-batch (at its
-        #: transition, before any action) and a replay after a crash re-applies nothing the
-        #: checkpoint already holds: the transition is not decided (nor acted on) twice.
-        self._applied_offsets: dict[str, dict[TopicPartition, int]] = {}
-        #: After a restore: per partition, per model, records at or below this offset are
-        #: skipped (the restored state already holds them). Emptied once passed.
-        self._replay_skip: dict[TopicPartition, dict[str, int]] = {}
-        if self.store is not None:
-            self.actions.persist = self._persist_model
-            self.actions.on_state_changed = self._mark_dirty
+        self.ownership = CheckpointOwner(
+            settings,
+            self.store,
+            self.engine,
+            self.actions,
+            self.metrics,
+            self.consumer,
+            clock=clock,
+            stopping=self._stop.is_set,
+            on_release=self._release,
+        )
         self.applied_events = 0
         self._applied_log: Any = None
         if settings.engine.applied_log is not None:
@@ -241,8 +224,8 @@ class Daemon:
             async with asyncio.timeout(max(0.1, grace - 1.0)):
                 log.info("shutdown: checkpointing and committing offsets")
                 async with self.consumer.batch_lock:
-                    self._force_checkpoint = True
-                    await self._commit_point()
+                    self.ownership.force = True
+                    await self.ownership.commit_point()
         # Leave the group before the actions stop: a rebalance while this replica is still
         # a member would hand it partitions it can no longer act for (_on_assigned adopts
         # none once stopping), and keeps them from a replica that stays.
@@ -252,12 +235,12 @@ class Daemon:
                 await self.consumer.stop()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
-        if self.store is not None and self._dirty:
+        if self.store is not None and self.ownership.owned.dirty:
             # The flush confirmed deliveries and flag writes: record them, or the next start
             # would send those notifications again (same idempotency key, but Slack has none).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 0.5)):
-                    await self._checkpoint(set(self._dirty))
+                    await self.ownership.checkpoint(set(self.ownership.owned.dirty))
 
     async def _stop_actions(self) -> None:
         # After the ordered shutdown a no-op (Actions.stop is idempotent); after a failed
@@ -376,7 +359,7 @@ class Daemon:
                     applied = await self._apply(batch)
                     if applied:
                         self.consumer.mark_applied(batch)
-                        await self._commit_point()
+                        await self.ownership.commit_point()
                 finally:
                     self._batch_started_at = None
                 if not applied:
@@ -400,13 +383,15 @@ class Daemon:
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
         decode = self.decoder.decode
         track = self.store is not None
+        owned = self.ownership.owned
+        replay_skip = owned.replay_skip
         #: Per model of this batch: its partitions' last offsets (what its state holds once
         #: the model's span is applied).
         batch_offsets: dict[str, dict[TopicPartition, int]] = {}
         for tp, records in batch.items():
             self.metrics.records_consumed.labels(tp.topic).inc(len(records))
             first = len(events)
-            skip = self._replay_skip.get(tp)
+            skip = replay_skip.get(tp)
             for record in records:
                 decoded = decode(record.value)
                 if isinstance(decoded, Event):
@@ -416,7 +401,7 @@ class Daemon:
                 else:
                     bad.append((record, decoded))
             if skip is not None and records and records[-1].offset >= max(skip.values()):
-                del self._replay_skip[tp]
+                del replay_skip[tp]
             if track and records:
                 last = records[-1].offset
                 for model in {event.model for event in events[first:]}:
@@ -437,9 +422,8 @@ class Daemon:
         watching = self.engine.models
         for model, offsets in batch_offsets.items():
             if model in watching:
-                self._dirty.add(model)
-                self._model_partition[model] = next(reversed(offsets))
-                self._applied_offsets.setdefault(model, {}).update(offsets)
+                owned.dirty.add(model)
+                owned.applied(model, offsets)
         dropped = self.engine.dropped_events - before
         # Events of a model with no monitor reach no detector: refused, not applied.
         self.applied_events += len(events) - dropped
@@ -448,12 +432,7 @@ class Daemon:
             self._applied_log.write(ids)
             self._applied_log.flush()
         self.metrics.events_applied.inc(len(events) - dropped)
-        counters = self._model_event_counters
-        for model, received in self.engine.received:
-            counter = counters.get(model)
-            if counter is None:
-                counter = counters[model] = self.metrics.model_events.labels(model)
-            counter.inc(received)
+        self.publisher.count_events(self.engine.received)
         if dropped:
             self.metrics.models_dropped_events.inc(dropped)
             for reason, count in self.engine.refused_events.items():
@@ -467,7 +446,7 @@ class Daemon:
             await self._forget_models(evicted, "evicted for new models (max_models reached)")
         await self.actions.after_batch(events, self.engine, self.side_writer)
         # Only models whose Readings or health may have moved (the tick publishes all).
-        self._publish_models(set(self.engine.changed))
+        self.publisher.publish(set(self.engine.changed))
         if bad:
             return await self._dead_letter(bad)
         return await self._flush_side_records()
@@ -503,8 +482,8 @@ class Daemon:
                 self.actions.tick(now)
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
-                    await self._commit_point()
-                self._publish_models(set(self.engine.models))
+                    await self.ownership.commit_point()
+                self.publisher.publish(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
                 history_of(self).record(self.engine.models, now)  # for the status page
             # Lag of every assigned partition, also one that has applied nothing yet (outside
@@ -524,7 +503,7 @@ class Daemon:
         it carries the decision out on restart, a crash before it decides again; either way
         the transition's effects happen once. Called mid-batch, right after the models' spans.
         """
-        self._force_checkpoint = True
+        self.ownership.force = True
         for t in transitions:
             self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
             log.info("transition %s", t.describe())
@@ -535,130 +514,14 @@ class Daemon:
                 offsets = (batch_offsets or {}).get(model)
                 if offsets:
                     # Mid-batch: the batch's bookkeeping of watched models comes after it.
-                    self._model_partition[model] = next(reversed(offsets))
-                    self._applied_offsets.setdefault(model, {}).update(offsets)
-            if not await self._checkpoint(decided):
+                    self.ownership.owned.applied(model, offsets)
+            if not await self.ownership.checkpoint(decided):
                 # Availability first: a store down must not stop the fail-safe flip or the
                 # page; those effects are at-least-once until the store is back.
                 log.warning("acting on %d transitions without their checkpoint", len(decided))
             failpoint("transition.saved")
         self.actions.dispatch()
         failpoint("transition.dispatched")
-
-    async def _persist_model(self, model: str) -> None:
-        """Checkpoint ``model`` now (the flag worker, before a flag write): at a point where
-        its state matches its offsets, never in the middle of a batch's other models."""
-        async with self.consumer.batch_lock:
-            if model in self.engine.models and not await self._checkpoint({model}):
-                raise RuntimeError(f"checkpoint of {model!r} failed")
-
-    def _mark_dirty(self, model: str) -> None:
-        # An acknowledgement (a notification delivered, a flag written) is checkpointed at
-        # the next commit point, not the next interval: that keeps the window in which a
-        # crash re-sends a delivered notification (same idempotency key) to about one batch.
-        if model in self.engine.models:
-            self._dirty.add(model)
-            self._force_checkpoint = True
-
-    def _unpublish(self, model: str, *, counters: bool = False) -> None:
-        """Remove a model's series once this replica no longer owns it, so dashboards and
-        rollout gates never read a stale state from a replica that handed the model over.
-
-        ``counters``: also its counters (transitions, review samples), for a model dropped
-        for good; otherwise their series would grow with every model ever seen. The series
-        are found by their labels, not by a scan of every series: evicting a model costs
-        the same with 10 models published as with 10,000.
-        """
-        m = self.metrics
-        published = self._signal_children.pop(model, {})
-        if self._model_event_counters.pop(model, None) is not None:
-            m.model_events.remove(model)
-        if "" in published:
-            m.health_level.remove(model)
-            for state in HEALTH_STATES:
-                m.health_state.remove(model, state)
-        levels = ("detector", *HEALTH_STATES)
-        for member in published:
-            if not member:
-                continue
-            for metric in (m.signal_value, m.signal_effect, m.signal_breached, m.signal_samples):
-                metric.remove(model, member)
-            for level in levels:
-                m.signal_threshold.remove(model, member, level)
-        if counters:
-            for before in HEALTH_STATES:
-                for after in HEALTH_STATES:
-                    m.transitions.remove(model, before, after)
-            m.review_events.remove(model)
-
-    def _publish_models(self, models: set[str]) -> None:
-        # Called after every batch for every model in it, and each second for all models:
-        # bound children are kept, and a gauge is set only when its value may have changed
-        # (a detector hands back the same Reading object until it tests again).
-        m = self.metrics
-        children_of = self._signal_children
-        for model in models:
-            monitor = self.engine.models.get(model)
-            if monitor is None:
-                continue
-            cache = children_of.get(model)
-            if cache is None:
-                cache = children_of[model] = {}
-            state = monitor.health.level
-            if model not in self._model_event_counters:
-                # From the first publish on, also for a model restored from a checkpoint
-                # that has received nothing yet: "no events" needs a series that stays flat.
-                self._model_event_counters[model] = m.model_events.labels(model)
-            # Key "": the model's own gauges (a member name is never empty).
-            health = cache.get("")
-            if health is None:
-                health = cache[""] = [
-                    m.health_level.labels(model),
-                    [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
-                    None,
-                ]
-            if health[2] is not state:
-                health[0].set(int(state))
-                for name, child in health[1]:
-                    child.set(1 if name == state.label else 0)
-                health[2] = state
-            for signal_monitor in monitor.signals:
-                for member in signal_monitor.members:
-                    r = member.reading
-                    children = cache.get(member.name)
-                    if children is None:
-                        thresholds = signal_monitor.policy.thresholds
-                        children = cache[member.name] = [
-                            m.signal_value.labels(model, member.name),
-                            # Bound on the first finite effect size: a series of NaN (a
-                            # detector with no reference) only leaves gaps in a panel.
-                            None,
-                            m.signal_breached.labels(model, member.name),
-                            m.signal_samples.labels(model, member.name),
-                            None
-                            if thresholds is not None
-                            else m.signal_threshold.labels(model, member.name, "detector"),
-                            None,
-                        ]
-                        if thresholds is not None:
-                            for lvl, bound in thresholds.items():
-                                m.signal_threshold.labels(model, member.name, lvl.label).set(bound)
-                    elif children[5] is r:
-                        continue
-                    children[5] = r
-                    children[0].set(r.statistic)
-                    if math.isfinite(r.effect):
-                        if children[1] is None:
-                            children[1] = m.signal_effect.labels(model, member.name)
-                        children[1].set(r.effect)
-                    elif children[1] is not None:
-                        children[1] = None
-                        with contextlib.suppress(KeyError):
-                            m.signal_effect.remove(model, member.name)
-                    children[2].set(1 if r.breached else 0)
-                    children[3].set(r.samples)
-                    if children[4] is not None:
-                        children[4].set(r.threshold)
 
     def _add_routes(self, app: web.Application) -> None:
         from monitor.http.operator import add_gate_routes, add_operator_routes
@@ -683,19 +546,16 @@ class Daemon:
         """Drop models this replica stops watching for good (idle past the TTL, or evicted
         for a newcomer): their monitors, series and checkpoints."""
         for model in models:
-            self._unpublish(model, counters=True)
+            self.publisher.unpublish(model, counters=True)
             self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self._saved_at.pop(model, None)
-            self.checkpoint_health.failing.pop(model, None)
         log.info("dropped %d models: %s", len(models), why)
-        if self.store is not None:
-            try:
-                await self.store.delete(models)
-            except Exception as err:
-                log.warning("cannot delete checkpoints of dropped models: %r", err)
+        await self.ownership.forget(models)
+
+    def _release(self, model: str) -> None:
+        """Stop showing and watching ``model``: its partition is handed over (its counters
+        stay: the model is still watched, elsewhere)."""
+        self.publisher.unpublish(model)
+        self.engine.drop(model)
 
     def _may_evict(self, model: str) -> bool:
         """Whether ``model`` may make room for a new one: no flag held, no open incident
@@ -705,185 +565,18 @@ class Daemon:
         dispatcher = self.actions.dispatcher
         return dispatcher is None or all(a.model != model for a in dispatcher.active())
 
-    async def _commit_point(self) -> None:
-        """Commit applied offsets; with a state store, only right after a checkpoint."""
-        store = self.store
-        if store is None:
-            await self.consumer.commit()
-            return
-        due = time.monotonic() - self._last_checkpoint >= self.settings.state.interval_s
-        if not (due or self._force_checkpoint):
-            return
-        if await self._checkpoint(set(self._dirty)):
-            self._force_checkpoint = False
-            failpoint("commit.before")
-            await self.consumer.commit()
-            failpoint("commit.after")
-
-    async def _checkpoint(self, models: set[str]) -> bool:
-        store = self.store
-        if store is None:
-            return True
-        snapshots = {}
-        for model in models:
-            monitor = self.engine.models.get(model)
-            if monitor is not None:
-                snapshots[model] = snapshot_model(
-                    monitor,
-                    self.actions,
-                    self._model_partition.get(model),
-                    self._applied_offsets.get(model),
-                )
-        refused: dict[str, str] = {}
-        try:
-            if isinstance(store, KafkaStore) and self.consumer.outages != self._store_outages:
-                await store.ensure_topic()
-                self._store_outages = self.consumer.outages
-                # The broker may have lost every checkpoint: write all models, not the dirty.
-                snapshots = {
-                    model: snapshot_model(
-                        m,
-                        self.actions,
-                        self._model_partition.get(model),
-                        self._applied_offsets.get(model),
-                    )
-                    for model, m in self.engine.models.items()
-                }
-            if snapshots:
-                failpoint("checkpoint.before_save")
-                await store.save(snapshots)
-                failpoint("checkpoint.saved")
-        except CheckpointError as err:
-            if not err.failed:
-                return self._store_failed(err, len(snapshots))
-            refused = err.failed
-        except Exception as err:
-            return self._store_failed(err, len(snapshots))
-        written_at = time.time()
-        for model in snapshots:
-            if model not in refused:
-                self._saved_at[model] = written_at
-        self._dirty -= models - refused.keys()
-        self.checkpoint_health.written(set(snapshots) - refused.keys())
-        self._last_checkpoint = time.monotonic()
-        if refused:
-            self.metrics.checkpoint_failures.inc()
-            blocking = self.checkpoint_health.refused(refused)
-            self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
-            if blocking:
-                log.warning(
-                    "checkpoint of %d of %d models refused (offsets not committed yet): %s",
-                    len(refused),
-                    len(snapshots),
-                    next(iter(refused.values())),
-                )
-                return False
-            log.error(
-                "checkpoint of %d models refused %d rounds in a row (first: %r, %s): offsets are "
-                "committed without them; a crash restarts them from their last good checkpoint",
-                len(refused),
-                self.settings.state.max_failed_rounds,
-                next(iter(refused)),
-                next(iter(refused.values())),
-            )
-        self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
-        self.metrics.checkpoints.inc()
-        self.metrics.last_checkpoint.set(written_at)
-        return True
-
-    def _store_failed(self, err: Exception, count: int) -> bool:
-        self.metrics.checkpoint_failures.inc()
-        self.checkpoint_health.store_failed(repr(err))
-        log.warning("checkpoint of %d models failed (offsets not committed): %r", count, err)
-        return False
-
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Restore the models of newly assigned partitions before any of their records."""
-        if self._stop.is_set():
-            # A stopping replica cannot act for what it would adopt (its batch loop has
-            # ended, its actions stop next): the partitions go to a replica that stays,
-            # from their checkpoints, once this one has left the group.
-            log.info("stopping: adopting no models for %d assigned partitions", len(assigned))
-            return
-        store = self.store
-        if store is None or not assigned:
-            return
-        snapshots: dict[str, bytes] | None = None
-        for attempt in range(1, 4):
-            try:
-                snapshots = await store.load_all()
-                break
-            except Exception as err:
-                self.metrics.checkpoint_failures.inc()
-                log.warning("loading checkpoints failed (attempt %d of 3): %r", attempt, err)
-        if snapshots is None:
-            log.error(
-                "cannot load checkpoints: the models of %d partitions start afresh", len(assigned)
-            )
-            return
-        failpoint("restore.loaded")
-        now = self.clock()
-        # A replica that missed a revoke (its commit raced a rebalance) may still hold models
-        # of partitions now owned elsewhere: it must not act for them, nor checkpoint them
-        # over their new owner's state.
-        stale = [m for m, tp in self._model_partition.items() if tp not in assigned]
-        for model in stale:
-            self._unpublish(model)
-            self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self.checkpoint_health.failing.pop(model, None)
-            self.actions.forget(model)
-        if stale:
-            log.warning("dropped %d models of partitions no longer assigned", len(stale))
-        restored = 0
-        for model, data in snapshots.items():
-            header = read_header(data)
-            tp = header.topic_partition
-            if tp is None or tp not in assigned:
-                continue
-            if model in self.engine.models and self._saved_at.get(model, 0.0) >= header.saved_at:
-                continue  # ours is at least as recent as the checkpoint
-            try:
-                monitor = restore_model(data, self.settings.policy_for(model), now, self.actions)
-            except Exception as err:
-                log.warning("checkpoint of model %r not restored: %r", model, err)
-                continue
-            if not self.engine.adopt(model, monitor):
-                continue  # max_models reached; a named model is always adopted
-            self._model_partition[model] = tp
-            self._saved_at[model] = header.saved_at
-            offsets = header.applied_offsets()
-            self._applied_offsets[model] = offsets
-            for part, offset in offsets.items():
-                self._replay_skip.setdefault(part, {})[model] = offset
-            # What the checkpoint decided and did not see done is carried out now, once.
-            self.actions.resume(model)
-            restored += 1
-        failpoint("restore.resumed")
-        self.restored_models += restored
-        log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))
+        await self.ownership.on_assigned(assigned)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Checkpoint the models of revoked partitions, then stop acting for them."""
-        if self.store is None or not revoked:
-            return
-        leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
-        for tp in revoked:
-            self._replay_skip.pop(tp, None)
-        await self._checkpoint(leaving)
-        for model in leaving:
-            self._unpublish(model)
-            self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self.checkpoint_health.failing.pop(model, None)
-            self.actions.forget(model)
-        log.info("handed over %d models with their checkpoints", len(leaving))
+        await self.ownership.on_revoked(revoked)
 
     # ----------------------------------------------------------------- HTTP provider
+
+    @property
+    def restored_models(self) -> int:
+        """How many models this replica restored from checkpoints since it started."""
+        return self.ownership.restored_models
 
     def batch_age(self) -> float:
         """Seconds the batch being applied has been in flight; 0 between batches."""
@@ -932,7 +625,7 @@ class Daemon:
         problems += self.consumer.unreadable_problems()
         if self._stop.is_set():
             problems.append("shutting down")
-        problems.extend(self.checkpoint_health.problems())
+        problems.extend(self.ownership.health.problems())
         return problems
 
     def status(self) -> dict[str, Any]:
@@ -942,8 +635,8 @@ class Daemon:
             "ready": not self.readiness_problems(),
             "applied_events": self.applied_events,
             "refused_events": {r.value: n for r, n in self.engine.refused_events.items()},
-            "restored_models": self.restored_models,
-            "checkpoints": self.checkpoint_health.status(),
+            "restored_models": self.ownership.restored_models,
+            "checkpoints": self.ownership.health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
             "unreadable_partitions": self.consumer.unreadable_problems(),
             "models": self.engine.snapshot(),
