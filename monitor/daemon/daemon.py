@@ -1,5 +1,9 @@
-"""The daemon: composes consumer, engine, actions and HTTP server, runs the batch loop and
-shuts down in order (stop fetching, finish the batch, commit, flush actions, stop components).
+"""The daemon's lifecycle: composes its components in an AsyncExitStack, runs the batch loop
+and the health tick, and shuts down in order (stop fetching, finish the batch, commit, leave
+the group, flush actions, stop the rest in reverse start order).
+
+What one batch does is ``monitor.daemon.batches``; checkpoints and the hand-over of models,
+``monitor.state.ownership``; the per-model series, ``monitor.observability.publisher``.
 """
 
 from __future__ import annotations
@@ -15,21 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from monitor import __version__
 from monitor.actions.actions import Actions
 from monitor.config.settings import Settings
+from monitor.daemon.batches import BatchApplier, DeadLetters
 from monitor.daemon.runtime import tuned_runtime
 from monitor.engine.engine import Engine
-from monitor.engine.events import BadRecord, Event, EventDecoder
-from monitor.engine.health import Transition
+from monitor.engine.events import EventDecoder
 from monitor.errors import BrokerUnavailableError
-from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
 from monitor.http.status_page import add_routes as add_status_page
 from monitor.kafka.backoff import Backoff
-from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.kafka.consumer import DeadLetterWriter, EventConsumer, ensure_topics
 from monitor.observability.history import history_of
 from monitor.observability.metrics import Metrics
 from monitor.observability.publisher import SeriesPublisher
@@ -56,6 +59,8 @@ BROKER_START_TIMEOUT_S = 300.0
 
 
 class Daemon:
+    """One replica: its components, their start and ordered stop, the loops that drive them."""
+
     def __init__(
         self,
         settings: Settings,
@@ -119,10 +124,18 @@ class Daemon:
             stopping=self._stop.is_set,
             on_release=self._release,
         )
-        self.applied_events = 0
-        self._applied_log: Any = None
-        if settings.engine.applied_log is not None:
-            self._applied_log = open(settings.engine.applied_log, "a", encoding="utf-8")  # noqa: SIM115
+        self.batches = BatchApplier(
+            self.engine,
+            self.decoder,
+            self.actions,
+            self.ownership,
+            self.publisher,
+            DeadLetters(self.side_writer, self.metrics, stopping=self._stop.is_set),
+            self.metrics,
+            clock=clock,
+            forget_models=self._forget_models,
+            applied_log=settings.engine.applied_log,
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -168,8 +181,7 @@ class Daemon:
             self._components_deadline = asyncio.get_running_loop().time() + max(
                 0.1, grace - (time.monotonic() - started)
             )
-        if self._applied_log is not None:
-            self._applied_log.close()
+        self.batches.close()
         log.info("shutdown complete in %.2fs", time.monotonic() - started)
         return exit_code
 
@@ -356,7 +368,7 @@ class Daemon:
                 started = time.perf_counter()
                 self._batch_started_at = time.monotonic()
                 try:
-                    applied = await self._apply(batch)
+                    applied = await self.batches.apply(batch)
                     if applied:
                         self.consumer.mark_applied(batch)
                         await self.ownership.commit_point()
@@ -377,100 +389,6 @@ class Daemon:
                 self.metrics.batches.inc()
                 self._last_batch_at = time.monotonic()
 
-    async def _apply(self, batch: Batch) -> bool:
-        now = self.clock()
-        events: list[Event] = []
-        bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
-        decode = self.decoder.decode
-        track = self.store is not None
-        owned = self.ownership.owned
-        replay_skip = owned.replay_skip
-        #: Per model of this batch: its partitions' last offsets (what its state holds once
-        #: the model's span is applied).
-        batch_offsets: dict[str, dict[TopicPartition, int]] = {}
-        for tp, records in batch.items():
-            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
-            first = len(events)
-            skip = replay_skip.get(tp)
-            for record in records:
-                decoded = decode(record.value)
-                if isinstance(decoded, Event):
-                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
-                        continue  # the model's restored checkpoint already holds it
-                    events.append(decoded)
-                else:
-                    bad.append((record, decoded))
-            if skip is not None and records and records[-1].offset >= max(skip.values()):
-                del replay_skip[tp]
-            if track and records:
-                last = records[-1].offset
-                for model in {event.model for event in events[first:]}:
-                    batch_offsets.setdefault(model, {})[tp] = last
-        before = self.engine.dropped_events
-        refused_before = dict(self.engine.refused_events)
-        acting = False
-        for transitions in self.engine.apply_stepwise(events, now):
-            if transitions:
-                await self._on_transitions(transitions, now, batch_offsets)
-                acting = True
-            if acting:
-                # The flag and alert workers (reads, writes, their threads' results) move on
-                # while the rest of the batch is applied: a breach does not wait for it.
-                await asyncio.sleep(0)
-                failpoint("batch.between_models")
-        # Only watched models: a flood of refused ids must not grow these with the traffic.
-        watching = self.engine.models
-        for model, offsets in batch_offsets.items():
-            if model in watching:
-                owned.dirty.add(model)
-                owned.applied(model, offsets)
-        dropped = self.engine.dropped_events - before
-        # Events of a model with no monitor reach no detector: refused, not applied.
-        self.applied_events += len(events) - dropped
-        if self._applied_log is not None:
-            ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
-            self._applied_log.write(ids)
-            self._applied_log.flush()
-        self.metrics.events_applied.inc(len(events) - dropped)
-        self.publisher.count_events(self.engine.received)
-        if dropped:
-            self.metrics.models_dropped_events.inc(dropped)
-            for reason, count in self.engine.refused_events.items():
-                if count != refused_before[reason]:
-                    self.metrics.events_refused.labels(reason.value).inc(
-                        count - refused_before[reason]
-                    )
-        evicted = self.engine.take_evicted()
-        if evicted:
-            self.metrics.models_evicted.inc(len(evicted))
-            await self._forget_models(evicted, "evicted for new models (max_models reached)")
-        await self.actions.after_batch(events, self.engine, self.side_writer)
-        # Only models whose Readings or health may have moved (the tick publishes all).
-        self.publisher.publish(set(self.engine.changed))
-        if bad:
-            return await self._dead_letter(bad)
-        return await self._flush_side_records()
-
-    async def _dead_letter(self, bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]]) -> bool:
-        """Write the batch's dead letters (bounded retries inside the writer); False when
-        they could not be written and the batch must not be committed."""
-        reasons: dict[str, int] = {}
-        for _, bad_record in bad:
-            name = bad_record.reason.value
-            reasons[name] = reasons.get(name, 0) + 1
-        for name, count in reasons.items():
-            self.metrics.bad_records.labels(name).inc(count)
-        if not await self.side_writer.write_dead_letters(bad, stopping=self._stop.is_set):
-            return False
-        return await self._flush_side_records()
-
-    async def _flush_side_records(self) -> bool:
-        try:
-            await self.side_writer.flush()
-        except Exception as err:
-            log.warning("review/side records not acknowledged: %r", err)
-        return True
-
     async def _tick_loop(self) -> None:
         while self._ticking:
             await asyncio.sleep(1.0)
@@ -478,7 +396,7 @@ class Daemon:
                 now = self.clock()
                 transitions = self.engine.tick(now)
                 if transitions:
-                    await self._on_transitions(transitions, now, None)
+                    await self.batches.on_transitions(transitions, now, None)
                 self.actions.tick(now)
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
@@ -490,39 +408,6 @@ class Daemon:
             # the batch lock: a position lookup waits on the broker).
             await self.consumer.track_unapplied_partitions()
 
-    async def _on_transitions(
-        self,
-        transitions: list[Transition],
-        now: float,
-        batch_offsets: dict[str, dict[TopicPartition, int]] | None,
-    ) -> None:
-        """Decide, checkpoint the deciding models, and only then act (intent before effect).
-
-        The checkpoint holds the new health state, the records it was decided on (their
-        offsets: a replay skips them) and the decided flags and notifications: a crash after
-        it carries the decision out on restart, a crash before it decides again; either way
-        the transition's effects happen once. Called mid-batch, right after the models' spans.
-        """
-        self.ownership.force = True
-        for t in transitions:
-            self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
-            log.info("transition %s", t.describe())
-        decided = self.actions.decide(transitions, now, self.engine)
-        failpoint("transition.decided")
-        if self.store is not None and decided:
-            for model in decided:
-                offsets = (batch_offsets or {}).get(model)
-                if offsets:
-                    # Mid-batch: the batch's bookkeeping of watched models comes after it.
-                    self.ownership.owned.applied(model, offsets)
-            if not await self.ownership.checkpoint(decided):
-                # Availability first: a store down must not stop the fail-safe flip or the
-                # page; those effects are at-least-once until the store is back.
-                log.warning("acting on %d transitions without their checkpoint", len(decided))
-            failpoint("transition.saved")
-        self.actions.dispatch()
-        failpoint("transition.dispatched")
-
     def _add_routes(self, app: web.Application) -> None:
         from monitor.http.operator import add_gate_routes, add_operator_routes
 
@@ -530,7 +415,7 @@ class Daemon:
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
         add_status_page(app, self)
 
-    # ----------------------------------------------------------------- rebalance hooks
+    # ----------------------------------------------------------------- models leaving
 
     async def _expire_idle_models(self, now: float) -> None:
         ttl = self.settings.engine.model_idle_ttl_s
@@ -572,6 +457,11 @@ class Daemon:
         await self.ownership.on_revoked(revoked)
 
     # ----------------------------------------------------------------- HTTP provider
+
+    @property
+    def applied_events(self) -> int:
+        """Events that reached a detector since the start."""
+        return self.batches.applied_events
 
     @property
     def restored_models(self) -> int:
@@ -633,7 +523,7 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "ready": not self.readiness_problems(),
-            "applied_events": self.applied_events,
+            "applied_events": self.batches.applied_events,
             "refused_events": {r.value: n for r, n in self.engine.refused_events.items()},
             "restored_models": self.ownership.restored_models,
             "checkpoints": self.ownership.health.status(),

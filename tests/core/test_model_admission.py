@@ -221,14 +221,16 @@ async def test_the_daemon_unpublishes_and_forgets_the_checkpoint_of_an_evicted_m
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         return {tp: [json_record(tp, next(offsets), body) for body in bodies]}
 
-    assert await daemon._apply(batch({"model": "a"}, {"model": "b"}))
+    assert await daemon.batches.apply(batch({"model": "a"}, {"model": "b"}))
     daemon.publisher.publish(set(daemon.engine.models))
     daemon.metrics.transitions.labels("a", "ok", "warn").inc()
     assert await daemon.ownership.checkpoint({"a", "b"})
     assert sorted(await daemon.store.load_all()) == ["a", "b"]
     assert "driftwarden_model_health_level" in series_of(metrics, "a")
     # A one-shot id once full stays out; a new model with traffic evicts the oldest one-shot.
-    assert await daemon._apply(batch({"model": "x"}, *[{"model": "c"}] * 5, {"model": "fraud"}))
+    assert await daemon.batches.apply(
+        batch({"model": "x"}, *[{"model": "c"}] * 5, {"model": "fraud"})
+    )
     assert sorted(daemon.engine.models) == ["b", "c", "fraud"]
     assert series_of(metrics, "a") == []
     assert sorted(await daemon.store.load_all()) == ["b"]
