@@ -665,9 +665,3 @@ class KafkaStore:
             return
         futures = [await producer.send(self.topic, value=None, key=m.encode()) for m in models]
         await asyncio.wait_for(asyncio.gather(*futures), self.settings.broker_timeout_s)
-
-
-def with_partition(data: bytes, partition: TopicPartition) -> bytes:
-    raw = msgspec.msgpack.decode(data)
-    raw["partition"] = [partition.topic, partition.partition]
-    return msgspec.msgpack.encode(raw)

@@ -92,7 +92,7 @@ def daemon_with_models(tmp_path: Path, models: int) -> Daemon:
         for m in range(models)
     ]
     daemon.engine.apply(batch, now=time.time())
-    daemon._publish_models(set(daemon.engine.models))
+    daemon.publisher.publish(set(daemon.engine.models))
     return daemon
 
 
