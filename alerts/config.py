@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from alerts.alertmanager import AlertmanagerSink
 from alerts.base import AlertSink
 from alerts.console import ConsoleSink
+from alerts.errors import ConfigError
 from alerts.pagerduty import DEFAULT_EVENTS_URL, PagerDutySink
 from alerts.slack import SlackSink
 from alerts.webhook import WebhookSink
-from monitor.errors import ConfigError
 
 __all__ = [
     "AlertSinkSpec",

@@ -14,18 +14,41 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from alerts.base import AcknowledgingSink, Alert, AlertSink, ResendingSink, severity_rank
+from alerts.errors import AlertSinkError
 from alerts.incidents import news
-from monitor.errors import AlertSinkError
-from monitor.observability.metrics import Metrics
 
-__all__ = ["AlertDispatcher", "DeliveryCallback", "SinkHealthCallback", "sink_down_alert"]
+__all__ = [
+    "AlertDispatcher",
+    "DeliveryCallback",
+    "DispatcherMetrics",
+    "SinkHealthCallback",
+    "sink_down_alert",
+]
 
 log = logging.getLogger(__name__)
+
+
+class DispatcherMetrics(Protocol):
+    """The three series the dispatcher writes; ``monitor``'s ``Metrics`` has them.
+
+    A Protocol so that alerts needs nothing from monitor: any object with these attributes
+    (labelled by ``sink``, and ``sink``/``status``/``outcome`` for the counter) will do.
+    """
+
+    @property
+    def alert_sink_up(self) -> Gauge: ...
+
+    @property
+    def alert_queue_depth(self) -> Gauge: ...
+
+    @property
+    def alerts_sent(self) -> Counter: ...
+
 
 Action = Literal["fire", "resolve", "acknowledge"]
 #: The ``status`` label of ``driftwarden_alert_deliveries_total`` per action.
@@ -90,7 +113,7 @@ class _Lane:
     every push O(1) however long the queue of a dead sink grows.
     """
 
-    def __init__(self, sink: AlertSink, metrics: Metrics, queue_size: int) -> None:
+    def __init__(self, sink: AlertSink, metrics: DispatcherMetrics, queue_size: int) -> None:
         self.sink = sink
         self.name = sink.name
         # Duck-typed so that any AlertSink works; ours all carry it.
@@ -252,7 +275,7 @@ class AlertDispatcher:
     def __init__(
         self,
         sinks: Iterable[AlertSink],
-        metrics: Metrics,
+        metrics: DispatcherMetrics,
         *,
         queue_size: int = 1000,
         max_backoff_s: float = 60.0,

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from monitor.errors import AlertSinkError
+from alerts.errors import AlertSinkError
 
 __all__ = ["HttpSink", "HttpTransport", "rfc3339"]
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from monitor.daemon.runtime import tuned_runtime  # noqa: E402
 from monitor.engine.events import Event  # noqa: E402
 from monitor.observability.metrics import Metrics  # noqa: E402
 from monitor.tools.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
+from monitor.tools.traffic import synthetic_batches, synthetic_models  # noqa: E402
 
 __all__ = ["BenchConfig", "Run", "load_topic", "main", "run_bench"]
 
@@ -51,66 +52,18 @@ log = logging.getLogger(__name__)
 
 BENCH_POLICY = ROOT / "bench" / "policy_bench.yaml"
 RESULTS = ROOT / "bench" / "results"
+#: The numeric features of the workload (``synthetic_batches``' default ten), which the
+#: hand-written peer watches.
 NUMERIC = [f"f{i}" for i in range(10)]
-CATEGORIES = {"c0": [f"a{i}" for i in range(5)], "c1": [f"b{i}" for i in range(20)]}
 
 
 # ------------------------------------------------------------------------------- data
-
-
-def models_of(n_models: int) -> list[str]:
-    return [f"model-{i:04d}" for i in range(n_models)]
 
 
 def partition_of(model_index: int, partitions: int) -> int:
     # Explicit, so each run knows exactly how many records each partition holds (Tansu's
     # ListOffsets answers the last batch's base offset, not the log end).
     return model_index % partitions
-
-
-def generate(
-    n: int, n_models: int, seed: int = 7, chunk: int = 50_000, n_numeric: int = len(NUMERIC)
-) -> Iterator[tuple[np.ndarray, list[bytes]]]:
-    """Chunks of (model index per event, encoded v1 events): steady traffic per model,
-    ``n_numeric`` numeric features ``f0..`` and two categorical ones."""
-    rng = np.random.default_rng(seed)
-    names = models_of(n_models)
-    numeric = [f"f{i}" for i in range(n_numeric)]
-    centres = rng.normal(0.0, 3.0, size=(n_models, n_numeric))
-    encode = msgspec.json.Encoder().encode
-    done = 0
-    while done < n:
-        k = min(chunk, n - done)
-        idx = rng.integers(0, n_models, size=k)
-        feats = centres[idx] + rng.normal(size=(k, n_numeric))
-        c0 = rng.integers(0, 5, size=k)
-        c1 = rng.integers(0, 20, size=k)
-        pred = 1.0 / (1.0 + np.exp(-feats[:, 0]))
-        conf = rng.uniform(0.5, 1.0, size=k)
-        lat = rng.lognormal(3.0, 0.4, size=k)
-        err = rng.random(k) < 0.01
-        feats_l = np.round(feats, 4).tolist()
-        pred_l, conf_l, lat_l = pred.tolist(), conf.tolist(), np.round(lat, 2).tolist()
-        c0_l, c1_l, err_l = c0.tolist(), c1.tolist(), err.tolist()
-        values = []
-        for j in range(k):
-            features: dict[str, Any] = dict(zip(numeric, feats_l[j], strict=True))
-            features["c0"] = CATEGORIES["c0"][c0_l[j]]
-            features["c1"] = CATEGORIES["c1"][c1_l[j]]
-            values.append(
-                encode(
-                    {
-                        "model": names[idx[j]],
-                        "features": features,
-                        "prediction": pred_l[j],
-                        "confidence": conf_l[j],
-                        "latency_ms": lat_l[j],
-                        "error": err_l[j],
-                    }
-                )
-            )
-        done += k
-        yield idx, values
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -127,7 +80,7 @@ async def load_topic(
 ) -> dict[int, int]:
     """Produce ``n`` events in big batches; return the record count of each partition."""
     await create_topic(bootstrap, topic, partitions)
-    names = [m.encode() for m in models_of(n_models)]
+    names = [m.encode() for m in synthetic_models(n_models)]
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1_000_000, acks=1
     )
@@ -135,7 +88,7 @@ async def load_topic(
     counts = dict.fromkeys(range(partitions), 0)
     try:
         pending = []
-        for idx, values in generate(n, n_models):
+        for idx, values in synthetic_batches(n, n_models):
             batches = {p: producer.create_batch() for p in range(partitions)}
             for i, value in zip(idx.tolist(), values, strict=True):
                 p = partition_of(i, partitions)
@@ -560,8 +513,10 @@ def _producer_main(argv: list[str]) -> int:
     warmup = float(argv[8]) if len(argv) > 8 else 0.0
 
     async def go() -> dict[str, Any]:
-        names = models_of(n_models)
-        bodies = [msgspec.json.decode(v) for v in next(generate(20_000, n_models, seed=11))[1]]
+        names = synthetic_models(n_models)
+        bodies = [
+            msgspec.json.decode(v) for v in next(synthetic_batches(20_000, n_models, seed=11))[1]
+        ]
         encode = msgspec.json.Encoder().encode
         rng = np.random.default_rng(3)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
@@ -619,7 +574,7 @@ def _producer_main(argv: list[str]) -> int:
 def breach_completions(incident: list[tuple[float, bool]], settings: Settings) -> list[float]:
     """Produce times of the events that complete each breach of the incident model: its
     error sequence replayed through the same detector and thresholds as the daemon's."""
-    from detectors.specs import build_detector
+    from detectors.registry import build_detector
     from monitor.config.policy import Level
 
     signal = settings.policy_for(INCIDENT_MODEL).signals[0]
@@ -791,7 +746,7 @@ def _memory_main(argv: list[str]) -> int:
     base = rss_mib()
     started = time.perf_counter()
     with tuned_runtime():  # as in the daemon
-        for _, values in generate(
+        for _, values in synthetic_batches(
             events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC
         ):
             engine.apply([decode(v) for v in values], now)

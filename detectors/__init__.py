@@ -1,51 +1,60 @@
 """driftwarden's detector layer: one small protocol, one module per family, calibrated defaults.
 
-``specs`` validates the policy's ``detector:`` blocks and builds or restores detectors.
+Each family module defines its specs (the policy's ``detector:`` blocks) beside its
+detectors; ``registry`` gathers them into the policy's union and builds or restores
+detectors.
 """
 
 from __future__ import annotations
 
-from detectors.base import INCONCLUSIVE, BaseDetector, Detector, Reading, Verdict
-from detectors.specs import (
-    AdwinSpec,
-    DDMSpec,
-    DetectorSpec,
-    EDDMSpec,
-    HalfSpaceTreesSpec,
-    HDDMASpec,
-    HDDMWSpec,
+from detectors.base import (
+    INCONCLUSIVE,
+    BaseDetector,
+    Detector,
+    DetectorSpecBase,
     InputKind,
-    JensenShannonSpec,
-    KSWindowSpec,
-    MissingRateSpec,
-    PageHinkleySpec,
-    PSISpec,
-    QuantileSpec,
-    RateWindowSpec,
-    ReferenceSpec,
-    UnseenRateSpec,
+    Reading,
+    Verdict,
+)
+from detectors.categorical import JensenShannonSpec, PSISpec, UnseenRateSpec
+from detectors.joint import JointDriftSpec
+from detectors.missing import MissingRateSpec
+from detectors.multivariate import HalfSpaceTreesSpec
+from detectors.novelty import NoveltyRateSpec
+from detectors.numeric import AdwinSpec, KSWindowSpec, PageHinkleySpec
+from detectors.quantile import QuantileSpec
+from detectors.rates import DDMSpec, EDDMSpec, HDDMASpec, HDDMWSpec, RateWindowSpec
+from detectors.registry import (
+    DETECTORS,
+    DetectorSpec,
     build_detector,
     default_spec,
+    detector_class,
     parse_spec,
     restore_detector,
 )
-from detectors.state import StateError
+from detectors.serialization import StateError
+from detectors.window import ReferenceSpec
 
 __all__ = [
+    "DETECTORS",
     "INCONCLUSIVE",
     "AdwinSpec",
     "BaseDetector",
     "DDMSpec",
     "Detector",
     "DetectorSpec",
+    "DetectorSpecBase",
     "EDDMSpec",
     "HDDMASpec",
     "HDDMWSpec",
     "HalfSpaceTreesSpec",
     "InputKind",
     "JensenShannonSpec",
+    "JointDriftSpec",
     "KSWindowSpec",
     "MissingRateSpec",
+    "NoveltyRateSpec",
     "PSISpec",
     "PageHinkleySpec",
     "QuantileSpec",
@@ -57,6 +66,7 @@ __all__ = [
     "Verdict",
     "build_detector",
     "default_spec",
+    "detector_class",
     "parse_spec",
     "restore_detector",
 ]

@@ -9,17 +9,62 @@ import abc
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from detectors.state import pack
+from detectors.serialization import pack
 
-__all__ = ["INCONCLUSIVE", "BaseDetector", "Detector", "Reading", "Verdict"]
+__all__ = [
+    "INCONCLUSIVE",
+    "BaseDetector",
+    "Detector",
+    "DetectorSpecBase",
+    "InputKind",
+    "Reading",
+    "SpecT",
+    "Verdict",
+]
 
 #: Version of the checkpoint layout written by :meth:`BaseDetector.to_bytes`.
 STATE_VERSION = 1
+
+
+class InputKind(enum.Enum):
+    """What a detector reads: the daemon feeds each kind in its own container."""
+
+    #: ``numpy.ndarray`` of float64, NaN = missing.
+    NUMERIC = "numeric"
+    #: ``list[str]``, None = missing.
+    CATEGORICAL = "categorical"
+    #: ``numpy.ndarray`` of float64 holding 0.0 / 1.0, NaN = missing.
+    BINARY = "binary"
+    #: 2-D ``numpy.ndarray`` of float64, shape (n, d).
+    MULTIVARIATE = "multivariate"
+
+
+class DetectorSpecBase(BaseModel):
+    """A policy's ``detector:`` block: strict (an unknown field is an error) and frozen.
+
+    Each detector module defines its spec next to its detector, with a ``type`` Literal
+    field (the policy's name, the union's discriminator) and the ``input_kind`` it reads;
+    ``detectors.registry`` gathers them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: What the detector reads; fixed per spec class.
+    input_kind: ClassVar[InputKind]
+
+    if TYPE_CHECKING:
+        # Declared for the type checker only: a field here would move ``type`` first in
+        # every spec's JSON, and a checkpoint's spec digest is a hash of that JSON.
+        type: str
+
+
+#: The spec type of a detector: a detector class is generic over it.
+SpecT = TypeVar("SpecT", bound=DetectorSpecBase)
 
 
 class Verdict(enum.Enum):
@@ -96,20 +141,31 @@ class Detector(Protocol):
         ...
 
 
-class BaseDetector(abc.ABC):
+class BaseDetector(abc.ABC, Generic[SpecT]):
     """Shared plumbing of driftwarden's detectors: spec, last Reading and checkpoints.
 
-    Subclasses implement ``update_many``, ``reset`` and the ``_state`` / ``_load`` pair;
-    ``detectors.specs.restore_detector`` rebuilds any of them from ``to_bytes()``.
+    Generic over its spec type: a detector accepts its own spec and no other. Subclasses
+    implement ``update_many``, ``reset`` and the ``_state`` / ``_load`` pair, and name their
+    spec class in ``spec_class``; ``detectors.registry.restore_detector`` rebuilds any of
+    them from ``to_bytes()``.
     """
 
-    def __init__(self, spec: BaseModel, *, family_size: int = 1, seed: int = 0) -> None:
+    #: The spec class this detector is built from (the registry's key).
+    spec_class: ClassVar[type[DetectorSpecBase]]
+
+    def __init__(self, spec: SpecT, *, family_size: int = 1, seed: int = 0) -> None:
         if family_size < 1:
             raise ValueError(f"family_size must be at least 1, got {family_size}")
-        self.spec = spec
+        self.spec: SpecT = spec
         self.family_size = family_size
         self.seed = seed
         self._last = INCONCLUSIVE
+
+    @classmethod
+    def variant_for(cls, spec: SpecT) -> type[BaseDetector[SpecT]]:
+        """The class that runs ``spec``: this one, or a variant for a capability the spec
+        asks for (an absolute limit, say). The registry builds through it."""
+        return cls
 
     def update(self, value: Any) -> Reading:
         return self.update_many(np.array([value], dtype=np.float64))

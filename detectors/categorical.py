@@ -7,22 +7,64 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+from pydantic import Field
 
+from detectors.base import InputKind
 from detectors.calibration import chi2_critical, g_statistic, g_statistic_2x2
-from detectors.window import WindowedDetector
+from detectors.window import WindowedDetector, WindowSpec
 
-if TYPE_CHECKING:
-    from detectors.specs import JensenShannonSpec, PSISpec, UnseenRateSpec
-
-__all__ = ["JensenShannonDetector", "PSIDetector", "UnseenRateDetector"]
+__all__ = [
+    "CategoricalSpec",
+    "JensenShannonDetector",
+    "JensenShannonSpec",
+    "PSIDetector",
+    "PSISpec",
+    "UnseenRateDetector",
+    "UnseenRateSpec",
+]
 
 log = logging.getLogger(__name__)
 
 
-class _CategoricalDetector(WindowedDetector):
+class CategoricalSpec(WindowSpec):
+    """Fields shared by the categorical detectors."""
+
+    input_kind: ClassVar[InputKind] = InputKind.CATEGORICAL
+    #: Categories tracked; rarer ones share one "other" bucket (bounds memory).
+    max_categories: int = Field(default=100, ge=2, le=10_000)
+
+
+class PSISpec(CategoricalSpec):
+    """Population stability index of the window against the reference."""
+
+    type: Literal["psi"] = "psi"
+    threshold: float = Field(default=0.2, gt=0.0, le=100.0)
+    #: Floor of a bucket's share, so an empty bucket does not make PSI infinite.
+    epsilon: float = Field(default=1e-4, gt=0.0, lt=0.1)
+
+
+class JensenShannonSpec(CategoricalSpec):
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of the window against the reference."""
+
+    type: Literal["jensen_shannon"] = "jensen_shannon"
+    threshold: float = Field(default=0.05, gt=0.0, le=1.0)
+
+
+class UnseenRateSpec(CategoricalSpec):
+    """Share of window values whose category never appeared in the reference."""
+
+    type: Literal["unseen_rate"] = "unseen_rate"
+    max_categories: int = Field(default=1000, ge=2, le=100_000)
+    threshold: float = Field(default=0.01, ge=0.0, lt=1.0)
+
+
+CategoricalSpecT = TypeVar("CategoricalSpecT", bound=CategoricalSpec)
+
+
+class _CategoricalDetector(WindowedDetector[CategoricalSpecT]):
     """Values are category codes; the last code is the shared bucket of overflow categories.
 
     Codes are handed out in order of first sight and never taken back, so the mapping
@@ -31,7 +73,7 @@ class _CategoricalDetector(WindowedDetector):
 
     dtype = np.int64
 
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, spec: CategoricalSpecT, *, family_size: int = 1, seed: int = 0) -> None:
         self._codes: dict[str, int] = {}
         self._k = int(spec.max_categories)
         super().__init__(spec, family_size=family_size, seed=seed)
@@ -108,14 +150,13 @@ class _CategoricalDetector(WindowedDetector):
         self._ref_counts = state["ref_counts"]
 
 
-class PSIDetector(_CategoricalDetector):
+class PSIDetector(_CategoricalDetector[PSISpec]):
     """Population stability index ``sum((p - q) * ln(p / q))`` of window shares ``p`` against
     reference shares ``q``; DRIFT when it reaches ``threshold`` and a G-test at the
     family-corrected alpha agrees (so a small window's noise alone cannot fire).
 
     Examples
     --------
-    >>> from detectors.specs import PSISpec
     >>> det = PSIDetector(PSISpec(reference={"size": 2000}))
     >>> rng = np.random.default_rng(0)
     >>> det.update_many(list(rng.choice(["a", "b", "c"], 20_000, p=[.6, .3, .1]))).verdict.value
@@ -125,7 +166,7 @@ class PSIDetector(_CategoricalDetector):
     ('drift', 1.0)
     """
 
-    spec: PSISpec
+    spec_class = PSISpec
 
     def _test(self) -> tuple[float, float, float, bool]:
         eps = self.spec.epsilon
@@ -137,13 +178,12 @@ class PSIDetector(_CategoricalDetector):
         return psi, psi, threshold, bool(psi >= threshold and g >= critical)
 
 
-class JensenShannonDetector(_CategoricalDetector):
+class JensenShannonDetector(_CategoricalDetector[JensenShannonSpec]):
     """Jensen-Shannon divergence (base 2) of window shares against reference shares, gated
     by a G-test at the family-corrected alpha.
 
     Examples
     --------
-    >>> from detectors.specs import JensenShannonSpec
     >>> det = JensenShannonDetector(JensenShannonSpec(reference={"size": 2000}))
     >>> rng = np.random.default_rng(0)
     >>> det.update_many(list(rng.choice(["a", "b"], 20_000, p=[.7, .3]))).verdict.value
@@ -152,7 +192,7 @@ class JensenShannonDetector(_CategoricalDetector):
     'drift'
     """
 
-    spec: JensenShannonSpec
+    spec_class = JensenShannonSpec
 
     def _test(self) -> tuple[float, float, float, bool]:
         p = self._window_counts / self._window_counts.sum()
@@ -169,7 +209,7 @@ def _kl2(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[nz] * np.log2(p[nz] / q[nz])))
 
 
-class UnseenRateDetector(_CategoricalDetector):
+class UnseenRateDetector(_CategoricalDetector[UnseenRateSpec]):
     """Share of window values whose category the reference never saw.
 
     The chance of a new category is estimated from the reference by Good-Turing (the share
@@ -178,7 +218,6 @@ class UnseenRateDetector(_CategoricalDetector):
 
     Examples
     --------
-    >>> from detectors.specs import UnseenRateSpec
     >>> det = UnseenRateDetector(UnseenRateSpec(reference={"size": 1000}))
     >>> det.update_many(["a", "b"] * 5000).verdict.value
     'ok'
@@ -187,7 +226,7 @@ class UnseenRateDetector(_CategoricalDetector):
     ('drift', 0.5)
     """
 
-    spec: UnseenRateSpec
+    spec_class = UnseenRateSpec
 
     def _test(self) -> tuple[float, float, float, bool]:
         n = float(self._window_counts.sum())

@@ -11,16 +11,17 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 from pydantic import Field, model_validator
 
+from detectors.base import InputKind
 from detectors.calibration import autocorrelation_time, normal_isf
-from detectors.rowscore import RowScoreDetector
-from detectors.specs import InputKind, ReferenceSpec, _Windowed
+from detectors.rowscore import RowScoreDetector, RowScoreSpec
+from detectors.window import ReferenceSpec
 
 __all__ = ["JointDriftDetector", "JointDriftSpec"]
 
 log = logging.getLogger(__name__)
 
 
-class JointDriftSpec(_Windowed):
+class JointDriftSpec(RowScoreSpec):
     """Change of the joint distribution of a model's numeric features (fixed reference)."""
 
     input_kind: ClassVar[InputKind] = InputKind.MULTIVARIATE
@@ -59,7 +60,7 @@ def _standardize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
-class JointDriftDetector(RowScoreDetector):
+class JointDriftDetector(RowScoreDetector[JointDriftSpec]):
     """Each event is scored by the reference's model of how its features co-vary; the window
     is tested by the mean reference-rank of its scores.
 
@@ -93,8 +94,7 @@ class JointDriftDetector(RowScoreDetector):
     'drift'
     """
 
-    spec: JointDriftSpec
-    min_features = 2
+    spec_class = JointDriftSpec
 
     def _fit(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         mean, scale = _standardize(rows)

@@ -6,25 +6,40 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 from river import anomaly
 
-from detectors.base import Reading, Verdict
+from detectors.base import InputKind, Reading, Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2
 from detectors.extremes import MAGNITUDE_LIMIT, UNBOUNDED, Fence
-from detectors.window import WindowedDetector
+from detectors.window import ReferenceSpec, WindowedDetector, WindowSpec
 
-if TYPE_CHECKING:
-    from detectors.specs import HalfSpaceTreesSpec
-
-__all__ = ["HalfSpaceTreesDetector"]
+__all__ = ["HalfSpaceTreesDetector", "HalfSpaceTreesSpec"]
 
 log = logging.getLogger(__name__)
 
 
-class HalfSpaceTreesDetector(WindowedDetector):
+class HalfSpaceTreesSpec(WindowSpec):
+    """River HalfSpaceTrees on inputs scaled online to [0, 1], as an anomaly rate over a window."""
+
+    input_kind: ClassVar[InputKind] = InputKind.MULTIVARIATE
+    type: Literal["half_space_trees"] = "half_space_trees"
+    n_trees: int = Field(default=10, ge=1, le=100)
+    height: int = Field(default=8, ge=1, le=16)
+    #: River's own mass window (events per tree refresh).
+    tree_window: int = Field(default=250, ge=10, le=100_000)
+    #: An event is anomalous when its score exceeds this quantile of the reference's scores.
+    score_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
+    #: Materiality: the anomaly rate must exceed the reference's by this much.
+    min_difference: float = Field(default=0.05, ge=0.0, le=1.0)
+    reference: ReferenceSpec = ReferenceSpec(size=2000)
+    max_features: int = Field(default=100, ge=1, le=1000)
+
+
+class HalfSpaceTreesDetector(WindowedDetector[HalfSpaceTreesSpec]):
     """HalfSpaceTrees scores each event (rows of a 2-D float array; rows with NaN skipped).
 
     Each feature is scaled by its running min / max while the reference is learned, then by
@@ -45,7 +60,6 @@ class HalfSpaceTreesDetector(WindowedDetector):
 
     Examples
     --------
-    >>> from detectors.specs import HalfSpaceTreesSpec
     >>> spec = HalfSpaceTreesSpec(reference={"size": 1000}, n_trees=5, height=6)
     >>> det = HalfSpaceTreesDetector(spec, seed=1)
     >>> rng = np.random.default_rng(1)
@@ -55,11 +69,8 @@ class HalfSpaceTreesDetector(WindowedDetector):
     'anomaly'
     """
 
-    spec: HalfSpaceTreesSpec
-
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
-        super().__init__(spec, family_size=family_size, seed=seed)
-        self.breach_verdict = Verdict.ANOMALY
+    spec_class = HalfSpaceTreesSpec
+    breach_verdict = Verdict.ANOMALY
 
     def _read_reference(self, path: str) -> np.ndarray:
         raise ValueError(

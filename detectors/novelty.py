@@ -11,17 +11,17 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 from pydantic import Field, model_validator
 
-from detectors.base import Verdict
+from detectors.base import InputKind, Verdict
 from detectors.calibration import autocorrelation_time, chi2_critical, g_statistic_2x2
-from detectors.rowscore import RowScoreDetector
-from detectors.specs import InputKind, ReferenceSpec, _Windowed
+from detectors.rowscore import RowScoreDetector, RowScoreSpec
+from detectors.window import ReferenceSpec
 
 __all__ = ["NoveltyRateDetector", "NoveltyRateSpec"]
 
 log = logging.getLogger(__name__)
 
 
-class NoveltyRateSpec(_Windowed):
+class NoveltyRateSpec(RowScoreSpec):
     """Share of events unlike any the reference holds: a new sub-population, a failure mode."""
 
     input_kind: ClassVar[InputKind] = InputKind.MULTIVARIATE
@@ -59,7 +59,7 @@ def _robust_scale(rows: np.ndarray) -> np.ndarray:
     return np.where(iqr > 0, iqr, np.where(std > 0, std, 1.0))
 
 
-class NoveltyRateDetector(RowScoreDetector):
+class NoveltyRateDetector(RowScoreDetector[NoveltyRateSpec]):
     """Each event's score is its distance to its ``k``-th nearest event of a bank drawn from
     the reference's fitting half, features scaled robustly; the window's share of scores above
     the ``score_quantile`` of the held-out half's scores is tested against the held-out share.
@@ -91,7 +91,7 @@ class NoveltyRateDetector(RowScoreDetector):
     'anomaly'
     """
 
-    spec: NoveltyRateSpec
+    spec_class = NoveltyRateSpec
     breach_verdict = Verdict.ANOMALY
 
     def _fit(self, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,23 +7,29 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+from pydantic import Field
 from river import drift
 
+from detectors.base import InputKind
 from detectors.calibration import (
     autocorrelation_time,
     ks_critical,
     ks_statistic,
     ks_statistic_ranked,
 )
-from detectors.window import RiverGatedDetector, WindowedDetector
+from detectors.window import Direction, RiverGatedDetector, WindowedDetector, WindowSpec
 
-if TYPE_CHECKING:
-    from detectors.specs import AdwinSpec, KSWindowSpec, PageHinkleySpec
-
-__all__ = ["AdwinDetector", "KSWindowDetector", "PageHinkleyDetector"]
+__all__ = [
+    "AdwinDetector",
+    "AdwinSpec",
+    "KSWindowDetector",
+    "KSWindowSpec",
+    "PageHinkleyDetector",
+    "PageHinkleySpec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,56 @@ _GRID = 2048
 assert np.iinfo(np.int16).max >= _GRID, "ranks into the grid are stored as int16"
 
 
-class KSWindowDetector(WindowedDetector):
+class KSWindowSpec(WindowSpec):
+    """Windowed two-sample Kolmogorov-Smirnov test against the reference (numpy)."""
+
+    input_kind: ClassVar[InputKind] = InputKind.NUMERIC
+    type: Literal["ks_window"] = "ks_window"
+    #: Materiality: the window mean must move this many reference standard deviations ...
+    min_shift: float = Field(default=0.25, ge=0.0, le=100.0)
+    #: ... or its spread change by this factor (either way).
+    min_scale_ratio: float = Field(default=1.3, ge=1.0, le=100.0)
+    #: ``analytic``: Kolmogorov's limit on effective sample sizes; ``bootstrap``: the scale of
+    #: the critical value fitted at start-up to block-bootstrapped windows of the reference.
+    calibration: Literal["analytic", "bootstrap"] = "analytic"
+    #: Discount samples by the reference's autocorrelation time (effective sample size).
+    autocorrelation: bool = True
+
+
+class RiverNumericSpec(WindowSpec):
+    """River drift detectors on standardized values, gated by a material shift of the mean."""
+
+    input_kind: ClassVar[InputKind] = InputKind.NUMERIC
+    window: int = Field(default=500, ge=10, le=1_000_000)
+    min_shift: float = Field(default=0.25, ge=0.0, le=100.0)
+
+
+class AdwinSpec(RiverNumericSpec):
+    """River ADWIN; ``delta`` is divided by the family size."""
+
+    type: Literal["adwin"] = "adwin"
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    clock: int = Field(default=32, ge=1, le=10_000)
+    max_buckets: int = Field(default=5, ge=2, le=100)
+    min_window_length: int = Field(default=5, ge=1, le=100_000)
+    grace_period: int = Field(default=10, ge=1, le=1_000_000)
+
+
+class PageHinkleySpec(RiverNumericSpec):
+    """River Page-Hinkley on values standardized by the reference (delta, threshold in std)."""
+
+    type: Literal["page_hinkley"] = "page_hinkley"
+    min_instances: int = Field(default=30, ge=1, le=1_000_000)
+    delta: float = Field(default=0.1, ge=0.0, le=100.0)
+    threshold: float = Field(default=50.0, gt=0.0, le=1e9)
+    alpha: float = Field(default=0.9999, gt=0.0, le=1.0)
+    mode: Literal["up", "down", "both"] = "both"
+
+
+RiverNumericSpecT = TypeVar("RiverNumericSpecT", bound=RiverNumericSpec)
+
+
+class KSWindowDetector(WindowedDetector[KSWindowSpec]):
     """Kolmogorov-Smirnov distance of the last ``window`` values to the reference.
 
     Tested every ``stride`` events at the family-corrected alpha, on effective sample sizes
@@ -45,7 +100,6 @@ class KSWindowDetector(WindowedDetector):
 
     Examples
     --------
-    >>> from detectors.specs import KSWindowSpec
     >>> det = KSWindowDetector(KSWindowSpec(reference={"size": 5000}))
     >>> rng = np.random.default_rng(7)
     >>> det.update_many(rng.normal(size=50_000)).verdict.value
@@ -58,7 +112,7 @@ class KSWindowDetector(WindowedDetector):
     1.0
     """
 
-    spec: KSWindowSpec
+    spec_class = KSWindowSpec
     numeric_values = True
 
     def _reset_extra(self) -> None:
@@ -186,11 +240,17 @@ class KSWindowDetector(WindowedDetector):
         self._ref_mean, self._ref_std, self._tau, self._factor = (float(v) for v in state["ref"])
 
 
-class _RiverNumericDetector(RiverGatedDetector):
+class _RiverNumericDetector(RiverGatedDetector[RiverNumericSpecT]):
     """River numeric detector on values standardized by the reference mean and std (both
     without the values the extreme-value rule clipped, as is every value River sees)."""
 
     numeric_values = True
+
+    def _materiality(self) -> float:
+        return self.spec.min_shift
+
+    def _direction(self) -> Direction:
+        return "both"
 
     def _location_scale(self, values: np.ndarray) -> tuple[float, float]:
         return self._reference_moments(values)
@@ -200,12 +260,11 @@ class _RiverNumericDetector(RiverGatedDetector):
         return list(((chunk - self._ref_mean) / scale).tolist())
 
 
-class AdwinDetector(_RiverNumericDetector):
+class AdwinDetector(_RiverNumericDetector[AdwinSpec]):
     """River ADWIN (``delta`` divided by the family size), gated by ``min_shift``.
 
     Examples
     --------
-    >>> from detectors.specs import AdwinSpec
     >>> det = AdwinDetector(AdwinSpec(reference={"size": 2000}))
     >>> rng = np.random.default_rng(3)
     >>> det.update_many(rng.normal(size=20_000)).verdict.value
@@ -214,7 +273,7 @@ class AdwinDetector(_RiverNumericDetector):
     'drift'
     """
 
-    spec: AdwinSpec
+    spec_class = AdwinSpec
 
     def _make_river(self) -> Any:
         spec = self.spec
@@ -227,7 +286,7 @@ class AdwinDetector(_RiverNumericDetector):
         )
 
 
-class PageHinkleyDetector(_RiverNumericDetector):
+class PageHinkleyDetector(_RiverNumericDetector[PageHinkleySpec]):
     """River Page-Hinkley on standardized values, gated by ``min_shift``.
 
     The family correction raises the threshold by ``ln(family_size) / delta``: the
@@ -235,7 +294,7 @@ class PageHinkleyDetector(_RiverNumericDetector):
     expected run length to a false alarm grows roughly exponentially with the threshold.
     """
 
-    spec: PageHinkleySpec
+    spec_class = PageHinkleySpec
 
     def _make_river(self) -> Any:
         spec = self.spec

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from detectors.base import Verdict
+from detectors.base import BaseDetector, InputKind, Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2
 from detectors.extremes import ExtremeCounts, Fence
-from detectors.window import WindowedDetector
+from detectors.window import WindowedDetector, WindowSpec
 
-if TYPE_CHECKING:
-    from detectors.specs import QuantileSpec
-
-__all__ = ["QuantileDetector", "linear_quantile"]
+__all__ = ["QuantileDetector", "QuantileLimitDetector", "QuantileSpec", "linear_quantile"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +48,25 @@ def linear_quantile(values: np.ndarray, q: float) -> float:
     return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
-class QuantileDetector(WindowedDetector):
+class QuantileSpec(WindowSpec):
+    """A window quantile (p50 / p95 / p99) against an absolute SLO or the reference's."""
+
+    input_kind: ClassVar[InputKind] = InputKind.NUMERIC
+    type: Literal["quantile"] = "quantile"
+    q: float = Field(default=0.99, gt=0.0, lt=1.0)
+    #: Absolute limit (e.g. milliseconds); breached when the window quantile exceeds it.
+    threshold: float | None = None
+    #: Without ``threshold``: breached when the window quantile exceeds this multiple of the
+    #: reference quantile, and more values than chance allows lie above that limit.
+    max_ratio: float = Field(default=1.5, gt=1.0, le=1e6)
+
+
+class QuantileDetector(WindowedDetector[QuantileSpec]):
     """The ``q`` quantile of the last ``window`` values.
 
     With ``threshold`` (an SLO such as p99 <= 800 ms) the verdict is ANOMALY while the
-    window quantile exceeds it, and no reference is needed. Without, the limit is
+    window quantile exceeds it, and no reference is needed (:class:`QuantileLimitDetector`,
+    which :meth:`variant_for` picks). Without, the limit is
     ``max_ratio`` times the reference quantile, and the verdict is DRIFT only when more
     window values lie above that limit than the reference makes plausible (one-sided
     G-test at the family-corrected alpha): a few slow requests in a small window of a
@@ -65,8 +77,8 @@ class QuantileDetector(WindowedDetector):
 
     Examples
     --------
-    >>> from detectors.specs import QuantileSpec
-    >>> det = QuantileDetector(QuantileSpec(q=0.99, threshold=300.0))
+    >>> spec = QuantileSpec(q=0.99, threshold=300.0)
+    >>> det = QuantileDetector.variant_for(spec)(spec)
     >>> rng = np.random.default_rng(0)
     >>> det.update_many(rng.lognormal(np.log(100), 0.3, 5000)).verdict.value
     'ok'
@@ -75,30 +87,31 @@ class QuantileDetector(WindowedDetector):
     ('anomaly', True)
     """
 
-    spec: QuantileSpec
+    spec_class = QuantileSpec
     numeric_values = True
 
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
-        self.absolute = spec.threshold is not None
+    def __init__(self, spec: QuantileSpec, *, family_size: int = 1, seed: int = 0) -> None:
+        if (spec.threshold is not None) is not self.absolute_limit:
+            raise ValueError(
+                f"{type(self).__name__} takes a quantile spec "
+                f"{'with' if self.absolute_limit else 'without'} a threshold "
+                "(detectors.build_detector picks the class)"
+            )
         super().__init__(spec, family_size=family_size, seed=seed)
-        if self.absolute:
-            self.breach_verdict = Verdict.ANOMALY
+
+    @classmethod
+    def variant_for(cls, spec: QuantileSpec) -> type[BaseDetector[QuantileSpec]]:
+        return QuantileLimitDetector if spec.threshold is not None else QuantileDetector
 
     def _reset_extra(self) -> None:
         self._ref_quantile = math.nan
         self._limit = math.nan
         self._ref_above = 0.0
         self._ref_n = 0
-        if self.absolute:
-            self._reference.ready = True
-            self._reference.mode = "none"
 
     def _make_fence(self, reference: np.ndarray) -> Fence | None:
-        """No fence under an absolute limit (a huge latency must stay huge; the window
-        quantile is robust anyway); else the reference's, raised so that it lies at least as
-        far above the relative limit as above the median: a clipped value stays above it."""
-        if self.absolute:
-            return None
+        """The reference's fence, raised so that it lies at least as far above the relative
+        limit as above the median: a clipped value stays above it."""
         fence = Fence.of(reference)
         # A trial clip, counted nowhere: the reference is admitted for real once fenced.
         _, limit = self._limit_of(fence.admit(reference, ExtremeCounts()), fence)
@@ -116,8 +129,6 @@ class QuantileDetector(WindowedDetector):
         return ref_quantile, ref_quantile + (ratio - 1.0) * float(values.std())
 
     def _on_reference(self) -> None:
-        if self.absolute:
-            return
         values = self._reference.ring.values()
         if self._fence is not None:
             values = self._fence.inside(values)
@@ -128,10 +139,6 @@ class QuantileDetector(WindowedDetector):
     def _test(self) -> tuple[float, float, float, bool]:
         values = self._window.values()
         quantile = linear_quantile(values, self.spec.q)
-        if self.spec.threshold is not None:
-            limit = self.spec.threshold
-            effect = quantile / limit if limit else math.nan
-            return quantile, effect, limit, quantile > limit
         limit = self._limit
         effect = quantile / self._ref_quantile if self._ref_quantile else math.nan
         n = values.size
@@ -149,6 +156,30 @@ class QuantileDetector(WindowedDetector):
         q, limit, above, n = state["ref"]
         self._ref_quantile, self._limit, self._ref_above = float(q), float(limit), float(above)
         self._ref_n = int(n)
-        if self.absolute:
-            self._reference.ready = True
-            self._reference.mode = "none"
+
+
+class QuantileLimitDetector(QuantileDetector):
+    """``quantile`` with a ``threshold`` (an SLO): ANOMALY while the window quantile exceeds
+    it; no reference is kept and no fence (a huge latency must stay huge; the window
+    quantile is robust anyway).
+
+    >>> spec = QuantileSpec(q=0.5, threshold=10.0, window=100, min_samples=50, stride=10)
+    >>> QuantileLimitDetector(spec).update_many(np.full(60, 20.0)).statistic
+    20.0
+    """
+
+    absolute_limit = True
+    breach_verdict = Verdict.ANOMALY
+
+    def _make_fence(self, reference: np.ndarray) -> Fence | None:
+        return None
+
+    def _on_reference(self) -> None:
+        return None
+
+    def _test(self) -> tuple[float, float, float, bool]:
+        quantile = linear_quantile(self._window.values(), self.spec.q)
+        limit = self.spec.threshold
+        assert limit is not None  # checked in __init__
+        effect = quantile / limit if limit else math.nan
+        return quantile, effect, limit, quantile > limit

@@ -6,27 +6,119 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
 
 import numpy as np
+from pydantic import Field, model_validator
 from river.drift import binary
 
-from detectors.base import Verdict
+from detectors.base import BaseDetector, InputKind, Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2, normal_isf, normal_sf
-from detectors.window import RiverGatedDetector, WindowedDetector, drop_nan
-
-if TYPE_CHECKING:
-    from detectors.specs import DDMSpec, EDDMSpec, HDDMASpec, HDDMWSpec, RateWindowSpec
+from detectors.window import Direction, RiverGatedDetector, WindowedDetector, WindowSpec, drop_nan
 
 __all__ = [
     "DDMDetector",
+    "DDMSpec",
     "EDDMDetector",
+    "EDDMSpec",
     "HDDMADetector",
+    "HDDMASpec",
     "HDDMWDetector",
+    "HDDMWSpec",
+    "RateLimitDetector",
+    "RateSpec",
     "RateWindowDetector",
+    "RateWindowSpec",
+    "ThresholdRateSpec",
+    "WindowRateDetector",
+    "WindowRateLimitDetector",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class RateSpec(WindowSpec):
+    """Fields shared by the detectors of binary streams."""
+
+    input_kind: ClassVar[InputKind] = InputKind.BINARY
+    #: Materiality: the window rate must differ from the reference rate by this much.
+    min_difference: float = Field(default=0.01, ge=0.0, le=1.0)
+    alert_on: Direction = "increase"
+
+
+class ThresholdRateSpec(RateSpec):
+    """A windowed rate against an absolute ``threshold``, or the reference rate without."""
+
+    if TYPE_CHECKING:
+        # Each subclass declares the field itself: declared here it would come before the
+        # subclass's ``type`` in the spec's JSON, whose hash a checkpoint keeps.
+        threshold: float | None
+
+
+class RateWindowSpec(ThresholdRateSpec):
+    """Rate of 1s in a window: against ``threshold`` (absolute) or else the reference rate."""
+
+    type: Literal["rate_window"] = "rate_window"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class RiverBinarySpec(RateSpec):
+    window: int = Field(default=500, ge=10, le=1_000_000)
+
+
+class DDMSpec(RiverBinarySpec):
+    """River DDM; ``drift_threshold`` (in standard deviations) is raised for the family."""
+
+    type: Literal["ddm"] = "ddm"
+    warm_start: int = Field(default=30, ge=1, le=1_000_000)
+    warning_threshold: float = Field(default=2.0, gt=0.0, le=100.0)
+    drift_threshold: float = Field(default=3.0, gt=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.warning_threshold > self.drift_threshold:
+            raise ValueError("warning_threshold must not exceed drift_threshold")
+        return self
+
+
+class EDDMSpec(RiverBinarySpec):
+    """River EDDM (distance between errors)."""
+
+    type: Literal["eddm"] = "eddm"
+    warm_start: int = Field(default=30, ge=1, le=1_000_000)
+    alpha: float = Field(default=0.95, gt=0.0, lt=1.0)
+    beta: float = Field(default=0.9, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.beta >= self.alpha:
+            raise ValueError(
+                f"beta must be smaller than alpha (beta={self.beta}, alpha={self.alpha})"
+            )
+        return self
+
+
+class HDDMASpec(RiverBinarySpec):
+    """River HDDM_A (Hoeffding bound on averages); ``drift_confidence`` / family size."""
+
+    type: Literal["hddm_a"] = "hddm_a"
+    drift_confidence: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    warning_confidence: float = Field(default=5e-3, gt=0.0, lt=1.0)
+    two_sided_test: bool = False
+
+
+class HDDMWSpec(RiverBinarySpec):
+    """River HDDM_W (Hoeffding bound on weighted averages); ``drift_confidence`` / family."""
+
+    type: Literal["hddm_w"] = "hddm_w"
+    drift_confidence: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    warning_confidence: float = Field(default=5e-3, gt=0.0, lt=1.0)
+    lambda_val: float = Field(default=0.05, gt=0.0, lt=1.0)
+    two_sided_test: bool = False
+
+
+ThresholdRateSpecT = TypeVar("ThresholdRateSpecT", bound=ThresholdRateSpec)
+RiverBinarySpecT = TypeVar("RiverBinarySpecT", bound=RiverBinarySpec)
 
 
 def _binary(values: Any) -> np.ndarray:
@@ -36,36 +128,20 @@ def _binary(values: Any) -> np.ndarray:
     return binary
 
 
-class RateWindowDetector(WindowedDetector):
-    """Share of 1s in the last ``window`` values.
+class WindowRateDetector(WindowedDetector[ThresholdRateSpecT]):
+    """Share of 1s in the last ``window`` values, tested against the reference rate with a
+    one-sided likelihood-ratio test at the family-corrected alpha, gated by
+    ``min_difference``; the verdict is DRIFT. A spec with a ``threshold`` runs the
+    ``WindowRateLimitDetector`` variant instead (:meth:`variant_for`)."""
 
-    With ``threshold``, an absolute limit: the verdict is ANOMALY while the window rate is
-    above it (below it for ``alert_on: decrease``), and no reference is needed. Without, the
-    window is tested against the reference rate with a one-sided likelihood-ratio test at
-    the family-corrected alpha, gated by ``min_difference``; the verdict is DRIFT.
-
-    Examples
-    --------
-    >>> from detectors.specs import RateWindowSpec
-    >>> spec = RateWindowSpec(window=1000, reference={"size": 5000})
-    >>> det = RateWindowDetector(spec)
-    >>> rng = np.random.default_rng(1)
-    >>> det.update_many((rng.random(20_000) < 0.01).astype(float)).verdict.value
-    'ok'
-    >>> stream = (rng.random(2000) < 0.05).astype(float)
-    >>> first = next(i for i in range(0, 2000, 100)
-    ...              if det.update_many(stream[i:i + 100]).breached)
-    >>> first < 1000
-    True
-    """
-
-    spec: RateWindowSpec
-
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
-        self.absolute = spec.threshold is not None
+    def __init__(self, spec: ThresholdRateSpecT, *, family_size: int = 1, seed: int = 0) -> None:
+        if (spec.threshold is not None) is not self.absolute_limit:
+            raise ValueError(
+                f"{type(self).__name__} takes a {spec.type} spec "
+                f"{'with' if self.absolute_limit else 'without'} a threshold "
+                "(detectors.build_detector picks the class)"
+            )
         super().__init__(spec, family_size=family_size, seed=seed)
-        if self.absolute:
-            self.breach_verdict = Verdict.ANOMALY
 
     def _prepare(self, values: Any) -> np.ndarray:
         return _binary(values)
@@ -74,10 +150,6 @@ class RateWindowDetector(WindowedDetector):
         self._ones = 0.0
         self._ref_ones = 0.0
         self._ref_n = 0
-        if self.absolute:
-            # An absolute limit needs no reference: mark it ready so verdicts start at once.
-            self._reference.ready = True
-            self._reference.mode = "none"
 
     def _on_push(self, chunk: np.ndarray, evicted: np.ndarray) -> None:
         # Values are 0.0 / 1.0: counting is summing, exactly, and cheaper per call.
@@ -88,19 +160,17 @@ class RateWindowDetector(WindowedDetector):
         self._ref_ones = float(values.sum())
         self._ref_n = int(values.size)
 
+    def _rates(self) -> tuple[float, float]:
+        """The window's rate and its difference from the reference's (NaN without one)."""
+        rate = self._ones / self._window.count
+        ref_rate = self._ref_ones / self._ref_n if self._ref_n else math.nan
+        return rate, rate - ref_rate
+
     def _test(self) -> tuple[float, float, float, bool]:
         spec = self.spec
         n = self._window.count
         ones = self._ones
-        rate = ones / n
-        ref_rate = self._ref_ones / self._ref_n if self._ref_n else math.nan
-        effect = rate - ref_rate
-        if spec.threshold is not None:
-            limit = spec.threshold
-            above = rate > limit
-            below = rate < limit
-            candidate = {"increase": above, "decrease": below, "both": above or below}
-            return rate, effect, limit, candidate[spec.alert_on]
+        _, effect = self._rates()
         one_sided = spec.alert_on != "both"
         critical = chi2_critical(2.0 * self.alpha if one_sided else self.alpha, 1)
         g = g_statistic_2x2(ones, n - ones, self._ref_ones, self._ref_n - self._ref_ones)
@@ -120,16 +190,73 @@ class RateWindowDetector(WindowedDetector):
         self._ref_ones, ref_n = state["ref"]
         self._ref_ones = float(self._ref_ones)
         self._ref_n = int(ref_n)
-        if self.absolute:
-            self._reference.ready = True
-            self._reference.mode = "none"
 
 
-class _RiverBinaryDetector(RiverGatedDetector):
+class WindowRateLimitDetector(WindowRateDetector[ThresholdRateSpecT]):
+    """The window rate against the absolute ``threshold``: ANOMALY while it is above it
+    (below it for ``alert_on: decrease``); no reference is kept, verdicts start at once."""
+
+    absolute_limit = True
+    breach_verdict = Verdict.ANOMALY
+
+    def _test(self) -> tuple[float, float, float, bool]:
+        spec = self.spec
+        rate, effect = self._rates()
+        limit = spec.threshold
+        assert limit is not None  # checked in __init__
+        above = rate > limit
+        below = rate < limit
+        candidate = {"increase": above, "decrease": below, "both": above or below}
+        return rate, effect, limit, candidate[spec.alert_on]
+
+
+class RateWindowDetector(WindowRateDetector[RateWindowSpec]):
+    """Share of 1s in the last ``window`` values.
+
+    With ``threshold``, an absolute limit: the verdict is ANOMALY while the window rate is
+    above it (below it for ``alert_on: decrease``), and no reference is needed
+    (:class:`RateLimitDetector`). Without, the window is tested against the reference rate
+    with a one-sided likelihood-ratio test at the family-corrected alpha, gated by
+    ``min_difference``; the verdict is DRIFT.
+
+    Examples
+    --------
+    >>> spec = RateWindowSpec(window=1000, reference={"size": 5000})
+    >>> det = RateWindowDetector(spec)
+    >>> rng = np.random.default_rng(1)
+    >>> det.update_many((rng.random(20_000) < 0.01).astype(float)).verdict.value
+    'ok'
+    >>> stream = (rng.random(2000) < 0.05).astype(float)
+    >>> first = next(i for i in range(0, 2000, 100)
+    ...              if det.update_many(stream[i:i + 100]).breached)
+    >>> first < 1000
+    True
+    >>> RateWindowDetector.variant_for(RateWindowSpec(threshold=0.1)).__name__
+    'RateLimitDetector'
+    """
+
+    spec_class = RateWindowSpec
+
+    @classmethod
+    def variant_for(cls, spec: RateWindowSpec) -> type[BaseDetector[RateWindowSpec]]:
+        return RateLimitDetector if spec.threshold is not None else cls
+
+
+class RateLimitDetector(WindowRateLimitDetector[RateWindowSpec]):
+    """``rate_window`` with a ``threshold``: the window rate against that absolute limit."""
+
+    spec_class = RateWindowSpec
+
+
+class _RiverBinaryDetector(RiverGatedDetector[RiverBinarySpecT]):
     """River binary detector; the window rate must differ from the reference by
     ``min_difference`` in the ``alert_on`` direction, River must have fired recently."""
 
-    gate_field = "min_difference"
+    def _materiality(self) -> float:
+        return self.spec.min_difference
+
+    def _direction(self) -> Direction:
+        return self.spec.alert_on
 
     def _prepare(self, values: Any) -> np.ndarray:
         return _binary(values)
@@ -143,11 +270,11 @@ class _RiverBinaryDetector(RiverGatedDetector):
         return math.sqrt(max(pooled * (1.0 - pooled), 1e-12) * (1.0 / n + 1.0 / m))
 
 
-class DDMDetector(_RiverBinaryDetector):
+class DDMDetector(_RiverBinaryDetector[DDMSpec]):
     """River DDM; the drift threshold (in standard deviations) is raised so that its tail
     probability is divided by the family size."""
 
-    spec: DDMSpec
+    spec_class = DDMSpec
 
     def _make_river(self) -> Any:
         spec = self.spec
@@ -158,20 +285,20 @@ class DDMDetector(_RiverBinaryDetector):
         )
 
 
-class EDDMDetector(_RiverBinaryDetector):
+class EDDMDetector(_RiverBinaryDetector[EDDMSpec]):
     """River EDDM (distance between errors), gated."""
 
-    spec: EDDMSpec
+    spec_class = EDDMSpec
 
     def _make_river(self) -> Any:
         spec = self.spec
         return binary.EDDM(warm_start=spec.warm_start, alpha=spec.alpha, beta=spec.beta)
 
 
-class HDDMADetector(_RiverBinaryDetector):
+class HDDMADetector(_RiverBinaryDetector[HDDMASpec]):
     """River HDDM_A; ``drift_confidence`` is divided by the family size."""
 
-    spec: HDDMASpec
+    spec_class = HDDMASpec
 
     def _make_river(self) -> Any:
         spec = self.spec
@@ -183,10 +310,10 @@ class HDDMADetector(_RiverBinaryDetector):
         )
 
 
-class HDDMWDetector(_RiverBinaryDetector):
+class HDDMWDetector(_RiverBinaryDetector[HDDMWSpec]):
     """River HDDM_W; ``drift_confidence`` is divided by the family size."""
 
-    spec: HDDMWSpec
+    spec_class = HDDMWSpec
 
     def _make_river(self) -> Any:
         spec = self.spec

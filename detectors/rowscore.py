@@ -11,22 +11,37 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, test_alpha
 from detectors.extremes import MAGNITUDE_LIMIT, UNBOUNDED, ExtremeCounts, Fence
-from detectors.state import StateError
-from detectors.window import Ring
+from detectors.serialization import StateError
+from detectors.window import Ring, WindowSpec
 
-__all__ = ["RowScoreDetector"]
+__all__ = ["RowScoreDetector", "RowScoreSpec"]
 
 log = logging.getLogger(__name__)
 
 
-class RowScoreDetector(BaseDetector):
+class RowScoreSpec(WindowSpec):
+    """Fields shared by the row-scoring detectors' specs."""
+
+    #: Fewest features the model is meaningful for (policies are checked for it).
+    min_features: ClassVar[int] = 1
+
+    if TYPE_CHECKING:
+        # Declared for the type checker only: each spec defines the field with its own
+        # bounds, where it sits in the spec's JSON (a checkpoint's spec digest hashes it).
+        max_features: int
+
+
+RowSpecT = TypeVar("RowSpecT", bound=RowScoreSpec)
+
+
+class RowScoreDetector(BaseDetector[RowSpecT]):
     """Rows of a 2-D float array in, one Reading out; subclasses give the model and the test.
 
     The first ``reference.size`` complete rows are the reference. Each feature is fenced by
@@ -43,13 +58,10 @@ class RowScoreDetector(BaseDetector):
     a feature that disappears is a schema change, not drift to be guessed at.
     """
 
-    spec: Any
-    #: Fewest features the model is meaningful for.
-    min_features = 1
     #: The verdict a breach of this detector means.
-    breach_verdict = Verdict.DRIFT
+    breach_verdict: ClassVar[Verdict] = Verdict.DRIFT
 
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, spec: RowSpecT, *, family_size: int = 1, seed: int = 0) -> None:
         super().__init__(spec, family_size=family_size, seed=seed)
         if spec.reference.mode != "fixed" or spec.reference.path is not None:
             raise ValueError(
@@ -170,10 +182,9 @@ class RowScoreDetector(BaseDetector):
         if rows.ndim != 2:
             raise ValueError(f"{self.spec.type} needs a 2-D array (n, d), got shape {rows.shape}")
         d = rows.shape[1]
-        if d < self.min_features:
-            raise ValueError(
-                f"{self.spec.type} needs at least {self.min_features} features, got {d}"
-            )
+        least = self.spec.min_features
+        if d < least:
+            raise ValueError(f"{self.spec.type} needs at least {least} features, got {d}")
         if d > self.spec.max_features:
             raise ValueError(
                 f"{self.spec.type} got {d} features, max_features is {self.spec.max_features}"

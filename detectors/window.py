@@ -1,5 +1,6 @@
-"""The windowed-test machinery shared by reference-based detectors: ring buffers, the reference
-(fixed, from a file, or rolling), test cadence, persistence, and inconclusive readings.
+"""The windowed-test machinery shared by reference-based detectors: their spec fields, ring
+buffers, the reference (fixed, from a file, or rolling), test cadence, persistence, and
+inconclusive readings.
 """
 
 from __future__ import annotations
@@ -9,18 +10,84 @@ import logging
 import math
 import mmap
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
+from detectors.base import INCONCLUSIVE, BaseDetector, DetectorSpecBase, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, normal_isf, test_alpha
 from detectors.extremes import UNBOUNDED, ExtremeCounts, Fence
-from detectors.state import StateError
+from detectors.serialization import StateError
 
-__all__ = ["Reference", "Ring", "WindowedDetector", "drop_nan"]
+__all__ = [
+    "Direction",
+    "Reference",
+    "ReferenceSpec",
+    "Ring",
+    "RiverGatedDetector",
+    "WindowSpec",
+    "WindowedDetector",
+    "drop_nan",
+]
 
 log = logging.getLogger(__name__)
+
+#: Which way a change must go to count (``alert_on`` of rate detectors).
+Direction = Literal["increase", "decrease", "both"]
+
+
+class ReferenceSpec(BaseModel):
+    """What a window is compared with.
+
+    ``fixed``: the first ``size`` events (or the values in ``path``, one per line, or a ``.npy``
+    array); ``rolling``: the ``size`` events just before the current window, so slow trends
+    are followed instead of flagged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["fixed", "rolling"] = "fixed"
+    size: int = Field(default=10_000, ge=50, le=1_000_000)
+    path: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _path_only_when_fixed(self) -> Self:
+        if self.path is not None and self.mode != "fixed":
+            raise ValueError(f"reference.path needs mode 'fixed', not {self.mode!r}")
+        return self
+
+
+class WindowSpec(DetectorSpecBase):
+    """Fields shared by every windowed, reference-based detector."""
+
+    #: Events in the current window the verdict rests on.
+    window: int = Field(default=1000, ge=10, le=1_000_000)
+    #: No verdict before the window holds this many (non-missing) values.
+    min_samples: int = Field(default=200, ge=1, le=1_000_000)
+    #: Test once every ``stride`` events (bounds the cost and the number of tests).
+    stride: int = Field(default=100, ge=1, le=100_000)
+    #: Events a breach must hold, test after test, before the verdict turns.
+    persist: int = Field(default=200, ge=0, le=10_000_000)
+    #: Target expected events between false alarms, for the whole family of signals.
+    false_alarm_every: float = Field(default=10_000_000.0, ge=1_000.0, le=1e15)
+    reference: ReferenceSpec = ReferenceSpec()
+
+    @model_validator(mode="after")
+    def _window_sizes(self) -> Self:
+        if self.min_samples > self.window:
+            raise ValueError(
+                f"window must be larger than min_samples (window={self.window}, "
+                f"min_samples={self.min_samples})"
+            )
+        if self.stride > self.window:
+            raise ValueError(
+                f"stride must not exceed window (stride={self.stride}, window={self.window})"
+            )
+        return self
+
+
+WindowSpecT = TypeVar("WindowSpecT", bound=WindowSpec)
 
 
 _MIN = np.minimum.reduce
@@ -244,7 +311,7 @@ def load_numeric_file(path: str) -> np.ndarray:
     return values
 
 
-class WindowedDetector(BaseDetector):
+class WindowedDetector(BaseDetector[WindowSpecT]):
     """A current window tested against a reference every ``stride`` events.
 
     Subclasses say how values are prepared (``_prepare``), how derived reference statistics
@@ -256,14 +323,16 @@ class WindowedDetector(BaseDetector):
     every later value are clipped to the reference's fence, and ``extremes`` counts them.
     """
 
-    spec: Any
-    dtype: Any = np.float64
+    dtype: ClassVar[Any] = np.float64
     #: The verdict a breach of this detector means.
-    breach_verdict = Verdict.DRIFT
+    breach_verdict: ClassVar[Verdict] = Verdict.DRIFT
     #: Values are measurements (not 0 / 1 or category codes): the extreme-value rule applies.
-    numeric_values = False
+    numeric_values: ClassVar[bool] = False
+    #: Compared with an absolute limit, not a reference: no reference is kept, verdicts
+    #: start at once (the ``...LimitDetector`` variants).
+    absolute_limit: ClassVar[bool] = False
 
-    def __init__(self, spec: Any, *, family_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, spec: WindowSpecT, *, family_size: int = 1, seed: int = 0) -> None:
         super().__init__(spec, family_size=family_size, seed=seed)
         self.alpha = test_alpha(spec.false_alarm_every, spec.stride, family_size)
         # Read on every update: plain attributes, not the spec model's.
@@ -285,8 +354,8 @@ class WindowedDetector(BaseDetector):
     def _admit(self, arr: np.ndarray) -> np.ndarray:
         """Values about to enter the window, clipped to the fence (numeric detectors).
 
-        Applied where values enter the window, not per call: deferred values are admitted
-        together at the next test, so the daemon's usual call pays nothing for the rule.
+        Applied where values enter the window, chunk by chunk (a rolling reference may
+        refresh its fence between two chunks of one call).
         """
         fence = self._fence
         if fence is None:
@@ -326,8 +395,6 @@ class WindowedDetector(BaseDetector):
             spec.reference.size, spec.reference.mode, self.dtype, self._reference_file
         )
         self._seen = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_n = 0
         self._gate = Persistence(spec.persist)
         self._last = INCONCLUSIVE
         self._short = INCONCLUSIVE
@@ -335,9 +402,16 @@ class WindowedDetector(BaseDetector):
         # Numeric detectors clamp magnitudes until their reference gives them a fence.
         self._fence: Fence | None = UNBOUNDED if self.numeric_values else None
         self._reset_extra()
+        if self.absolute_limit:
+            self._no_reference()
         if self._reference.ready:
             self._derive_reference()
             self._reference.release()
+
+    def _no_reference(self) -> None:
+        # An absolute limit needs no reference: mark it ready so verdicts start at once.
+        self._reference.ready = True
+        self._reference.mode = "none"
 
     def _derive_reference(self) -> None:
         """The reference is complete (or refreshed): fence it, then derive its statistics."""
@@ -379,7 +453,7 @@ class WindowedDetector(BaseDetector):
                 math.nan,
                 math.nan,
                 Verdict.INCONCLUSIVE,
-                window.count + self._pending_n,
+                window.count,
                 self._last.threshold,
             )
             return self._last
@@ -397,16 +471,9 @@ class WindowedDetector(BaseDetector):
         seen = self._seen
         rolling = ref.mode == "rolling"
         if seen % stride + n < stride:
-            # The daemon's usual call: a few values of one model that end no stride, so no
-            # test runs and the last Reading stands (the same object: callers skip it).
-            if not rolling and ref.ready and window.count >= self._min_samples:
-                # Testing has started: nothing but the next test reads the window, so the
-                # values wait and enter it then, in one push (one copy: callers may reuse
-                # arrays).
-                self._pending.append(arr.copy())
-                self._pending_n += n
-                self._seen = seen + n
-                return self._untested()
+            # Values that end no stride: no test runs and the last Reading stands (the same
+            # object: callers skip it). Values are held back in one place only, by the
+            # caller (the daemon's engine, between tests): here each call enters the window.
             arr = self._admit(arr)
             evicted = window.extend(arr)
             self._on_push(arr, evicted)
@@ -414,10 +481,6 @@ class WindowedDetector(BaseDetector):
                 self._derive_reference()
             self._seen = seen + n
             return self._untested()
-        if self._pending:
-            # Deferred values first, as if pushed when they came: same window, same tests.
-            arr = np.concatenate((self._take_pending(), arr))
-            n = arr.size
         breached: Reading | None = None
         last: Reading | None = None
         i = 0
@@ -474,25 +537,7 @@ class WindowedDetector(BaseDetector):
         verdict = self.breach_verdict if fired else Verdict.OK
         return Reading(statistic, effect, verdict, count, threshold)
 
-    def _take_pending(self) -> np.ndarray:
-        """The deferred values, in order, with ``_seen`` set back to before them."""
-        pending = self._pending
-        arr = np.concatenate(pending) if len(pending) > 1 else pending[0]
-        self._seen -= self._pending_n
-        self._pending = []
-        self._pending_n = 0
-        return arr
-
-    def _flush(self) -> None:
-        """Push the deferred values (they end no stride: no test is due)."""
-        if not self._pending:
-            return
-        arr = self._admit(self._take_pending())
-        self._on_push(arr, self._window.extend(arr))
-        self._seen += arr.size
-
     def _state(self) -> dict[str, Any]:
-        self._flush()
         return {
             "window": self._window.state(),
             "reference": self._reference.state(),
@@ -504,8 +549,6 @@ class WindowedDetector(BaseDetector):
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        self._pending = []
-        self._pending_n = 0
         self._window.load(state["window"])
         self._reference.load(state["reference"], self.dtype)
         # Derived reference statistics are in the extra state: raw values are not needed.
@@ -525,9 +568,11 @@ class WindowedDetector(BaseDetector):
         except (TypeError, ValueError, IndexError) as err:
             raise StateError(f"detector state holds an invalid fence or counts: {err}") from err
         self._load_extra(state["extra"])
+        if self.absolute_limit:
+            self._no_reference()
 
 
-class RiverGatedDetector(WindowedDetector):
+class RiverGatedDetector(WindowedDetector[WindowSpecT]):
     """A River drift detector fed value by value, whose alarms count only when material.
 
     River's detectors answer "did the stream change?" with no notion of how much; the gate
@@ -535,12 +580,18 @@ class RiverGatedDetector(WindowedDetector):
     the configured amount, and did River fire within the last window?".
     """
 
-    #: Effect size gate: ``min_shift`` (numeric, in reference std) or ``min_difference``.
-    gate_field = "min_shift"
-
     @abc.abstractmethod
     def _make_river(self) -> Any:
         """A fresh River detector configured from the spec and the family size."""
+
+    @abc.abstractmethod
+    def _materiality(self) -> float:
+        """The effect the gate asks for: ``min_shift`` (numeric, in reference std) or
+        ``min_difference`` (rates)."""
+
+    @abc.abstractmethod
+    def _direction(self) -> Direction:
+        """Which way the effect must go to count."""
 
     def _transform(self, chunk: np.ndarray) -> list[Any]:
         return list(chunk.tolist())
@@ -578,13 +629,13 @@ class RiverGatedDetector(WindowedDetector):
         return math.sqrt(self._tau * (1.0 / n + 1.0 / m))
 
     def _test(self) -> tuple[float, float, float, bool]:
-        gate = float(getattr(self.spec, self.gate_field))
+        gate = self._materiality()
         scale = self._ref_scale
         if not scale > 0:
             return math.nan, math.nan, gate, False
         values = self._window.values()
         effect = (float(values.mean()) - self._ref_mean) / scale
-        direction = getattr(self.spec, "alert_on", "both")
+        direction = self._direction()
         if direction == "increase":
             signed = effect
         elif direction == "decrease":

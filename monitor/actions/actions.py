@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from monitor.config.settings import Settings
     from monitor.engine.engine import Engine
     from monitor.engine.events import Event
-    from monitor.kafka.consumer import DeadLetterWriter
+    from monitor.kafka.side_topics import SideTopicWriter
 
 __all__ = ["ALERTNAME", "Actions", "AuditLog", "Effects"]
 
@@ -566,7 +566,7 @@ class Actions:
     # ----------------------------------------------------------------- review sampling
 
     async def after_batch(
-        self, events: Sequence[Event], engine: Engine, writer: DeadLetterWriter
+        self, events: Sequence[Event], engine: Engine, writer: SideTopicWriter
     ) -> None:
         """Publish a sample of degraded models' events to the review topic."""
         if self.review_topic is None or not events:

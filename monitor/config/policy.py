@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from detectors.specs import DetectorSpec, InputKind, default_spec
+from detectors.base import InputKind
+from detectors.registry import DetectorSpec, default_spec
 
 __all__ = [
     "Duration",

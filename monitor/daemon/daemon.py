@@ -1,48 +1,50 @@
-"""The daemon: composes consumer, engine, actions and HTTP server, runs the batch loop and
-shuts down in order (stop fetching, finish the batch, commit, flush actions, stop components).
+"""The daemon's lifecycle: composes its components in an AsyncExitStack, runs the batch loop
+and the health tick, and shuts down in order (stop fetching, finish the batch, commit, leave
+the group, flush actions, stop the rest in reverse start order).
+
+What one batch does is ``monitor.daemon.batches``; checkpoints and the hand-over of models,
+``monitor.state.ownership``; the per-model series, ``monitor.observability.publisher``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import logging
-import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from monitor import __version__
 from monitor.actions.actions import Actions
 from monitor.config.settings import Settings
+from monitor.daemon.batches import BatchApplier, DeadLetters
 from monitor.daemon.runtime import tuned_runtime
 from monitor.engine.engine import Engine
-from monitor.engine.events import BadRecord, Event, EventDecoder
-from monitor.engine.health import Transition
+from monitor.engine.events import EventDecoder
 from monitor.errors import BrokerUnavailableError
-from monitor.failpoints import failpoint
 from monitor.http.server import HttpServer, LoopHeartbeat
+from monitor.http.status_page import add_routes as add_status_page
 from monitor.kafka.backoff import Backoff
-from monitor.kafka.consumer import Batch, DeadLetterWriter, EventConsumer, ensure_topics
+from monitor.kafka.consumer import EventConsumer
+from monitor.kafka.quirks import ConnectErrorsMuted
+from monitor.kafka.side_topics import SideTopicWriter
+from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
-from monitor.observability.metrics import HEALTH_STATES, Metrics
+from monitor.observability.metrics import Metrics
+from monitor.observability.publisher import SeriesPublisher
 from monitor.state.checkpoints import (
-    CheckpointError,
-    CheckpointHealth,
     CheckpointStore,
     DirectoryStore,
     KafkaStore,
-    read_header,
-    restore_model,
-    snapshot_model,
 )
+from monitor.state.ownership import CheckpointOwner
 
 __all__ = ["HANDLED_SIGNALS", "Daemon"]
 
@@ -60,6 +62,8 @@ BROKER_START_TIMEOUT_S = 300.0
 
 
 class Daemon:
+    """One replica: its components, their start and ordered stop, the loops that drive them."""
+
     def __init__(
         self,
         settings: Settings,
@@ -79,7 +83,7 @@ class Daemon:
             on_assigned=self._on_assigned,
             on_revoked=self._on_revoked,
         )
-        self.side_writer = DeadLetterWriter(settings.kafka, self.metrics)
+        self.side_writer = SideTopicWriter(settings.kafka, self.metrics)
         self.actions = (
             actions
             if actions is not None
@@ -96,7 +100,10 @@ class Daemon:
         self._stop = asyncio.Event()
         #: The health tick runs until the batch loop has ended.
         self._ticking = True
-        self._stopping = False
+        self._tick_task: asyncio.Task[None] | None = None
+        #: Loop time by which the components still running after the ordered shutdown (or a
+        #: failed start) must have stopped; set when they start stopping.
+        self._components_deadline: float | None = None
         self.broker_retry = BROKER_START_RETRY
         self.broker_start_timeout_s = max(
             BROKER_START_TIMEOUT_S, settings.kafka.broker_timeout_s * 3
@@ -107,36 +114,31 @@ class Daemon:
         #: When the batch being applied was taken (None between batches).
         self._batch_started_at: float | None = None
         self.metrics.batch_in_flight.set_function(self.batch_age)
-        #: Per model, its bound metric children by member name ("": the model's own).
-        self._signal_children: dict[str, dict[str, Any]] = {}
-        #: Bound children of driftwarden_model_events_total (no label lookup per batch).
-        self._model_event_counters: dict[str, Any] = {}
+        self.publisher = SeriesPublisher(self.metrics, self.engine.models)
         self.store = _build_store(settings)
-        #: Partition each model's events come from: its checkpoint follows that partition.
-        self._model_partition: dict[str, TopicPartition] = {}
-        self._dirty: set[str] = set()
-        #: When each model's state was last written to (or read from) the store.
-        self._saved_at: dict[str, float] = {}
-        self._last_checkpoint = time.monotonic()
-        self.restored_models = 0
-        self._force_checkpoint = False
-        self._store_outages = 0
-        self.checkpoint_health = CheckpointHealth(settings.state.max_failed_rounds)
-        #: Per model, per partition: the offset of the last record its state holds. It goes
-        #: into the model's checkpoint, so a model can be checkpointed mid-batch (at its
-        #: transition, before any action) and a replay after a crash re-applies nothing the
-        #: checkpoint already holds: the transition is not decided (nor acted on) twice.
-        self._applied_offsets: dict[str, dict[TopicPartition, int]] = {}
-        #: After a restore: per partition, per model, records at or below this offset are
-        #: skipped (the restored state already holds them). Emptied once passed.
-        self._replay_skip: dict[TopicPartition, dict[str, int]] = {}
-        if self.store is not None:
-            self.actions.persist = self._persist_model
-            self.actions.on_state_changed = self._mark_dirty
-        self.applied_events = 0
-        self._applied_log: Any = None
-        if settings.engine.applied_log is not None:
-            self._applied_log = open(settings.engine.applied_log, "a", encoding="utf-8")  # noqa: SIM115
+        self.ownership = CheckpointOwner(
+            settings,
+            self.store,
+            self.engine,
+            self.actions,
+            self.metrics,
+            self.consumer,
+            clock=clock,
+            stopping=self._stop.is_set,
+            on_release=self._release,
+        )
+        self.batches = BatchApplier(
+            self.engine,
+            self.decoder,
+            self.actions,
+            self.ownership,
+            self.publisher,
+            DeadLetters(self.side_writer, self.metrics, stopping=self._stop.is_set),
+            self.metrics,
+            clock=clock,
+            forget_models=self._forget_models,
+            applied_log=settings.engine.applied_log,
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -164,54 +166,81 @@ class Daemon:
             return await self._run()
 
     async def _run(self) -> int:
-        s = self.settings
-        grace = s.lifecycle.grace_period_s
+        grace = self.settings.lifecycle.grace_period_s
+        self._components_deadline = None
+        # Each component is entered once started: a failed start unwinds what had started,
+        # in reverse order, and so does the end of the ordered shutdown below.
+        async with contextlib.AsyncExitStack() as components:
+            try:
+                await self._start_components(components)
+            except (BrokerUnavailableError, _StoreUnavailableError) as err:
+                log.error("%s", err)
+                return 1
+            exit_code = await self._serve()
+            started = time.monotonic()
+            await self._shut_down(started, grace)
+            # What is left (the store, the dead-letter writer, the HTTP server, the heartbeat)
+            # stops as the stack unwinds, the Kafka clients within what remains of the grace.
+            self._components_deadline = asyncio.get_running_loop().time() + max(
+                0.1, grace - (time.monotonic() - started)
+            )
+        self.batches.close()
+        log.info("shutdown complete in %.2fs", time.monotonic() - started)
+        return exit_code
+
+    async def _start_components(self, components: contextlib.AsyncExitStack) -> None:
+        """Start every component in order, each entered in ``components`` once started."""
         await self.heartbeat.start()
+        components.push_async_callback(self.heartbeat.stop)
         # Before the HTTP server: the operator API takes pins and silences from then on, while
         # Kafka may still be starting, and each must reach the audit file.
         self.actions.audit.open()
+        components.callback(self.actions.audit.close)
         await self.http.start()
-        try:
-            await self._start_kafka()
-        except BrokerUnavailableError as err:
-            log.error("%s", err)
-            await self._shutdown_components(grace)
-            self.actions.audit.close()
-            return 1
+        components.push_async_callback(self.http.stop)
+        await self._start_kafka(components)
         if self.store is not None:
             try:
                 await self.store.start()
             except Exception as err:
-                log.error("checkpoint store unavailable: %r", err)
-                await self._shutdown_components(grace)
-                self.actions.audit.close()
-                return 1
+                raise _StoreUnavailableError(f"checkpoint store unavailable: {err!r}") from err
+            components.push_async_callback(self._within_grace(self.store.stop))
         await self.actions.start()
-        tick = asyncio.create_task(self._tick_loop(), name="health-tick")
+        components.push_async_callback(self._stop_actions)
+
+    async def _serve(self) -> int:
+        """Run the health tick and the batch loop until the loop ends; its exit code."""
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="health-tick")
         self._loop_task = asyncio.create_task(self._batch_loop(), name="batch-loop")
-        exit_code = 0
         try:
             await self._loop_task
         except asyncio.CancelledError:
             log.warning("batch loop cancelled (forced stop)")
-            exit_code = 1
+            return 1
         except Exception:
             log.exception("batch loop died")
-            exit_code = 1
-        started = time.monotonic()
+            return 1
+        return 0
+
+    async def _shut_down(self, started: float, grace: float) -> None:
+        """The ordered part of the shutdown: stop the tick, checkpoint and commit, leave the
+        group, flush the actions and record what the flush confirmed."""
+        s = self.settings
         self._ticking = False
-        tick.cancel()
-        # Bounded: Python 3.11's wait_for can lose a cancellation that lands as its inner call
-        # (a broker lookup of the tick) completes; the flag above ends the loop in that case.
-        done, _ = await asyncio.wait([tick], timeout=max(2.0, s.kafka.broker_timeout_s))
-        if not done:
-            log.warning("health tick did not stop in time; shutting down without it")
+        tick = self._tick_task
+        if tick is not None:
+            tick.cancel()
+            # Bounded: Python 3.11's wait_for can lose a cancellation that lands as its inner
+            # call (a broker lookup of the tick) completes; the flag above ends the loop then.
+            done, _ = await asyncio.wait([tick], timeout=max(2.0, s.kafka.broker_timeout_s))
+            if not done:
+                log.warning("health tick did not stop in time; shutting down without it")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, grace - 1.0)):
                 log.info("shutdown: checkpointing and committing offsets")
                 async with self.consumer.batch_lock:
-                    self._force_checkpoint = True
-                    await self._commit_point()
+                    self.ownership.force = True
+                    await self.ownership.commit_point()
         # Leave the group before the actions stop: a rebalance while this replica is still
         # a member would hand it partitions it can no longer act for (_on_assigned adopts
         # none once stopping), and keeps them from a replica that stays.
@@ -221,28 +250,47 @@ class Daemon:
                 await self.consumer.stop()
         log.info("shutdown: flushing actions")
         await self.actions.stop(flush_timeout_s=max(0.1, grace - (time.monotonic() - started) - 1))
-        if self.store is not None and self._dirty:
+        if self.store is not None and self.ownership.owned.dirty:
             # The flush confirmed deliveries and flag writes: record them, or the next start
             # would send those notifications again (same idempotency key, but Slack has none).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.1, grace - (time.monotonic() - started) - 0.5)):
-                    await self._checkpoint(set(self._dirty))
-        await self._shutdown_components(max(0.1, grace - (time.monotonic() - started)))
-        if self._applied_log is not None:
-            self._applied_log.close()
-        log.info("shutdown complete in %.2fs", time.monotonic() - started)
-        return exit_code
+                    await self.ownership.checkpoint(set(self.ownership.owned.dirty))
 
-    async def _start_kafka(self) -> None:
+    async def _stop_actions(self) -> None:
+        # After the ordered shutdown a no-op (Actions.stop is idempotent); after a failed
+        # start of a later component, a flush within the grace period.
+        await self.actions.stop(flush_timeout_s=max(0.1, self._components_left_s()))
+
+    def _components_left_s(self) -> float:
+        loop = asyncio.get_running_loop()
+        if self._components_deadline is None:
+            # Unwinding after a failed start: the whole grace period from now on.
+            self._components_deadline = loop.time() + self.settings.lifecycle.grace_period_s
+        return self._components_deadline - loop.time()
+
+    def _within_grace(self, stop: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``stop`` bounded by the components' shutdown deadline: a broker that is gone must
+        not hold the exit past the grace period (each client also has its own deadline)."""
+
+        async def bounded() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self._components_left_s())):
+                    await stop()
+
+        return bounded
+
+    async def _start_kafka(self, components: contextlib.AsyncExitStack) -> None:
         s = self.settings.kafka
         # One view of the broker: a failed dead-letter write also fails /readyz.
         self.side_writer.broker = self.consumer
         started = time.monotonic()
         deadline = started + self.broker_start_timeout_s
         delays = self.broker_retry.delays()
+        side_writer_entered = False
         # aiokafka logs an ERROR of its own for every refused connection; the one line per
         # attempt below carries its reason instead.
-        quiet = _ConnectErrorsMuted()
+        quiet = ConnectErrorsMuted()
         aiokafka_log = logging.getLogger("aiokafka")
         aiokafka_log.addFilter(quiet)
         try:
@@ -258,7 +306,11 @@ class Daemon:
                             s.broker_timeout_s,
                         )
                     await self.side_writer.start()
+                    if not side_writer_entered:
+                        components.push_async_callback(self._within_grace(self.side_writer.stop))
+                        side_writer_entered = True
                     await self.consumer.start()
+                    components.push_async_callback(self._within_grace(self.consumer.stop))
                     if attempt > 1:
                         log.info(
                             "Kafka reachable at %s after %d attempts", s.bootstrap_servers, attempt
@@ -289,19 +341,15 @@ class Daemon:
                             f"Kafka unavailable at {s.bootstrap_servers} (stopped after "
                             f"{attempt} attempts in {time.monotonic() - started:.0f}s): {reason}"
                         ) from err
+        except BaseException:
+            # The consumer's failed start leaves its outage log attached (it holds back
+            # aiokafka's errors until the broker is back): a consumer never started stops
+            # nothing else.
+            await self.consumer.stop()
+            raise
         finally:
             aiokafka_log.removeFilter(quiet)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    async def _shutdown_components(self, budget_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget_s):
-                await self.consumer.stop()
-                await self.side_writer.stop()
-                if self.store is not None:
-                    await self.store.stop()
-        await self.http.stop()
-        await self.heartbeat.stop()
 
     # ----------------------------------------------------------------- the batch loop
 
@@ -323,10 +371,10 @@ class Daemon:
                 started = time.perf_counter()
                 self._batch_started_at = time.monotonic()
                 try:
-                    applied = await self._apply(batch)
+                    applied = await self.batches.apply(batch)
                     if applied:
                         self.consumer.mark_applied(batch)
-                        await self._commit_point()
+                        await self.ownership.commit_point()
                 finally:
                     self._batch_started_at = None
                 if not applied:
@@ -344,104 +392,6 @@ class Daemon:
                 self.metrics.batches.inc()
                 self._last_batch_at = time.monotonic()
 
-    async def _apply(self, batch: Batch) -> bool:
-        now = self.clock()
-        events: list[Event] = []
-        bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
-        decode = self.decoder.decode
-        track = self.store is not None
-        #: Per model of this batch: its partitions' last offsets (what its state holds once
-        #: the model's span is applied).
-        batch_offsets: dict[str, dict[TopicPartition, int]] = {}
-        for tp, records in batch.items():
-            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
-            first = len(events)
-            skip = self._replay_skip.get(tp)
-            for record in records:
-                decoded = decode(record.value)
-                if isinstance(decoded, Event):
-                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
-                        continue  # the model's restored checkpoint already holds it
-                    events.append(decoded)
-                else:
-                    bad.append((record, decoded))
-            if skip is not None and records and records[-1].offset >= max(skip.values()):
-                del self._replay_skip[tp]
-            if track and records:
-                last = records[-1].offset
-                for model in {event.model for event in events[first:]}:
-                    batch_offsets.setdefault(model, {})[tp] = last
-        before = self.engine.dropped_events
-        refused_before = dict(self.engine.refused_events)
-        acting = False
-        for transitions in self.engine.apply_stepwise(events, now):
-            if transitions:
-                await self._on_transitions(transitions, now, batch_offsets)
-                acting = True
-            if acting:
-                # The flag and alert workers (reads, writes, their threads' results) move on
-                # while the rest of the batch is applied: a breach does not wait for it.
-                await asyncio.sleep(0)
-                failpoint("batch.between_models")
-        # Only watched models: a flood of refused ids must not grow these with the traffic.
-        watching = self.engine.models
-        for model, offsets in batch_offsets.items():
-            if model in watching:
-                self._dirty.add(model)
-                self._model_partition[model] = next(reversed(offsets))
-                self._applied_offsets.setdefault(model, {}).update(offsets)
-        dropped = self.engine.dropped_events - before
-        # Events of a model with no monitor reach no detector: refused, not applied.
-        self.applied_events += len(events) - dropped
-        if self._applied_log is not None:
-            ids = "".join(f"{e.request_id}\n" for e in events if e.request_id is not None)
-            self._applied_log.write(ids)
-            self._applied_log.flush()
-        self.metrics.events_applied.inc(len(events) - dropped)
-        counters = self._model_event_counters
-        for model, received in self.engine.received:
-            counter = counters.get(model)
-            if counter is None:
-                counter = counters[model] = self.metrics.model_events.labels(model)
-            counter.inc(received)
-        if dropped:
-            self.metrics.models_dropped_events.inc(dropped)
-            for reason, count in self.engine.refused_events.items():
-                if count != refused_before[reason]:
-                    self.metrics.events_refused.labels(reason.value).inc(
-                        count - refused_before[reason]
-                    )
-        evicted = self.engine.take_evicted()
-        if evicted:
-            self.metrics.models_evicted.inc(len(evicted))
-            await self._forget_models(evicted, "evicted for new models (max_models reached)")
-        await self.actions.after_batch(events, self.engine, self.side_writer)
-        # Only models whose Readings or health may have moved (the tick publishes all).
-        self._publish_models(set(self.engine.changed))
-        if bad:
-            return await self._dead_letter(bad)
-        return await self._flush_side_records()
-
-    async def _dead_letter(self, bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]]) -> bool:
-        """Write the batch's dead letters (bounded retries inside the writer); False when
-        they could not be written and the batch must not be committed."""
-        reasons: dict[str, int] = {}
-        for _, bad_record in bad:
-            name = bad_record.reason.value
-            reasons[name] = reasons.get(name, 0) + 1
-        for name, count in reasons.items():
-            self.metrics.bad_records.labels(name).inc(count)
-        if not await self.side_writer.write_dead_letters(bad, stopping=self._stop.is_set):
-            return False
-        return await self._flush_side_records()
-
-    async def _flush_side_records(self) -> bool:
-        try:
-            await self.side_writer.flush()
-        except Exception as err:
-            log.warning("review/side records not acknowledged: %r", err)
-        return True
-
     async def _tick_loop(self) -> None:
         while self._ticking:
             await asyncio.sleep(1.0)
@@ -449,179 +399,27 @@ class Daemon:
                 now = self.clock()
                 transitions = self.engine.tick(now)
                 if transitions:
-                    await self._on_transitions(transitions, now, None)
+                    await self.batches.on_transitions(transitions, now, None)
                 self.actions.tick(now)
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
-                    await self._commit_point()
-                self._publish_models(set(self.engine.models))
+                    await self.ownership.commit_point()
+                self.publisher.publish(set(self.engine.models))
                 self.metrics.models_active.set(len(self.engine.models))
                 history_of(self).record(self.engine.models, now)  # for the status page
             # Lag of every assigned partition, also one that has applied nothing yet (outside
             # the batch lock: a position lookup waits on the broker).
             await self.consumer.track_unapplied_partitions()
 
-    async def _on_transitions(
-        self,
-        transitions: list[Transition],
-        now: float,
-        batch_offsets: dict[str, dict[TopicPartition, int]] | None,
-    ) -> None:
-        """Decide, checkpoint the deciding models, and only then act (intent before effect).
-
-        The checkpoint holds the new health state, the records it was decided on (their
-        offsets: a replay skips them) and the decided flags and notifications: a crash after
-        it carries the decision out on restart, a crash before it decides again; either way
-        the transition's effects happen once. Called mid-batch, right after the models' spans.
-        """
-        self._force_checkpoint = True
-        for t in transitions:
-            self.metrics.transitions.labels(t.model, t.from_level.label, t.to_level.label).inc()
-            log.info("transition %s", t.describe())
-        decided = self.actions.decide(transitions, now, self.engine)
-        failpoint("transition.decided")
-        if self.store is not None and decided:
-            for model in decided:
-                offsets = (batch_offsets or {}).get(model)
-                if offsets:
-                    # Mid-batch: the batch's bookkeeping of watched models comes after it.
-                    self._model_partition[model] = next(reversed(offsets))
-                    self._applied_offsets.setdefault(model, {}).update(offsets)
-            if not await self._checkpoint(decided):
-                # Availability first: a store down must not stop the fail-safe flip or the
-                # page; those effects are at-least-once until the store is back.
-                log.warning("acting on %d transitions without their checkpoint", len(decided))
-            failpoint("transition.saved")
-        self.actions.dispatch()
-        failpoint("transition.dispatched")
-
-    async def _persist_model(self, model: str) -> None:
-        """Checkpoint ``model`` now (the flag worker, before a flag write): at a point where
-        its state matches its offsets, never in the middle of a batch's other models."""
-        async with self.consumer.batch_lock:
-            if model in self.engine.models and not await self._checkpoint({model}):
-                raise RuntimeError(f"checkpoint of {model!r} failed")
-
-    def _mark_dirty(self, model: str) -> None:
-        # An acknowledgement (a notification delivered, a flag written) is checkpointed at
-        # the next commit point, not the next interval: that keeps the window in which a
-        # crash re-sends a delivered notification (same idempotency key) to about one batch.
-        if model in self.engine.models:
-            self._dirty.add(model)
-            self._force_checkpoint = True
-
-    def _unpublish(self, model: str, *, counters: bool = False) -> None:
-        """Remove a model's series once this replica no longer owns it, so dashboards and
-        rollout gates never read a stale state from a replica that handed the model over.
-
-        ``counters``: also its counters (transitions, review samples), for a model dropped
-        for good; otherwise their series would grow with every model ever seen. The series
-        are found by their labels, not by a scan of every series: evicting a model costs
-        the same with 10 models published as with 10,000.
-        """
-        m = self.metrics
-        published = self._signal_children.pop(model, {})
-        if self._model_event_counters.pop(model, None) is not None:
-            m.model_events.remove(model)
-        if "" in published:
-            m.health_level.remove(model)
-            for state in HEALTH_STATES:
-                m.health_state.remove(model, state)
-        levels = ("detector", *HEALTH_STATES)
-        for member in published:
-            if not member:
-                continue
-            for metric in (m.signal_value, m.signal_effect, m.signal_breached, m.signal_samples):
-                metric.remove(model, member)
-            for level in levels:
-                m.signal_threshold.remove(model, member, level)
-        if counters:
-            for before in HEALTH_STATES:
-                for after in HEALTH_STATES:
-                    m.transitions.remove(model, before, after)
-            m.review_events.remove(model)
-
-    def _publish_models(self, models: set[str]) -> None:
-        # Called after every batch for every model in it, and each second for all models:
-        # bound children are kept, and a gauge is set only when its value may have changed
-        # (a detector hands back the same Reading object until it tests again).
-        m = self.metrics
-        children_of = self._signal_children
-        for model in models:
-            monitor = self.engine.models.get(model)
-            if monitor is None:
-                continue
-            cache = children_of.get(model)
-            if cache is None:
-                cache = children_of[model] = {}
-            state = monitor.health.level
-            if model not in self._model_event_counters:
-                # From the first publish on, also for a model restored from a checkpoint
-                # that has received nothing yet: "no events" needs a series that stays flat.
-                self._model_event_counters[model] = m.model_events.labels(model)
-            # Key "": the model's own gauges (a member name is never empty).
-            health = cache.get("")
-            if health is None:
-                health = cache[""] = [
-                    m.health_level.labels(model),
-                    [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
-                    None,
-                ]
-            if health[2] is not state:
-                health[0].set(int(state))
-                for name, child in health[1]:
-                    child.set(1 if name == state.label else 0)
-                health[2] = state
-            for signal_monitor in monitor.signals:
-                for member in signal_monitor.members:
-                    r = member.reading
-                    children = cache.get(member.name)
-                    if children is None:
-                        thresholds = signal_monitor.policy.thresholds
-                        children = cache[member.name] = [
-                            m.signal_value.labels(model, member.name),
-                            # Bound on the first finite effect size: a series of NaN (a
-                            # detector with no reference) only leaves gaps in a panel.
-                            None,
-                            m.signal_breached.labels(model, member.name),
-                            m.signal_samples.labels(model, member.name),
-                            None
-                            if thresholds is not None
-                            else m.signal_threshold.labels(model, member.name, "detector"),
-                            None,
-                        ]
-                        if thresholds is not None:
-                            for lvl, bound in thresholds.items():
-                                m.signal_threshold.labels(model, member.name, lvl.label).set(bound)
-                    elif children[5] is r:
-                        continue
-                    children[5] = r
-                    children[0].set(r.statistic)
-                    if math.isfinite(r.effect):
-                        if children[1] is None:
-                            children[1] = m.signal_effect.labels(model, member.name)
-                        children[1].set(r.effect)
-                    elif children[1] is not None:
-                        children[1] = None
-                        with contextlib.suppress(KeyError):
-                            m.signal_effect.remove(model, member.name)
-                    children[2].set(1 if r.breached else 0)
-                    children[3].set(r.samples)
-                    if children[4] is not None:
-                        children[4].set(r.threshold)
-
     def _add_routes(self, app: web.Application) -> None:
-        from monitor.http.operator import add_gate_routes, add_operator_routes
+        from monitor.http.operator import add_operator_routes
+        from monitor.http.rollout_gate import add_gate_routes
 
         add_gate_routes(app, self.engine)
         add_operator_routes(app, self.actions, engine=self.engine, policies=self.settings.models)
-        try:
-            status_page = importlib.import_module("monitor.http.status_page")
-        except ImportError:
-            return
-        status_page.add_routes(app, self)
+        add_status_page(app, self)
 
-    # ----------------------------------------------------------------- rebalance hooks
+    # ----------------------------------------------------------------- models leaving
 
     async def _expire_idle_models(self, now: float) -> None:
         ttl = self.settings.engine.model_idle_ttl_s
@@ -637,19 +435,16 @@ class Daemon:
         """Drop models this replica stops watching for good (idle past the TTL, or evicted
         for a newcomer): their monitors, series and checkpoints."""
         for model in models:
-            self._unpublish(model, counters=True)
+            self.publisher.unpublish(model, counters=True)
             self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self._saved_at.pop(model, None)
-            self.checkpoint_health.failing.pop(model, None)
         log.info("dropped %d models: %s", len(models), why)
-        if self.store is not None:
-            try:
-                await self.store.delete(models)
-            except Exception as err:
-                log.warning("cannot delete checkpoints of dropped models: %r", err)
+        await self.ownership.forget(models)
+
+    def _release(self, model: str) -> None:
+        """Stop showing and watching ``model``: its partition is handed over (its counters
+        stay: the model is still watched, elsewhere)."""
+        self.publisher.unpublish(model)
+        self.engine.drop(model)
 
     def _may_evict(self, model: str) -> bool:
         """Whether ``model`` may make room for a new one: no flag held, no open incident
@@ -659,185 +454,23 @@ class Daemon:
         dispatcher = self.actions.dispatcher
         return dispatcher is None or all(a.model != model for a in dispatcher.active())
 
-    async def _commit_point(self) -> None:
-        """Commit applied offsets; with a state store, only right after a checkpoint."""
-        store = self.store
-        if store is None:
-            await self.consumer.commit()
-            return
-        due = time.monotonic() - self._last_checkpoint >= self.settings.state.interval_s
-        if not (due or self._force_checkpoint):
-            return
-        if await self._checkpoint(set(self._dirty)):
-            self._force_checkpoint = False
-            failpoint("commit.before")
-            await self.consumer.commit()
-            failpoint("commit.after")
-
-    async def _checkpoint(self, models: set[str]) -> bool:
-        store = self.store
-        if store is None:
-            return True
-        snapshots = {}
-        for model in models:
-            monitor = self.engine.models.get(model)
-            if monitor is not None:
-                snapshots[model] = snapshot_model(
-                    monitor,
-                    self.actions,
-                    self._model_partition.get(model),
-                    self._applied_offsets.get(model),
-                )
-        refused: dict[str, str] = {}
-        try:
-            if isinstance(store, KafkaStore) and self.consumer.outages != self._store_outages:
-                await store.ensure_topic()
-                self._store_outages = self.consumer.outages
-                # The broker may have lost every checkpoint: write all models, not the dirty.
-                snapshots = {
-                    model: snapshot_model(
-                        m,
-                        self.actions,
-                        self._model_partition.get(model),
-                        self._applied_offsets.get(model),
-                    )
-                    for model, m in self.engine.models.items()
-                }
-            if snapshots:
-                failpoint("checkpoint.before_save")
-                await store.save(snapshots)
-                failpoint("checkpoint.saved")
-        except CheckpointError as err:
-            if not err.failed:
-                return self._store_failed(err, len(snapshots))
-            refused = err.failed
-        except Exception as err:
-            return self._store_failed(err, len(snapshots))
-        written_at = time.time()
-        for model in snapshots:
-            if model not in refused:
-                self._saved_at[model] = written_at
-        self._dirty -= models - refused.keys()
-        self.checkpoint_health.written(set(snapshots) - refused.keys())
-        self._last_checkpoint = time.monotonic()
-        if refused:
-            self.metrics.checkpoint_failures.inc()
-            blocking = self.checkpoint_health.refused(refused)
-            self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
-            if blocking:
-                log.warning(
-                    "checkpoint of %d of %d models refused (offsets not committed yet): %s",
-                    len(refused),
-                    len(snapshots),
-                    next(iter(refused.values())),
-                )
-                return False
-            log.error(
-                "checkpoint of %d models refused %d rounds in a row (first: %r, %s): offsets are "
-                "committed without them; a crash restarts them from their last good checkpoint",
-                len(refused),
-                self.settings.state.max_failed_rounds,
-                next(iter(refused)),
-                next(iter(refused.values())),
-            )
-        self.metrics.checkpoint_failing_models.set(len(self.checkpoint_health.failing))
-        self.metrics.checkpoints.inc()
-        self.metrics.last_checkpoint.set(written_at)
-        return True
-
-    def _store_failed(self, err: Exception, count: int) -> bool:
-        self.metrics.checkpoint_failures.inc()
-        self.checkpoint_health.store_failed(repr(err))
-        log.warning("checkpoint of %d models failed (offsets not committed): %r", count, err)
-        return False
-
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Restore the models of newly assigned partitions before any of their records."""
-        if self._stop.is_set():
-            # A stopping replica cannot act for what it would adopt (its batch loop has
-            # ended, its actions stop next): the partitions go to a replica that stays,
-            # from their checkpoints, once this one has left the group.
-            log.info("stopping: adopting no models for %d assigned partitions", len(assigned))
-            return
-        store = self.store
-        if store is None or not assigned:
-            return
-        snapshots: dict[str, bytes] | None = None
-        for attempt in range(1, 4):
-            try:
-                snapshots = await store.load_all()
-                break
-            except Exception as err:
-                self.metrics.checkpoint_failures.inc()
-                log.warning("loading checkpoints failed (attempt %d of 3): %r", attempt, err)
-        if snapshots is None:
-            log.error(
-                "cannot load checkpoints: the models of %d partitions start afresh", len(assigned)
-            )
-            return
-        failpoint("restore.loaded")
-        now = self.clock()
-        # A replica that missed a revoke (its commit raced a rebalance) may still hold models
-        # of partitions now owned elsewhere: it must not act for them, nor checkpoint them
-        # over their new owner's state.
-        stale = [m for m, tp in self._model_partition.items() if tp not in assigned]
-        for model in stale:
-            self._unpublish(model)
-            self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self.checkpoint_health.failing.pop(model, None)
-            self.actions.forget(model)
-        if stale:
-            log.warning("dropped %d models of partitions no longer assigned", len(stale))
-        restored = 0
-        for model, data in snapshots.items():
-            header = read_header(data)
-            tp = header.topic_partition
-            if tp is None or tp not in assigned:
-                continue
-            if model in self.engine.models and self._saved_at.get(model, 0.0) >= header.saved_at:
-                continue  # ours is at least as recent as the checkpoint
-            try:
-                monitor = restore_model(data, self.settings.policy_for(model), now, self.actions)
-            except Exception as err:
-                log.warning("checkpoint of model %r not restored: %r", model, err)
-                continue
-            if not self.engine.adopt(model, monitor):
-                continue  # max_models reached; a named model is always adopted
-            self._model_partition[model] = tp
-            self._saved_at[model] = header.saved_at
-            offsets = header.applied_offsets()
-            self._applied_offsets[model] = offsets
-            for part, offset in offsets.items():
-                self._replay_skip.setdefault(part, {})[model] = offset
-            # What the checkpoint decided and did not see done is carried out now, once.
-            self.actions.resume(model)
-            restored += 1
-        failpoint("restore.resumed")
-        self.restored_models += restored
-        log.info("restored %d models from checkpoints for %d partitions", restored, len(assigned))
+        await self.ownership.on_assigned(assigned)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Checkpoint the models of revoked partitions, then stop acting for them."""
-        if self.store is None or not revoked:
-            return
-        leaving = {m for m, tp in self._model_partition.items() if tp in revoked}
-        for tp in revoked:
-            self._replay_skip.pop(tp, None)
-        await self._checkpoint(leaving)
-        for model in leaving:
-            self._unpublish(model)
-            self.engine.drop(model)
-            self._model_partition.pop(model, None)
-            self._applied_offsets.pop(model, None)
-            self._dirty.discard(model)
-            self.checkpoint_health.failing.pop(model, None)
-            self.actions.forget(model)
-        log.info("handed over %d models with their checkpoints", len(leaving))
+        await self.ownership.on_revoked(revoked)
 
     # ----------------------------------------------------------------- HTTP provider
+
+    @property
+    def applied_events(self) -> int:
+        """Events that reached a detector since the start."""
+        return self.batches.applied_events
+
+    @property
+    def restored_models(self) -> int:
+        """How many models this replica restored from checkpoints since it started."""
+        return self.ownership.restored_models
 
     def batch_age(self) -> float:
         """Seconds the batch being applied has been in flight; 0 between batches."""
@@ -886,7 +519,7 @@ class Daemon:
         problems += self.consumer.unreadable_problems()
         if self._stop.is_set():
             problems.append("shutting down")
-        problems.extend(self.checkpoint_health.problems())
+        problems.extend(self.ownership.health.problems())
         return problems
 
     def status(self) -> dict[str, Any]:
@@ -894,15 +527,19 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "ready": not self.readiness_problems(),
-            "applied_events": self.applied_events,
+            "applied_events": self.batches.applied_events,
             "refused_events": {r.value: n for r, n in self.engine.refused_events.items()},
-            "restored_models": self.restored_models,
-            "checkpoints": self.checkpoint_health.status(),
+            "restored_models": self.ownership.restored_models,
+            "checkpoints": self.ownership.health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
             "unreadable_partitions": self.consumer.unreadable_problems(),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }
+
+
+class _StoreUnavailableError(RuntimeError):
+    """The checkpoint store did not start: the daemon exits 1 rather than run without it."""
 
 
 def _build_store(settings: Settings) -> CheckpointStore | None:
@@ -912,22 +549,3 @@ def _build_store(settings: Settings) -> CheckpointStore | None:
     if state.backend == "kafka":
         return KafkaStore(settings.kafka, state.topic, max_bytes=state.max_bytes)
     return None
-
-
-class _ConnectErrorsMuted(logging.Filter):
-    """Holds back aiokafka's "Unable connect to ..." errors and keeps the last one, so the
-    daemon logs each start-up attempt once, with the reason and the next delay."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith("Unable connect to"):
-            self._last = record.getMessage()
-            return False
-        return True
-
-    def take(self) -> str | None:
-        last, self._last = self._last, None
-        return last

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from detectors.specs import InputKind
+from detectors.base import InputKind
 from monitor.config.policy import SignalPolicy, SignalSource
 from monitor.engine.events import Event
 

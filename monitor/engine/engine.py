@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
-from detectors.specs import build_detector
+from detectors.registry import build_detector
 from monitor.config.policy import Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
@@ -200,6 +200,23 @@ class ModelMonitor:
         """Feed the detectors the events still waiting (no test is due in them)."""
         if self.deferred:
             self._feed(self.deferred, now)
+
+    def waiting(self, member: Member) -> Any | None:
+        """``member``'s values of the events that wait (None when none do), read without
+        feeding them: a checkpoint saves them beside the detector state, which lacks them,
+        so that saving changes nothing. Fed to a detector they run no test (see
+        ``apply_span``)."""
+        if not self.deferred:
+            return None
+        extract = member.extract
+        return _joined([cols.get(extract)[start:end] for cols, start, end in self.deferred])
+
+    def conclusive_at(self, member: Member) -> float | None:
+        """When ``member``'s Reading was last conclusive, counting the events that wait as fed
+        at the last event's time (they leave the Reading as it is): a checkpoint's value."""
+        if self.deferred and member.reading.verdict is not Verdict.INCONCLUSIVE:
+            return self.last_event_at
+        return member.last_conclusive_at
 
     def _feed(self, spans: list[Span], now: float) -> None:
         for signal in self.signals:

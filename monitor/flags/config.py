@@ -116,7 +116,7 @@ def build_backend(spec: FlagBackendSpec, environ: Mapping[str, str] | None = Non
     >>> build_backend(UnleashSpec(type="unleash", url="http://unleash:4242"), environ={})
     Traceback (most recent call last):
     ...
-    monitor.errors.ConfigError: flags.backend 'unleash': environment variable DRIFTWARDEN_UNLEASH_TOKEN is not set
+    alerts.errors.ConfigError: flags.backend 'unleash': environment variable DRIFTWARDEN_UNLEASH_TOKEN is not set
     """  # noqa: E501
     env = os.environ if environ is None else environ
     if isinstance(spec, FlagdFileSpec):

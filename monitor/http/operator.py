@@ -1,5 +1,4 @@
-"""The operator API (pin a flag, silence a model, acknowledge) behind a bearer token, and
-the rollout gate ``/v1/models/{model}/health`` for Argo Rollouts and Flagger.
+"""The operator API (pin a flag, silence a model, acknowledge) behind a bearer token.
 
 Owns the validation of everything an operator request carries (the Authorization header, the
 model id or flag name in the path, the JSON body and its values): a malformed request is a 4xx
@@ -25,7 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from alerts.base import Alert
 from monitor.actions.actions import ALERTNAME
-from monitor.config.policy import Level, ModelPolicy, parse_duration
+from monitor.config.policy import ModelPolicy, parse_duration
 from monitor.flags.base import FlagValue
 from monitor.http.server import LOG_REDACTOR, MAX_REQUEST_BODY_BYTES
 
@@ -41,9 +40,12 @@ __all__ = [
     "MAX_PIN_INTEGER",
     "MAX_PIN_STRING_CHARS",
     "MAX_SILENCE_S",
-    "add_gate_routes",
+    "Refused",
     "add_operator_routes",
+    "check_model_id",
+    "json_response",
     "policy_flag_kinds",
+    "refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ _MAX_DURATION_CHARS = 32
 _JSON_TYPE = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A request refused with ``status`` and a message for the client."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -84,7 +86,7 @@ class _Refused(Exception):
         self.message = message
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=json.dumps(data, default=str, allow_nan=False),
         status=status,
@@ -122,26 +124,26 @@ def _bad_character(text: str) -> int | None:
     return None
 
 
-def _check_model_id(model: str) -> str:
+def check_model_id(model: str) -> str:
     if not model:
-        raise _Refused(400, "model: the model id is empty")
+        raise Refused(400, "model: the model id is empty")
     if len(model) > MAX_NAME_CHARS:
-        raise _Refused(
+        raise Refused(
             400, f"model: the id is {len(model)} characters, over the maximum of {MAX_NAME_CHARS}"
         )
     bad = _bad_character(model)
     if bad is not None:
-        raise _Refused(400, f"model: the id holds a control or invalid character at {bad}")
+        raise Refused(400, f"model: the id holds a control or invalid character at {bad}")
     return model
 
 
 def _check_flag_name(flag: str) -> str:
     if len(flag) > MAX_NAME_CHARS:
-        raise _Refused(
+        raise Refused(
             400, f"flag: the name is {len(flag)} characters, over the maximum of {MAX_NAME_CHARS}"
         )
     if not _FLAG_NAME.fullmatch(flag):
-        raise _Refused(
+        raise Refused(
             400,
             f"flag: {_shown(flag)} is not a flag name (letters, digits and . _ : ~ -, "
             "starting with a letter or digit)",
@@ -232,7 +234,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
-            raise _Refused(400, f"body: field {_shown(key)} appears more than once")
+            raise Refused(400, f"body: field {_shown(key)} appears more than once")
         data[key] = value
     return data
 
@@ -249,16 +251,16 @@ def parse_body(raw: bytes, allowed: Collection[str]) -> dict[str, Any]:
     >>> parse_body(b'{"value": NaN}', {"value"})
     Traceback (most recent call last):
     ...
-    monitor.http.operator._Refused: value: 'NaN' is not a JSON number (only finite numbers are)
+    monitor.http.operator.Refused: value: 'NaN' is not a JSON number (only finite numbers are)
     """
     if not raw.strip():
         return {}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _Refused(400, f"body: not UTF-8 (invalid byte at offset {err.start})") from err
+        raise Refused(400, f"body: not UTF-8 (invalid byte at offset {err.start})") from err
     if _too_deep(text, MAX_JSON_DEPTH):
-        raise _Refused(400, f"body: nested deeper than {MAX_JSON_DEPTH} levels")
+        raise Refused(400, f"body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(
             text,
@@ -268,91 +270,91 @@ def parse_body(raw: bytes, allowed: Collection[str]) -> dict[str, Any]:
             object_pairs_hook=_unique_keys,
         )
     except json.JSONDecodeError as err:
-        raise _Refused(
+        raise Refused(
             400, f"body: not JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from err
     except (ValueError, RecursionError) as err:
-        raise _Refused(400, f"body: not JSON: {type(err).__name__}") from err
+        raise Refused(400, f"body: not JSON: {type(err).__name__}") from err
     if not isinstance(data, dict):
         bad = _bad_number_in(data)
         if bad is not None:
-            raise _Refused(400, f"body: {bad}")
-        raise _Refused(400, f"body: must be a JSON object, got {_json_type(data)}")
+            raise Refused(400, f"body: {bad}")
+        raise Refused(400, f"body: must be a JSON object, got {_json_type(data)}")
     for key, value in data.items():
         bad = _bad_number_in(value)
         if bad is not None:
-            raise _Refused(400, f"{_field(key)}: {bad}")
+            raise Refused(400, f"{_field(key)}: {bad}")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         expected = ", ".join(sorted(allowed)) or "no fields"
-        raise _Refused(400, f"body: unknown field {_shown(unknown[0])} (expected {expected})")
+        raise Refused(400, f"body: unknown field {_shown(unknown[0])} (expected {expected})")
     return data
 
 
 async def _read_body(request: web.Request, allowed: Collection[str]) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise _Refused(413, f"body: over the maximum of {MAX_BODY_BYTES} bytes")
+        raise Refused(413, f"body: over the maximum of {MAX_BODY_BYTES} bytes")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as err:
-        raise _Refused(413, f"body: over the maximum of {MAX_BODY_BYTES} bytes") from err
+        raise Refused(413, f"body: over the maximum of {MAX_BODY_BYTES} bytes") from err
     except (RequestPayloadError, HttpProcessingError) as err:
         # A broken chunked framing or content encoding: the bytes are not a body at all.
         cause = err.__cause__ if isinstance(err, RequestPayloadError) else err
         what = getattr(cause, "message", None) or type(cause).__name__
         reason = str(what).strip().splitlines()[0].rstrip(" :") if str(what).strip() else "?"
-        raise _Refused(400, f"body: cannot be read ({reason[:80]})") from err
+        raise Refused(400, f"body: cannot be read ({reason[:80]})") from err
     return parse_body(raw, allowed)
 
 
 def _check_pin_value(data: Mapping[str, Any]) -> FlagValue:
     if "value" not in data:
-        raise _Refused(400, 'value: required, as in {"value": <boolean, string or number>}')
+        raise Refused(400, 'value: required, as in {"value": <boolean, string or number>}')
     value = data["value"]
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         if abs(value) > MAX_PIN_INTEGER:
-            raise _Refused(400, f"value: integers are limited to +/-2**53, got {value}")
+            raise Refused(400, f"value: integers are limited to +/-2**53, got {value}")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Refused(400, "value: must be a finite number")
+            raise Refused(400, "value: must be a finite number")
         return value
     if isinstance(value, str):
         if not value:
-            raise _Refused(400, "value: an empty string is not a flag value")
+            raise Refused(400, "value: an empty string is not a flag value")
         if len(value) > MAX_PIN_STRING_CHARS:
-            raise _Refused(
+            raise Refused(
                 400,
                 f"value: the string is {len(value)} characters, over the maximum of "
                 f"{MAX_PIN_STRING_CHARS}",
             )
         bad = _bad_character(value)
         if bad is not None:
-            raise _Refused(400, f"value: the string holds a control or invalid character at {bad}")
+            raise Refused(400, f"value: the string holds a control or invalid character at {bad}")
         return value
-    raise _Refused(400, f"value: must be a boolean, string or number, got {_json_type(value)}")
+    raise Refused(400, f"value: must be a boolean, string or number, got {_json_type(value)}")
 
 
 def _check_duration(data: Mapping[str, Any]) -> float:
     duration = data.get("duration", "1h")
     if isinstance(duration, bool) or not isinstance(duration, str | int | float):
-        raise _Refused(
+        raise Refused(
             400,
             f"duration: expected a string such as 30m or 2h, or seconds, got "
             f"{_json_type(duration)}",
         )
     if isinstance(duration, str) and len(duration) > _MAX_DURATION_CHARS:
-        raise _Refused(400, f"duration: {_shown(duration)} is not a duration")
+        raise Refused(400, f"duration: {_shown(duration)} is not a duration")
     try:
         seconds = parse_duration(duration)
     except ValueError as err:
-        raise _Refused(400, f"duration: {err}") from err
+        raise Refused(400, f"duration: {err}") from err
     if seconds <= 0:
-        raise _Refused(400, "duration: must be longer than zero")
+        raise Refused(400, "duration: must be longer than zero")
     if seconds > MAX_SILENCE_S:
-        raise _Refused(
+        raise Refused(
             400, f"duration: {seconds:g}s is over the maximum of {MAX_SILENCE_S:g}s (7 days)"
         )
     return seconds
@@ -377,74 +379,8 @@ def policy_flag_kinds(policies: Mapping[str, ModelPolicy]) -> dict[str, frozense
     return {flag: frozenset(found) for flag, found in kinds.items()}
 
 
-def _refusal(err: _Refused) -> web.Response:
-    return _json({"error": err.message}, err.status)
-
-
-def add_gate_routes(app: web.Application, engine: Engine) -> None:
-    """``GET /v1/models/{model}/health``: 200 while ok or warn, 503 while degraded or worse.
-
-    The body is the same either way (``healthy``, ``state``, ``level``, ``reasons``). Argo
-    Rollouts' ``web`` provider takes ``jsonPath: "{$.healthy}"`` with ``successCondition:
-    result == true``; it counts a non-2xx answer as an error, not a failure, so it asks with
-    ``?always200=1``. Flagger's webhooks POST a JSON payload and fail on any status above 202,
-    so the same answer is served to ``POST`` (the payload is ignored). See docs/rollout-gate.md.
-    """
-
-    async def health(request: web.Request) -> web.Response:
-        model = request.match_info["model"]
-        try:
-            _check_model_id(model)
-        except _Refused as err:
-            return _refusal(err)
-        monitor = engine.models.get(model)
-        if monitor is None:
-            return _json(
-                {
-                    "model": model,
-                    "healthy": False,
-                    "state": "unknown",
-                    "reasons": ["no events seen for this model"],
-                    "error": "model: no events seen for this model",
-                },
-                404,
-            )
-        level = monitor.health.level
-        reasons = []
-        for name, obs in monitor.observations.items():
-            if obs.level is not Level.OK:
-                stat = obs.statistic if math.isfinite(obs.statistic) else None
-                thr = obs.threshold if math.isfinite(obs.threshold) else None
-                reasons.append(
-                    {"signal": name, "level": obs.level.label, "statistic": stat, "threshold": thr}
-                )
-        healthy = level < Level.DEGRADED
-        if not reasons and level is not Level.OK:
-            # Every signal is healthy again, but the model steps down only after recover_after.
-            reasons.append(
-                {
-                    "signal": None,
-                    "level": level.label,
-                    "statistic": None,
-                    "threshold": None,
-                    "detail": "recovering: signals healthy, waiting for recover_after "
-                    f"({monitor.policy.health.recover_after:g}s)",
-                }
-            )
-        body = {
-            "model": model,
-            "healthy": healthy,
-            "state": level.label,
-            "level": int(level),
-            "mode": monitor.policy.mode,
-            "events": monitor.events,
-            "reasons": reasons,
-        }
-        always200 = request.query.get("always200", "").lower() in ("1", "true", "yes")
-        return _json(body, 200 if healthy or always200 else 503)
-
-    app.router.add_get("/v1/models/{model}/health", health)
-    app.router.add_post("/v1/models/{model}/health", health)
+def refusal(err: Refused) -> web.Response:
+    return json_response({"error": err.message}, err.status)
 
 
 def _header_is_clean(value: str) -> bool:
@@ -486,7 +422,7 @@ def add_operator_routes(
             request.remote,
             why,
         )
-        response = _json({"error": "unauthorized"}, 401)
+        response = json_response({"error": "unauthorized"}, 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="driftwarden"'
         return response
 
@@ -507,8 +443,8 @@ def add_operator_routes(
                 return unauthorized(request, "wrong scheme or token")
             try:
                 return await handler(request)
-            except _Refused as err:
-                return _refusal(err)
+            except Refused as err:
+                return refusal(err)
 
         return check
 
@@ -524,24 +460,24 @@ def add_operator_routes(
         value = _check_pin_value(await _read_body(request, {"value"}))
         actuator = actions.actuator
         if actuator is None:
-            return _json({"error": "no flag backend configured"}, 409)
+            return json_response({"error": "no flag backend configured"}, 409)
         wanted = _flag_kind(value)
         policy_kinds = flag_kinds.get(flag, frozenset())
         held = await actuator.current(flag, timeout_s=BACKEND_READ_TIMEOUT_S)
         if not policy_kinds and held is None:
-            raise _Refused(
+            raise Refused(
                 404,
                 f"flag: {_shown(flag)} is unknown: no policy sets it and the flag backend "
                 "has no such flag",
             )
         if policy_kinds and wanted not in policy_kinds:
-            raise _Refused(
+            raise Refused(
                 400,
                 f"value: flag {_shown(flag)} takes {'/'.join(sorted(policy_kinds))} values "
                 f"(the policy sets it so), got a {wanted}",
             )
         if held is not None and _flag_kind(held) != wanted:
-            raise _Refused(
+            raise Refused(
                 400,
                 f"value: flag {_shown(flag)} holds a {_flag_kind(held)} value in the flag "
                 f"backend, got a {wanted}",
@@ -556,30 +492,30 @@ def add_operator_routes(
                 "by": "operator",
             }
         )
-        return _json({"flag": flag, "pinned": value})
+        return json_response({"flag": flag, "pinned": value})
 
     async def unpin(request: web.Request) -> web.Response:
         flag = _check_flag_name(request.match_info["flag"])
         await _read_body(request, ())
         if actions.actuator is None:
-            return _json({"error": "no flag backend configured"}, 409)
+            return json_response({"error": "no flag backend configured"}, 409)
         actions.actuator.unpin(flag)
         actions.audit.write(
             {"kind": "flag_released", "at": actions.clock(), "flag": flag, "by": "operator"}
         )
-        return _json({"flag": flag, "pinned": None})
+        return json_response({"flag": flag, "pinned": None})
 
     async def silence(request: web.Request) -> web.Response:
-        model = _check_model_id(request.match_info["model"])
+        model = check_model_id(request.match_info["model"])
         seconds = _check_duration(await _read_body(request, {"duration"}))
         if not known_model(model):
-            raise _Refused(
+            raise Refused(
                 404, f"model: {_shown(model)} is unknown: no events seen and no policy names it"
             )
         now = actions.clock()
         active = sum(1 for until in actions.silenced_until.values() if until > now)
         if model not in actions.silenced_until and active >= MAX_ACTIVE_SILENCES:
-            raise _Refused(
+            raise Refused(
                 429, f"silences: {active} models are silenced, the maximum is {MAX_ACTIVE_SILENCES}"
             )
         until = now + seconds
@@ -593,26 +529,26 @@ def add_operator_routes(
                 "by": "operator",
             }
         )
-        return _json({"model": model, "silenced_until": until})
+        return json_response({"model": model, "silenced_until": until})
 
     async def unsilence(request: web.Request) -> web.Response:
-        model = _check_model_id(request.match_info["model"])
+        model = check_model_id(request.match_info["model"])
         await _read_body(request, ())
         if not known_model(model):
-            raise _Refused(
+            raise Refused(
                 404, f"model: {_shown(model)} is unknown: no events seen and no policy names it"
             )
         actions.silenced_until.pop(model, None)
         actions.audit.write(
             {"kind": "unsilenced", "at": actions.clock(), "model": model, "by": "operator"}
         )
-        return _json({"model": model, "silenced_until": None})
+        return json_response({"model": model, "silenced_until": None})
 
     async def acknowledge(request: web.Request) -> web.Response:
-        model = _check_model_id(request.match_info["model"])
+        model = check_model_id(request.match_info["model"])
         await _read_body(request, ())
         if actions.dispatcher is None:
-            return _json({"error": "no alert sinks configured"}, 409)
+            return json_response({"error": "no alert sinks configured"}, 409)
         probe = Alert(
             model=model,
             alertname=ALERTNAME,
@@ -625,11 +561,11 @@ def add_operator_routes(
             starts_at=datetime.now(UTC),
         )
         if not actions.dispatcher.acknowledge(probe):
-            return _json({"error": f"model: no active incident for {_shown(model)}"}, 404)
+            return json_response({"error": f"model: no active incident for {_shown(model)}"}, 404)
         actions.audit.write(
             {"kind": "acknowledged", "at": actions.clock(), "model": model, "by": "operator"}
         )
-        return _json({"model": model, "acknowledged": True})
+        return json_response({"model": model, "acknowledged": True})
 
     app.router.add_put("/v1/flags/{flag}/pin", guarded(pin))
     app.router.add_delete("/v1/flags/{flag}/pin", guarded(unpin))

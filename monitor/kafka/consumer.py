@@ -1,48 +1,42 @@
-"""The Kafka side: the consumer (getmany batches read partition by partition, manual commits,
-rebalance listener, a deadline on every broker wait, unreadable partitions paused and retried)
-and the producer for the dead-letter and review topics.
+"""The Kafka consumer: getmany batches read partition by partition, manual commits, the
+rebalance listener, a deadline on every broker wait, unreadable partitions paused and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import (
-    BrokerResponseError,
-    ClusterAuthorizationFailedError,
     CorruptRecordException,
-    InvalidTopicError,
     KafkaError,
-    MessageSizeTooLargeError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
-    PolicyViolationError,
-    RecordListTooLargeError,
     RecordTooLargeError,
-    TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     UnsupportedCodecError,
-    UnsupportedForMessageFormatError,
 )
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from monitor.config.settings import KafkaSettings
-from monitor.engine.events import BadRecord
 from monitor.errors import BrokerUnavailableError
 from monitor.kafka.backoff import Backoff
+from monitor.kafka.quirks import (
+    ClientErrorsHeldBack,
+    being_cancelled,
+    close_after_interrupted_stop,
+    lost_committed_offsets,
+    next_fetch_response,
+    positions_past_log_end,
+)
 from monitor.observability.metrics import Metrics
 
-__all__ = ["DeadLetterWriter", "EventConsumer", "UnreadablePartition", "ensure_topics"]
+__all__ = ["Batch", "EventConsumer", "UnreadablePartition"]
 
 log = logging.getLogger(__name__)
 
@@ -109,92 +103,8 @@ class UnreadablePartition:
         )
 
 
-async def ensure_topics(
-    settings: KafkaSettings, topics: dict[str, dict[str, Any]], timeout_s: float
-) -> None:
-    """Create missing topics: ``{name: {"partitions": N, "config": {...}}}``."""
-    admin = AIOKafkaAdminClient(**settings.client_options())
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
-        missing = [
-            NewTopic(
-                name,
-                num_partitions=spec.get("partitions", 1),
-                replication_factor=spec.get("replication_factor", 1),
-                topic_configs=spec.get("config", {}),
-            )
-            for name, spec in topics.items()
-            if name not in existing
-        ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await asyncio.wait_for(admin.create_topics(missing), timeout_s)
-            log.info("created topics %s", [t.name for t in missing])
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(admin.close(), timeout_s)
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-#: aiokafka's loggers that report each connection retry (dozens a second while the broker is
-#: down); a filter on a logger sees only the records of that logger, hence the list.
-AIOKAFKA_LOGGERS = (
-    "aiokafka",
-    "aiokafka.conn",
-    "aiokafka.cluster",
-    "aiokafka.consumer.fetcher",
-    "aiokafka.consumer.group_coordinator",
-    "aiokafka.producer.producer",
-    "aiokafka.producer.sender",
-)
 #: While the broker is down: how often "still unreachable" is logged, 5 s doubling to 60 s.
 OUTAGE_REPORTS = Backoff(first_s=5.0, max_s=60.0, jitter=0.0)
-
-
-class _ClientErrorsHeldBack(logging.Filter):
-    """During an outage, holds back aiokafka's warnings and errors (one per retry) and
-    counts them; the consumer reports them on a backoff schedule instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = 0
-        self.last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        self.held += 1
-        self.last = record.getMessage()
-        return False
-
-    def attach(self) -> None:
-        for name in AIOKAFKA_LOGGERS:
-            logging.getLogger(name).addFilter(self)
-
-    def detach(self) -> None:
-        for name in AIOKAFKA_LOGGERS:
-            logging.getLogger(name).removeFilter(self)
-
-
-async def _next_fetch_response(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
-    """Wait until aiokafka's fetcher holds new data (records or a partition's error), at
-    most ``timeout_s``.
-
-    This is the future aiokafka's own getmany() waits on; it is private API (aiokafka is
-    pinned below 0.15, tests/kafka/test_unreadable_partition.py checks it is there). A
-    getmany() over all partitions would wait the same way but take their records at once.
-    """
-    waiter: asyncio.Future[None] = consumer._fetcher._create_fetch_waiter()
-    done, _ = await asyncio.wait([waiter], timeout=timeout_s)
-    if not done:
-        waiter.cancel()
-        return
-    waiter.result()  # an authorization error of the group fails every waiter
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -231,6 +141,12 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         #: Next offset to commit per partition (last applied offset + 1), not yet committed.
         self._pending: dict[TopicPartition, int] = {}
+        #: The offset this consumer last committed per partition (kept across revokes: the
+        #: broker holds it, or more if another replica committed since).
+        self._committed: dict[TopicPartition, int] = {}
+        #: Set by an outage: before the next commit, ask whether the broker still holds
+        #: ``_committed`` (see quirks.lost_committed_offsets).
+        self._check_committed = False
         self._next: dict[TopicPartition, int] = {}
         #: Fetch position of each assigned partition that has applied nothing yet: its lag
         #: is measured from there, so a partition stuck from its start shows up too.
@@ -244,7 +160,7 @@ class EventConsumer:
         self._outage_started_at = 0.0
         #: Times the broker went from reachable to unreachable.
         self.outages = 0
-        self._held_back: _ClientErrorsHeldBack | None = None
+        self._held_back: ClientErrorsHeldBack | None = None
         self._report_at = 0.0
         self._report_delays = OUTAGE_REPORTS.delays()
         self._probed_at = 0.0
@@ -306,14 +222,9 @@ class EventConsumer:
         except (TimeoutError, KafkaError, OSError) as err:
             log.warning("consumer did not stop cleanly: %r", err)
         except asyncio.CancelledError:
-            if _being_cancelled():
+            if being_cancelled():
                 raise
-            # aiokafka 0.14's Fetcher.close() awaits the fetch requests it has just
-            # cancelled; one sleeping in its retry backoff (the broker is down) re-raises
-            # CancelledError into us and the rest of consumer.stop() never runs.
-            log.warning("consumer stop interrupted by aiokafka; closing its connections")
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer._client.close(), self.settings.broker_timeout_s)
+            await close_after_interrupted_stop(consumer, self.settings.broker_timeout_s)
 
     def mark_broker(self, ok: bool) -> None:
         """Record the outcome of a broker call (any client of this daemon); sets broker_up."""
@@ -335,20 +246,15 @@ class EventConsumer:
                 self._outage_started_at = now
                 self.outages += 1
                 self._start_outage_log(now)
-                if self._pending:
-                    # The broker that comes back may be a fresh one (memory-only Tansu, a
-                    # recreated cluster) where these offsets point past the log end; the next
-                    # batch commits past them anyway, and a crash before it only replays.
-                    log.warning(
-                        "broker unreachable: dropping %d uncommitted offsets", len(self._pending)
-                    )
-                    self._pending.clear()
+                # The broker that comes back may have lost its data (Tansu, a recreated
+                # cluster): the next commit first checks it still holds our offsets.
+                self._check_committed = True
             self.broker_failed_at = now
         self.metrics.broker_up.set(1 if ok else 0)
 
     def _start_outage_log(self, now: float) -> None:
         if self._held_back is None:
-            self._held_back = _ClientErrorsHeldBack()
+            self._held_back = ClientErrorsHeldBack()
             self._held_back.attach()
         self._report_delays = OUTAGE_REPORTS.delays()
         self._report_at = now + next(self._report_delays)
@@ -420,7 +326,7 @@ class EventConsumer:
             left = deadline - time.monotonic()
             if batch or left <= 0:
                 return batch
-            await _next_fetch_response(consumer, left)
+            await next_fetch_response(consumer, left)
 
     async def _drain(self, consumer: AIOKafkaConsumer, max_records: int) -> Batch:
         """Take, without waiting, up to ``max_records`` the fetcher already holds, one
@@ -576,12 +482,8 @@ class EventConsumer:
 
     async def reset_positions_past_log_end(self) -> list[TopicPartition]:
         """Move every position beyond its partition's high watermark back per
-        ``auto_offset_reset``; return the partitions moved.
-
-        After a broker restart that lost the log (Tansu keeps nothing) a stale position or
-        committed offset points past the end. Tansu answers such a fetch with no records
-        rather than OFFSET_OUT_OF_RANGE, so aiokafka would wait there forever, and would
-        silently skip the new records below that offset once the log grows past it.
+        ``auto_offset_reset``; return the partitions moved (none on a broker that answers
+        OFFSET_OUT_OF_RANGE: see quirks.positions_past_log_end).
         """
         consumer = self._require()
         s = self.settings
@@ -592,7 +494,7 @@ class EventConsumer:
                 continue
             try:
                 position = await asyncio.wait_for(consumer.position(tp), s.broker_timeout_s)
-                if position <= high:
+                if tp not in positions_past_log_end({tp: position}, {tp: high}):
                     continue
                 log.warning(
                     "%s[%d]: position %d is past the log end %d (log lost in a broker "
@@ -663,10 +565,16 @@ class EventConsumer:
 
     async def commit(self) -> bool:
         """Commit every applied offset; False when the broker fails (the offsets stay
-        pending for the next commit unless the failure starts an outage, see mark_broker)."""
+        pending for the next commit). After an outage the offsets are dropped instead when
+        the broker lost the ones committed before it (see _drop_offsets_of_a_lost_log)."""
         if not self._pending:
             return True
         consumer = self._require()
+        if self._check_committed:
+            if not await self._drop_offsets_of_a_lost_log(consumer):
+                return False
+            if not self._pending:
+                return True
         offsets = {
             tp: OffsetAndMetadata(offset, "")
             for tp, offset in self._pending.items()
@@ -683,10 +591,38 @@ class EventConsumer:
             log.warning("offset commit failed, will retry after the next batch: %r", err)
             return False
         for tp, meta in offsets.items():
+            self._committed[tp] = meta.offset
             self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(meta.offset)
             if self._pending.get(tp) == meta.offset:
                 del self._pending[tp]
         self.mark_broker(True)
+        return True
+
+    async def _drop_offsets_of_a_lost_log(self, consumer: AIOKafkaConsumer) -> bool:
+        """After an outage, ask the broker for the offsets committed before it; when it lost
+        them (Tansu keeps nothing across a restart) the pending offsets may point past its
+        new log end: drop them (the next batch commits past them anyway, and a crash before
+        it only replays). False when the broker did not answer (the check is retried)."""
+        ours = {tp: offset for tp, offset in self._committed.items() if tp in self.assignment}
+        try:
+            theirs = {
+                tp: await asyncio.wait_for(consumer.committed(tp), self.settings.broker_timeout_s)
+                for tp in ours
+            }
+        except (TimeoutError, KafkaError) as err:
+            # Not proof of an outage (the group may be rejoining): the check runs again on
+            # the next commit.
+            log.warning("cannot read the committed offsets after an outage: %r", err)
+            return False
+        self._check_committed = False
+        if lost_committed_offsets(ours, theirs):
+            log.warning(
+                "the broker lost the offsets committed before the outage: dropping %d "
+                "uncommitted offsets",
+                len(self._pending),
+            )
+            self._pending.clear()
+            self._committed.clear()
         return True
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -740,391 +676,3 @@ class EventConsumer:
         if self._consumer is None:
             raise RuntimeError("EventConsumer is not started")
         return self._consumer
-
-
-#: Original headers kept on a dead letter, in order, up to this many bytes in all; the rest
-#: are dropped and counted in ``driftwarden.headers.dropped``.
-DEAD_LETTER_HEADERS_MAX = 64 * 1024
-#: A longer record key is cut to this on the dead letter (``driftwarden.key.truncated``).
-DEAD_LETTER_KEY_MAX = 4096
-_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
-_NOT_AUTHORIZED = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
-
-
-#: Refusals of the record itself: retrying the same bytes cannot pass.
-_REFUSED = (
-    *_TOO_LARGE,
-    *_NOT_AUTHORIZED,
-    InvalidTopicError,
-    CorruptRecordException,
-    UnsupportedForMessageFormatError,
-    PolicyViolationError,
-)
-
-
-def retriable(err: BaseException) -> bool:
-    """Whether a produce error may pass on retry (the broker down, slow, recreating the
-    topic, or answering an error it does not name), as opposed to a refusal of this record
-    (too large, not authorized, invalid topic) or a failure of ours (not a Kafka error)."""
-    if isinstance(err, TimeoutError | OSError):
-        return True
-    return isinstance(err, KafkaError) and not isinstance(err, _REFUSED)
-
-
-#: Every ``reason`` label of driftwarden_dead_letters_dropped_total, exported from the start.
-DROP_REASONS = ("too_large", "not_authorized", "invalid_topic", "rejected")
-
-
-def _drop_reason(err: BaseException) -> str:
-    if isinstance(err, _TOO_LARGE):
-        return "too_large"
-    if isinstance(err, _NOT_AUTHORIZED):
-        return "not_authorized"
-    if isinstance(err, InvalidTopicError):
-        return "invalid_topic"
-    return "rejected"
-
-
-DeadLetter = tuple[ConsumerRecord[bytes, bytes], BadRecord]
-
-
-class DeadLetterWriter:
-    """Writes bad records (original bytes and headers) to the dead-letter topic and other
-    side records (review samples); ``flush`` waits until the broker has them all.
-
-    A dead letter is bounded by ``kafka.dead_letter_max_bytes`` (key, headers and value are
-    cut to fit, and say so in headers); ``write_dead_letters`` retries what the broker may
-    take later for ``kafka.dead_letter_retry_s`` and drops (counts, logs) what it refuses.
-    """
-
-    def __init__(self, settings: KafkaSettings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        for reason in DROP_REASONS:  # a rate over a series that exists from the start
-            metrics.dead_letters_dropped.labels(reason)
-        self._producer: AIOKafkaProducer | None = None
-        self._inflight: list[asyncio.Future[Any]] = []
-        #: Dead letters sent, not yet acknowledged, with what they stand for.
-        self._dead_inflight: list[tuple[asyncio.Future[Any], ConsumerRecord[bytes, bytes]]] = []
-        #: Source records whose dead letter the broker refused as too large: sent without
-        #: their value on the next attempt.
-        self._valueless: set[tuple[str, int, int]] = set()
-        self._log_window: dict[str, tuple[float, int]] = {}
-        #: Since when the dead letters of the batch in flight cannot be written (None: they
-        #: can), and the last error: /readyz tells it instead of guessing.
-        self.failing_since: float | None = None
-        self.last_error = ""
-        #: The consumer whose broker view this writer shares (wired by the daemon): a write
-        #: stuck on a dead broker shows on /readyz and broker_up, and after any outage the
-        #: side topics are checked before the next write.
-        self.broker: EventConsumer | None = None
-        self._outages_checked = 0
-
-    async def start(self) -> None:
-        if self._producer is not None:
-            return
-        s = self.settings
-        producer = AIOKafkaProducer(
-            acks="all",
-            linger_ms=5,
-            # What it sends: dead letters bounded by dead_letter_max_bytes, and review
-            # samples, re-encoded events of at most max_record_bytes (twice: escaping).
-            max_request_size=max(s.dead_letter_max_bytes, 2 * s.max_record_bytes) + 1024,
-            **s.client_options(),
-        )
-        try:
-            await asyncio.wait_for(producer.start(), s.broker_timeout_s)
-        except (TimeoutError, KafkaError, OSError) as err:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), s.broker_timeout_s)
-            raise BrokerUnavailableError(
-                f"cannot start the Kafka producer for {s.bootstrap_servers!r}: {err!r}"
-            ) from err
-        self._producer = producer
-
-    async def stop(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
-        except (TimeoutError, KafkaError, OSError) as err:
-            log.warning("dead-letter producer did not stop cleanly: %r", err)
-        except asyncio.CancelledError:
-            if _being_cancelled():
-                raise
-            log.warning("dead-letter producer stop interrupted by aiokafka")
-
-    def bounded(
-        self, record: ConsumerRecord[bytes, bytes], bad: BadRecord, *, with_value: bool = True
-    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        """The dead letter of ``record``: (key, value, headers), at most
-        ``dead_letter_max_bytes`` when serialized."""
-        ours: list[tuple[str, bytes]] = [
-            ("driftwarden.reason", bad.reason.value.encode()),
-            ("driftwarden.detail", bad.detail.encode(errors="backslashreplace")[:1000]),
-            ("driftwarden.source.topic", record.topic.encode()),
-            ("driftwarden.source.partition", str(record.partition).encode()),
-            ("driftwarden.source.offset", str(record.offset).encode()),
-        ]
-        kept: list[tuple[str, bytes]] = []
-        size = 0
-        original = list(record.headers or ())
-        for name, header_value in original:
-            size += len(name.encode(errors="backslashreplace")) + len(header_value or b"") + 8
-            if size > DEAD_LETTER_HEADERS_MAX:
-                break
-            kept.append((name, header_value))
-        if len(kept) < len(original):
-            ours.append(("driftwarden.headers.dropped", str(len(original) - len(kept)).encode()))
-        key = record.key
-        if key is not None and len(key) > DEAD_LETTER_KEY_MAX:
-            ours.append(("driftwarden.key.truncated", str(len(key)).encode()))
-            key = key[:DEAD_LETTER_KEY_MAX]
-        value = record.value
-        if value is not None and not with_value:
-            ours.append(("driftwarden.truncated", str(len(value)).encode()))
-            value = b""
-        headers = kept + ours
-        if value is not None:
-            # The header that would say so counts in the room left for the value.
-            marker = ("driftwarden.truncated", str(len(value)).encode())
-            room = (
-                self.settings.dead_letter_max_bytes
-                - DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"", [*headers, marker])
-                - 16
-            )  # the value's length varint and rounding
-            if len(value) > room:
-                headers.append(marker)
-                value = value[: max(0, room)]
-        elif key is None:
-            value = b""  # a record with neither: Kafka needs one of them
-        return key, value, headers
-
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], bad: BadRecord) -> None:
-        """Send one bounded dead letter; ``write_dead_letters`` waits for its acknowledgement."""
-        coordinates = (record.topic, record.partition, record.offset)
-        key, value, headers = self.bounded(
-            record, bad, with_value=coordinates not in self._valueless
-        )
-        self._log_rate_limited(record, bad)
-        future = await self._send(self.settings.dead_letter_topic, value, key=key, headers=headers)
-        if any(name == "driftwarden.truncated" for name, _ in headers):
-            future.add_done_callback(self._count_truncated)
-        self._dead_inflight.append((future, record))
-
-    def _count_truncated(self, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.metrics.dead_letters_truncated.inc()
-
-    async def write_dead_letters(
-        self, bad: list[DeadLetter], *, stopping: Callable[[], bool] = lambda: False
-    ) -> bool:
-        """Write every dead letter of ``bad``; True once each is acknowledged or, refused for
-        good by the broker, counted as dropped. False when the broker stayed unreachable for
-        ``dead_letter_retry_s`` or ``stopping()`` turned true meanwhile (nothing is lost:
-        the caller does not commit the batch)."""
-        deadline = time.monotonic() + self.settings.dead_letter_retry_s
-        pending = bad
-        for attempt in itertools.count(1):
-            failures = await self._attempt(pending)
-            retry: list[DeadLetter] = []
-            for record, bad_record, err in failures:
-                coordinates = (record.topic, record.partition, record.offset)
-                if isinstance(err, _TOO_LARGE) and coordinates not in self._valueless:
-                    self._valueless.add(coordinates)
-                    retry.append((record, bad_record))
-                elif retriable(err):
-                    retry.append((record, bad_record))
-                else:
-                    self._drop(record, err)
-            if not retry:
-                self._valueless.clear()
-                self.failing_since = None
-                return True
-            pending = retry
-            errors = {repr(err) for _, _, err in failures if retriable(err)}
-            if errors:
-                self.last_error = sorted(errors)[0][:300]
-                if self.failing_since is None:
-                    self.failing_since = time.monotonic()
-            left = deadline - time.monotonic()
-            if stopping() or left <= 0:
-                log.error(
-                    "%d dead letters not written after %d attempts: %s",
-                    len(pending),
-                    attempt,
-                    self.last_error,
-                )
-                return False
-            if errors:
-                log.warning(
-                    "dead-letter write failed (attempt %d, %d records): %s",
-                    attempt,
-                    len(pending),
-                    self.last_error,
-                )
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt, left))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(
-        self, pending: list[DeadLetter]
-    ) -> list[tuple[ConsumerRecord[bytes, bytes], BadRecord, BaseException]]:
-        """Send ``pending`` and wait for the broker; return the records that failed, why."""
-        failures: list[tuple[ConsumerRecord[bytes, bytes], BadRecord, BaseException]] = []
-        sent: dict[tuple[str, int, int], BadRecord] = {}
-        self._dead_inflight = []  # an attempt cancelled midway leaves nothing to wait for
-        for i, (record, bad_record) in enumerate(pending):
-            try:
-                await self.dead_letter(record, bad_record)
-            except Exception as err:
-                failures.append((record, bad_record, err))
-                if retriable(err):  # the broker is away: the rest would wait as long
-                    failures += [(r, b, err) for r, b in pending[i + 1 :]]
-                    break
-                continue
-            sent[(record.topic, record.partition, record.offset)] = bad_record
-        inflight, self._dead_inflight = self._dead_inflight, []
-        if not inflight:
-            return failures
-        _, waiting = await asyncio.wait(
-            [future for future, _ in inflight], timeout=self.settings.broker_timeout_s
-        )
-        acknowledged = 0
-        for future, record in inflight:
-            bad_record = sent[(record.topic, record.partition, record.offset)]  # sent above
-            if future in waiting:
-                future.cancel()
-                failures.append((record, bad_record, TimeoutError("dead letter not acknowledged")))
-            elif (refused := future.exception()) is not None:
-                failures.append((record, bad_record, refused))
-            else:
-                acknowledged += 1
-        self.metrics.dead_lettered.inc(acknowledged)
-        if acknowledged or any(isinstance(err, BrokerResponseError) for *_, err in failures):
-            self._report(True)  # the broker answered
-        if any(retriable(err) for *_, err in failures):
-            await self._check_broker()
-        return failures
-
-    async def _check_broker(self) -> None:
-        # A dead letter that timed out does not prove the broker down (its partition's
-        # leader may be slow while the consumer's broker answers): /readyz says
-        # "unreachable" only when a metadata request fails too.
-        broker = self.broker
-        if broker is None:
-            return
-        try:
-            await broker.probe()
-        except RuntimeError:  # not started: no view to ask
-            self._report(False)
-
-    def _drop(self, record: ConsumerRecord[bytes, bytes], err: BaseException) -> None:
-        reason = _drop_reason(err)
-        self.metrics.dead_letters_dropped.labels(reason).inc()
-        now = time.monotonic()
-        started, suppressed = self._log_window.get(f"drop:{reason}", (0.0, -1))
-        if now - started >= 10.0 or suppressed < 0:
-            log.error(
-                "dead letter of %s[%d]@%d dropped (%s), the broker refuses it: %r%s",
-                record.topic,
-                record.partition,
-                record.offset,
-                reason,
-                err,
-                f" ({suppressed} more like it not logged)" if suppressed > 0 else "",
-            )
-            self._log_window[f"drop:{reason}"] = (now, 0)
-        else:
-            self._log_window[f"drop:{reason}"] = (started, suppressed + 1)
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        """Send a side record (a review sample); ``flush`` waits for it."""
-        try:
-            future = await self._send(topic, value, key=key, headers=headers)
-        except (TimeoutError, KafkaError) as err:
-            if retriable(err):
-                self._report(False)
-            raise
-        self._inflight.append(future)
-
-    async def _send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("DeadLetterWriter is not started")
-        await self._recreate_lost_topics()
-        future: asyncio.Future[Any] = await asyncio.wait_for(
-            producer.send(topic, value=value, key=key, headers=headers),
-            self.settings.broker_timeout_s,
-        )
-        return future
-
-    async def flush(self) -> None:
-        """Wait until every side record sent so far is acknowledged; raise if one failed."""
-        inflight, self._inflight = self._inflight, []
-        if not inflight:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*inflight), self.settings.broker_timeout_s)
-        except (TimeoutError, KafkaError) as err:
-            if retriable(err):
-                self._report(False)
-            raise
-        self._report(True)
-
-    def _report(self, ok: bool) -> None:
-        if self.broker is not None:
-            self.broker.mark_broker(ok)
-
-    async def _recreate_lost_topics(self) -> None:
-        # A broker that lost its data (Tansu keeps none across a restart) acknowledges
-        # writes to a topic it no longer has, then drops them when the topic is created
-        # again: so the topics are created first, with the partitions given at start.
-        broker = self.broker
-        if broker is None or broker.outages == self._outages_checked:
-            return
-        if self.settings.create_topics:
-            s = self.settings
-            try:
-                await ensure_topics(
-                    s,
-                    {s.dead_letter_topic: {"partitions": 1}, s.review_topic: {"partitions": 1}},
-                    s.broker_timeout_s,
-                )
-            except (TimeoutError, KafkaError, OSError):
-                self._report(False)
-                raise
-        self._outages_checked = broker.outages
-
-    def _log_rate_limited(self, record: ConsumerRecord[bytes, bytes], bad: BadRecord) -> None:
-        # One line per reason per 10 s, with the count of the lines it stood for.
-        now = time.monotonic()
-        reason = bad.reason.value
-        started, suppressed = self._log_window.get(reason, (0.0, -1))
-        if now - started >= 10.0 or suppressed < 0:
-            log.warning(
-                "bad record at %s[%d]@%d: %s: %s%s",
-                record.topic,
-                record.partition,
-                record.offset,
-                reason,
-                bad.detail,
-                f" ({suppressed} more like it not logged)" if suppressed > 0 else "",
-            )
-            self._log_window[reason] = (now, 0)
-        else:
-            self._log_window[reason] = (started, suppressed + 1)

@@ -24,11 +24,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
 from alerts.base import Alert
-from detectors.specs import restore_detector
-from detectors.state import StateError
+from detectors.base import Detector
+from detectors.registry import restore_detector
+from detectors.serialization import StateError, pack, unpack
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
+from monitor.kafka.quirks import read_end
 
 if TYPE_CHECKING:
     from monitor.actions.actions import Actions
@@ -250,17 +252,20 @@ def snapshot_model(
 
     ``offsets``: per partition, the offset of the last record whose events the model's state
     holds; a restore skips that model's records up to it (a replay re-applies nothing).
+    Saving changes nothing: events the engine holds back are saved as they wait, beside
+    each detector's state, and fed to the detector on restore.
     """
-    monitor.flush(monitor.last_event_at or 0.0)
     health = monitor.health
     members: dict[str, Any] = {}
     for signal in monitor.signals:
         digest = _spec_digest(signal.policy.detector_spec)
         for member in signal.members:
+            waiting = monitor.waiting(member)
             members[member.name] = {
                 "spec": digest,
                 "detector": member.detector.to_bytes(),
-                "last_conclusive_at": member.last_conclusive_at,
+                "waiting": None if waiting is None else pack({"values": waiting}),
+                "last_conclusive_at": monitor.conclusive_at(member),
             }
     action_state: dict[str, Any] = {}
     if actions is not None:
@@ -345,6 +350,17 @@ def partition_of(data: bytes) -> TopicPartition | None:
     return read_header(data).topic_partition
 
 
+def _feed_waiting(detector: Detector, data: Any) -> None:
+    """Feed a restored detector the events that waited in the engine when it was saved."""
+    if not isinstance(data, bytes):
+        raise StateError(f"waiting values are {type(data).__name__}, not bytes")
+    values = unpack(data).get("values")
+    try:
+        detector.update_many(values)
+    except (TypeError, ValueError) as err:
+        raise StateError(f"invalid waiting values: {err}") from err
+
+
 def restore_model(
     data: bytes, policy: ModelPolicy, now: float, actions: Actions | None
 ) -> ModelMonitor:
@@ -372,12 +388,17 @@ def restore_model(
             if saved is None or saved["spec"] != digest:
                 continue
             try:
-                member.detector = restore_detector(saved["detector"])
+                detector = restore_detector(saved["detector"])
+                # None, and absent from checkpoints of versions that fed them before saving.
+                waiting = saved.get("waiting")
+                if waiting is not None:
+                    _feed_waiting(detector, waiting)
             except StateError as err:
                 log.warning(
                     "model %r signal %r: detector state not restored: %s", model, member.name, err
                 )
                 continue
+            member.detector = detector
             member.reading = member.detector.reading()
             member.last_conclusive_at = saved["last_conclusive_at"]
     health = raw["health"]
@@ -519,7 +540,7 @@ class KafkaStore:
     async def ensure_topic(self) -> None:
         """Create the compacted topic when missing (at start, and after a broker outage that
         may have lost it: a memory-only or recreated cluster)."""
-        from monitor.kafka.consumer import ensure_topics
+        from monitor.kafka.topics import ensure_topics
 
         s = self.settings
         await ensure_topics(
@@ -545,7 +566,7 @@ class KafkaStore:
             with contextlib.suppress(TimeoutError, KafkaError):
                 await asyncio.wait_for(producer.stop(), self.settings.broker_timeout_s)
 
-    async def load_all(self, idle_s: float = 1.0, deadline_s: float = 30.0) -> dict[str, bytes]:
+    async def load_all(self, deadline_s: float = 30.0) -> dict[str, bytes]:
         """Read the topic to its end; raise CheckpointError when that takes past deadline_s
         (a partial read would silently restart models from scratch)."""
         s = self.settings
@@ -563,22 +584,22 @@ class KafkaStore:
             tps = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_beginning()
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
+            listed = await asyncio.wait_for(consumer.end_offsets(tps), s.broker_timeout_s)
             seen: dict[TopicPartition, int] = {}
 
-            def reached(margin: int) -> bool:
-                return all(seen.get(tp, -1) >= ends[tp] - margin for tp in tps if ends[tp] > 0)
+            def read_to_the_end() -> bool:
+                # The log end: the ListOffsets answer until a fetch tells its high watermark
+                # (on Tansu the former is wrong, see quirks.read_end).
+                return all(
+                    seen.get(tp, -1) >= end - 1
+                    for tp in tps
+                    if (end := read_end(listed[tp], consumer.highwater(tp))) > 0
+                )
 
-            # Kafka answers the log end (last offset + 1); Tansu the last batch's base offset.
-            # Past that offset the read is surely complete; at end - 1 it is complete on Kafka
-            # and on Tansu only once the last batch arrived, so that needs idle_s of quiet.
-            # Before end - 1 no quiet period ends the read: only the deadline does.
-            started = quiet_since = time.monotonic()
-            while not reached(0):
-                now = time.monotonic()
-                if reached(1) and now - quiet_since >= idle_s:
-                    break
-                if now - started > deadline_s:
+            started = time.monotonic()
+            while not read_to_the_end():
+                if time.monotonic() - started > deadline_s:
+                    ends = {tp: read_end(listed[tp], consumer.highwater(tp)) for tp in tps}
                     raise CheckpointError(
                         f"checkpoint topic {self.topic!r} not read to its end "
                         f"({seen} of {ends}) within {deadline_s:.0f}s"
@@ -590,7 +611,6 @@ class KafkaStore:
                     if records:
                         seen[tp] = max(seen.get(tp, -1), records[-1].offset)
                     for record in records:
-                        quiet_since = time.monotonic()
                         if record.key is None:
                             continue
                         model = record.key.decode()
@@ -645,9 +665,3 @@ class KafkaStore:
             return
         futures = [await producer.send(self.topic, value=None, key=m.encode()) for m in models]
         await asyncio.wait_for(asyncio.gather(*futures), self.settings.broker_timeout_s)
-
-
-def with_partition(data: bytes, partition: TopicPartition) -> bytes:
-    raw = msgspec.msgpack.decode(data)
-    raw["partition"] = [partition.topic, partition.partition]
-    return msgspec.msgpack.encode(raw)

@@ -36,10 +36,9 @@ from rich.table import Table
 from rich.text import Text
 
 from monitor.config.policy import Level
-from monitor.config.settings import Settings, load_settings
+from monitor.config.settings import load_settings
 from monitor.daemon.daemon import Daemon
-from monitor.http.status_page import add_routes
-from monitor.kafka.consumer import ensure_topics
+from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import SignalHistory, attach_history, recovery
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker
@@ -179,17 +178,12 @@ def demo_config(
     config: dict[str, Any] = yaml.safe_load(demo_policy_text())
     config["kafka"]["bootstrap_servers"] = bootstrap_servers
     config["http"]["port"] = http_port
-    # Settings gained flag backends and alert sinks with the actions wiring; older trees
-    # lack the sections, and the demo still shows states then.
-    fields = Settings.model_fields
-    if "flags" in fields:
-        config["flags"] = {"type": "flagd_file", "path": str(flags_file)}
-    if "alerts" in fields:
-        sinks: list[dict[str, Any]] = [{"type": "console", "output": "log"}]
-        if webhook_url is not None:
-            sinks.append({"type": "webhook", "url": webhook_url})
-        config["alerts"] = {"sinks": sinks, "self_runbook_url": SELF_RUNBOOK_URL}
-    if "actions" in fields and audit_log is not None:
+    config["flags"] = {"type": "flagd_file", "path": str(flags_file)}
+    sinks: list[dict[str, Any]] = [{"type": "console", "output": "log"}]
+    if webhook_url is not None:
+        sinks.append({"type": "webhook", "url": webhook_url})
+    config["alerts"] = {"sinks": sinks, "self_runbook_url": SELF_RUNBOOK_URL}
+    if audit_log is not None:
         config["actions"] = {"audit_log": str(audit_log)}
     return config
 
@@ -497,7 +491,6 @@ class Demo:
         self.daemon = daemon = Daemon(settings, metrics=Metrics.create(CollectorRegistry()))
         # The status page's sparklines: a point a second, the last three minutes.
         attach_history(daemon, SignalHistory(points=180, step_s=1.0))
-        add_routes(daemon.http.app, daemon)
         self._daemon_task = asyncio.create_task(daemon.run(), name="demo-daemon")
         if not await self._wait(lambda: not daemon.readiness_problems(), 60.0):
             if self._stop.is_set():

@@ -22,6 +22,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from monitor.errors import BrokerUnavailableError, DriftwardenError
+from monitor.kafka.quirks import refresh_metadata
 
 __all__ = ["RECORD_TS_FIELD", "RecordStats", "TopicRecorder", "stamp_record_time"]
 
@@ -54,8 +55,8 @@ class TopicRecorder:
     Partitions are assigned, not subscribed: no consumer group is joined and nothing is
     committed, so recording never disturbs the daemon's group. A partition is finished when
     its position has passed the end offset observed at start and it has delivered nothing for
-    ``idle_s`` (some brokers, Tansu among them, answer ListOffsets with the base offset of the
-    last batch, so the end seen at start is only a lower bound), or when it delivers a record
+    ``idle_s`` (Tansu's ListOffsets answer is not the log end, see monitor.kafka.quirks, so
+    the end seen at start is only a lower bound), or when it delivers a record
     written after the recording started, or one past ``to_ms``.
 
     Parameters
@@ -141,7 +142,7 @@ class TopicRecorder:
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
-            await asyncio.wait_for(consumer._client.force_metadata_update(), self.timeout_s)
+            await refresh_metadata(consumer, self.timeout_s)
             partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             raise DriftwardenError(f"topic {self.topic!r} does not exist or has no partitions")

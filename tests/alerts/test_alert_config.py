@@ -8,10 +8,10 @@ from pydantic import TypeAdapter, ValidationError
 from alerts.alertmanager import AlertmanagerSink
 from alerts.config import AlertSinkSpec, build_sink, build_sinks
 from alerts.console import ConsoleSink
+from alerts.errors import ConfigError
 from alerts.pagerduty import PagerDutySink
 from alerts.slack import SlackSink
 from alerts.webhook import WebhookSink
-from monitor.errors import ConfigError
 
 SPECS = TypeAdapter(list[AlertSinkSpec])
 ENV = {

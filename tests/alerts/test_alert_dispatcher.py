@@ -11,7 +11,7 @@ import pytest
 
 from alerts.base import Alert
 from alerts.dispatcher import AlertDispatcher, sink_down_alert
-from monitor.errors import AlertSinkError
+from alerts.errors import AlertSinkError
 from monitor.observability.metrics import Metrics
 from tests.alerts.conftest import MakeAlert
 from tests.conftest import wait_for

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 from alerts.base import AlertSink
 from alerts.console import ConsoleSink
 from alerts.dispatcher import AlertDispatcher
+from alerts.errors import AlertSinkError
 from alerts.pagerduty import PagerDutySink
 from alerts.slack import SlackSink
 from alerts.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify_signature
-from monitor.errors import AlertSinkError
 from monitor.observability.metrics import Metrics
 from tests.alerts.conftest import MakeAlert
 from tests.conftest import wait_for

@@ -28,7 +28,11 @@ from prometheus_client import CollectorRegistry
 from monitor.config.settings import KafkaSettings, load_settings
 from monitor.daemon.daemon import Daemon
 from monitor.engine.events import BadReason, BadRecord
-from monitor.kafka.consumer import DEAD_LETTER_HEADERS_MAX, DEAD_LETTER_KEY_MAX, DeadLetterWriter
+from monitor.kafka.side_topics import (
+    DEAD_LETTER_HEADERS_MAX,
+    DEAD_LETTER_KEY_MAX,
+    SideTopicWriter,
+)
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker
 from tests.conftest import wait_for
@@ -74,9 +78,9 @@ class ScriptedProducer:
         return future
 
 
-def writer_with(producer: ScriptedProducer, **kafka: Any) -> tuple[DeadLetterWriter, Metrics]:
+def writer_with(producer: ScriptedProducer, **kafka: Any) -> tuple[SideTopicWriter, Metrics]:
     metrics = Metrics.create(CollectorRegistry())
-    writer = DeadLetterWriter(KafkaSettings(broker_timeout_s=0.2, **kafka), metrics)
+    writer = SideTopicWriter(KafkaSettings(broker_timeout_s=0.2, **kafka), metrics)
     writer._producer = producer  # type: ignore[assignment]
     return writer, metrics
 
@@ -160,7 +164,7 @@ async def test_a_stop_ends_the_retries_at_once() -> None:
 def test_a_dead_letter_fits_its_bound_whatever_the_record(
     value_size: int, key_size: int, header_count: int
 ) -> None:
-    writer = DeadLetterWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
+    writer = SideTopicWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
     headers = [(f"h{i}", b"v" * 100) for i in range(header_count)]
     source = record(b"x" * value_size, key=b"k" * key_size or None, headers=headers)
     key, value, out = writer.bounded(source, BadRecord(BadReason.TOO_LARGE, "d" * 5000))
@@ -182,7 +186,7 @@ def test_a_dead_letter_fits_its_bound_whatever_the_record(
 
 
 def test_a_record_with_neither_key_nor_value_still_makes_a_dead_letter() -> None:
-    writer = DeadLetterWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
+    writer = SideTopicWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
     key, value, _ = writer.bounded(record(None, key=None), BadRecord(BadReason.EMPTY, "none"))
     assert (key, value) == (None, b"")
     assert writer.bounded(record(None), BAD)[:2] == (b"m", None)  # a tombstone stays one

@@ -5,14 +5,17 @@ every batch, and end in the same detector state."""
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
 from monitor.config.policy import ModelPolicy
 from monitor.engine.engine import Engine
 from monitor.engine.events import Event
+from monitor.state.checkpoints import restore_model, snapshot_model
 
 SMALL = {"window": 200, "stride": 50, "reference": {"size": 300}}
 POLICY = ModelPolicy.model_validate(
@@ -85,6 +88,7 @@ def test_deferring_engine_matches_the_feed_everything_engine(holes: bool) -> Non
     deferring = Engine(lambda model: POLICY, max_models=100)
     eager = Engine(lambda model: POLICY, max_models=100, defer=False)
     waited = 0
+    saved_while_waiting = 0
     now = 0.0
     transitions = 0
     for batch in range(160):
@@ -112,20 +116,38 @@ def test_deferring_engine_matches_the_feed_everything_engine(holes: bool) -> Non
             for sa, sb in zip(monitor.signals, other.signals, strict=True):
                 for ma, mb in zip(sa.members, sb.members, strict=True):
                     assert _same(ma.reading, mb.reading), (batch, name, ma.name)
+        if batch % 40 == 38:
+            saved_while_waiting += _save_and_restore(deferring, eager, now)
         if batch % 40 == 39:
             assert deferring.tick(now) == eager.tick(now) == []
     assert waited > 0, "no span ever waited: the test checks nothing"
     assert transitions > 0, "no transition: the drift never registered"
+    # With holes in every other span, few spans wait: the complete stream covers saving.
+    assert holes or saved_while_waiting > 0, "no model was saved while events waited"
     for name, monitor in deferring.models.items():
+        monitor.flush(now)
         assert _checkpoint(monitor) == _checkpoint(eager.models[name]), name
+
+
+def _save_and_restore(deferring: Engine, eager: Engine, now: float) -> int:
+    """Checkpoint every deferring model; return how many had events waiting."""
+    saved_while_waiting = 0
+    for name, monitor in deferring.models.items():
+        waiting = monitor.deferred_events
+        held = [pickle.dumps(m.detector) for s in monitor.signals for m in s.members]
+        saved = snapshot_model(monitor, None, None)
+        # Saving changed nothing: the events still wait, every detector is as it was.
+        assert monitor.deferred_events == waiting, name
+        assert held == [pickle.dumps(m.detector) for s in monitor.signals for m in s.members]
+        saved_while_waiting += waiting > 0
+        # Restored, the waiting events are in the detectors: the state of the eager engine.
+        restored = restore_model(saved, POLICY, now, None)
+        assert _checkpoint(restored) == _checkpoint(eager.models[name]), name
+    return saved_while_waiting
 
 
 def _checkpoint(monitor: Any) -> dict[str, Any]:
     """A model's checkpoint (detector states as bytes) without its wall-clock stamp."""
-    import msgspec
-
-    from monitor.state.checkpoints import snapshot_model
-
     state: dict[str, Any] = msgspec.msgpack.decode(snapshot_model(monitor, None, None))
     state.pop("saved_at")
     return state

@@ -98,7 +98,7 @@ async def test_the_daemon_counts_events_past_the_limit_in_its_metric(tmp_path: P
     tp = TopicPartition("events", 0)
     # Nothing reaches the broker: a batch of good records writes no dead letter.
     batch = {tp: [json_record(tp, i, {"model": f"m{i % 10}", "error": False}) for i in range(100)]}
-    assert await daemon._apply(batch)
+    assert await daemon.batches.apply(batch)
     assert sorted(daemon.engine.models) == ["m0", "m1", "m2"]
     get = metrics.registry.get_sample_value
     assert get("driftwarden_model_limit_dropped_events_total") == 70
@@ -110,7 +110,7 @@ async def test_the_daemon_counts_events_past_the_limit_in_its_metric(tmp_path: P
     # Only admitted models are published; the dropped ones have no series to grow.
     published = {s.labels["model"] for m in metrics.health_level.collect() for s in m.samples}
     assert published == {"m0", "m1", "m2"}
-    assert await daemon._apply(batch)
+    assert await daemon.batches.apply(batch)
     assert get("driftwarden_model_limit_dropped_events_total") == 140
     assert get("driftwarden_events_refused_total", {"reason": "model_limit"}) == 140
     assert get("driftwarden_events_applied_total") == 60

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config.settings import KafkaSettings
 from monitor.engine.events import BadReason, BadRecord
-from monitor.kafka import consumer as consumer_module
-from monitor.kafka.consumer import DeadLetterWriter
+from monitor.kafka import side_topics as side_topics_module
+from monitor.kafka.side_topics import SideTopicWriter
 from monitor.observability.logs import configure_logging
 from monitor.observability.metrics import Metrics
 
@@ -126,11 +126,11 @@ def test_bad_record_log_lines_are_rate_limited_per_reason_with_the_suppressed_co
         **{name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     )
     clock.monotonic = lambda: now[0]
-    monkeypatch.setattr(consumer_module, "time", clock)
-    writer = DeadLetterWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
+    monkeypatch.setattr(side_topics_module, "time", clock)
+    writer = SideTopicWriter(KafkaSettings(), Metrics.create(CollectorRegistry()))
     not_json = BadRecord(BadReason.NOT_JSON, "expected JSON")
     missing = BadRecord(BadReason.MISSING_MODEL, "no 'model' field")
-    caplog.set_level(logging.WARNING, logger="monitor.kafka.consumer")
+    caplog.set_level(logging.WARNING, logger="monitor.kafka.side_topics")
 
     for offset in range(5):
         writer._log_rate_limited(bad_record(offset), not_json)

@@ -92,7 +92,7 @@ def daemon_with_models(tmp_path: Path, models: int) -> Daemon:
         for m in range(models)
     ]
     daemon.engine.apply(batch, now=time.time())
-    daemon._publish_models(set(daemon.engine.models))
+    daemon.publisher.publish(set(daemon.engine.models))
     return daemon
 
 
@@ -143,7 +143,10 @@ async def test_scraping_10k_models_never_blocks_the_event_loop_for_100ms(
     heartbeat = Heartbeat()
     beating = asyncio.create_task(heartbeat.run())
     try:
-        await asyncio.sleep(0.05)  # the heartbeat's first beats, before any scrape
+        # The heartbeat's first beats (its start's lateness is not the scrape's), before any.
+        await wait_for(
+            lambda: heartbeat.beats >= 3, timeout=10, interval=0.005, what="3 heartbeats"
+        )
         heartbeat.max_lag_s = 0.0
         port = daemon.http.bound_port
         assert port is not None

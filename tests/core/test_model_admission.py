@@ -221,14 +221,16 @@ async def test_the_daemon_unpublishes_and_forgets_the_checkpoint_of_an_evicted_m
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         return {tp: [json_record(tp, next(offsets), body) for body in bodies]}
 
-    assert await daemon._apply(batch({"model": "a"}, {"model": "b"}))
-    daemon._publish_models(set(daemon.engine.models))
+    assert await daemon.batches.apply(batch({"model": "a"}, {"model": "b"}))
+    daemon.publisher.publish(set(daemon.engine.models))
     daemon.metrics.transitions.labels("a", "ok", "warn").inc()
-    assert await daemon._checkpoint({"a", "b"})
+    assert await daemon.ownership.checkpoint({"a", "b"})
     assert sorted(await daemon.store.load_all()) == ["a", "b"]
     assert "driftwarden_model_health_level" in series_of(metrics, "a")
     # A one-shot id once full stays out; a new model with traffic evicts the oldest one-shot.
-    assert await daemon._apply(batch({"model": "x"}, *[{"model": "c"}] * 5, {"model": "fraud"}))
+    assert await daemon.batches.apply(
+        batch({"model": "x"}, *[{"model": "c"}] * 5, {"model": "fraud"})
+    )
     assert sorted(daemon.engine.models) == ["b", "c", "fraud"]
     assert series_of(metrics, "a") == []
     assert sorted(await daemon.store.load_all()) == ["b"]
@@ -239,8 +241,8 @@ async def test_the_daemon_unpublishes_and_forgets_the_checkpoint_of_an_evicted_m
     assert get("driftwarden_events_applied_total") == 2 + 6
     assert daemon.status()["refused_events"] == {"probation": 1, "model_limit": 0}
     # The refused id left no trace in the checkpoint bookkeeping (it would grow with a flood).
-    assert sorted(daemon._model_partition) == ["b", "c", "fraud"]
-    assert "x" not in daemon._dirty
+    assert sorted(daemon.ownership.owned.partition) == ["b", "c", "fraud"]
+    assert "x" not in daemon.ownership.owned.dirty
 
 
 async def test_the_daemon_vetoes_evicting_a_model_that_holds_a_flag_or_an_open_alert(

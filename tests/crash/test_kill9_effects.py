@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -30,10 +31,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from alerts.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from monitor.tools.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.traffic import TrafficGenerator
 from tests.core.kafka_helpers import create_topic
 
 # The module fixture runs every case (the first test's setup): its timeout covers them all.
@@ -299,27 +300,42 @@ class Daemon:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-async def produce(
-    producer: AIOKafkaProducer, topic: str, phase: list[int], stop: asyncio.Event
-) -> None:
-    """200 events/s of MODEL with phase[0] errors in every 20, and 50/s of a healthy bystander."""
-    n = 0
-    while not stop.is_set():
-        for _ in range(10):
-            errors = phase[0]
-            body = {"model": MODEL, "request_id": f"{MODEL}-{n}", "error": n % 20 < errors}
-            await producer.send(topic, json.dumps(body).encode(), key=MODEL.encode())
-            if n % 4 == 0:
-                healthy = {"model": BYSTANDER, "request_id": f"{BYSTANDER}-{n}", "error": False}
-                await producer.send(topic, json.dumps(healthy).encode(), key=BYSTANDER.encode())
-            n += 1
-        await asyncio.sleep(0.05)
+class PhaseEvents:
+    """MODEL's events with ``phase[0]`` errors in every 20 (by its own count), the bystander's
+    all healthy: the event content of the shared generator's traffic (``traffic_of``)."""
+
+    def __init__(self, phase: list[int]) -> None:
+        self.phase = phase
+        self.count: dict[str, int] = {}
+
+    def __call__(
+        self, model: str, i: int, kinds: frozenset[str], rng: random.Random
+    ) -> dict[str, Any]:
+        n = self.count.get(model, 0)
+        self.count[model] = n + 1
+        error = model == MODEL and n % 20 < self.phase[0]
+        return {"model": model, "request_id": f"{model}-{n}", "error": error}
+
+
+def traffic_of(bootstrap: str, topic: str, phase: list[int]) -> TrafficGenerator:
+    """200 events/s of MODEL with ``phase[0]`` errors in every 20, and 50/s of a healthy
+    bystander."""
+    return TrafficGenerator(
+        bootstrap,
+        topic,
+        rate_per_model=50.0,
+        models=(MODEL, BYSTANDER),
+        script=(),
+        make=PhaseEvents(phase),
+        weights={MODEL: 4.0},
+        linger_ms=5,
+        client_id=f"crash-traffic-{topic}",
+    )
 
 
 async def run_case(
     case: tuple[str, int, str | None],
     broker: EmbeddedBroker,
-    producer: AIOKafkaProducer,
     tmp: Path,
     timeout_s: float = 150.0,
 ) -> Outcome:
@@ -337,12 +353,12 @@ async def run_case(
     armed = [f"{point}:{nth}", *([then] if then else [])]
     phase_index = 0
     phase = [PHASES[0][1]]
-    stop = asyncio.Event()
-    traffic = asyncio.create_task(produce(producer, topic, phase, stop))
-    daemon.start(armed.pop(0))
+    traffic = traffic_of(broker.bootstrap_servers, topic, phase)
     deadline = time.monotonic() + timeout_s
     last_status = 0.0
     try:
+        await traffic.start()
+        daemon.start(armed.pop(0))
         while True:
             await asyncio.sleep(0.01)
             watch.poll()
@@ -398,8 +414,7 @@ async def run_case(
             daemon.process.kill()
             await asyncio.to_thread(daemon.process.wait, 10)
     finally:
-        stop.set()
-        await asyncio.gather(traffic, return_exceptions=True)
+        await traffic.stop()
         await receiver.stop()
     outcome.changes = watch.changes
     outcome.final = watch.current
@@ -432,24 +447,19 @@ def outcomes(
     base = tmp_path_factory.mktemp("crash")
 
     async def run_all() -> dict[str, Outcome]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-        await producer.start()
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(index: int, case: tuple[str, int, str | None]) -> Outcome:
             async with gate:
                 tmp = base / f"case-{index:02d}"
                 await asyncio.to_thread(tmp.mkdir)
-                return await run_case(case, broker, producer, tmp)
+                return await run_case(case, broker, tmp)
 
         # Debugging aid: DRIFTWARDEN_CRASH_ONLY=id,id runs those cases only (select the same
         # ones with -k); the others then fail for want of an outcome.
         only = {x for x in os.environ.get("DRIFTWARDEN_CRASH_ONLY", "").split(",") if x}
         chosen = [c for c in CASES if not only or case_id(c) in only]
-        try:
-            results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chosen)))
-        finally:
-            await producer.stop()
+        results = await asyncio.gather(*(one(i, c) for i, c in enumerate(chosen)))
         return {r.case: r for r in results}
 
     started = time.monotonic()

@@ -35,6 +35,7 @@ from tests.deploy.deploy_helpers import (
     require_tool,
 )
 from tests.deploy.promql_names import Exposition, parse_exposition
+from tests.waiting import wait_for_sync
 
 
 @pytest.fixture(scope="session")
@@ -145,20 +146,29 @@ def daemon_exposition(
         )
     expected = _expected_series()
     missing: list[str] = ["no answer from /metrics"]
+    scraped: list[Exposition] = []
+
+    def complete() -> bool:
+        nonlocal missing
+        if proc.poll() is not None:
+            pytest.fail(f"the daemon exited {proc.returncode}; its log ends:\n{log_tail()}")
+        text = _scrape(port)
+        if text is None:
+            return False
+        scraped[:] = [parse_exposition(text)]
+        missing = _missing(scraped[0], expected)
+        return not missing
+
+    def log_tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            text = _scrape(port)
-            if text is not None:
-                live = parse_exposition(text)
-                missing = _missing(live, expected)
-                if not missing:
-                    break
-            time.sleep(0.05)
-        if missing:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            pytest.fail(f"the daemon's /metrics never showed {missing}; its log ends:\n{tail}")
-        yield live
+        wait_for_sync(
+            complete,
+            timeout=60,
+            what=lambda: f"the daemon's /metrics to show {missing}; its log ends:\n{log_tail()}",
+        )
+        yield scraped[0]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

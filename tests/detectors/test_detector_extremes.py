@@ -18,7 +18,7 @@ import pytest
 
 from detectors import StateError, build_detector, parse_spec, restore_detector
 from detectors.extremes import MAGNITUDE_LIMIT, UNBOUNDED, ExtremeCounts, Fence
-from detectors.state import pack, unpack
+from detectors.serialization import pack, unpack
 from detectors.window import drop_nan
 
 MAX = 1.7976931348623157e308

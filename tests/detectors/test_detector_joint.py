@@ -114,7 +114,7 @@ def test_joint_drift_rejects_a_corrupt_checkpoint_with_state_error() -> None:
     det = build_detector(JointDriftSpec(reference={"size": 100}, window=100, min_samples=50))
     det.update_many(np.random.default_rng(0).normal(size=(300, 3)))
     raw = det.to_bytes()
-    from detectors.state import pack, unpack
+    from detectors.serialization import pack, unpack
 
     broken = unpack(raw)
     del broken["state"]["calibration"]

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from monitor.config.settings import load_settings
@@ -24,6 +22,7 @@ from monitor.daemon.daemon import Daemon
 from monitor.flags.unleash import UnleashBackend
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.traffic import ErrorEvents, TrafficGenerator
 from tests.conftest import kafka_section, wait_for
 from tests.core.kafka_helpers import create_topic
 from tests.services.alertmanager import running_alertmanager
@@ -32,46 +31,6 @@ from tests.services.unleash import UnleashServer
 pytestmark = pytest.mark.integration
 
 FOR_S, COOLDOWN_S, RECOVER_S = 1.0, 6.0, 3.0
-
-
-class Traffic:
-    """Produces one model's events at a steady rate with a settable error probability."""
-
-    def __init__(self, bootstrap: str, topic: str, model: str, rate: float = 400.0) -> None:
-        self.bootstrap, self.topic, self.model, self.rate = bootstrap, topic, model, rate
-        self.error_probability = 0.0
-        self.sent = 0
-        self._task: asyncio.Task[None] | None = None
-        self._random = random.Random(7)
-
-    async def __aenter__(self) -> Traffic:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
-        await self._producer.start()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self._producer.stop()
-
-    async def _run(self) -> None:
-        tick = 0.05
-        per_tick = max(1, int(self.rate * tick))
-        while True:
-            for _ in range(per_tick):
-                body = {
-                    "model": self.model,
-                    "request_id": f"{self.model}-{self.sent}",
-                    "latency_ms": 20.0,
-                    "error": self._random.random() < self.error_probability,
-                }
-                await self._producer.send(
-                    self.topic, json.dumps(body).encode(), key=self.model.encode()
-                )
-                self.sent += 1
-            await asyncio.sleep(tick)
 
 
 def settings_for(
@@ -151,10 +110,21 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
     )
     await probe.start()
     await probe.set(flag, True)  # the service's flag, on before the incident
+    # One model's events at 400/s; the test raises their error rate to start an incident.
+    errors = ErrorEvents(error_rate=0.0)
 
     async with (
         running_alertmanager(tmp_path) as am,
-        Traffic(broker.bootstrap_servers, topic, model) as traffic,
+        TrafficGenerator(
+            broker.bootstrap_servers,
+            topic,
+            rate_per_model=400.0,
+            models=(model,),
+            script=(),
+            seed=7,
+            make=errors,
+            linger_ms=5,
+        ),
     ):
         settings = settings_for(tmp_path, broker, topic, unleash_server, am.url, flag)
         metrics = Metrics.create(CollectorRegistry())
@@ -169,7 +139,7 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             assert am.receiver.alerts() == []
 
             # 2. Error surge: one transition, one flip, exactly one page.
-            traffic.error_probability = 0.5
+            errors.error_rate = 0.5
             await wait_for(
                 lambda: monitor.health.level.label == "degraded", timeout=30, what="degraded"
             )
@@ -210,7 +180,7 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             )
 
             # 4. Recovery (while Unleash is still down): the restore waits and lands later.
-            traffic.error_probability = 0.0
+            errors.error_rate = 0.0
             await wait_for(lambda: monitor.health.level.label == "ok", timeout=40, what="recovery")
             await wait_for(
                 lambda: (
@@ -256,9 +226,13 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             assert "flag_backend_down" in kinds and "flag_backend_up" in kinds
 
             # 5. A new incident while Unleash is down: the flip waits, lands when it is back.
-            await asyncio.sleep(COOLDOWN_S)  # the cooldown after the recovery
+            await wait_for(
+                lambda: daemon.clock() - monitor.health.last_transition_at >= COOLDOWN_S,
+                timeout=COOLDOWN_S + 10,
+                what="the cooldown after the recovery over",
+            )
             unleash_server.stop()
-            traffic.error_probability = 0.5
+            errors.error_rate = 0.5
             await wait_for(
                 lambda: monitor.health.level.label == "degraded", timeout=30, what="second incident"
             )
@@ -282,7 +256,7 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
                 what="pending flip landed after Unleash came back",
             )
             print(f"pending flip landed {landed:.1f}s after waiting started")
-            traffic.error_probability = 0.0
+            errors.error_rate = 0.0
             await wait_for(
                 lambda: monitor.health.level.label == "ok", timeout=40, what="second recovery"
             )
@@ -291,9 +265,9 @@ async def test_incident_flips_flag_pages_once_and_recovers_on_real_components(
             # 6. Oscillation: a new incident opens at least a cooldown after a recovery.
             started = time.time()
             for _ in range(6):
-                traffic.error_probability = 0.5
+                errors.error_rate = 0.5
                 await asyncio.sleep(1.5)
-                traffic.error_probability = 0.0
+                errors.error_rate = 0.0
                 await asyncio.sleep(1.5)
             later = [e for e in audit(tmp_path) if e["kind"] == "transition" and e["at"] >= started]
             gaps = [

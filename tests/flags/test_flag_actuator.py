@@ -14,7 +14,7 @@ import pytest
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.http import HttpFlagBackend
 from monitor.observability.metrics import Metrics
-from tests.flags.eventually import eventually
+from tests.conftest import wait_for
 from tests.flags.flag_service import FlagService
 
 BODY = '{"key": "{flag}", "value": {value}}'
@@ -88,9 +88,8 @@ async def test_backend_down_never_blocks_shows_on_metrics_and_catches_up(
     actuator.request("fraud-fallback", True, key="fraud:degraded:1")
     assert time.perf_counter() - started < 0.01
 
-    await eventually(
-        lambda: sample(metrics, "driftwarden_flag_writes_total", outcome="retry"),
-        lambda v: v is not None and v >= 3,
+    await wait_for(
+        lambda: (sample(metrics, "driftwarden_flag_writes_total", outcome="retry") or 0) >= 3,
         what="three retries",
     )
     assert sample(metrics, "driftwarden_flag_backend_up") == 0
@@ -99,8 +98,10 @@ async def test_backend_down_never_blocks_shows_on_metrics_and_catches_up(
     assert service.flags == {}
 
     service.failing_status = None
-    await eventually(lambda: service.flags, lambda f: f == {"fraud-fallback": True})
-    await eventually(lambda: sample(metrics, "driftwarden_flag_queue_depth"), lambda v: v == 0)
+    await wait_for(
+        lambda: service.flags == {"fraud-fallback": True}, what=lambda: f"flags {service.flags}"
+    )
+    await wait_for(lambda: sample(metrics, "driftwarden_flag_queue_depth") == 0, what="queue empty")
     assert sample(metrics, "driftwarden_flag_backend_up") == 1
     assert sample(metrics, "driftwarden_flag_writes_total", outcome="ok") == 1
     assert recorder.health == [("flagsvc", False), ("flagsvc", True)]
@@ -113,13 +114,13 @@ async def test_requests_for_one_flag_coalesce_and_the_latest_wins(
 ) -> None:
     service.failing_status = 503
     actuator.request("fraud-mode", "rules", key="k1")
-    await eventually(lambda: sample(metrics, "driftwarden_flag_backend_up"), lambda v: v == 0)
+    await wait_for(lambda: sample(metrics, "driftwarden_flag_backend_up") == 0, what="backend down")
     actuator.request("fraud-mode", "human-review", key="k2")
     actuator.request("fraud-mode", "off", key="k3")
     assert sample(metrics, "driftwarden_flag_queue_depth") == 1
 
     service.failing_status = None
-    await eventually(lambda: actuator.pending(), lambda p: p == [], what="queue drained")
+    await wait_for(lambda: actuator.pending() == [], what="queue drained")
 
     assert [w["body"]["value"] for w in service.writes] == ["off"]
 
@@ -128,19 +129,19 @@ async def test_a_pin_wins_over_automation_until_released(
     actuator: FlagActuator, service: FlagService, recorder: Recorder
 ) -> None:
     actuator.pin("fraud-fallback", False, key="operator:alice")
-    await eventually(lambda: service.flags.get("fraud-fallback"), lambda v: v is False)
+    await wait_for(lambda: service.flags.get("fraud-fallback") is False, what="fraud-fallback off")
 
     actuator.request("fraud-fallback", True, key="fraud:degraded:2")
     actuator.request("other-flag", True, key="other:1")
     # The worker writes in request order: once other-flag landed, nothing is left for the pin.
-    await eventually(lambda: service.flags.get("other-flag"), lambda v: v is True)
+    await wait_for(lambda: service.flags.get("other-flag") is True, what="other-flag on")
     assert actuator.pending() == []
     assert service.flags["fraud-fallback"] is False
     assert actuator.desired()["fraud-fallback"] is True
     assert actuator.pins() == {"fraud-fallback": False}
 
     actuator.unpin("fraud-fallback")
-    await eventually(lambda: service.flags.get("fraud-fallback"), lambda v: v is True)
+    await wait_for(lambda: service.flags.get("fraud-fallback") is True, what="fraud-fallback on")
     assert ("fraud-fallback", True, "fraud:degraded:2") in recorder.applied
     assert recorder.applied[0] == ("fraud-fallback", False, "operator:alice")
 
@@ -149,7 +150,7 @@ async def test_unpin_without_an_automation_request_keeps_the_pinned_value(
     actuator: FlagActuator, service: FlagService
 ) -> None:
     actuator.pin("fraud-fallback", True)
-    await eventually(lambda: service.flags.get("fraud-fallback"), lambda v: v is True)
+    await wait_for(lambda: service.flags.get("fraud-fallback") is True, what="fraud-fallback on")
 
     actuator.unpin("fraud-fallback")
 
@@ -176,7 +177,7 @@ async def test_a_refused_write_is_counted_failed_and_not_retried(
     service.failing_status = 400
     actuator.request("fraud-fallback", True, key="k")
 
-    await eventually(lambda: actuator.pending(), lambda p: p == [], what="write given up")
+    await wait_for(lambda: actuator.pending() == [], what="write given up")
     assert sample(metrics, "driftwarden_flag_writes_total", outcome="failed") == 1
     assert sample(metrics, "driftwarden_flag_writes_total", outcome="retry") == 0
     assert sample(metrics, "driftwarden_flag_backend_up") == 0
@@ -222,7 +223,10 @@ async def test_current_falls_back_to_the_last_written_value_when_the_backend_is_
         service.flags["fraud-mode"] = "ml"
         assert await actuator.current("fraud-mode") == "ml"
         actuator.request("fraud-mode", "rules", key="k")
-        await eventually(lambda: actuator.applied(), lambda a: a == {"fraud-mode": "rules"})
+        await wait_for(
+            lambda: actuator.applied() == {"fraud-mode": "rules"},
+            what=lambda: f"fraud-mode=rules applied (applied: {actuator.applied()})",
+        )
 
         service.failing_status = 503
         assert await actuator.current("fraud-mode") == "rules"

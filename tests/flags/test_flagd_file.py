@@ -16,7 +16,7 @@ import pytest
 
 from monitor.errors import FlagBackendError
 from monitor.flags.flagd_file import FLAGD_SCHEMA, FlagdFileBackend
-from tests.flags.eventually import eventually
+from tests.conftest import wait_for
 from tests.services.availability import missing
 
 SERVICE_FLAGS: dict[str, Any] = {
@@ -92,18 +92,16 @@ def flagd_client(flags_file: Path) -> Iterator[Any]:
 async def test_boolean_flip_is_seen_by_flagd_provider_in_file_mode(
     flags_file: Path, flagd_client: Any
 ) -> None:
-    await eventually(
-        lambda: flagd_client.get_boolean_value("checkout-ml", False),
-        lambda v: v is True,
+    await wait_for(
+        lambda: flagd_client.get_boolean_value("checkout-ml", False) is True,
         what="provider loaded the service's file",
     )
     backend = FlagdFileBackend(flags_file)
 
     await backend.set("checkout-ml", False)
 
-    await eventually(
-        lambda: flagd_client.get_boolean_value("checkout-ml", True),
-        lambda v: v is False,
+    await wait_for(
+        lambda: flagd_client.get_boolean_value("checkout-ml", True) is False,
         what="provider sees checkout-ml off",
     )
     assert await backend.get("checkout-ml") is False
@@ -118,14 +116,15 @@ async def test_string_value_and_new_flag_are_seen_by_flagd_provider(
     await backend.set("fraud-mode", "human-review")
     await backend.set("fraud-fallback", True)
 
-    await eventually(
-        lambda: flagd_client.get_string_value("fraud-mode", "default"),
-        lambda v: v == "human-review",
-        what="provider sees fraud-mode=human-review",
+    await wait_for(
+        lambda: flagd_client.get_string_value("fraud-mode", "default") == "human-review",
+        what=lambda: (
+            "provider sees fraud-mode=human-review (it sees "
+            f"{flagd_client.get_string_value('fraud-mode', 'default')!r})"
+        ),
     )
-    await eventually(
-        lambda: flagd_client.get_boolean_value("fraud-fallback", False),
-        lambda v: v is True,
+    await wait_for(
+        lambda: flagd_client.get_boolean_value("fraud-fallback", False) is True,
         what="provider sees the created fraud-fallback flag on",
     )
     assert await backend.get("fraud-mode") == "human-review"

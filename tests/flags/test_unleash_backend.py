@@ -18,7 +18,7 @@ from monitor.errors import FlagBackendError
 from monitor.flags.actuator import FlagActuator
 from monitor.flags.unleash import UnleashBackend
 from monitor.observability.metrics import Metrics
-from tests.flags.eventually import eventually
+from tests.conftest import wait_for
 from tests.services.unleash import UnleashServer
 
 pytestmark = pytest.mark.integration
@@ -79,11 +79,11 @@ async def test_boolean_set_flips_the_toggle_the_sdk_sees(
     flag = new_flag("fraud-fallback")
     async with backend:
         await backend.set(flag, True)
-        await eventually(lambda: sdk.is_enabled(flag), what=f"SDK sees {flag} on")
+        await wait_for(lambda: sdk.is_enabled(flag), what=f"SDK sees {flag} on")
         assert await backend.get(flag) is True
 
         await backend.set(flag, False)
-        await eventually(lambda: sdk.is_enabled(flag), lambda v: v is False, what="SDK sees off")
+        await wait_for(lambda: sdk.is_enabled(flag) is False, what="SDK sees off")
         assert await backend.get(flag) is False
 
 
@@ -94,11 +94,13 @@ async def test_value_set_is_the_variant_the_sdk_returns_and_true_restores_the_to
     async with backend:
         await backend.set(flag, True)  # the service's own plain toggle
         await backend.set(flag, "human-review")
-        variant = await eventually(
-            lambda: sdk.get_variant(flag),
-            lambda v: v["name"] == "human-review",
-            what="SDK returns the human-review variant",
+        await wait_for(
+            lambda: sdk.get_variant(flag)["name"] == "human-review",
+            what=lambda: (
+                f"SDK returns the human-review variant (it returns {sdk.get_variant(flag)})"
+            ),
         )
+        variant = sdk.get_variant(flag)
         assert variant["payload"] == {"type": "string", "value": "human-review"}
         assert await backend.get(flag) == "human-review"
 
@@ -106,10 +108,14 @@ async def test_value_set_is_the_variant_the_sdk_returns_and_true_restores_the_to
         assert await backend.get(flag) == 0.25
 
         await backend.set(flag, True)
-        await eventually(
-            lambda: sdk.get_variant(flag),
-            lambda v: v["name"] == "disabled" and v["feature_enabled"] is True,
-            what="SDK back to the plain enabled toggle",
+        await wait_for(
+            lambda: (
+                sdk.get_variant(flag)["name"] == "disabled"
+                and sdk.get_variant(flag)["feature_enabled"] is True
+            ),
+            what=lambda: (
+                f"SDK back to the plain enabled toggle (it returns {sdk.get_variant(flag)})"
+            ),
         )
     state: Any = unleash_server.admin(
         "GET",
@@ -176,16 +182,15 @@ async def test_actuator_catches_up_when_unleash_comes_back(
     try:
         unleash_server.stop()
         actuator.request(flag, True, key="fraud:degraded:1")
-        await eventually(
-            lambda: sample("driftwarden_flag_backend_up", labels),
-            lambda v: v == 0,
+        await wait_for(
+            lambda: sample("driftwarden_flag_backend_up", labels) == 0,
             what="backend_up drops to 0",
         )
         assert sample("driftwarden_flag_queue_depth", labels) == 1
         assert health == [("unleash", False)]
 
         unleash_server.start()
-        await eventually(lambda: sdk.is_enabled(flag), timeout_s=20, what="SDK sees the flip")
+        await wait_for(lambda: sdk.is_enabled(flag), timeout=20, what="SDK sees the flip")
         assert sample("driftwarden_flag_backend_up", labels) == 1
         assert sample("driftwarden_flag_queue_depth", labels) == 0
         assert health == [("unleash", False), ("unleash", True)]

@@ -66,7 +66,7 @@ class BrokenCodec:
 
 
 def test_aiokafka_fetcher_waiter_is_there() -> None:
-    """The consumer waits on aiokafka's private fetch waiter (see _next_fetch_response)."""
+    """The consumer waits on aiokafka's private fetch waiter (see quirks.next_fetch_response)."""
     from aiokafka.consumer.fetcher import Fetcher
 
     assert callable(Fetcher._create_fetch_waiter)

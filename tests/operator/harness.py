@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,13 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from monitor.config.settings import Settings, load_settings
 from monitor.daemon.daemon import Daemon
 from monitor.observability.metrics import Metrics
 from monitor.tools.embedded_broker import EmbeddedBroker
+from monitor.tools.traffic import ErrorEvents, TrafficGenerator
 from tests.conftest import fast_rate_window, kafka_section, wait_for
 from tests.core.kafka_helpers import create_topic, read_all
 
@@ -31,60 +30,40 @@ THRESHOLD = 0.2
 RUNBOOK = "https://runbooks.example/ModelUnhealthy"
 
 
-class Traffic:
-    """One model's events at a steady rate; ``error_probability`` is settable mid-run.
+class Traffic(TrafficGenerator):
+    """One model's events at a steady rate from the shared generator; ``error_probability`` is
+    settable mid-run.
 
-    Each event has a ``prediction`` and a uniform ``confidence``; ``sent`` maps request ids
-    to their confidence, so tests can check what was sampled for review.
+    Each event has a ``prediction`` and a uniform ``confidence``; ``sent`` maps the request ids
+    the broker acknowledged to their confidence, so tests can check what was sampled for review.
     """
 
     def __init__(self, bootstrap: str, topic: str, model: str, rate: float = 400.0) -> None:
-        self.bootstrap, self.topic, self.model, self.rate = bootstrap, topic, model, rate
-        self.error_probability = 0.0
+        self.events = ErrorEvents(scored=True)
         self.sent: dict[str, float] = {}
-        self._random = random.Random(11)
-        self._task: asyncio.Task[None] | None = None
-        self._producer: AIOKafkaProducer | None = None
+        super().__init__(
+            bootstrap,
+            topic,
+            rate_per_model=rate,
+            models=(model,),
+            script=(),
+            seed=11,
+            make=self.events,
+            observe=self._keep,
+            linger_ms=5,
+            client_id=f"traffic-{model}",
+        )
 
-    async def __aenter__(self) -> Traffic:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
-        await self._producer.start()
-        self._task = asyncio.create_task(self._run(), name=f"traffic-{self.model}")
-        return self
+    @property
+    def error_probability(self) -> float:
+        return self.events.error_rate
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._producer is not None:
-            await self._producer.stop()
+    @error_probability.setter
+    def error_probability(self, rate: float) -> None:
+        self.events.error_rate = rate
 
-    async def send(self, body: dict[str, Any]) -> None:
-        """One extra record on the same topic (e.g. a label event)."""
-        assert self._producer is not None
-        await self._producer.send(self.topic, json.dumps(body).encode(), key=self.model.encode())
-
-    async def _run(self) -> None:
-        assert self._producer is not None
-        tick = 0.05
-        per_tick = max(1, int(self.rate * tick))
-        while True:
-            for _ in range(per_tick):
-                request_id = f"{self.model}-{len(self.sent)}"
-                confidence = round(self._random.random(), 4)
-                self.sent[request_id] = confidence
-                body = {
-                    "model": self.model,
-                    "request_id": request_id,
-                    "latency_ms": 20.0,
-                    "prediction": 1.0 if confidence >= 0.5 else 0.0,
-                    "confidence": confidence,
-                    "error": self._random.random() < self.error_probability,
-                }
-                await self._producer.send(
-                    self.topic, json.dumps(body).encode(), key=self.model.encode()
-                )
-            await asyncio.sleep(tick)
+    def _keep(self, body: dict[str, Any]) -> None:
+        self.sent[body["request_id"]] = body["confidence"]
 
 
 def error_rate_signal() -> dict[str, Any]:

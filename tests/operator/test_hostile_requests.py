@@ -32,9 +32,9 @@ from monitor.flags.flagd_file import FlagdFileBackend
 from monitor.http.operator import (
     MAX_ACTIVE_SILENCES,
     MAX_NAME_CHARS,
-    add_gate_routes,
     add_operator_routes,
 )
+from monitor.http.rollout_gate import add_gate_routes
 from monitor.http.server import MAX_REQUEST_BODY_BYTES, HttpServer
 from monitor.observability.logs import JsonFormatter
 from monitor.observability.metrics import Metrics

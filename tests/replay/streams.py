@@ -4,8 +4,12 @@ expected transitions computed independently of the engine."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from monitor.tools.traffic import event_stream
 
 T0 = 1_700_000_000.0
 STEP = 0.01
@@ -50,17 +54,22 @@ def is_error(i: int) -> bool:
     return i % 100 == 0
 
 
+def scripted_event(model: str, i: int, kinds: frozenset[str], rng: random.Random) -> dict[str, Any]:
+    """The ``i``-th event: its error from ``is_error`` (no randomness, so the reference model
+    below can follow it), a latency cycling over 13 values."""
+    return {
+        "model": model,
+        "error": is_error(i),
+        "latency_ms": 20.0 + i % 13,
+        "request_id": f"{model}-{i}",
+    }
+
+
 def lines(n: int, model: str = "fraud") -> Iterator[str]:
-    for i in range(n):
-        yield json.dumps(
-            {
-                "model": model,
-                "ts": T0 + i * STEP,
-                "error": is_error(i),
-                "latency_ms": 20.0 + i % 13,
-                "request_id": f"{model}-{i}",
-            }
-        )
+    """The stream as JSON lines, events ``STEP`` seconds apart from ``T0`` (the shared
+    generator's offline mode)."""
+    for event in event_stream(n, scripted_event, models=(model,), t0=T0, step_s=STEP):
+        yield json.dumps(event)
 
 
 def write_stream(path: Path, n: int) -> Path:

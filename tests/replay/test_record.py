@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from monitor.cli.replay import register
+from monitor.cli.record import register
 from monitor.config.settings import load_settings
 from monitor.tools.embedded_broker import EmbeddedBroker
 from monitor.tools.record import TopicRecorder

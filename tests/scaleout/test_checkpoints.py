@@ -222,7 +222,7 @@ async def test_idle_models_are_dropped_and_their_checkpoints_deleted(
     assert daemon.store is not None
     await daemon.store.start()
     daemon.engine.apply(events(10, 0, 0.0, 1), clock[0])
-    await daemon._checkpoint({"fraud"})
+    await daemon.ownership.checkpoint({"fraud"})
     assert list(await daemon.store.load_all()) == ["fraud"]
     clock[0] += settings.engine.model_idle_ttl_s + 1
     await daemon._expire_idle_models(clock[0])
@@ -239,8 +239,8 @@ async def test_handed_over_model_leaves_no_stale_series_on_metrics(
     daemon = Daemon(settings, metrics=metrics)
     tp = TopicPartition(f"series-{unique}", 0)
     daemon.engine.apply(events(200, 0, 0.6, 1), 1.0)
-    daemon._model_partition["fraud"] = tp
-    daemon._publish_models({"fraud"})
+    daemon.ownership.owned.partition["fraud"] = tp
+    daemon.publisher.publish({"fraud"})
     get = metrics.registry.get_sample_value
     assert get("driftwarden_model_health_level", {"model": "fraud"}) is not None
     assert daemon.store is not None

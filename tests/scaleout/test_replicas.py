@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,9 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.tools.embedded_broker import EmbeddedBroker, free_port
+from monitor.tools.traffic import ErrorEvents, TrafficGenerator
 from tests.conftest import fast_rate_window, wait_for
 from tests.core.kafka_helpers import create_topic
 
@@ -33,7 +33,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = [f"m-{i:03d}" for i in range(200)]
 INCIDENT_MODELS = ["m-001", "m-077", "m-150"]
 PARTITIONS = 12
+CHECKPOINTS = "driftwarden_checkpoints_total"
 SECRET = "scaleout-test-secret"
+#: Events per second of a quiet model (an incident model sends ten times as many).
+RATE_PER_MODEL = 8.0
+#: The error-rate detector's window (tests.conftest.fast_rate_window).
+WINDOW = int(fast_rate_window()["window"])
 
 
 class Witness:
@@ -85,46 +90,27 @@ class Witness:
         )
 
 
-class Traffic:
-    """Events of 200 models, keyed by model; incident models fail 60 % while ``incident``."""
+def traffic_of(bootstrap: str, topic: str, sent: list[str]) -> TrafficGenerator:
+    """Events of 200 models, ten times as many of the incident models, keyed by model, until
+    stopped; an incident model fails 60 % while an ``error_surge`` is begun on it. ``sent``
+    receives each acknowledged request id."""
+    return TrafficGenerator(
+        bootstrap,
+        topic,
+        rate_per_model=RATE_PER_MODEL,
+        models=MODELS,
+        script=(),
+        seed=3,
+        make=ErrorEvents(error_rate=0.0, surge_error_rate=0.6, latency_ms=10.0),
+        weights=dict.fromkeys(INCIDENT_MODELS, 10.0),
+        observe=lambda body: sent.append(body["request_id"]),
+        linger_ms=10,
+        client_id="scaleout-traffic",
+    )
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.incident = False
-        self.sent: list[str] = []
-        self._random = random.Random(3)
 
-    async def run(self, seconds: float) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=10)
-        await producer.start()
-        try:
-            end = time.monotonic() + seconds
-            n = 0
-            while time.monotonic() < end:
-                for model in MODELS:
-                    repeat = 10 if model in INCIDENT_MODELS else 1
-                    for _ in range(repeat):
-                        failing = (
-                            self.incident
-                            and model in INCIDENT_MODELS
-                            and self._random.random() < 0.6
-                        )
-                        rid = f"{model}-{n}"
-                        n += 1
-                        body = {
-                            "model": model,
-                            "request_id": rid,
-                            "error": failing,
-                            "latency_ms": 10.0,
-                        }
-                        await producer.send(
-                            self.topic, json.dumps(body).encode(), key=model.encode()
-                        )
-                        self.sent.append(rid)
-                await asyncio.sleep(0.1)
-            await producer.flush()
-        finally:
-            await producer.stop()
+def model_of(request_id: str) -> str:
+    return request_id.rsplit("-", 1)[0]
 
 
 def config(tmp: Path, broker: EmbeddedBroker, topic: str, witness: Witness, index: int) -> Path:
@@ -212,6 +198,22 @@ class Replica:
         status = await self.status()
         return len(status["partitions"]) if status else 0
 
+    async def metric(self, name: str) -> float | None:
+        """The value of the unlabelled sample ``name`` on /metrics (None: no answer)."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
+                s.get(f"http://127.0.0.1:{self.port}/metrics") as r,
+            ):
+                text = await r.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return float(sample.value)
+        return None
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
@@ -246,26 +248,44 @@ async def run_scenario(
     replicas = [Replica(config(tmp, broker, topic, witness, i), tmp, i) for i in range(3)]
     for replica in replicas:
         replica.start()
-    traffic = Traffic(broker.bootstrap_servers, topic)
-    producing = asyncio.create_task(traffic.run(60))
+    sent: list[str] = []
+    traffic = traffic_of(broker.bootstrap_servers, topic, sent)
     try:
+        await traffic.start()
 
         async def spread() -> bool:
             counts = [await r.partitions() for r in replicas]
             return sum(counts) == PARTITIONS and all(counts)
 
         await wait_for(spread, timeout=60, interval=0.5, what="12 partitions over 3 replicas")
-        traffic.incident = True
+        for model in INCIDENT_MODELS:
+            traffic.begin(model, "error_surge")
         await wait_for(
             lambda: all(witness.flags[f"{m}-fallback"] is True for m in INCIDENT_MODELS),
             timeout=40,
             what="every incident flag flipped",
         )
-        await asyncio.sleep(2)  # let a periodic checkpoint follow the flips
+        # A periodic checkpoint after the flips, on every replica, before any disruption: two
+        # more saves each (the first may have taken its snapshot before the flips).
+        saved = [await r.metric(CHECKPOINTS) or 0.0 for r in replicas]
+
+        async def checkpointed() -> list[float | None]:
+            return [await r.metric(CHECKPOINTS) for r in replicas]
+
+        async def checkpointed_after_flips() -> bool:
+            now = await checkpointed()
+            return all(n is not None and n >= s + 2 for n, s in zip(now, saved, strict=True))
+
+        await wait_for(
+            checkpointed_after_flips,
+            timeout=20,
+            interval=0.2,
+            what=lambda: f"two checkpoints per replica after the flips (from {saved})",
+        )
         if disrupt == "kill":
             victim = replicas[0]
             disrupted_at = time.monotonic()
-            sent_at_disruption = len(traffic.sent)
+            sent_at_disruption = len(sent)
             victim.kill()
             survivors = replicas[1:]
 
@@ -279,7 +299,7 @@ async def run_scenario(
             steps: list[float] = []
             for replica in replicas:
                 disrupted_at = time.monotonic()
-                sent_at_disruption = len(traffic.sent)
+                sent_at_disruption = len(sent)
                 assert await replica.terminate() == 0
                 replica.start()
                 # Two rebalances per step (leave, then join): a gross bound, measured below.
@@ -289,7 +309,7 @@ async def run_scenario(
                     interval=0.5,
                     what=f"group re-formed after restarting replica {replica.index}",
                 )
-                step_before = set(traffic.sent[:sent_at_disruption])
+                step_before = set(sent[:sent_at_disruption])
                 await wait_for(
                     lambda before=step_before: before <= applied(tmp),  # type: ignore[misc]
                     timeout=60,
@@ -300,7 +320,7 @@ async def run_scenario(
         moved_after = time.monotonic() - disrupted_at
         if disrupt == "kill":
             # Everything produced up to the kill is applied within 30 s of it.
-            produced_before = set(traffic.sent[:sent_at_disruption])
+            produced_before = set(sent[:sent_at_disruption])
             await wait_for(
                 lambda: produced_before <= applied(tmp),
                 timeout=max(1.0, 30 - (time.monotonic() - disrupted_at)),
@@ -318,9 +338,24 @@ async def run_scenario(
         # Every model that sent events was checkpointed and is restored by its new owner
         # (the eager rebalance hands every partition over, not only the killed replica's).
         assert restored >= len(MODELS), f"only {restored} models restored from checkpoints"
-        # The incident goes on, then ends: the new owners restore flags and resolve, once.
-        await asyncio.sleep(3)
-        traffic.incident = False
+        # The incident goes on under the new owners, from their restored state: a full window
+        # of each incident model's later events applied (a lost state would fire again, which
+        # the counts below catch); then it ends and they restore flags and resolve, once.
+        mark = len(sent)
+
+        def incident_window_applied() -> bool:
+            done = applied(tmp)
+            later = Counter(model_of(rid) for rid in sent[mark:] if rid in done)
+            return all(later[m] >= WINDOW for m in INCIDENT_MODELS)
+
+        await wait_for(
+            incident_window_applied,
+            timeout=30,
+            interval=0.5,
+            what=f"{WINDOW} events of each incident model applied by the new owners",
+        )
+        for model in INCIDENT_MODELS:
+            traffic.end(model, "error_surge")
         await wait_for(
             lambda: all(witness.flags[f"{m}-fallback"] is False for m in INCIDENT_MODELS),
             timeout=40,
@@ -331,10 +366,15 @@ async def run_scenario(
             timeout=20,
             what=lambda: f"every incident resolved ({witness.summary()})",
         )
-        await producing
-        sent = set(traffic.sent)
+        # The traffic runs until the incident is over everywhere (healthy events drive the
+        # recovery); then every event it had acknowledged must be applied.
+        await traffic.stop()
+        everything = set(sent)
         await wait_for(
-            lambda: sent <= applied(tmp), timeout=60, interval=0.5, what="every event applied"
+            lambda: everything <= applied(tmp),
+            timeout=60,
+            interval=0.5,
+            what="every event applied",
         )
         caught_up = time.monotonic() - disrupted_at
         for model in INCIDENT_MODELS:
@@ -348,12 +388,11 @@ async def run_scenario(
         print(
             f"\n{disrupt}: partitions moved {moved_after:.1f}s after; {restored} models "
             f"restored from checkpoints; events produced before it all applied "
-            f"{recovered_after:.1f}s after; all {len(sent)} events applied by "
+            f"{recovered_after:.1f}s after; all {len(everything)} events applied by "
             f"{caught_up:.1f}s"
         )
     finally:
-        producing.cancel()
-        await asyncio.gather(producing, return_exceptions=True)
+        await traffic.stop()
         for replica in replicas:
             if replica.process is not None and replica.process.poll() is None:
                 replica.process.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from aiohttp import web
 from tests.conftest import require_component
 from tests.fakes.server import LocalServer
 from tests.services.postgres import free_port
+from tests.waiting import wait_for
 
 __all__ = [
     "AlertmanagerService",
@@ -103,22 +103,28 @@ class AlertmanagerService:
 async def _wait_ready(
     url: str, process: asyncio.subprocess.Process, log_file: Path, within_s: float
 ) -> None:
-    deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while time.monotonic() < deadline and process.returncode is None:
+
+        async def ready() -> bool:
+            if process.returncode is not None:
+                pytest.fail(
+                    f"alertmanager at {url} exited {process.returncode} before it was ready:\n"
+                    f"{_log_tail(log_file)}"
+                )
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(f"{url}/-/ready") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    _not_ready(url, process.returncode, log_file, within_s)
+                    return resp.status == 200
+            return False
+
+        await wait_for(
+            ready,
+            timeout=within_s,
+            what=lambda: f"alertmanager at {url} ready:\n{_log_tail(log_file)}",
+        )
 
 
-def _not_ready(url: str, returncode: int | None, log_file: Path, within_s: float) -> None:
-    pytest.fail(
-        f"alertmanager at {url} not ready within {within_s:g} s "
-        f"(exit code {returncode}):\n{log_file.read_text()[-2000:]}"
-    )
+def _log_tail(log_file: Path) -> str:
+    return log_file.read_text()[-2000:]
 
 
 @contextlib.asynccontextmanager

@@ -14,13 +14,13 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.services.postgres import PostgresServer, free_port, unavailable
+from tests.waiting import wait_for_sync
 
 __all__ = ["UnleashServer", "find_unleash_dir", "running_unleash"]
 
@@ -87,8 +87,7 @@ class UnleashServer:
         log.info("unleash-server up on %s", self.url)
 
     def _wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise RuntimeError(
@@ -98,10 +97,14 @@ class UnleashServer:
                 contextlib.suppress(OSError, ValueError),
                 urllib.request.urlopen(f"{self.url}/health", timeout=1) as response,
             ):
-                if json.loads(response.read()).get("health") == "GOOD":
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"unleash-server not healthy after {timeout_s}s:\n{self.log_tail()}")
+                return bool(json.loads(response.read()).get("health") == "GOOD")
+            return False
+
+        wait_for_sync(
+            healthy,
+            timeout=timeout_s,
+            what=lambda: f"unleash-server healthy; its log ends:\n{self.log_tail()}",
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -1,4 +1,4 @@
-"""Detector state to and from bytes, for checkpoints.
+"""Detector state to and from bytes (the serialisation behind ``to_bytes``, for checkpoints).
 
 State is msgpack; numpy arrays travel as raw bytes and River objects as pickles that only
 River, numpy and a few container classes may be loaded from.

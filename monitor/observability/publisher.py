@@ -1,0 +1,182 @@
+"""Publishing each watched model's health and signal Readings as Prometheus series, and
+removing them once the model leaves this replica.
+
+Labels are bound once per model and member (no label lookup per batch), and a gauge is set
+only when its value may have changed: a detector hands back the same Reading object until it
+tests again, and a health level is an enum member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from monitor.observability.metrics import HEALTH_STATES, Metrics
+
+if TYPE_CHECKING:
+    from detectors.base import Reading
+    from monitor.config.policy import Level, Thresholds
+    from monitor.engine.engine import ModelMonitor
+
+__all__ = ["MemberSeries", "ModelSeries", "SeriesPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+class MemberSeries:
+    """The bound series of one detector (a signal's member) of one model."""
+
+    __slots__ = ("breached", "effect", "reading", "samples", "threshold", "value")
+
+    def __init__(self, value: Any, breached: Any, samples: Any, threshold: Any) -> None:
+        self.value = value
+        #: Bound on the first finite effect size: a series of NaN (a detector with no
+        #: reference) only leaves gaps in a panel.
+        self.effect: Any = None
+        self.breached = breached
+        self.samples = samples
+        #: The detector's own threshold, for a signal with no policy thresholds (those are
+        #: constants, set once when the member's series are bound).
+        self.threshold = threshold
+        #: The Reading last published (None before the first).
+        self.reading: Reading | None = None
+
+
+class ModelSeries:
+    """The bound series of one model: its health, and one MemberSeries per member name."""
+
+    __slots__ = ("level", "members", "published_level", "states")
+
+    def __init__(self, level: Any, states: list[tuple[str, Any]]) -> None:
+        self.level = level
+        #: One gauge per health state (1 for the current one), by state name.
+        self.states = states
+        #: The level last published (None before the first).
+        self.published_level: Level | None = None
+        self.members: dict[str, MemberSeries] = {}
+
+
+class SeriesPublisher:
+    """The per-model series of one daemon: published after each batch (the models it moved)
+    and each second (all), removed when a model is handed over or dropped."""
+
+    def __init__(self, metrics: Metrics, monitors: Mapping[str, ModelMonitor]) -> None:
+        self.metrics = metrics
+        #: The engine's monitors by model (the engine's own, live mapping).
+        self.monitors = monitors
+        self._models: dict[str, ModelSeries] = {}
+        #: Bound children of driftwarden_model_events_total (no label lookup per batch).
+        self._event_counters: dict[str, Any] = {}
+
+    def count_events(self, received: Iterable[tuple[str, int]]) -> None:
+        """Add each model's events of a batch to its driftwarden_model_events_total."""
+        counters = self._event_counters
+        for model, count in received:
+            counter = counters.get(model)
+            if counter is None:
+                counter = counters[model] = self.metrics.model_events.labels(model)
+            counter.inc(count)
+
+    def publish(self, models: Iterable[str]) -> None:
+        """Set the series of each of ``models`` that has a monitor (others are skipped)."""
+        m = self.metrics
+        monitors = self.monitors
+        published = self._models
+        for model in models:
+            monitor = monitors.get(model)
+            if monitor is None:
+                continue
+            series = published.get(model)
+            if series is None:
+                series = published[model] = ModelSeries(
+                    m.health_level.labels(model),
+                    [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
+                )
+            if model not in self._event_counters:
+                # From the first publish on, also for a model restored from a checkpoint
+                # that has received nothing yet: "no events" needs a series that stays flat.
+                self._event_counters[model] = m.model_events.labels(model)
+            level = monitor.health.level
+            if series.published_level is not level:
+                series.level.set(int(level))
+                for name, child in series.states:
+                    child.set(1 if name == level.label else 0)
+                series.published_level = level
+            members = series.members
+            for signal_monitor in monitor.signals:
+                for member in signal_monitor.members:
+                    r = member.reading
+                    member_series = members.get(member.name)
+                    if member_series is None:
+                        member_series = members[member.name] = self._bind_member(
+                            model, member.name, signal_monitor.policy.thresholds
+                        )
+                    elif member_series.reading is r:
+                        continue
+                    member_series.reading = r
+                    member_series.value.set(r.statistic)
+                    if math.isfinite(r.effect):
+                        if member_series.effect is None:
+                            member_series.effect = m.signal_effect.labels(model, member.name)
+                        member_series.effect.set(r.effect)
+                    elif member_series.effect is not None:
+                        member_series.effect = None
+                        with contextlib.suppress(KeyError):
+                            m.signal_effect.remove(model, member.name)
+                    member_series.breached.set(1 if r.breached else 0)
+                    member_series.samples.set(r.samples)
+                    if member_series.threshold is not None:
+                        member_series.threshold.set(r.threshold)
+
+    def _bind_member(self, model: str, member: str, thresholds: Thresholds | None) -> MemberSeries:
+        m = self.metrics
+        detector_threshold = (
+            None if thresholds is not None else m.signal_threshold.labels(model, member, "detector")
+        )
+        series = MemberSeries(
+            m.signal_value.labels(model, member),
+            m.signal_breached.labels(model, member),
+            m.signal_samples.labels(model, member),
+            detector_threshold,
+        )
+        if thresholds is not None:
+            for level, bound in thresholds.items():
+                m.signal_threshold.labels(model, member, level.label).set(bound)
+        return series
+
+    def unpublish(self, model: str, *, counters: bool = False) -> None:
+        """Remove a model's series once this replica no longer owns it, so dashboards and
+        rollout gates never read a stale state from a replica that handed the model over.
+
+        ``counters``: also its counters (transitions, review samples), for a model dropped
+        for good; otherwise their series would grow with every model ever seen. The series
+        are found by their labels, not by a scan of every series: evicting a model costs
+        the same with 10 models published as with 10,000.
+        """
+        m = self.metrics
+        series = self._models.pop(model, None)
+        if self._event_counters.pop(model, None) is not None:
+            m.model_events.remove(model)
+        if series is not None:
+            m.health_level.remove(model)
+            for state in HEALTH_STATES:
+                m.health_state.remove(model, state)
+            levels = ("detector", *HEALTH_STATES)
+            for member in series.members:
+                for metric in (
+                    m.signal_value,
+                    m.signal_effect,
+                    m.signal_breached,
+                    m.signal_samples,
+                ):
+                    metric.remove(model, member)
+                for level in levels:
+                    m.signal_threshold.remove(model, member, level)
+        if counters:
+            for before in HEALTH_STATES:
+                for after in HEALTH_STATES:
+                    m.transitions.remove(model, before, after)
+            m.review_events.remove(model)
