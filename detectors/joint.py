@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from detectors.base import InputKind
 from detectors.calibration import autocorrelation_time, normal_isf
@@ -41,14 +41,6 @@ class JointDriftSpec(RowScoreSpec):
     min_effect: float = Field(default=0.05, ge=0.0, lt=0.5)
     reference: ReferenceSpec = ReferenceSpec(size=10_000)
     max_features: int = Field(default=100, ge=2, le=1000)
-
-    @model_validator(mode="after")
-    def _fixed_reference(self) -> Self:
-        if self.reference.mode != "fixed" or self.reference.path is not None:
-            raise ValueError(
-                "joint_drift learns from its first events: reference mode 'fixed', no path"
-            )
-        return self
 
 
 def _standardize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,11 +38,7 @@ class NoveltyRateSpec(RowScoreSpec):
     max_features: int = Field(default=100, ge=1, le=1000)
 
     @model_validator(mode="after")
-    def _fixed_reference(self) -> Self:
-        if self.reference.mode != "fixed" or self.reference.path is not None:
-            raise ValueError(
-                "novelty_rate learns from its first events: reference mode 'fixed', no path"
-            )
+    def _k_below_bank(self) -> Self:
         if self.k >= self.bank_size:
             raise ValueError(
                 f"k must be smaller than bank_size (k={self.k}, bank_size={self.bank_size})"

@@ -2,8 +2,9 @@
 window's scores tested against the scores of reference rows the model never saw.
 
 The shared machinery of ``joint_drift`` (:mod:`detectors.joint`) and ``novelty_rate``
-(:mod:`detectors.novelty`): row validation, the extreme-value rule per feature, the fixed
-reference split into a fitting half and a calibration half, test cadence and persistence.
+(:mod:`detectors.novelty`): their spec base, row validation, the extreme-value rule per
+feature, the fixed reference split into a fitting half and a calibration half, test cadence
+and persistence.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
+from pydantic import model_validator
 
 from detectors.base import INCONCLUSIVE, BaseDetector, Reading, Verdict
 from detectors.calibration import Persistence, autocorrelation_time, test_alpha
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class RowScoreSpec(WindowSpec):
-    """Fields shared by the row-scoring detectors' specs."""
+    """Fields shared by the row-scoring detectors' specs: the reference is the first
+    ``reference.size`` events (the model is fitted on them: no rolling mode, no file)."""
 
     #: Fewest features the model is meaningful for (policies are checked for it).
     min_features: ClassVar[int] = 1
@@ -36,6 +39,14 @@ class RowScoreSpec(WindowSpec):
         # Declared for the type checker only: each spec defines the field with its own
         # bounds, where it sits in the spec's JSON (a checkpoint's spec digest hashes it).
         max_features: int
+
+    @model_validator(mode="after")
+    def _fixed_reference(self) -> Self:
+        if self.reference.mode != "fixed" or self.reference.path is not None:
+            raise ValueError(
+                f"{self.type} learns from its first events: reference mode 'fixed', no path"
+            )
+        return self
 
 
 RowSpecT = TypeVar("RowSpecT", bound=RowScoreSpec)
