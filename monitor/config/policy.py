@@ -22,6 +22,8 @@ from detectors.base import InputKind
 from detectors.registry import DetectorSpec, default_spec
 
 __all__ = [
+    "AutoCoverage",
+    "AutoLevels",
     "Duration",
     "Level",
     "LevelActions",
@@ -95,6 +97,9 @@ class SignalSource(enum.Enum):
     MISSING = "missing"
     #: Multivariate anomaly rate over the listed numeric features.
     ANOMALY = "anomaly"
+    #: 1 when an event's features break the schema in ``expect``: a feature not in it, or one
+    #: whose value has another kind (a feature that disappears shows in its missing rate).
+    SCHEMA = "schema"
 
 
 _DEFAULT_KIND = {
@@ -108,6 +113,7 @@ _DEFAULT_KIND = {
     SignalSource.FEATURES: InputKind.NUMERIC,
     SignalSource.MISSING: InputKind.BINARY,
     SignalSource.ANOMALY: InputKind.MULTIVARIATE,
+    SignalSource.SCHEMA: InputKind.BINARY,
 }
 
 _ALLOWED_KINDS = {
@@ -121,7 +127,11 @@ _ALLOWED_KINDS = {
     SignalSource.FEATURES: {InputKind.NUMERIC, InputKind.CATEGORICAL},
     SignalSource.MISSING: {InputKind.BINARY},
     SignalSource.ANOMALY: {InputKind.MULTIVARIATE},
+    SignalSource.SCHEMA: {InputKind.BINARY},
 }
+
+#: The kinds a feature's values have in the ``expect`` of a ``source: schema`` signal.
+FeatureKind = Literal["numeric", "categorical"]
 
 
 class _Strict(BaseModel):
@@ -196,6 +206,8 @@ class SignalPolicy(_Strict):
     feature: str | None = None
     #: The features watched by ``source: features | missing | anomaly``.
     features: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    #: ``source: schema``: every expected feature and the kind of its values.
+    expect: dict[str, FeatureKind] | None = Field(default=None, max_length=1000)
     #: Detector; the calibrated default for the source's input kind when omitted.
     detector: DetectorSpec | None = None
     #: Absolute thresholds on the detector's statistic; without them a drift or anomaly
@@ -220,6 +232,10 @@ class SignalPolicy(_Strict):
             raise ValueError(f"source {src.value!r} needs 'features: [<name>, ...]'")
         if src not in needs_list and self.features is not None:
             raise ValueError(f"'features' does not apply to source {src.value!r}")
+        if src is SignalSource.SCHEMA and self.expect is None:
+            raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical}'")
+        if src is not SignalSource.SCHEMA and self.expect is not None:
+            raise ValueError(f"'expect' only applies to source 'schema', not {src.value!r}")
         least = getattr(self.detector_spec, "min_features", 1)
         if self.features is not None and len(self.features) < least:
             raise ValueError(
@@ -310,18 +326,66 @@ def _actions_default() -> dict[LevelName, LevelActions]:
     }
 
 
+class AutoLevels(_Strict):
+    """The level each family of discovered signals raises (docs/policies.md#auto-coverage):
+    a drift of what goes in warns; what users feel (errors, latency, engagement) degrades."""
+
+    features: LevelName = "warn"
+    prediction: LevelName = "warn"
+    confidence: LevelName = "warn"
+    latency: LevelName = "degraded"
+    error: LevelName = "degraded"
+    engagement: LevelName = "degraded"
+    missing: LevelName = "warn"
+    # ``schema`` is a pydantic BaseModel attribute: the field keeps its name in the file only.
+    schema_: LevelName = Field(default="warn", alias="schema")
+    labels: LevelName = "degraded"
+
+
+class AutoCoverage(_Strict):
+    """Signals discovered from a model's first events, with calibrated defaults."""
+
+    #: True: discover; False: only the named signals; unset: discover when none is named.
+    enabled: bool | None = None
+    #: Events observed before the signals are built (they are then fed those events too).
+    discover_events: int = Field(default=200, ge=1, le=100_000)
+    #: At most this many features are watched (the most frequent first, then by name).
+    max_features: int = Field(default=100, ge=0, le=1000)
+    #: Discovered signals left unwatched: a signal name (``latency_ms``, ``features``) or a
+    #: feature (``feature.<name>``: out of every discovered family).
+    ignore: list[str] = Field(default_factory=list, max_length=1000)
+    #: A latency SLO: the p99 against it, beside the p99 against the model's own baseline.
+    latency_slo_ms: float | None = Field(default=None, gt=0.0, le=1e9)
+    levels: AutoLevels = Field(default_factory=AutoLevels)
+
+
+def _signals_auto(value: Any) -> Any:
+    # ``signals: auto`` is the minimal policy spelled out: no named signal, discovery on.
+    return [] if value == "auto" else value
+
+
 class ModelPolicy(_Strict):
     """What to watch for one model and what to do when its health breaks."""
 
     #: ``shadow`` runs everything and records what it would have done, touching no flag
     #: and paging nobody.
     mode: Literal["enforce", "shadow"] = "enforce"
-    signals: list[SignalPolicy] = Field(default_factory=list, max_length=200)
+    #: Named signals; with none (or ``auto``) the model watches what its events carry.
+    signals: Annotated[list[SignalPolicy], BeforeValidator(_signals_auto)] = Field(
+        default_factory=list, max_length=200
+    )
+    auto: AutoCoverage = Field(default_factory=AutoCoverage)
     health: HealthTiming = Field(default_factory=HealthTiming)
     actions: dict[LevelName, LevelActions] = Field(default_factory=_actions_default)
     runbook_url: str = (
         "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks/ModelUnhealthy.md"
     )
+
+    @property
+    def discovers(self) -> bool:
+        """Whether signals are discovered from the model's events."""
+        enabled = self.auto.enabled
+        return not self.signals if enabled is None else enabled
 
     @field_validator("signals")
     @classmethod

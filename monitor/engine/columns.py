@@ -5,7 +5,7 @@ once for all the batch's models; each model's detectors read their model's slice
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -272,6 +272,52 @@ def _feature_matrix(names: list[str]) -> Column:
     return Column(("feature_matrix", tuple(names)), build)
 
 
+#: An event's feature names and the types of their values: few distinct ones per model,
+#: so a schema check looks each up once per batch instead of testing every value.
+Signature = tuple[tuple[str, ...], tuple[type, ...]]
+
+
+def _signatures(cols: EventColumns) -> list[Signature]:
+    return [(tuple(f), tuple(map(type, f.values()))) for f in cols.features]
+
+
+_SIGNATURES = Column(("feature_signatures",), _signatures)
+_KIND_OF_TYPE: dict[type, str | None] = {
+    float: "numeric",
+    int: "numeric",
+    str: "categorical",
+    bool: "categorical",
+    _NONE: None,
+}
+
+
+def _breaks(signature: Signature, expect: Mapping[str, str]) -> float:
+    for name, kind in zip(*signature, strict=True):
+        found = _KIND_OF_TYPE.get(kind, "other")
+        if found is not None and expect.get(name) != found:
+            return 1.0
+    return 0.0
+
+
+def _schema(expect: Mapping[str, str]) -> Column:
+    """1 when an event carries a feature ``expect`` lacks, or a value of another kind."""
+    known: dict[Signature, float] = {}
+
+    def build(cols: EventColumns) -> FloatArray:
+        signatures = cols.get(_SIGNATURES)
+        out = np.empty(len(signatures), dtype=np.float64)
+        for i, signature in enumerate(signatures):
+            found = known.get(signature)
+            if found is None:
+                if len(known) > 10_000:  # bounded: an adversary may vary every event
+                    known.clear()
+                found = known[signature] = _breaks(signature, expect)
+            out[i] = found
+        return out
+
+    return Column(("schema", tuple(sorted(expect.items()))), build)
+
+
 _PREDICTION_NUMERIC = Column(("prediction",), _prediction_numeric)
 _PREDICTION_CATEGORY = Column(("prediction_category",), _prediction_category)
 _SINGLE = {
@@ -294,6 +340,9 @@ def extractors_for(signal: SignalPolicy) -> list[tuple[str, Column]]:
     single = _SINGLE.get(source)
     if single is not None:
         return [(name, single)]
+    if source is SignalSource.SCHEMA:
+        assert signal.expect is not None
+        return [(name, _schema(signal.expect))]
     if source is SignalSource.FEATURE:
         assert signal.feature is not None
         maker = _feature_category if categorical else _feature_numeric
