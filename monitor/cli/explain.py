@@ -394,7 +394,7 @@ def _status(entry: dict[str, Any], source: str | None) -> str:
         "off": "named signals only (auto coverage off)",
         "needs_events": f"discovers its signals from its first {wanted} events: give EVENTS to "
         "see which; only the named ones below",
-        "no_events": f"no events of it in {_clean(source)}: discovers its signals from its "
+        "no_events": f"no events of it in {_clean(source, 500)}: discovers its signals from its "
         f"first {wanted}; only the named ones below",
         "discovering": f"still discovering: {entry['observed_events']} of the {wanted} events "
         "auto.discover_events asks for; what they show so far",
@@ -408,7 +408,7 @@ def print_explanation(doc: dict[str, Any], out: TextIO) -> None:
     source = events["source"] if events is not None else None
     if events is not None:
         out.write(
-            f"explained {events['events']} events from {_clean(source)} "
+            f"explained {events['events']} events from {_clean(source, 500)} "
             f"({events['bad_lines']} bad lines)\n"
         )
     else:
