@@ -98,8 +98,10 @@ class ModelSeen:
     """One model's events in the file: how many, and the schema of its first ones."""
 
     events: int = 0
-    #: What its first ``auto.discover_events`` events carried; None when it does not discover.
+    #: What its first ``discover_events`` events carried; None when it does not discover.
     schema: ObservedSchema | None = None
+    #: Its policy's ``auto.discover_events``: the events the engine builds its signals from.
+    discover_events: int = 0
 
 
 @dataclass(slots=True)
@@ -146,7 +148,6 @@ def read_events(
     read = EventsRead(source=source, bound=bound)
     models = read.models
     unnamed = 0
-    discover_events: dict[str, int | None] = {}
     index = -1
     try:
         for index, line in enumerate(lines):
@@ -166,14 +167,14 @@ def read_events(
                         continue
                     unnamed += 1
                 policy = settings.policy_for(model)
-                wanted = policy.auto.discover_events if policy.discovers else None
-                discover_events[model] = wanted
-                seen = models[model] = ModelSeen(
-                    schema=ObservedSchema() if wanted is not None else None
+                seen = models[model] = (
+                    ModelSeen(schema=ObservedSchema(), discover_events=policy.auto.discover_events)
+                    if policy.discovers
+                    else ModelSeen()
                 )
             seen.events += 1
             schema = seen.schema
-            if schema is not None and schema.events < (discover_events[model] or 0):
+            if schema is not None and schema.events < seen.discover_events:
                 schema.observe((decoded,))
     except (OSError, EOFError) as err:
         read.read_error = str(err) or type(err).__name__
@@ -307,7 +308,7 @@ def _model(
         discovery = "discovering"
     else:
         discovery = "done"
-    covered = coverage(policy, schema if policy.discovers and schema is not None else None)
+    covered = coverage(policy, schema)
     entry: dict[str, Any] = {
         "model": model,
         "in_policy": in_policy,
