@@ -618,7 +618,7 @@ def describe_coverage(monitor: ModelMonitor) -> dict[str, Any]:
     policy = monitor.policy
     schema = monitor.schema
     if schema is None:
-        return {"discovers": False, "state": "watching", "signals": len(monitor.signals)}
+        return {"discovers": False, "state": "watching"}
     out: dict[str, Any] = {
         "discovers": True,
         "state": "discovering" if monitor.discovering else "watching",
@@ -627,7 +627,6 @@ def describe_coverage(monitor: ModelMonitor) -> dict[str, Any]:
         "discover_within_s": policy.auto.discover_within,
         "discovery_started_at": monitor.discovery_started_at,
         "max_features": policy.auto.max_features,
-        "signals": len(monitor.signals),
     }
     if monitor.notes is not None:
         out.update(monitor.notes.to_json())
