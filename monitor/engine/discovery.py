@@ -298,6 +298,15 @@ def _select(policy: ModelPolicy, schema: ObservedSchema) -> _Selection:
     )
 
 
+def _mixed(seen: FieldSeen) -> str:
+    """What happens to the values of the other kind, when a field had both."""
+    if not (seen.numeric and seen.categorical):
+        return ""
+    if seen.kind == "numeric":
+        return f"; {seen.categorical} of them not numbers (text reads as missing)"
+    return f"; {seen.numeric} of them numbers, read as categories"
+
+
 def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
@@ -366,7 +375,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
     prediction = schema.fields.get("prediction")
     if prediction is not None and prediction.kind is not None:
         add(
-            f"{prediction.kind} prediction {_share(prediction, n)}",
+            f"{prediction.kind} prediction {_share(prediction, n)}{_mixed(prediction)}",
             levels.prediction,
             name="prediction",
             source=SignalSource.PREDICTION,
