@@ -235,7 +235,7 @@ class SignalPolicy(_Strict):
         if src not in needs_list and self.features is not None:
             raise ValueError(f"'features' does not apply to source {src.value!r}")
         if src is SignalSource.SCHEMA and self.expect is None:
-            raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical}'")
+            raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical|any}'")
         if src is not SignalSource.SCHEMA and self.expect is not None:
             raise ValueError(f"'expect' only applies to source 'schema', not {src.value!r}")
         least = getattr(self.detector_spec, "min_features", 1)

@@ -1,6 +1,8 @@
 """The engine: routes each batch's events by model id to that model's monitor, which feeds
 its signals' detectors and its health state machine. Memory is bounded by the policy's named
 models plus ``max_models`` others (``monitor.engine.admission`` decides who gets a monitor).
+A model whose policy discovers first observes what its events carry, then watches it
+(``monitor.engine.discovery``); the engine hands the signals so built to the audit trail.
 """
 
 from __future__ import annotations
