@@ -187,7 +187,7 @@ class BatchApplier:
     def record_coverage(self) -> None:
         """One audit entry per model whose signals were built (its discovery ended)."""
         for built in self.engine.take_covered():
-            log.info("model %r watches %d signals", built.model, len(built.signals))
+            log.debug("model %r watches %d signals", built.model, len(built.signals))
             self.actions.audit.write(coverage_entry(built))
 
     async def on_transitions(

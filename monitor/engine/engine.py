@@ -278,9 +278,11 @@ class ModelMonitor:
         self.notes = coverage_notes(self.policy, self.schema)
         self._columns = None
         self.until_test = self._until_test()
-        if announce and self.announce is not None:
+        if not announce:
+            return  # rebuilt as they were (a restore): nothing new to tell
+        if self.announce is not None:
             self.announce.append(CoverageBuilt(self.model, now, covered))
-        log.info(
+        log.debug(
             "model %r: discovery over after %d events: %d signals watched",
             self.model,
             self.schema.events if self.schema is not None else 0,
