@@ -63,7 +63,9 @@ class FieldSeen:
     numeric: int = 0
     categorical: int = 0
     #: Distinct numeric values, up to a few: tells a 0/1 rate from a numeric distribution.
-    values: set[float] = field(default_factory=set)
+    #: Immutable, so that the many fields that never get one share the empty set (a model
+    #: may track MAX_TRACKED_FEATURES of them).
+    values: frozenset[float] = frozenset()
 
     @property
     def present(self) -> int:
@@ -88,8 +90,8 @@ class FieldSeen:
             self.categorical += 1
         elif isinstance(value, int | float):
             self.numeric += 1
-            if len(self.values) < 3:
-                self.values.add(float(value))
+            if len(self.values) < 3 and value not in self.values:
+                self.values = self.values | {float(value)}
         else:
             self.categorical += 1
 
@@ -99,7 +101,7 @@ class FieldSeen:
     @classmethod
     def from_json(cls, raw: list[Any]) -> FieldSeen:
         numeric, categorical, values = raw
-        return cls(int(numeric), int(categorical), {float(v) for v in values})
+        return cls(int(numeric), int(categorical), frozenset(float(v) for v in values))
 
 
 @dataclass(slots=True)
