@@ -6,11 +6,13 @@ bounded."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from monitor.cli.main import main
 from monitor.config.policy import ModelPolicy
 from monitor.engine.columns import EventColumns, extractors_for
 from monitor.engine.discovery import (
@@ -371,3 +373,29 @@ def test_resolved_is_the_covered_signals_with_discovery_off() -> None:
     assert resolved(final, TYPICAL) == final
     assert [c.origin for c in coverage(final, TYPICAL)] == ["named"] * (len(ALL) + 1)
     assert resolved(chosen, None) == chosen
+
+
+def test_discover_within_is_a_duration_five_minutes_by_default() -> None:
+    assert policy().auto.discover_within == 300.0
+    assert policy(auto={"discover_within": "2m"}).auto.discover_within == 120.0
+
+
+@pytest.mark.parametrize(
+    ("auto", "expected"),
+    [
+        ({"discover_within": "0s"}, ":5: models.default.auto.discover_within: Input should be"),
+        ({"discover_within": "soon"}, ":5: models.default.auto.discover_within: expected a dur"),
+        ({"discover_events": 0}, ":5: models.default.auto.discover_events: Input should be"),
+        ({"max_features": 5000}, ":5: models.default.auto.max_features: Input should be"),
+        ({"ignore": "latency_ms"}, ":5: models.default.auto.ignore: Input should be a valid list"),
+    ],
+)
+def test_a_bad_auto_section_is_named_by_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], auto: dict[str, Any], expected: str
+) -> None:
+    [(key, value)] = auto.items()
+    path = tmp_path / "p.yaml"
+    path.write_text(f"models:\n  default:\n    mode: enforce\n    auto:\n      {key}: {value}\n")
+    assert main(["check-config", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert f"{path}{expected}" in out, out
