@@ -337,3 +337,35 @@ def test_a_damaged_schema_in_a_checkpoint_starts_discovery_afresh(coverage: Any)
     restored = restore_model(msgspec.msgpack.encode(raw), DISCOVERING, 10.0, None)
     assert restored.discovering and restored.schema is not None
     assert restored.schema.events == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "fires"),
+    [
+        ({"added": 1.0}, True),  # a feature appears
+        ({"amount": "high"}, True),  # a numeric feature turns into text
+        ({"amount": None}, False),  # nulls are the missing rate's, not a schema change
+        ({}, False),
+    ],
+)
+def test_the_schema_signal_warns_when_a_feature_appears_or_changes_kind(
+    change: dict[str, Any], fires: bool
+) -> None:
+    rng = random.Random(9)
+    schema_only = ModelPolicy.model_validate(
+        {"health": HEALTH, "auto": {"ignore": ["missing", "features", "error"]}}
+    )
+    monitor = ModelMonitor.build("m", schema_only, 0.0)
+    n, changed_at = 12_500, 11_000
+    for start in range(0, n, 100):
+        batch = [
+            Event(
+                model="m",
+                features={"amount": rng.gauss(0, 1), **(change if i >= changed_at else {})},
+            )
+            for i in range(start, start + 100)
+        ]
+        monitor.apply(batch, float(start))
+        monitor.evaluate(float(start))
+    assert [s.name for s in monitor.signals] == ["schema"]
+    assert monitor.signals[0].level.label == ("warn" if fires else "ok")
