@@ -32,6 +32,7 @@ __all__ = [
     "CoveredSignal",
     "FieldSeen",
     "ObservedSchema",
+    "compact",
     "coverage",
     "coverage_notes",
     "resolved",
@@ -116,6 +117,8 @@ class ObservedSchema:
     overflow: int = 0
     #: Events carrying a label and no prediction: outcomes arriving on their own.
     outcomes: int = 0
+    #: Rare feature names forgotten at the end of discovery (see :func:`compact`).
+    dropped: int = 0
 
     def observe(self, events: Iterable[Event]) -> None:
         fields = self.fields
@@ -155,6 +158,7 @@ class ObservedSchema:
             "features": {k: v.to_json() for k, v in self.features.items()},
             "overflow": self.overflow,
             "outcomes": self.outcomes,
+            **({"dropped": self.dropped} if self.dropped else {}),
         }
 
     @classmethod
@@ -174,6 +178,7 @@ class ObservedSchema:
                 features=features,
                 overflow=int(raw.get("overflow", 0)),
                 outcomes=int(raw.get("outcomes", 0)),
+                dropped=int(raw.get("dropped", 0)),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"not an observed schema: {err!r}") from err
@@ -248,6 +253,8 @@ class _Selection:
     watched: list[tuple[str, FieldSeen]]
     beyond: list[str]
     rare: list[str]
+    #: Rare features in all, the forgotten ones too.
+    rare_count: int
     ignored: list[str]
     #: Every tracked feature and its kind ("any" when its values had both): the schema.
     expect: dict[str, str] | None
@@ -281,8 +288,9 @@ def _select(policy: ModelPolicy, schema: ObservedSchema) -> _Selection:
             f"open-ended: {schema.overflow} feature values under names past the "
             f"{MAX_TRACKED_FEATURES} tracked (or longer than {MAX_FEATURE_NAME_CHARS} chars)"
         )
-    elif len(schema.features) > MAX_EXPECTED:
-        unwatched = f"open-ended: {len(schema.features)} feature names, over {MAX_EXPECTED}"
+    elif len(schema.features) + schema.dropped > MAX_EXPECTED:
+        names = len(schema.features) + schema.dropped
+        unwatched = f"open-ended: {names} feature names, over {MAX_EXPECTED}"
     elif schema.features:
         # Every name seen, also the ignored, rare and left-out ones: none of them is news.
         expect = {
@@ -294,6 +302,7 @@ def _select(policy: ModelPolicy, schema: ObservedSchema) -> _Selection:
         watched=candidates[: auto.max_features],
         beyond=beyond,
         rare=sorted(rare),
+        rare_count=len(rare) + schema.dropped,
         ignored=sorted(ignored),
         expect=expect,
         schema_unwatched=unwatched,
@@ -497,10 +506,25 @@ def coverage_notes(policy: ModelPolicy, schema: ObservedSchema | None) -> Covera
         left_out=selection.beyond[:_LISTED],
         left_out_count=len(selection.beyond),
         rare=selection.rare[:_LISTED],
-        rare_count=len(selection.rare),
+        rare_count=selection.rare_count,
         overflow=schema.overflow,
         schema_unwatched=selection.schema_unwatched,
     )
+
+
+def compact(policy: ModelPolicy, schema: ObservedSchema) -> None:
+    """Forget the rare feature names of an open-ended schema (only counted, but for the few
+    that notes list), so that what a model keeps after discovery is bounded by what it
+    watches: 100,000 names each seen once leave 20. Coverage and notes stay the same; a
+    schema that is not open-ended keeps every name (its schema signal expects them all).
+    """
+    selection = _select(policy, schema)
+    if selection.schema_unwatched is None:
+        return
+    forget = selection.rare[_LISTED:]
+    for name in forget:
+        del schema.features[name]
+    schema.dropped += len(forget)
 
 
 def resolved(policy: ModelPolicy, schema: ObservedSchema | None) -> ModelPolicy:

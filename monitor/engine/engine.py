@@ -24,6 +24,7 @@ from monitor.engine.discovery import (
     CoverageNotes,
     CoveredSignal,
     ObservedSchema,
+    compact,
     coverage,
     coverage_notes,
 )
@@ -275,7 +276,9 @@ class ModelMonitor:
             for c in covered
         ]
         self.covered = covered
-        self.notes = coverage_notes(self.policy, self.schema)
+        if self.schema is not None:
+            self.notes = coverage_notes(self.policy, self.schema)
+            compact(self.policy, self.schema)  # what it keeps from now on: bounded
         self._columns = None
         self.until_test = self._until_test()
         if not announce:

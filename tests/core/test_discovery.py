@@ -19,6 +19,7 @@ from monitor.engine.discovery import (
     MAX_FEATURE_NAME_CHARS,
     MAX_TRACKED_FEATURES,
     ObservedSchema,
+    compact,
     coverage,
     coverage_notes,
     resolved,
@@ -315,6 +316,40 @@ def test_100k_distinct_names_stay_bounded_and_the_schema_is_left_unwatched() -> 
     # The checkpoint form is bounded too, and round-trips.
     assert len(msgspec.msgpack.encode(schema.to_json())) < 200_000
     assert ObservedSchema.from_json(schema.to_json()) == schema
+    # Once discovery is over, the rare names are forgotten (counted): the same coverage
+    # and notes from what is left, which is what the model keeps and checkpoints.
+    compact(chosen, schema)
+    assert len(schema.features) == 20 and schema.dropped == MAX_TRACKED_FEATURES - 20
+    assert names(coverage(chosen, schema)) == found
+    assert coverage_notes(chosen, schema) == notes
+    assert len(msgspec.msgpack.encode(schema.to_json())) < 2_000
+    assert ObservedSchema.from_json(schema.to_json()) == schema
+    compact(chosen, schema)
+    assert schema.dropped == MAX_TRACKED_FEATURES - 20
+
+
+def test_a_schema_that_is_not_open_ended_keeps_every_name() -> None:
+    events = [event(features={"a": 1.0, **({f"r{i}": 1.0} if i < 30 else {})}) for i in range(300)]
+    schema = observed(events)
+    before = coverage(policy(), schema)
+    compact(policy(), schema)
+    assert len(schema.features) == 31 and schema.dropped == 0
+    assert coverage(policy(), schema) == before
+
+
+def test_compacting_1200_names_keeps_the_schema_open_ended() -> None:
+    # 1,200 names, over the 1,000 a schema signal expects; 200 of them rare.
+    events = [
+        event(features={f"f{k}": 1.0 for k in range(500 * (i % 2), 500 * (i % 2) + 500)})
+        for i in range(100)
+    ]
+    events += [event(features={f"rare{k}": 1.0}) for k in range(200)]
+    schema = observed(events)
+    chosen = policy(auto={"max_features": 1000})
+    before = (coverage(chosen, schema), coverage_notes(chosen, schema))
+    compact(chosen, schema)
+    assert schema.dropped == 180
+    assert (coverage(chosen, schema), coverage_notes(chosen, schema)) == before
 
 
 def test_more_names_than_the_schema_signal_holds_leave_it_unwatched() -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from detectors.base import Reading
 from monitor.actions.audit import coverage_entry
 from monitor.config.policy import ModelPolicy
+from monitor.engine.discovery import MAX_TRACKED_FEATURES
 from monitor.engine.engine import Engine, ModelMonitor, describe
 from monitor.engine.events import Event
 from monitor.engine.health import Transition
@@ -369,3 +370,33 @@ def test_the_schema_signal_warns_when_a_feature_appears_or_changes_kind(
         monitor.evaluate(float(start))
     assert [s.name for s in monitor.signals] == ["schema"]
     assert monitor.signals[0].level.label == ("warn" if fires else "ok")
+
+
+def test_a_model_flooded_with_names_keeps_little_and_restores_the_same() -> None:
+    rng = random.Random(3)
+    flood = [
+        Event(
+            model="m",
+            features={
+                "amount": rng.gauss(0, 1),
+                **{f"id-{rng.getrandbits(48):x}": 1.0 for _ in range(20)},
+            },
+            latency_ms=10.0,
+        )
+        for _ in range(3_000)
+    ]
+    plain = ModelPolicy.model_validate({"health": HEALTH})
+    whole, _ = run(plain, flood, size=50)
+    assert whole.schema is not None
+    # 4,000 names in discovery, past the 2,000 tracked: an open-ended schema, not watched;
+    # the tracked names, each seen once, are forgotten but for the 20 the notes list.
+    assert len(whole.schema.features) == 21
+    assert whole.schema.dropped == MAX_TRACKED_FEATURES - 1 - 20
+    assert whole.notes is not None and whole.notes.rare_count == MAX_TRACKED_FEATURES - 1
+    assert whole.notes.schema_unwatched is not None
+    assert [s.name for s in whole.signals] == ["features", "missing", "latency_ms", "error"]
+    for cut in (100, 200, 250, 2_000):
+        restored, _ = run(plain, flood, size=50, cut=cut)
+        assert shape(restored) == shape(whole)
+        assert restored.notes == whole.notes
+        assert readings(restored) == readings(whole)
