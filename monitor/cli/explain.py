@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from monitor.config.policy import ModelPolicy, SignalPolicy
-from monitor.engine.discovery import MAX_TRACKED_FEATURES, CoveredSignal, ObservedSchema, coverage
+from monitor.engine.discovery import (
+    MAX_TRACKED_FEATURES,
+    CoveredSignal,
+    ObservedSchema,
+    coverage,
+    coverage_notes,
+)
 
 if TYPE_CHECKING:
     # Imported when the command runs: building the parser (every command) should not pay
@@ -258,37 +264,30 @@ def _watched_features(covered: Iterable[CoveredSignal]) -> list[str]:
 
 
 def _left_out(policy: ModelPolicy, schema: ObservedSchema) -> dict[str, Any]:
-    """What auto.ignore and auto.max_features leave unwatched, derived from ``coverage`` itself
-    (the same policy without each bound), so this cannot drift from what discovery does."""
+    """What auto.ignore, auto.max_features and the rarity rule leave unwatched: discovery's
+    own notes (``coverage_notes``), so this cannot drift from what the engine does."""
     auto = policy.auto
-    feature_ignores = [i for i in auto.ignore if i.startswith("feature.")]
-    name_ignores = [i for i in auto.ignore if not i.startswith("feature.")]
-
-    def discovered(**auto_update: Any) -> list[CoveredSignal]:
-        # Only discovery: named signals would take the place of discovered ones.
-        probe = policy.model_copy(
-            update={"signals": [], "auto": auto.model_copy(update={"enabled": True, **auto_update})}
-        )
-        return coverage(probe, schema)
-
-    bounded = discovered(ignore=feature_ignores)
-    unbounded = discovered(ignore=feature_ignores, max_features=MAX_TRACKED_FEATURES)
-    kept = set(_watched_features(bounded))
-    beyond = [name for name in _watched_features(unbounded) if name not in kept]
+    notes = coverage_notes(policy, schema)
+    ignored = set(notes.ignored_signals) if notes is not None else set()
+    probe = policy.model_copy(
+        update={"signals": [], "auto": auto.model_copy(update={"enabled": True, "ignore": []})}
+    )
     ignored_signals = [
-        {"name": c.name, "reason": c.reason} for c in bounded if c.name in set(name_ignores)
+        {"name": c.name, "reason": c.reason} for c in coverage(probe, schema) if c.name in ignored
     ]
-    ignored_features = [
-        entry for entry in feature_ignores if entry.removeprefix("feature.") in schema.features
-    ]
-    matched = {s["name"] for s in ignored_signals} | set(ignored_features)
+    ignored_features = notes.ignored_features if notes is not None else []
+    matched = ignored | {f"feature.{name}" for name in ignored_features}
     return {
         "ignored_signals": ignored_signals,
-        "ignored_features": [entry.removeprefix("feature.") for entry in ignored_features],
+        "ignored_features": ignored_features,
         # An entry that matches nothing is most often a misspelt name.
         "ignore_unmatched": [entry for entry in auto.ignore if entry not in matched],
         "max_features": auto.max_features,
-        "beyond_max_features": beyond,
+        "beyond_max_features": notes.left_out if notes is not None else [],
+        "beyond_max_features_count": notes.left_out_count if notes is not None else 0,
+        "rare_features": notes.rare if notes is not None else [],
+        "rare_features_count": notes.rare_count if notes is not None else 0,
+        "schema_unwatched": notes.schema_unwatched if notes is not None else None,
         "untracked_feature_values": schema.overflow,
     }
 
@@ -488,9 +487,16 @@ def _print_left_out(entry: dict[str, Any], out: TextIO) -> None:
     if entry.get("beyond_max_features"):
         names = entry["beyond_max_features"]
         out.write(
-            f"  left out by auto.max_features={entry['max_features']} ({len(names)}): "
-            f"{_names(names)}\n"
+            f"  left out by auto.max_features={entry['max_features']} "
+            f"({entry['beyond_max_features_count']}): {_names(names)}\n"
         )
+    if entry.get("rare_features"):
+        out.write(
+            f"  too rare to watch ({entry['rare_features_count']}): "
+            f"{_names(entry['rare_features'])}\n"
+        )
+    if entry.get("schema_unwatched"):
+        out.write(f"  schema not watched: {_clean(entry['schema_unwatched'])}\n")
     if entry.get("untracked_feature_values"):
         out.write(
             f"  {entry['untracked_feature_values']} feature values under names past the "

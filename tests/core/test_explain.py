@@ -18,7 +18,7 @@ import pytest
 from monitor.cli.explain import MAX_BAD_SHOWN
 from monitor.cli.main import main
 from monitor.config.settings import load_settings
-from monitor.engine.discovery import ObservedSchema, coverage
+from monitor.engine.discovery import MAX_FEATURE_NAME_CHARS, ObservedSchema, coverage
 from monitor.engine.events import EventDecoder
 from monitor.tools.traffic import event_stream, make_event
 from tests.fuzz.hostile import hostile_records
@@ -460,4 +460,5 @@ def test_hostile_names_are_escaped_and_cut_in_the_text(
     assert max(len(line) for line in out.splitlines()) < 1000
     # --json keeps each name whole: a machine reads it
     doc = explain_json(capsys, "--config", str(policy), str(events))
-    assert signals(by_model(doc)["m"])["features"]["features"] == sorted(names)
+    tracked = [n for n in names if len(n) <= MAX_FEATURE_NAME_CHARS]  # longer: not tracked
+    assert signals(by_model(doc)["m"])["features"]["features"] == sorted(tracked)

@@ -179,9 +179,15 @@ async def test_kill_9_mid_stream_then_restart_applies_every_event_at_least_once(
     first = _spawn(config, tmp_path, "first")
     try:
         # Kill once part of the stream was applied, while more is still arriving: the rest
-        # is paced over ~10 s (pacing only; no assertion depends on its timing).
+        # is paced (pacing only), and its last part waits for the kill, so the kill always
+        # comes mid-stream however slowly the first process starts.
+        killed = asyncio.Event()
+        last = total - 500
+
         async def produce_rest() -> None:
             for start in range(total // 2, total, 500):
+                if start == last:
+                    await killed.wait()
                 await produce(
                     broker.bootstrap_servers,
                     topic,
@@ -198,12 +204,15 @@ async def test_kill_9_mid_stream_then_restart_applies_every_event_at_least_once(
         still_producing = not producing.done()
         first.kill()
         first.wait(10)
-        await producing
         killed_at = len(set(_applied_ids(applied_log)))
+        killed.set()
+        await producing
         assert still_producing and killed_at < total, "the kill came too late to test anything"
     finally:
         if first.poll() is None:
             first.kill()
+        if "producing" in locals() and not producing.done():
+            producing.cancel()
     second = _spawn(config, tmp_path, "second")
     try:
         await wait_for(
