@@ -449,6 +449,95 @@ def run(
     )
 
 
+# -- delayed outcomes (issue 15): written for the outcome join, not called until it lands ---
+
+#: Accuracy of the classifier before and after the concept drift (inputs unchanged).
+ACCURACY_BEFORE, ACCURACY_AFTER = 0.95, 0.75
+#: An outcome arrives this many inference events after its prediction (uniform): 5 to 100 s
+#: at 20 events/s, inside any sensible join horizon.
+OUTCOME_DELAY = (100, 2_000)
+
+
+def outcome_stream(
+    rng: np.random.Generator, n: int, change_at: int, scale: float, centre: float
+) -> list[tuple[int, Event]]:
+    """``n`` inference events (a 0/1 classifier, each with a ``request_id``) and, after each,
+    its outcome event ``{model, request_id, label}``; the label matches the prediction with
+    probability ACCURACY_BEFORE for predictions before ``change_at``, ACCURACY_AFTER from it
+    on. Returned in arrival order as (position in the inference stream, event)."""
+    stream = normal_stream()
+    arrivals: list[tuple[float, int, Event]] = []
+    inference = 0
+    for chunk in event_chunks(stream, rng, n, scale, centre):
+        correct = rng.random(len(chunk))
+        delays = rng.integers(OUTCOME_DELAY[0], OUTCOME_DELAY[1], size=len(chunk))
+        for event, u, delay in zip(chunk, correct.tolist(), delays.tolist(), strict=True):
+            request_id = f"r{inference}"
+            assert isinstance(event.prediction, float)
+            predicted = "1" if event.prediction >= 0.5 else "0"
+            classified = Event(
+                model=MODEL,
+                features=event.features,
+                prediction=predicted,
+                confidence=event.confidence,
+                latency_ms=event.latency_ms,
+                error=event.error,
+                feedback=event.feedback,
+                request_id=request_id,
+            )
+            accuracy = ACCURACY_BEFORE if inference < change_at else ACCURACY_AFTER
+            label = predicted if u < accuracy else ("0" if predicted == "1" else "1")
+            arrivals.append((float(inference), 0, classified))
+            outcome = Event(model=MODEL, request_id=request_id, label=label)
+            # Ties after the inference events of the same position (sort key 1 > 0).
+            arrivals.append((float(inference + delay), 1, outcome))
+            inference += 1
+    arrivals.sort(key=lambda item: (item[0], item[1]))
+    return [(int(at), event) for at, _, event in arrivals if at < n]
+
+
+def run_outcome_case(
+    policy: Callable[[], ModelPolicy], seeds: int, rates: Sequence[float]
+) -> dict[float, list[int | None]]:
+    """Accuracy 95% -> 75% seen only in delayed outcomes: per rate, per seed, the outcome
+    events from the first outcome of a post-change prediction to the first escalation to
+    ``auto.levels.labels`` (None: not caught within the stream)."""
+    scale, centre = score_scale(normal_stream)
+    found: dict[float, list[int | None]] = {r: [] for r in rates}
+    target = Level.parse(ModelPolicy().auto.levels.labels)
+    for seed in range(seeds):
+        rng = np.random.default_rng(3000 + seed)
+        arrivals = outcome_stream(rng, PRE + HORIZON, PRE, scale, centre)
+        events = [event for _, event in arrivals]
+        engine, index = monitored(policy(), events)
+        machines = {r: HealthMachine(MODEL, policy().health) for r in rates[1:]}
+        main_rate = rates[0]
+        outcomes_after = 0  # outcome events of post-change predictions, or after the first
+        hit: dict[float, int | None] = dict.fromkeys(rates)
+        for a in range(index, len(arrivals), BATCH):
+            batch = arrivals[a : a + BATCH]
+            for _, event in batch:
+                if event.prediction is None and (
+                    outcomes_after or int((event.request_id or "r0")[1:]) >= PRE
+                ):
+                    outcomes_after += 1
+            at = batch[-1][0] + 1
+            ups = [
+                t
+                for t in engine.apply([e for _, e in batch], at / main_rate)
+                if t.to_level >= target
+            ]
+            if ups and outcomes_after and hit[main_rate] is None:
+                hit[main_rate] = outcomes_after
+            for rate, machine in machines.items():
+                t = machine.observe(at / rate, engine.models[MODEL].observations)
+                if t is not None and t.to_level >= target and outcomes_after and hit[rate] is None:
+                    hit[rate] = outcomes_after
+        for rate in rates:
+            found[rate].append(hit[rate])
+    return found
+
+
 def example_policy() -> ModelPolicy:
     return ModelPolicy.model_validate(EXAMPLE_POLICY_BEFORE_AUTO)
 
