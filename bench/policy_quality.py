@@ -602,33 +602,81 @@ def _summary(found: list[int | None], target: int | None) -> tuple[str, str, str
     return median, worst, missed, f"{within}/{k} {'PASS' if within >= need else 'FAIL'}"
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or any(not math.isfinite(r) or r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(
+            f"expected positive events per second, comma-separated (20,50), got {text!r}"
+        )
+    return rates
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This bench's options (detection_quality.py --policy takes them too)."""
+    parser.add_argument("--rates", type=_rates, default=(20.0, 50.0), help="events/s, e.g. 20,50")
+    parser.add_argument("--quick", action="store_true", help="smoke run: seconds, not minutes")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000, help="per stationary stream")
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--rates", default="20,50", help="events per second of the model")
-    parser.add_argument("--quick", action="store_true", help="smoke run: seconds, not minutes")
+    # Below 20,000 events a stream barely outlives the detectors' 10,000-event reference.
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "policy_quality.md"
+        "--events", type=_at_least(20_000), default=1_000_000, help="per stationary stream"
     )
+    parser.add_argument("--seeds", type=_at_least(1), default=20)
+    add_arguments(parser)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    rates = tuple(float(r) for r in args.rates.split(","))
-    if not rates or any(not math.isfinite(r) or r <= 0 for r in rates):
-        parser.error(f"--rates: positive events per second, got {args.rates!r}")
-    events, seeds = args.events, args.seeds
-    if args.quick:
-        events, seeds = min(events, 30_000), min(seeds, 2)
-    report = policy_report(events, seeds, rates, quick=args.quick, command=_command(argv))
-    print(report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
-    return 0
-
-
-def _command(argv: list[str] | None) -> str:
     given = sys.argv[1:] if argv is None else argv
-    return " ".join(["python bench/policy_quality.py", *given]).strip()
+    return write_report(
+        args.events,
+        args.seeds,
+        args.rates,
+        args.quick,
+        args.out,
+        "python bench/policy_quality.py",
+        given,
+    )
+
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "policy_quality.md"
+
+
+def write_report(
+    events: int,
+    seeds: int,
+    rates: tuple[float, ...],
+    quick: bool,
+    out: Path | None,
+    program: str,
+    argv: Sequence[str],
+) -> int:
+    """Run the bench, print the report and save it to ``out`` (None: print only)."""
+    if quick:
+        events, seeds = min(events, 30_000), min(seeds, 2)
+    command = " ".join([program, *argv])
+    report = policy_report(events, seeds, rates, quick=quick, command=command)
+    print(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report, encoding="utf-8")
+    return 0
 
 
 def _rate(r: float) -> str:
