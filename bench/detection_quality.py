@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="default: bench/results/detection_quality.md (policy_quality.md with --policy)",
+        help="default: bench/results/detection_quality.md (another with --policy)",
     )
     parser.add_argument(
         "--policy",
@@ -269,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             args.seeds,
             args.rates,
             args.quick,
-            args.out or policy_quality.DEFAULT_OUT,
+            args.out,
             "python bench/detection_quality.py",
             sys.argv[1:] if argv is None else argv,
+            candidates=args.candidates,
         )
     if args.out is None:
         args.out = Path(__file__).parent / "results" / "detection_quality.md"

@@ -395,6 +395,8 @@ class RunResult:
     first_observed: dict[Level, tuple[int, tuple[str, ...]]]
     events: int
     seconds: float
+    #: Of which in ``Engine.apply`` (the rest makes the events).
+    engine_seconds: float = 0.0
 
 
 def run(
@@ -422,11 +424,16 @@ def run(
         yield from chunk_iter
 
     total = index
+    in_engine = 0.0
+    clock = time.perf_counter
     for events in chunks_from_skip():
         for a in range(0, len(events), BATCH):
             batch = events[a : a + BATCH]
             total += len(batch)
-            for t in engine.apply(batch, total / main_rate):
+            started = clock()
+            transitions = engine.apply(batch, total / main_rate)
+            in_engine += clock() - started
+            for t in transitions:
                 if t.to_level > t.from_level:
                     escalations[main_rate].append(t)
                     worst[main_rate] = max(worst[main_rate], t.to_level)
@@ -445,8 +452,138 @@ def run(
                     if at:
                         first_observed[lvl] = (total, at)
     return RunResult(
-        tuple(rates), escalations, worst, first_observed, total, time.perf_counter() - t0
+        tuple(rates),
+        escalations,
+        worst,
+        first_observed,
+        total,
+        time.perf_counter() - t0,
+        in_engine,
     )
+
+
+# -- candidates for the auto defaults: a multivariate signal over the numeric features -------
+
+
+def with_candidate(detector: str, features: int) -> Callable[[], ModelPolicy]:
+    """The auto policy plus a named ``anomaly`` signal (``detector`` over f0..) at warn."""
+
+    def policy() -> ModelPolicy:
+        return ModelPolicy.model_validate(
+            {
+                "auto": {"enabled": True},
+                "signals": [
+                    {
+                        "name": detector,
+                        "source": "anomaly",
+                        "features": [f"f{j}" for j in range(features)],
+                        "detector": {"type": detector, "persist": 0},
+                        "level": "warn",
+                    }
+                ],
+            }
+        )
+
+    return policy
+
+
+CANDIDATES = ("joint_drift", "novelty_rate")
+
+
+def joint_flip() -> Stream:
+    """f0 and f1 correlated 0.9 that turn -0.9 at the change; every marginal stays N(0, 1)."""
+    rho, rest = 0.9, math.sqrt(1.0 - 0.81)
+
+    def draw(rng: np.random.Generator, start: int, n: int) -> np.ndarray:
+        x = rng.normal(size=(n, FEATURES))
+        x[:, 1] = rho * x[:, 0] + rest * x[:, 1]
+        return x
+
+    def flip(rng: np.random.Generator, cols: Columns) -> None:
+        f = cols.features
+        own = (f[:, 1] - rho * f[:, 0]) / rest
+        f[:, 1] = -rho * f[:, 0] + rest * own
+
+    return Stream(draw, change=flip, change_at=PRE)
+
+
+def candidate_report(events: int, seeds: int, rates: Sequence[float]) -> list[str]:
+    """Each candidate beside the auto policy alone: escalations on the stationary streams,
+    the time ``Engine.apply`` takes, and the delay on the joint flip."""
+    head = " | ".join(f"FA at {_rate(r)}" for r in rates)
+    out = [
+        "## Candidates for the auto defaults: a multivariate signal over the numeric features",
+        "",
+        "The auto policy plus one named `anomaly` signal (warn, `persist: 0`) over every "
+        "numeric feature. Engine time = seconds in `Engine.apply` for the stream (the "
+        "events are made outside it); cost = that time over the auto policy's alone.",
+        "",
+        f"| stream | policy | {head} | worst level | engine s | cost |",
+        "| --- | --- | " + " | ".join("---:" for _ in rates) + " | --- | ---: | ---: |",
+    ]
+    for name, (make, _what) in stationary_streams(events).items():
+        scale, centre = score_scale(make)
+        d = make().draw(np.random.default_rng(0), 0, 1).shape[1]
+        alone = 0.0
+        policies = {"auto": ModelPolicy} | {
+            f"auto + `{c}`": with_candidate(c, d) for c in CANDIDATES
+        }
+        for label, policy in policies.items():
+            rng = np.random.default_rng(1)
+            result = run(policy(), event_chunks(make(), rng, events, scale, centre), rates)
+            per_m = 1_000_000 / result.events
+            cells = " | ".join(f"{len(result.escalations[r]) * per_m:.1f}" for r in rates)
+            if label == "auto":
+                alone = result.engine_seconds
+            cost = f"{result.engine_seconds / alone:.2f}x" if alone else "-"
+            out.append(
+                f"| {name} | {label} | {cells} | {max(result.worst.values()).label} "
+                f"| {result.engine_seconds:.1f} | {cost} |"
+            )
+            log.info("candidates: %s / %s done in %.1fs", name, label, result.seconds)
+    out += [
+        "",
+        f"Joint flip (f0, f1 correlation 0.9 -> -0.9 at event {PRE}, {seeds} seeds): "
+        "escalation to warn, `for` included.",
+        "",
+        "| policy | "
+        + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
+        + " | "
+        + " | ".join(f"within 3000 at {_rate(r)}" for r in rates)
+        + " | caught by |",
+        "| --- | "
+        + " | ".join("---:" for _ in rates)
+        + " | "
+        + " | ".join("---" for _ in rates)
+        + " | --- |",
+    ]
+    scale, centre = score_scale(joint_flip)
+    policies = {"auto": ModelPolicy} | {
+        f"auto + `{c}`": with_candidate(c, FEATURES) for c in CANDIDATES
+    }
+    for label, policy in policies.items():
+        found: dict[float, list[int | None]] = {r: [] for r in rates}
+        by: dict[str, int] = {}
+        for seed in range(seeds):
+            rng = np.random.default_rng(4000 + seed)
+            chunks = event_chunks(joint_flip(), rng, PRE + HORIZON, scale, centre)
+            result = run(policy(), chunks, rates, PRE)
+            for r in rates:
+                hit = next((t for t in result.escalations[r] if t.at * r > PRE), None)
+                found[r].append(None if hit is None else round(hit.at * r) - PRE)
+                if hit is not None and r == rates[0]:
+                    by[_signals(hit)] = by.get(_signals(hit), 0) + 1
+        summaries = [_summary(found[r], 3000) for r in rates]
+        out.append(
+            f"| {label} | "
+            + " | ".join(f"{m} / {w}" for m, w, _, _ in summaries)
+            + " | "
+            + " | ".join(v for _, _, _, v in summaries)
+            + " | "
+            + (", ".join(f"{k} ({v})" for k, v in sorted(by.items())) or "-")
+            + " |"
+        )
+    return out
 
 
 # -- delayed outcomes (issue 15): written for the outcome join, not called until it lands ---
@@ -631,6 +768,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This bench's options (detection_quality.py --policy takes them too)."""
     parser.add_argument("--rates", type=_rates, default=(20.0, 50.0), help="events/s, e.g. 20,50")
     parser.add_argument("--quick", action="store_true", help="smoke run: seconds, not minutes")
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="only the candidates for the auto defaults (joint_drift, novelty_rate)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -641,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=_at_least(1), default=20)
     add_arguments(parser)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {DEFAULT_OUT}")
     args = parser.parse_args(argv)
     given = sys.argv[1:] if argv is None else argv
     return write_report(
@@ -652,10 +794,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         "python bench/policy_quality.py",
         given,
+        candidates=args.candidates,
     )
 
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "policy_quality.md"
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_OUT = RESULTS / "policy_quality.md"
+CANDIDATES_OUT = RESULTS / "policy_candidates.md"
 
 
 def write_report(
@@ -666,16 +811,24 @@ def write_report(
     out: Path | None,
     program: str,
     argv: Sequence[str],
+    *,
+    candidates: bool = False,
 ) -> int:
-    """Run the bench, print the report and save it to ``out`` (None: print only)."""
+    """Run the bench (or only its candidates), print the report and save it to ``out``
+    (None: :data:`DEFAULT_OUT`, or :data:`CANDIDATES_OUT`)."""
     if quick:
         events, seeds = min(events, 30_000), min(seeds, 2)
     command = " ".join([program, *argv])
-    report = policy_report(events, seeds, rates, quick=quick, command=command)
+    if candidates:
+        lines = ["# Candidates for the auto defaults", "", f"`{command}`", ""]
+        report = "\n".join(lines + candidate_report(events, seeds, rates)) + "\n"
+    else:
+        report = policy_report(events, seeds, rates, quick=quick, command=command)
     print(report)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report, encoding="utf-8")
+    if out is None:
+        out = CANDIDATES_OUT if candidates else DEFAULT_OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, encoding="utf-8")
     return 0
 
 
