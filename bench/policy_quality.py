@@ -397,6 +397,9 @@ class RunResult:
     seconds: float
     #: Of which in ``Engine.apply`` (the rest makes the events).
     engine_seconds: float = 0.0
+    #: The longest run of events over which one signal's observation stayed breached (any
+    #: level), and that signal: how close a stream came to an escalation (``for`` x R).
+    longest_breach: tuple[int, str] = (0, "")
 
 
 def run(
@@ -425,6 +428,8 @@ def run(
 
     total = index
     in_engine = 0.0
+    breached_since: dict[str, int] = {}
+    longest = (0, "")
     clock = time.perf_counter
     for events in chunks_from_skip():
         for a in range(0, len(events), BATCH):
@@ -444,6 +449,13 @@ def run(
                 if t2 is not None and t2.to_level > t2.from_level:
                     escalations[rate].append(t2)
                     worst[rate] = max(worst[rate], t2.to_level)
+            for name, seen in observations.items():
+                if seen.level is Level.OK:
+                    breached_since.pop(name, None)
+                    continue
+                held = total - breached_since.setdefault(name, total - len(batch))
+                if held > longest[0]:
+                    longest = (held, name)
             if total > observe_from and len(first_observed) < 3:
                 for lvl in (Level.WARN, Level.DEGRADED, Level.CRITICAL):
                     if lvl in first_observed:
@@ -459,6 +471,7 @@ def run(
         total,
         time.perf_counter() - t0,
         in_engine,
+        longest,
     )
 
 
@@ -858,8 +871,8 @@ def policy_report(
         "## False alarms: health escalations (any level) per 1M events, stationary streams",
         "",
         f"| stream | policy | events | {rate_cols} | worst level | detector-only first "
-        "breach (event, signals) | s |",
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in rates) + " | --- | --- | ---: |",
+        "breach (event, signals) | longest breach (events, signal) | s |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in rates) + " | --- | --- | --- | ---: |",
     ]
     fa_pass = True
     streams = stationary_streams(events)
@@ -883,9 +896,11 @@ def policy_report(
                         policy(),
                         next(event_chunks(make(), np.random.default_rng(1), 200, scale, centre)),
                     )
+            held, held_by = result.longest_breach
+            longest = f"{held} ({held_by})" if held else "-"
             out.append(
                 f"| {name} | {label} | {result.events} | {cells} | {worst.label} | {seen} "
-                f"| {result.seconds:.0f} |"
+                f"| {longest} | {result.seconds:.0f} |"
             )
             log.info("%s / %s done in %.1fs", name, label, result.seconds)
     out += [
