@@ -520,6 +520,41 @@ def joint_flip() -> Stream:
     return Stream(draw, change=flip, change_at=PRE)
 
 
+def candidate_cost(features: int = FEATURES, timed: int = 30_000, reps: int = 3) -> list[str]:
+    """Engine time per event of the auto policy with and without each candidate, on the same
+    events after the reference is full, the policies interleaved ``reps`` times and the
+    fastest run of each kept (the machine is shared: a slow run is someone else's)."""
+
+    def make() -> Stream:
+        return normal_stream() if features == FEATURES else Stream(factors(features))
+
+    scale, centre = score_scale(make)
+    warm = 10_400  # discovery, the 10,000-event reference, and a little
+    events = [
+        e
+        for chunk in event_chunks(make(), np.random.default_rng(6), warm + timed, scale, centre)
+        for e in chunk
+    ]
+    policies = {"auto": ModelPolicy} | {
+        f"auto + `{c}`": with_candidate(c, features) for c in CANDIDATES
+    }
+    best = dict.fromkeys(policies, math.inf)
+    for _ in range(reps):
+        for label, policy in policies.items():
+            engine, index = monitored(policy(), events)
+            for a in range(index, warm, BATCH):
+                engine.apply(events[a : a + BATCH], a / 20.0)
+            started = time.perf_counter()
+            for a in range(warm, len(events), BATCH):
+                engine.apply(events[a : a + BATCH], a / 20.0)
+            best[label] = min(best[label], time.perf_counter() - started)
+    alone = best["auto"]
+    return [
+        f"| {features} | {label} | {seconds / timed * 1e6:.1f} | {seconds / alone:.2f}x |"
+        for label, seconds in best.items()
+    ]
+
+
 def candidate_report(events: int, seeds: int, rates: Sequence[float]) -> list[str]:
     """Each candidate beside the auto policy alone: escalations on the stationary streams,
     the time ``Engine.apply`` takes, and the delay on the joint flip."""
@@ -555,6 +590,15 @@ def candidate_report(events: int, seeds: int, rates: Sequence[float]) -> list[st
             )
             log.info("candidates: %s / %s done in %.1fs", name, label, result.seconds)
     out += [
+        "",
+        "Cost on its own (the engine-seconds above are of runs minutes apart on a shared "
+        "machine): `Engine.apply` per event after the reference, fastest of 3 interleaved "
+        "runs on the same events.",
+        "",
+        "| features | policy | us/event | cost |",
+        "| ---: | --- | ---: | ---: |",
+        *candidate_cost(FEATURES),
+        *candidate_cost(50),
         "",
         f"Joint flip (f0, f1 correlation 0.9 -> -0.9 at event {PRE}, {seeds} seeds): "
         "escalation to warn, `for` included.",
