@@ -732,6 +732,40 @@ def run_outcome_case(
     return found
 
 
+def outcome_rows(seeds: int, rates: Sequence[float]) -> list[str]:
+    """The delayed-outcome section of the report (for ``policy_report`` once outcome events are
+    joined to their predictions: until then the auto policy cannot see the change)."""
+    out = [
+        f"## Delayed outcomes: accuracy {ACCURACY_BEFORE:.0%} -> {ACCURACY_AFTER:.0%}, inputs "
+        f"unchanged ({seeds} seeds; outcomes {OUTCOME_DELAY[0]}-{OUTCOME_DELAY[1]} events late)",
+        "",
+        "Delay = outcome events from the first outcome of a post-change prediction to the "
+        f"escalation to `auto.levels.labels`; target: within {TARGET} outcome events.",
+        "",
+        "| policy | "
+        + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
+        + " | "
+        + " | ".join(f"within {TARGET} at {_rate(r)}" for r in rates)
+        + " |",
+        "| --- | "
+        + " | ".join("---:" for _ in rates)
+        + " | "
+        + " | ".join("---" for _ in rates)
+        + " |",
+    ]
+    for label, policy in POLICIES.items():
+        found = run_outcome_case(policy, seeds, rates)
+        summaries = [_summary(found[r], TARGET) for r in rates]
+        out.append(
+            f"| {label} | "
+            + " | ".join(f"{m} / {w}" for m, w, _, _ in summaries)
+            + " | "
+            + " | ".join(v for _, _, _, v in summaries)
+            + " |"
+        )
+    return out
+
+
 def example_policy() -> ModelPolicy:
     return ModelPolicy.model_validate(EXAMPLE_POLICY_BEFORE_AUTO)
 

@@ -127,3 +127,33 @@ def test_bad_arguments_are_refused_naming_the_option(
         policy_quality.main(argv)
     assert exc.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_a_candidate_policy_watches_the_discovered_signals_and_its_multivariate_one() -> None:
+    scale, centre = policy_quality.score_scale(policy_quality.normal_stream)
+    events = next(
+        policy_quality.event_chunks(
+            policy_quality.normal_stream(), np.random.default_rng(0), 300, scale, centre
+        )
+    )
+    for detector in policy_quality.CANDIDATES:
+        engine, skipped = policy_quality.monitored(
+            policy_quality.with_candidate(detector, 5)(), events
+        )
+        engine.apply(events[skipped:], 10.0)
+        signals = engine.models[policy_quality.MODEL].signals
+        assert signals[0].name == "features"  # discovered first, named after
+        assert signals[-1].name == detector
+        assert signals[-1].members[0].detector.spec.type == detector
+
+
+@pytest.mark.timeout(300)
+def test_the_delayed_outcome_section_runs_for_every_policy_and_rate() -> None:
+    # Until outcomes are joined the auto policy cannot catch the change: only the section's
+    # shape is checked here; the lead wires it into the report with the join.
+    rows = policy_quality.outcome_rows(1, (20.0, 50.0))
+
+    assert rows[0].startswith("## Delayed outcomes: accuracy 95% -> 75%")
+    table = [r for r in rows if r.startswith("| ") and not r.startswith(("| policy", "| ---"))]
+    assert [r.split(" | ")[0] for r in table] == [f"| {p}" for p in policy_quality.POLICIES]
+    assert all(len(r.split(" | ")) == 5 for r in table)
