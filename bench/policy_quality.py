@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.config.policy import Level, ModelPolicy
-from monitor.engine.discovery import ObservedSchema, coverage, resolved
+from monitor.engine.discovery import ObservedSchema, coverage
 from monitor.engine.engine import Engine
 from monitor.engine.events import Event
 from monitor.engine.health import HealthMachine, Transition
@@ -354,23 +354,11 @@ def event_chunks(
 # -- the harness ----------------------------------------------------------------------------
 
 
-def monitored(policy: ModelPolicy, first: Sequence[Event]) -> tuple[Engine, int]:
-    """An engine watching ``MODEL`` under ``policy``, and how many of the stream's first events
-    it has consumed without feeding them to a detector.
-
-    The engine does not discover on its own yet: this does what it will do, the policy
-    ``resolved`` from the ObservedSchema of the model's first ``auto.discover_events`` events,
-    which are then not fed. Once the engine discovers, this becomes
-    ``Engine(lambda _: policy, ...), 0``.
-    """
-    skipped = 0
-    if policy.discovers:
-        skipped = policy.auto.discover_events
-        schema = ObservedSchema()
-        schema.observe(first[:skipped])
-        policy = resolved(policy, schema)
-    engine = Engine(lambda _model: policy, max_models=1, named=[MODEL])
-    return engine, skipped
+def monitored(policy: ModelPolicy) -> Engine:
+    """An engine watching ``MODEL`` under ``policy``: a policy that discovers observes the
+    model's first ``auto.discover_events`` events, then builds its signals and feeds them the
+    events after those (the engine's own discovery, as the daemon runs it)."""
+    return Engine(lambda _model: policy, max_models=1, named=[MODEL])
 
 
 def discovered_signals(policy: ModelPolicy, first: Sequence[Event]) -> list[str]:
@@ -412,9 +400,7 @@ def run(
     events/s; extra health machines time the same observations at the other rates.
     Detector-only breaches are recorded from event ``observe_from`` on."""
     t0 = time.perf_counter()
-    chunk_iter = iter(chunks)
-    first = next(chunk_iter)
-    engine, index = monitored(policy, first)
+    engine = monitored(policy)
     main_rate = rates[0]
     others = {r: HealthMachine(MODEL, policy.health) for r in rates[1:]}
     escalations: dict[float, list[Transition]] = {r: [] for r in rates}
@@ -422,16 +408,12 @@ def run(
     first_observed: dict[Level, tuple[int, tuple[str, ...]]] = {}
     total = 0
 
-    def chunks_from_skip() -> Iterator[list[Event]]:
-        yield first[index:]
-        yield from chunk_iter
-
-    total = index
+    total = 0
     in_engine = 0.0
     breached_since: dict[str, int] = {}
     longest = (0, "")
     clock = time.perf_counter
-    for events in chunks_from_skip():
+    for events in chunks:
         for a in range(0, len(events), BATCH):
             batch = events[a : a + BATCH]
             total += len(batch)
@@ -541,8 +523,8 @@ def candidate_cost(features: int = FEATURES, timed: int = 30_000, reps: int = 3)
     best = dict.fromkeys(policies, math.inf)
     for _ in range(reps):
         for label, policy in policies.items():
-            engine, index = monitored(policy(), events)
-            for a in range(index, warm, BATCH):
+            engine = monitored(policy())
+            for a in range(0, warm, BATCH):
                 engine.apply(events[a : a + BATCH], a / 20.0)
             started = time.perf_counter()
             for a in range(warm, len(events), BATCH):
@@ -702,13 +684,12 @@ def run_outcome_case(
     for seed in range(seeds):
         rng = np.random.default_rng(3000 + seed)
         arrivals = outcome_stream(rng, PRE + HORIZON, PRE, scale, centre)
-        events = [event for _, event in arrivals]
-        engine, index = monitored(policy(), events)
+        engine = monitored(policy())
         machines = {r: HealthMachine(MODEL, policy().health) for r in rates[1:]}
         main_rate = rates[0]
         outcomes_after = 0  # outcome events of post-change predictions, or after the first
         hit: dict[float, int | None] = dict.fromkeys(rates)
-        for a in range(index, len(arrivals), BATCH):
+        for a in range(0, len(arrivals), BATCH):
             batch = arrivals[a : a + BATCH]
             for _, event in batch:
                 if event.prediction is None and (
@@ -943,8 +924,8 @@ def policy_report(
         f"so it costs {', '.join(f'{for_s * r:.0f}' for r in rates)} events at these rates. "
         "Events carry features f0.., prediction (a score from the features), confidence, "
         "latency_ms, error (1%) and feedback (30%). The auto policy is `ModelPolicy()`: no "
-        f"signal named; its signals are discovered from the first "
-        f"{ModelPolicy().auto.discover_events} events, which feed no detector.",
+        f"signal named; the engine discovers its signals from the first "
+        f"{ModelPolicy().auto.discover_events} events, which feed no discovered detector.",
         "",
         "## False alarms: health escalations (any level) per 1M events, stationary streams",
         "",

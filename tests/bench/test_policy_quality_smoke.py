@@ -46,20 +46,21 @@ def test_quick_run_writes_the_report_and_the_auto_policy_meets_its_targets_at_20
     assert capsys.readouterr().out.startswith("# Detection quality of whole policies")
 
 
-def test_the_auto_policy_is_resolved_from_the_first_events_which_feed_no_detector() -> None:
+def test_the_engine_discovers_the_auto_policy_from_the_first_events() -> None:
     scale, centre = policy_quality.score_scale(policy_quality.normal_stream)
     events = next(
         policy_quality.event_chunks(
             policy_quality.normal_stream(), np.random.default_rng(0), 300, scale, centre
         )
     )
-
-    engine, skipped = policy_quality.monitored(ModelPolicy(), events)
-    engine.apply(events[skipped:], 10.0)
-
-    assert skipped == ModelPolicy().auto.discover_events
+    engine = policy_quality.monitored(ModelPolicy())
+    engine.apply(events[:100], 5.0)
     monitor = engine.models[policy_quality.MODEL]
-    assert monitor.events == 300 - skipped
+    assert monitor.signals == []  # still discovering: nothing named, nothing built
+
+    engine.apply(events[100:], 15.0)
+
+    assert monitor.events == 300
     assert [s.name for s in monitor.signals] == [
         "features",
         "missing",
@@ -72,8 +73,9 @@ def test_the_auto_policy_is_resolved_from_the_first_events_which_feed_no_detecto
     ]
     features = monitor.signals[0]
     assert [m.name for m in features.members] == [f"features.f{j}" for j in range(5)]
-    engine, skipped = policy_quality.monitored(policy_quality.example_policy(), events)
-    assert skipped == 0
+    # The bench's calibration: the model's `for` holds each breach, the detectors none.
+    assert {s.policy.detector_spec.persist for s in monitor.signals} == {0}
+    engine = policy_quality.monitored(policy_quality.example_policy())
     engine.apply(events, 10.0)
     assert [s.name for s in engine.models[policy_quality.MODEL].signals] == [
         "error_rate",
@@ -137,10 +139,8 @@ def test_a_candidate_policy_watches_the_discovered_signals_and_its_multivariate_
         )
     )
     for detector in policy_quality.CANDIDATES:
-        engine, skipped = policy_quality.monitored(
-            policy_quality.with_candidate(detector, 5)(), events
-        )
-        engine.apply(events[skipped:], 10.0)
+        engine = policy_quality.monitored(policy_quality.with_candidate(detector, 5)())
+        engine.apply(events, 10.0)
         signals = engine.models[policy_quality.MODEL].signals
         assert signals[0].name == "features"  # discovered first, named after
         assert signals[-1].name == detector
