@@ -2,7 +2,9 @@
 changes, and cost per update, for raw River detectors beside driftwarden's calibrated defaults.
 
 Run: ``python bench/detection_quality.py [--events N --seeds K]``; prints a markdown report and
-saves it to ``bench/results/detection_quality.md``.
+saves it to ``bench/results/detection_quality.md``. With ``--policy`` it runs
+``bench/policy_quality.py`` instead (whole policies through the engine, auto coverage among
+them), whose report goes to ``bench/results/policy_quality.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from river import drift
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import policy_quality
 from detectors import (
     InputKind,
     QuantileSpec,
@@ -247,9 +250,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--family", type=int, default=100, help="features of the family model")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "detection_quality.md"
+        "--out",
+        type=Path,
+        default=None,
+        help="default: bench/results/detection_quality.md (another with --policy)",
     )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="whole policies (auto coverage, the example policy) through the engine instead: "
+        "runs bench/policy_quality.py",
+    )
+    policy_quality.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.policy:
+        return policy_quality.write_report(
+            args.events,
+            args.seeds,
+            args.rates,
+            args.quick,
+            args.out,
+            "python bench/detection_quality.py",
+            sys.argv[1:] if argv is None else argv,
+            candidates=args.candidates,
+        )
+    if args.out is None:
+        args.out = Path(__file__).parent / "results" / "detection_quality.md"
     n = args.events
     per_million = 1_000_000 / n
     out: list[str] = [

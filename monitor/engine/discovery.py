@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from detectors.registry import parse_spec
 from monitor.config.policy import (
     FeatureKind,
     LevelName,
@@ -329,8 +330,15 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
     n = schema.events
     found: list[CoveredSignal] = []
 
-    def add(reason: str, level: LevelName, **fields: Any) -> None:
-        found.append(CoveredSignal(SignalPolicy(level=level, **fields), "discovered", reason))
+    # The model's ``for`` already holds every breach (30 s: 600 events at 20 events/s); the
+    # detectors' own ``persist`` (200 events) on top of it only delays the page, and no test
+    # turns more often for it (its alpha is set by ``false_alarm_every``, not ``persist``).
+    # With ``for: 0`` the detectors keep their own hold. bench/results/policy_quality.md.
+    held = {"persist": 0} if policy.health.for_ > 0 else {}
+
+    def add(reason: str, level: LevelName, *, detector: dict[str, Any], **fields: Any) -> None:
+        signal = SignalPolicy(level=level, detector=parse_spec(detector | held), **fields)
+        found.append(CoveredSignal(signal, "discovered", reason))
 
     named_features = _features_named(policy.signals)
     selection = _select(policy, schema)
@@ -354,6 +362,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             name="features",
             source=SignalSource.FEATURES,
             features=drift_numeric,
+            detector={"type": "ks_window"},
         )
     if drift_categorical:
         add(
@@ -390,7 +399,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             levels.prediction,
             name="prediction",
             source=SignalSource.PREDICTION,
-            **({"detector": {"type": "psi"}} if prediction.kind == "categorical" else {}),
+            detector={"type": "psi" if prediction.kind == "categorical" else "ks_window"},
         )
     confidence = schema.fields.get("confidence")
     if confidence is not None and confidence.numeric:
@@ -399,6 +408,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             levels.confidence,
             name="confidence",
             source=SignalSource.CONFIDENCE,
+            detector={"type": "ks_window"},
         )
     latency = schema.fields.get("latency_ms")
     if latency is not None and latency.numeric:
@@ -428,6 +438,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             levels.error,
             name="error",
             source=SignalSource.ERROR,
+            detector={"type": "rate_window"},
         )
     feedback = schema.fields.get("feedback")
     if feedback is not None and feedback.numeric:
@@ -454,6 +465,7 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             levels.labels,
             name="label_error",
             source=SignalSource.LABEL_ERROR,
+            detector={"type": "rate_window"},
         )
     return found
 

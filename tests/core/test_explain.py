@@ -94,11 +94,15 @@ def test_explain_text_lists_each_models_discovered_signals(
     ]
     # the numeric family, its detector, the level it raises, the model's `for`, the reason
     assert (
-        "  features    discovered  features    30s*  ks_window min_shift=0.25 window=1000" in fraud
+        "  features    discovered  features    30s*  ks_window min_shift=0.25 persist=0 window=1000"
+        in fraud
     )
     assert "features (1) (one detector each): amount\n" in fraud
     assert "features (2) (one detector each): card_present, country\n" in fraud
-    assert "quantile max_ratio=1.5 q=0.99 window=1000                 degraded on a breach" in fraud
+    assert (
+        "quantile max_ratio=1.5 persist=0 q=0.99 window=1000                 degraded on a breach"
+        in fraud
+    )
     assert "why: 1 numeric features in the first 200 events\n" in fraud
     # engagement only where feedback comes: chat-assistant's 0/1 feedback, a fall
     assert "engagement" not in fraud
