@@ -250,7 +250,9 @@ class ModelMonitor:
             )
 
     def apply(self, events: Sequence[Event], now: float) -> None:
-        self.apply_span(EventColumns(events), 0, len(events), now)
+        columns = EventColumns(events)
+        self.join_outcomes(columns, 0, len(events), now, None)
+        self.apply_span(columns, 0, len(events), now)
 
     def apply_span(self, columns: EventColumns, start: int, end: int, now: float) -> bool:
         """Apply this model's events, ``columns.events[start:end]``; False when they only

@@ -62,8 +62,14 @@ class OutcomeResult(enum.Enum):
 
 
 class Eviction(enum.Enum):
+    """Why a prediction left the join unmet; kept == joined + evicted + pending."""
+
+    #: Past ``outcomes.horizon``.
     AGE = "age"
+    #: Past ``outcomes.max_pending`` or the model's share of the engine-wide bound.
     COUNT = "count"
+    #: A newer event of the same ``request_id`` (a prediction, or one with its own label).
+    REPLACED = "replaced"
 
 
 def request_key(request_id: str) -> int:
@@ -354,15 +360,18 @@ class OutcomeJoin:
                     realized.add(1.0 if label_matches(label, prediction) else 0.0)
                 if request_id is not None:
                     key = request_key(request_id)
-                    pending.pop(key, None)
+                    if pending.pop(key, None) is not None:
+                        self.counts.evicted[Eviction.REPLACED] += 1
                     self._forget(key, True)
                 continue
             if request_id is None:
                 continue
             if prediction is not None:
                 key = request_key(request_id)
+                if key in pending:
+                    self.counts.evicted[Eviction.REPLACED] += 1
+                    pending.move_to_end(key)
                 pending[key] = (kept(prediction), now)
-                pending.move_to_end(key)
                 kept_now += 1
                 continue
             if label is None:
