@@ -276,6 +276,7 @@ class OutcomeJoin:
 
     __slots__ = (
         "__weakref__",
+        "baseline",
         "budget",
         "counts",
         "estimated",
@@ -297,6 +298,8 @@ class OutcomeJoin:
         #: classification outcomes: /status compares the two.
         self.estimated = RunningRate()
         self.realized = RunningRate()
+        #: The counts this process started from (a checkpoint's): /metrics counts from them.
+        self.baseline = OutcomeCounts()
 
     @property
     def limit(self) -> int:
@@ -452,6 +455,7 @@ class OutcomeJoin:
             join.pending = OrderedDict(zip(keys, zip(predictions, seen, strict=True), strict=True))
             join.gone = OrderedDict(zip(gone, map(bool, gone_joined), strict=True))
             join.counts = OutcomeCounts.from_json(raw["counts"])
+            join.baseline = OutcomeCounts.from_json(raw["counts"])
             join.estimated = RunningRate.from_json(raw["estimated"])
             join.realized = RunningRate.from_json(raw["realized"])
         except (KeyError, TypeError, AttributeError, IndexError) as err:

@@ -61,8 +61,11 @@ class OutcomeSeries:
             (reason, metrics.outcome_evictions.labels(model, reason.value))
             for reason in counts.evicted
         ]
+        # A join found after it already counted (restored, or started and fed in one batch
+        # before its first publish) adds all it counted since the counts it started from.
         self.pending = metrics.outcome_pending.labels(model)
-        self.published = (dict(counts.outcomes), dict(counts.evicted))
+        start = join.baseline
+        self.published = (dict(start.outcomes), dict(start.evicted))
 
     def publish(self, join: OutcomeJoin) -> None:
         counts = join.counts
