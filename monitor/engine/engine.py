@@ -16,7 +16,7 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
 from detectors.registry import build_detector
-from monitor.config.policy import Level, ModelPolicy, SignalPolicy
+from monitor.config.policy import LABEL_SOURCES, Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
 from monitor.engine.discovery import CoveredSignal, FieldSeen, ObservedSchema, outcome_coverage
@@ -71,6 +71,10 @@ class SignalMonitor:
     #: The member whose reading sets the signal's level (the worst one).
     worst: Member | None = None
     created_at: float = 0.0
+    #: Ground truth comes in bursts (outcome events, apart from the predictions): a span with
+    #: no label leaves the Reading as it was instead of making it inconclusive, which would
+    #: end a breach being held for ``for``. Only without a ``no_data`` rule, which reads it.
+    sparse: bool = False
 
     @property
     def name(self) -> str:
@@ -90,6 +94,8 @@ class SignalMonitor:
                 values = single[0].get(extract)[single[1] : single[2]]
             else:
                 values = _joined([cols.get(extract)[start:end] for cols, start, end in spans])
+            if self.sparse and np.isnan(values).all():
+                continue
             reading = member.detector.update_many(values)
             member.reading = reading
             if reading.verdict is not inconclusive:
@@ -139,7 +145,8 @@ def _signal_monitor(
         for name, extract in members_spec
     ]
     for_s = signal.for_ if signal.for_ is not None else policy.health.for_
-    return SignalMonitor(signal, for_s, members, created_at=now)
+    sparse = signal.source in LABEL_SOURCES and signal.no_data is None
+    return SignalMonitor(signal, for_s, members, created_at=now, sparse=sparse)
 
 
 @dataclass(slots=True)

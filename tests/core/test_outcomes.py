@@ -228,7 +228,9 @@ def _stream(
     return events, truth
 
 
-def test_accuracy_falling_only_in_delayed_outcomes_reaches_the_label_level_in_2000() -> None:
+def test_accuracy_falling_only_in_delayed_outcomes_reaches_the_label_level_in_2000(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """95% -> 75% accuracy with unchanged inputs, seen only in outcomes arriving 100 requests
     (and one batch) later: the label signal's level within 2,000 outcome events."""
     policy = ModelPolicy.model_validate(
@@ -261,6 +263,8 @@ def test_accuracy_falling_only_in_delayed_outcomes_reaches_the_label_level_in_20
         if reached is not None:
             break
     assert reached is not None and reached <= 2_000, reached
+    with capsys.disabled():
+        print(f"\naccuracy 95% -> 75%: degraded after {reached} outcome events (for: 30s)")
     status = describe(engine.models["m"])["outcomes"]
     assert status["outcomes"]["joined"] > 10_000
     assert status["outcomes"]["unmatched"] == status["outcomes"]["late"] == 0
@@ -464,3 +468,58 @@ def test_discovery_with_outcomes_watches_label_error_or_regression_error() -> No
     assert found["regression_error"] is SignalSource.REGRESSION_ERROR
     assert "label_error" not in found and "estimated_accuracy" not in found
     assert "label_error" not in covered(classifier[:50])  # no labels: nothing of ground truth
+
+
+def test_a_bias_seen_only_in_outcomes_drifts_the_default_regression_error() -> None:
+    policy = ModelPolicy.model_validate({"signals": [{"source": "regression_error"}]})
+    engine = Engine(lambda model: policy, max_models=10)
+    rng = np.random.default_rng(3)
+    drifted_at = None
+    for batch in range(60):
+        bias = 0.0 if batch < 40 else 1.0
+        truth = rng.normal(100.0, 10.0, 500)
+        guesses = truth + rng.normal(bias, 1.0, 500)
+        preds = [prediction(f"{batch}-{i}", float(g)) for i, g in enumerate(guesses)]
+        outs = [outcome(f"{batch}-{i}", float(y)) for i, y in enumerate(truth)]
+        engine.apply(preds, float(2 * batch))
+        transitions = engine.apply(outs, float(2 * batch + 1))
+        if transitions and drifted_at is None:
+            drifted_at = batch
+            assert transitions[0].causes[0].signal == "regression_error"
+    assert drifted_at is not None and drifted_at >= 40  # none before: no false alarm
+    assert engine.models["m"].outcomes is not None
+    assert engine.models["m"].outcomes.realized.n == 0  # a regression: no accuracy
+
+
+def test_a_malformed_join_in_a_checkpoint_is_left_out_and_the_rest_restored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = ModelPolicy.model_validate({"signals": [{"source": "label_error"}]})
+    monitor = ModelMonitor.build("m", policy, 0.0)
+    monitor.apply([prediction("a", 1.0)], 1.0)
+    import msgspec
+
+    raw = msgspec.msgpack.decode(snapshot_model(monitor, None, None))
+    for broken in ({"keys": "not bytes"}, {"seen": b"\x00" * 3}, {"predictions": [[1]]}, {}):
+        bad = dict(raw, outcomes={"join": {**raw["outcomes"]["join"], **broken}, "added": [{}]})
+        if not broken:
+            bad["outcomes"]["join"] = {"keys": b""}
+        restored = restore_model(msgspec.msgpack.encode(bad), policy, 2.0, None)
+        assert restored.events == 1
+        assert restored.outcomes is not None and not restored.outcomes.pending
+    assert "outcome join not restored" in caplog.text
+    assert "a gained signal not restored" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "where"),
+    [
+        ({"max_pending": 0}, "max_pending"),
+        ({"horizon": "-1s"}, "horizon"),
+        ({"join": "sometimes"}, "join"),
+        ({"horizon": "1h", "unknown": 1}, "unknown"),
+    ],
+)
+def test_a_bad_outcomes_section_names_the_field(outcomes: dict[str, Any], where: str) -> None:
+    with pytest.raises(ValueError, match=rf"outcomes\.{where}"):
+        ModelPolicy.model_validate({"outcomes": outcomes})
