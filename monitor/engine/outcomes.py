@@ -72,12 +72,11 @@ class Eviction(enum.Enum):
     REPLACED = "replaced"
 
 
-def request_key(request_id: str) -> int:
+def request_key(request_id: str) -> bytes:
     """A fixed-size key for a request id of any length (8 bytes of BLAKE2b): stable across
     processes (a checkpoint keeps it), so a pending entry costs the same for a 1,024-character
     id; two of a model's pending ids collide with odds about n^2 / 2^65."""
-    digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 def _category(value: object) -> str:
@@ -90,14 +89,6 @@ def _category(value: object) -> str:
 
 def _category_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def kept(prediction: object) -> Prediction:
-    """The form a prediction is kept in while it waits (see :data:`Prediction`)."""
-    if isinstance(prediction, str) and len(prediction) > MAX_KEPT_CATEGORY:
-        return _category_digest(prediction)
-    assert isinstance(prediction, float | int | bool | str)
-    return prediction
 
 
 def label_matches(label: object, prediction: object) -> bool:
@@ -243,6 +234,18 @@ class RunningRate:
         recent = self.recent
         self.recent = value if recent != recent else recent + RECENT_WEIGHT * (value - recent)
 
+    def add_many(self, n: int, total: float) -> None:
+        """``n`` values summing to ``total`` at once: the recent mean moves toward their mean
+        as far as ``n`` single steps would toward values all equal to it."""
+        self.n += n
+        self.total += total
+        mean = total / n
+        recent = self.recent
+        if recent != recent:
+            self.recent = mean
+        else:
+            self.recent = recent + (1.0 - (1.0 - RECENT_WEIGHT) ** n) * (mean - recent)
+
     def to_json(self) -> list[float]:
         return [self.n, self.total, self.recent]
 
@@ -291,8 +294,8 @@ class OutcomeJoin:
         self.horizon_s = policy.horizon
         self.max_pending = policy.max_pending
         self.budget = budget
-        self.pending: OrderedDict[int, tuple[Prediction, float]] = OrderedDict()
-        self.gone: OrderedDict[int, bool] = OrderedDict()
+        self.pending: OrderedDict[bytes, tuple[Prediction, float]] = OrderedDict()
+        self.gone: OrderedDict[bytes, bool] = OrderedDict()
         self.counts = OutcomeCounts()
         #: Expected correctness of predictions (CBPE) and realized correctness of joined
         #: classification outcomes: /status compares the two.
@@ -307,7 +310,7 @@ class OutcomeJoin:
         budget = self.budget
         return self.max_pending if budget is None else min(self.max_pending, budget.share)
 
-    def _forget(self, key: int, joined: bool) -> None:
+    def _forget(self, key: bytes, joined: bool) -> None:
         gone = self.gone
         gone[key] = joined
         gone.move_to_end(key)
@@ -338,48 +341,54 @@ class OutcomeJoin:
         each joined outcome met (the label-based columns read it beside the label)."""
         self.trim(now)
         pending = self.pending
-        outcomes = self.counts.outcomes
-        estimated = self.estimated
+        counts = self.counts
+        outcomes = counts.outcomes
         realized = self.realized
         joined: dict[int, Any] = {}
-        kept_now = 0
-        confident = 0
+        kept_now = confident = estimated_n = 0
+        estimated_sum = 0.0
+        blake2b = hashlib.blake2b
         for i in range(start, end):
             event = events[i]
             prediction = event.prediction
             if prediction is not None:
+                # The expected correctness (CBPE) of every prediction, for /status, summed
+                # here rather than per event through expected_correctness (the hot path).
                 confidence = event.confidence
                 if confidence is not None:
                     confident += 1
-                correctness = expected_correctness(confidence, prediction)
-                if correctness == correctness:
-                    estimated.add(correctness)
+                    estimated_n += 1
+                    estimated_sum += min(max(confidence, 0.0), 1.0)
+                elif type(prediction) is float and 0.0 <= prediction <= 1.0:
+                    estimated_n += 1
+                    estimated_sum += prediction if prediction >= 0.5 else 1.0 - prediction
             request_id = event.request_id
-            label = event.label
-            if label is not None and prediction is not None:
-                # Self-contained: its label is counted where it is; an outcome for it later
-                # would count it twice.
-                if _classified(label):
-                    realized.add(1.0 if label_matches(label, prediction) else 0.0)
-                if request_id is not None:
-                    key = request_key(request_id)
-                    if pending.pop(key, None) is not None:
-                        self.counts.evicted[Eviction.REPLACED] += 1
-                    self._forget(key, True)
-                continue
             if request_id is None:
                 continue
+            label = event.label
             if prediction is not None:
-                key = request_key(request_id)
+                key = blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                if label is not None:
+                    # Self-contained: its label counts where it is; an outcome for it later
+                    # would count it twice.
+                    if _classified(label):
+                        realized.add(1.0 if label_matches(label, prediction) else 0.0)
+                    if pending.pop(key, None) is not None:
+                        counts.evicted[Eviction.REPLACED] += 1
+                    self._forget(key, True)
+                    continue
                 if key in pending:
-                    self.counts.evicted[Eviction.REPLACED] += 1
+                    counts.evicted[Eviction.REPLACED] += 1
                     pending.move_to_end(key)
-                pending[key] = (kept(prediction), now)
+                value: Prediction = prediction
+                if type(prediction) is str and len(prediction) > MAX_KEPT_CATEGORY:
+                    value = _category_digest(prediction)
+                pending[key] = (value, now)
                 kept_now += 1
                 continue
             if label is None:
                 continue
-            key = request_key(request_id)
+            key = blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
             found = pending.pop(key, None)
             if found is not None:
                 outcomes[OutcomeResult.JOINED] += 1
@@ -395,9 +404,11 @@ class OutcomeJoin:
                 outcomes[OutcomeResult.DUPLICATE] += 1
             else:
                 outcomes[OutcomeResult.LATE] += 1
-        self.counts.confident += confident
+        if estimated_n:
+            self.estimated.add_many(estimated_n, estimated_sum)
+        counts.confident += confident
         if kept_now:
-            self.counts.kept += kept_now
+            counts.kept += kept_now
             if len(pending) > self.limit:
                 self.trim(now)
         return joined
@@ -424,10 +435,10 @@ class OutcomeJoin:
         pending = self.pending
         gone = self.gone
         return {
-            "keys": array("Q", pending.keys()).tobytes(),
+            "keys": b"".join(pending.keys()),
             "seen": array("d", (seen for _, seen in pending.values())).tobytes(),
             "predictions": [prediction for prediction, _ in pending.values()],
-            "gone": array("Q", gone.keys()).tobytes(),
+            "gone": b"".join(gone.keys()),
             "gone_joined": bytes(gone.values()),
             "counts": self.counts.to_json(),
             "estimated": self.estimated.to_json(),
@@ -442,10 +453,10 @@ class OutcomeJoin:
         batch); ValueError names what is malformed."""
         join = cls(policy, budget)
         try:
-            keys = array("Q", raw["keys"])
+            keys = _keys(raw["keys"])
             seen = array("d", raw["seen"])
             predictions = list(raw["predictions"])
-            gone = array("Q", raw["gone"])
+            gone = _keys(raw["gone"])
             gone_joined = bytes(raw["gone_joined"])
             if not len(keys) == len(seen) == len(predictions) or len(gone) != len(gone_joined):
                 raise ValueError("pending keys, times and predictions differ in length")
@@ -461,6 +472,12 @@ class OutcomeJoin:
         except (KeyError, TypeError, AttributeError, IndexError) as err:
             raise ValueError(f"outcome join state is malformed: {err!r}") from err
         return join
+
+
+def _keys(packed: bytes) -> list[bytes]:
+    if not isinstance(packed, bytes) or len(packed) % 8:
+        raise ValueError("packed keys are not a multiple of 8 bytes")
+    return [packed[i : i + 8] for i in range(0, len(packed), 8)]
 
 
 def _classified(label: object) -> bool:
