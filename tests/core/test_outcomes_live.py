@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 PREDICTIONS = 1_000
 
 
-def _config(tmp_path: Path, broker: EmbeddedBroker, topic: str, group: str) -> Path:
+def _config(tmp_path: Path, broker: EmbeddedBroker, topic: str, group: str, backend: str) -> Path:
     config: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": broker.bootstrap_servers,
@@ -41,7 +41,12 @@ def _config(tmp_path: Path, broker: EmbeddedBroker, topic: str, group: str) -> P
         },
         "http": {"host": "127.0.0.1", "port": free_port()},
         "lifecycle": {"log_format": "text", "grace_period_s": 10},
-        "state": {"backend": "file", "path": str(tmp_path / "state"), "interval_s": 0.5},
+        "state": {
+            "backend": backend,
+            "path": str(tmp_path / "state"),
+            "topic": f"{topic}-state",
+            "interval_s": 0.5,
+        },
         "actions": {"audit_log": str(tmp_path / "audit.jsonl")},
         "models": {
             "fraud": {
@@ -81,9 +86,12 @@ async def _run_until(daemon: Daemon, done: Any, what: str) -> None:
         assert await asyncio.wait_for(task, 30) == 0
 
 
+@pytest.mark.parametrize("backend", ["file", "kafka"])
 async def test_outcomes_after_a_restart_join_the_predictions_before_it_and_breach(
-    broker: EmbeddedBroker, unique: str, tmp_path: Path
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, backend: str
 ) -> None:
+    """``kafka``: the compacted checkpoint topic through which a rebalance hands a model to
+    another replica; ``file``: a single instance's restart."""
     topic, group = f"outcomes-{unique}", f"group-{unique}"
     await create_topic(broker.bootstrap_servers, topic, partitions=1)
     rng = np.random.default_rng(7)
@@ -96,7 +104,7 @@ async def test_outcomes_after_a_restart_join_the_predictions_before_it_and_breac
             for i, y in enumerate(truth)
         ),
     )
-    config = _config(tmp_path, broker, topic, group)
+    config = _config(tmp_path, broker, topic, group, backend)
 
     first = Daemon(load_settings(config), metrics=Metrics.create(CollectorRegistry()))
     await _run_until(first, lambda: first.applied_events >= PREDICTIONS, "the predictions")
