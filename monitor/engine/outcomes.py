@@ -363,9 +363,11 @@ class OutcomeJoin:
                     estimated_n += 1
                     estimated_sum += prediction if prediction >= 0.5 else 1.0 - prediction
             request_id = event.request_id
-            if request_id is None:
-                continue
             label = event.label
+            if request_id is None:
+                if label is not None and prediction is None:
+                    outcomes[OutcomeResult.UNMATCHED] += 1  # an outcome with nothing to join on
+                continue
             if prediction is not None:
                 key = blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
                 if label is not None:

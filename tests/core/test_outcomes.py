@@ -63,6 +63,13 @@ def test_an_outcome_meets_its_prediction_once_and_its_index_gets_the_prediction(
     assert list(join.pending) == [request_key("c")]
 
 
+def test_an_outcome_without_request_id_is_unmatched() -> None:
+    join = OutcomeJoin(OutcomePolicy())
+    join.observe([Event(model="m", label="x"), Event(model="m", prediction="x")], 0, 2, now=0.0)
+    assert results(join) == {"joined": 0, "late": 0, "unmatched": 1, "duplicate": 0}
+    assert not join.pending
+
+
 def test_outcome_before_its_prediction_is_unmatched_and_the_prediction_still_waits() -> None:
     join = OutcomeJoin(OutcomePolicy())
     join.observe([outcome("a", 1.0), prediction("a", 1.0)], 0, 2, now=0.0)
