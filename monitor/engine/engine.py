@@ -190,13 +190,16 @@ class ModelMonitor:
         left out); returns those added. The events waiting for a test go to the signals that
         were there when they came."""
         present = {signal.name for signal in self.signals}
-        fresh = [c for c in covered if c.name not in present]
+        fresh: list[CoveredSignal] = []
+        for found in covered:
+            if found.name not in present:
+                present.add(found.name)
+                fresh.append(found)
         if not fresh:
             return []
         self.flush(now)
         for found in fresh:
             self.signals.append(_signal_monitor(found.policy, self.policy, now, self.seed))
-            present.add(found.name)
         self.added += fresh
         self._columns = None
         self.until_test = self._until_test()

@@ -530,3 +530,15 @@ def test_a_malformed_join_in_a_checkpoint_is_left_out_and_the_rest_restored(
 def test_a_bad_outcomes_section_names_the_field(outcomes: dict[str, Any], where: str) -> None:
     with pytest.raises(ValueError, match=rf"outcomes\.{where}"):
         ModelPolicy.model_validate({"outcomes": outcomes})
+
+
+def test_add_signals_leaves_out_a_name_already_watched_or_given_twice() -> None:
+    policy = ModelPolicy.model_validate({"signals": [{"source": "label_error"}]})
+    monitor = ModelMonitor.build("m", policy, 0.0)
+    schema = ObservedSchema()
+    schema.observe([prediction("a", 1.5), outcome("a", 2.5)])
+    regression = coverage(ModelPolicy(), schema)[-1]
+    label = coverage(policy, schema)[0]
+    assert regression.name == "regression_error" and label.name == "label_error"
+    assert monitor.add_signals([label, regression, regression], 1.0) == [regression]
+    assert [s.name for s in monitor.signals] == ["label_error", "regression_error"]
