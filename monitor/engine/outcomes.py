@@ -92,11 +92,14 @@ def _category_digest(text: str) -> bytes:
 
 
 def label_matches(label: object, prediction: object) -> bool:
-    """Whether ``label`` says ``prediction`` was right: a boolean label against a score
-    (``>= 0.5`` is true), numbers by value, anything else by its text.
+    """Whether ``label`` says ``prediction`` was right: a boolean or 0 / 1 label against a
+    score (a probability of the positive class: ``>= 0.5`` is 1), numbers by value, anything
+    else by its text.
 
-    >>> label_matches(True, 0.8), label_matches(1, 1.0), label_matches("cat", "dog")
-    (True, True, False)
+    >>> label_matches(True, 0.8), label_matches(1, 0.8), label_matches(1, 1.0)
+    (True, True, True)
+    >>> label_matches(0, 0.8), label_matches(3, 3.5), label_matches("cat", "dog")
+    (False, False, False)
     """
     if isinstance(prediction, bytes):
         return _category_digest(_category(label)) == prediction
@@ -107,6 +110,9 @@ def label_matches(label: object, prediction: object) -> bool:
     ):
         return label == (prediction >= 0.5)
     if isinstance(label, float | int) and isinstance(prediction, float | int):
+        if label in (0, 1) and not isinstance(prediction, bool) and 0.0 < prediction < 1.0:
+            # A 0 / 1 outcome (JSON numbers) of a score: before, always "wrong".
+            return (label == 1) == (prediction >= 0.5)
         return float(label) == float(prediction)
     return _category(label) == _category(prediction)
 
