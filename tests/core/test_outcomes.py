@@ -542,3 +542,30 @@ def test_add_signals_leaves_out_a_name_already_watched_or_given_twice() -> None:
     assert regression.name == "regression_error" and label.name == "label_error"
     assert monitor.add_signals([label, regression, regression], 1.0) == [regression]
     assert [s.name for s in monitor.signals] == ["label_error", "regression_error"]
+
+
+def test_a_breach_held_for_for_survives_batches_with_no_outcome() -> None:
+    """Predictions and outcomes in batches of their own: a label-free batch leaves the label
+    signal's Reading as it was, so the breach keeps being held (and a no_data rule, which
+    reads inconclusive Readings, keeps them)."""
+    signal = {
+        "source": "label_error",
+        "detector": fast_rate_window(),
+        "thresholds": {"degraded": 0.2},
+        "for": "10s",
+    }
+    policy = ModelPolicy.model_validate({"signals": [signal]})
+    engine = Engine(lambda model: policy, max_models=10)
+    reached = None
+    for second in range(0, 40, 2):
+        engine.apply([prediction(f"{second}-{i}", "ok") for i in range(50)], float(second))
+        outcomes = [outcome(f"{second}-{i}", "ok" if i % 2 else "fraud") for i in range(50)]
+        if engine.apply(outcomes, float(second + 1)) and reached is None:
+            reached = second + 1
+    assert reached is not None and reached <= 13  # breached at 1 s, held 10 s
+    with_no_data = ModelPolicy.model_validate(
+        {"signals": [{**signal, "no_data": "warn", "no_data_after": "1h"}]}
+    )
+    sparse = [s.sparse for s in ModelMonitor.build("m", with_no_data, 0.0).signals]
+    assert sparse == [False]
+    assert [s.sparse for s in ModelMonitor.build("m", policy, 0.0).signals] == [True]
