@@ -10,9 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from monitor.engine.engine import CoverageBuilt
 from monitor.engine.health import Transition
 
-__all__ = ["AuditLog", "transition_entry"]
+__all__ = ["AuditLog", "coverage_entry", "transition_entry"]
 
 
 def _finite(x: float) -> float | None:
@@ -62,5 +63,25 @@ def transition_entry(t: Transition, mode: str) -> dict[str, Any]:
                 "held_s": round(c.held_s, 3),
             }
             for c in t.causes
+        ],
+    }
+
+
+def coverage_entry(built: CoverageBuilt) -> dict[str, Any]:
+    """What a model watches once its discovery ended, each signal with its origin and why."""
+    return {
+        "kind": "coverage",
+        "at": built.at,
+        "model": built.model,
+        "signals": [
+            {
+                "name": c.name,
+                "origin": c.origin,
+                "reason": c.reason,
+                "source": c.policy.source.value,
+                "detector": c.policy.detector_spec.type,
+                "level": c.policy.level,
+            }
+            for c in built.signals
         ],
     }

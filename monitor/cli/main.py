@@ -1,4 +1,4 @@
-"""The ``driftwarden`` command line: run, check-config, demo, replay, record."""
+"""The ``driftwarden`` command line: run, check-config, demo, replay, record, explain."""
 
 from __future__ import annotations
 
@@ -104,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     # Imported lazily: `driftwarden run` should not pay for the report and demo modules.
     from monitor.cli import demo as cli_demo
+    from monitor.cli import explain as cli_explain
     from monitor.cli import record as cli_record
     from monitor.cli import replay as cli_replay
 
-    return [cli_demo.register, cli_replay.register, cli_record.register]
+    return [cli_demo.register, cli_replay.register, cli_record.register, cli_explain.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,8 +145,10 @@ _ALLOWED_KINDS = {
 #: outcome join from its first event (``outcomes.join: auto``).
 LABEL_SOURCES = frozenset({SignalSource.LABEL_ERROR, SignalSource.REGRESSION_ERROR})
 
-#: The kinds a feature's values have in the ``expect`` of a ``source: schema`` signal.
+#: The kinds of a feature's values.
 FeatureKind = Literal["numeric", "categorical"]
+#: What the ``expect`` of a ``source: schema`` signal allows a feature (``any``: both kinds).
+ExpectedKind = Literal["numeric", "categorical", "any"]
 
 
 class _Strict(BaseModel):
@@ -222,7 +224,7 @@ class SignalPolicy(_Strict):
     #: The features watched by ``source: features | missing | anomaly``.
     features: list[str] | None = Field(default=None, min_length=1, max_length=1000)
     #: ``source: schema``: every expected feature and the kind of its values.
-    expect: dict[str, FeatureKind] | None = Field(default=None, max_length=1000)
+    expect: dict[str, ExpectedKind] | None = Field(default=None, max_length=1000)
     #: ``source: regression_error``: ``absolute`` (``|label - prediction|``) or ``relative``
     #: (divided by ``|label|``; a label of 0 gives no value).
     error: Literal["absolute", "relative"] | None = None
@@ -251,7 +253,7 @@ class SignalPolicy(_Strict):
         if src not in needs_list and self.features is not None:
             raise ValueError(f"'features' does not apply to source {src.value!r}")
         if src is SignalSource.SCHEMA and self.expect is None:
-            raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical}'")
+            raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical|any}'")
         if src is not SignalSource.SCHEMA and self.expect is not None:
             raise ValueError(f"'expect' only applies to source 'schema', not {src.value!r}")
         if src is not SignalSource.REGRESSION_ERROR and self.error is not None:
@@ -369,8 +371,13 @@ class AutoCoverage(_Strict):
 
     #: True: discover; False: only the named signals; unset: discover when none is named.
     enabled: bool | None = None
-    #: Events observed before the signals are built (they are then fed those events too).
+    #: Events observed before the discovered signals are built. They are not fed to them:
+    #: the discovered signals' reference starts filling with the next event (nothing is
+    #: buffered, so a checkpoint holds only the schema). Named signals get every event.
     discover_events: int = Field(default=200, ge=1, le=100_000)
+    #: Discovery also ends this long after the model's first event (with at least one
+    #: event observed): a model with few events still gets its signals.
+    discover_within: Duration = Field(default=300.0, gt=0.0, le=86_400.0)
     #: At most this many features are watched (the most frequent first, then by name).
     max_features: int = Field(default=100, ge=0, le=1000)
     #: Discovered signals left unwatched: a signal name (``latency_ms``, ``features``) or a

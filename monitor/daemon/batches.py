@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from monitor.actions.audit import coverage_entry
 from monitor.engine.events import BadRecord, Event, EventDecoder
 from monitor.failpoints import failpoint
 from monitor.kafka.consumer import Batch
@@ -175,12 +176,19 @@ class BatchApplier:
         if evicted:
             self.metrics.models_evicted.inc(len(evicted))
             await self.forget_models(evicted, "evicted for new models (max_models reached)")
+        self.record_coverage()
         await self.actions.after_batch(events, self.engine, self.side_writer)
         # Only models whose Readings or health may have moved (the tick publishes all).
         self.publisher.publish(set(self.engine.changed))
         if bad:
             return await self.dead_letters.write(bad)
         return await self.dead_letters.flush_side_records()
+
+    def record_coverage(self) -> None:
+        """One audit entry per model whose signals were built (its discovery ended)."""
+        for built in self.engine.take_covered():
+            log.debug("model %r watches %d signals", built.model, len(built.signals))
+            self.actions.audit.write(coverage_entry(built))
 
     async def on_transitions(
         self,

@@ -398,6 +398,7 @@ class Daemon:
             async with self.consumer.batch_lock:
                 now = self.clock()
                 transitions = self.engine.tick(now)
+                self.batches.record_coverage()  # discovery may end on the clock
                 if transitions:
                     await self.batches.on_transitions(transitions, now, None)
                 self.actions.tick(now)

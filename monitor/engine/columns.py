@@ -321,9 +321,14 @@ _KIND_OF_TYPE: dict[type, str | None] = {
 
 
 def _breaks(signature: Signature, expect: Mapping[str, str]) -> float:
+    """1.0 when a feature with a value is not expected, or not of its expected kind
+    (``any`` takes both); a null value breaks nothing (a missing rate watches those)."""
     for name, kind in zip(*signature, strict=True):
         found = _KIND_OF_TYPE.get(kind, "other")
-        if found is not None and expect.get(name) != found:
+        if found is None:
+            continue
+        wanted = expect.get(name)
+        if wanted != found and (wanted != "any" or found == "other"):
             return 1.0
     return 0.0
 

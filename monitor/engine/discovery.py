@@ -10,6 +10,7 @@ model watches the same signals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,11 +25,16 @@ from monitor.config.policy import (
 from monitor.engine.events import Event
 
 __all__ = [
+    "MAX_FEATURE_NAME_CHARS",
     "MAX_TRACKED_FEATURES",
+    "MIN_FEATURE_SHARE",
+    "CoverageNotes",
     "CoveredSignal",
     "FieldSeen",
     "ObservedSchema",
+    "compact",
     "coverage",
+    "coverage_notes",
     "outcome_coverage",
     "resolved",
 ]
@@ -36,6 +42,15 @@ __all__ = [
 #: Feature names an observed schema keeps count of; more are counted in ``overflow`` only
 #: (an event may carry 1,000 features, a model's events together any number of names).
 MAX_TRACKED_FEATURES = 2_000
+#: Longer feature names are not tracked either (counted in ``overflow``): a name is any
+#: string the producer sends, and a tracked one lives in every checkpoint of the model.
+MAX_FEATURE_NAME_CHARS = 200
+#: A feature is watched when present in at least this share of the observed events (and in
+#: one at least): a name seen once or twice (an id used as a key, a typo) is no signal.
+MIN_FEATURE_SHARE = 0.02
+#: The ``expect`` of the schema signal holds at most this many names (SignalPolicy's bound):
+#: a model whose events carry more has an open-ended schema, which is not watched.
+MAX_EXPECTED = 1000
 
 #: The top-level members of the event contract that discovery looks at.
 TOP_FIELDS = ("prediction", "confidence", "latency_ms", "error", "feedback", "label", "request_id")
@@ -50,7 +65,9 @@ class FieldSeen:
     numeric: int = 0
     categorical: int = 0
     #: Distinct numeric values, up to a few: tells a 0/1 rate from a numeric distribution.
-    values: set[float] = field(default_factory=set)
+    #: Immutable, so that the many fields that never get one share the empty set (a model
+    #: may track MAX_TRACKED_FEATURES of them).
+    values: frozenset[float] = frozenset()
 
     @property
     def present(self) -> int:
@@ -75,8 +92,8 @@ class FieldSeen:
             self.categorical += 1
         elif isinstance(value, int | float):
             self.numeric += 1
-            if len(self.values) < 3:
-                self.values.add(float(value))
+            if len(self.values) < 3 and value not in self.values:
+                self.values = self.values | {float(value)}
         else:
             self.categorical += 1
 
@@ -86,7 +103,7 @@ class FieldSeen:
     @classmethod
     def from_json(cls, raw: list[Any]) -> FieldSeen:
         numeric, categorical, values = raw
-        return cls(int(numeric), int(categorical), {float(v) for v in values})
+        return cls(int(numeric), int(categorical), frozenset(float(v) for v in values))
 
 
 @dataclass(slots=True)
@@ -96,10 +113,13 @@ class ObservedSchema:
     events: int = 0
     fields: dict[str, FieldSeen] = field(default_factory=dict)
     features: dict[str, FieldSeen] = field(default_factory=dict)
-    #: Feature values seen under names past :data:`MAX_TRACKED_FEATURES`.
+    #: Feature values seen under names not tracked: past :data:`MAX_TRACKED_FEATURES`, or
+    #: longer than :data:`MAX_FEATURE_NAME_CHARS`.
     overflow: int = 0
     #: Events carrying a label and no prediction: outcomes arriving on their own.
     outcomes: int = 0
+    #: Rare feature names forgotten at the end of discovery (see :func:`compact`).
+    dropped: int = 0
 
     def observe(self, events: Iterable[Event]) -> None:
         fields = self.fields
@@ -122,7 +142,7 @@ class ObservedSchema:
                     continue
                 seen = features.get(name)
                 if seen is None:
-                    if len(features) >= MAX_TRACKED_FEATURES:
+                    if len(features) >= MAX_TRACKED_FEATURES or len(name) > MAX_FEATURE_NAME_CHARS:
                         self.overflow += 1
                         continue
                     seen = features[name] = FieldSeen()
@@ -139,17 +159,30 @@ class ObservedSchema:
             "features": {k: v.to_json() for k, v in self.features.items()},
             "overflow": self.overflow,
             "outcomes": self.outcomes,
+            **({"dropped": self.dropped} if self.dropped else {}),
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ObservedSchema:
-        return cls(
-            events=int(raw["events"]),
-            fields={k: FieldSeen.from_json(v) for k, v in raw["fields"].items()},
-            features={k: FieldSeen.from_json(v) for k, v in raw["features"].items()},
-            overflow=int(raw.get("overflow", 0)),
-            outcomes=int(raw.get("outcomes", 0)),
-        )
+        """The schema ``to_json`` gave; ValueError naming what is wrong otherwise."""
+        try:
+            features = {
+                str(k): FieldSeen.from_json(v)
+                for k, v in raw["features"].items()
+                if len(k) <= MAX_FEATURE_NAME_CHARS
+            }
+            if len(features) > MAX_TRACKED_FEATURES:
+                raise ValueError(f"{len(features)} features, over {MAX_TRACKED_FEATURES}")
+            return cls(
+                events=int(raw["events"]),
+                fields={k: FieldSeen.from_json(v) for k, v in raw["fields"].items()},
+                features=features,
+                overflow=int(raw.get("overflow", 0)),
+                outcomes=int(raw.get("outcomes", 0)),
+                dropped=int(raw.get("dropped", 0)),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise ValueError(f"not an observed schema: {err!r}") from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +213,116 @@ def _share(seen: FieldSeen, events: int) -> str:
     return f"in {seen.present}/{events} events"
 
 
+@dataclass(frozen=True, slots=True)
+class CoverageNotes:
+    """What discovery saw but does not watch, and why (``/status``, the replay report)."""
+
+    #: Features ignored by ``auto.ignore`` (``feature.<name>``) that the events carried.
+    ignored_features: list[str]
+    #: Discovered signals ignored by name (``auto.ignore``).
+    ignored_signals: list[str]
+    #: Features beyond ``auto.max_features`` (the least frequent), and how many in all.
+    left_out: list[str]
+    left_out_count: int
+    #: Features in fewer than ``MIN_FEATURE_SHARE`` of the events, and how many in all.
+    rare: list[str]
+    rare_count: int
+    #: Feature values under names not tracked (too many names, or too long ones).
+    overflow: int
+    #: Why the schema itself is not watched (None: it is, or no feature was seen).
+    schema_unwatched: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ignored_features": self.ignored_features,
+            "ignored_signals": self.ignored_signals,
+            "left_out": self.left_out,
+            "left_out_count": self.left_out_count,
+            "rare": self.rare,
+            "rare_count": self.rare_count,
+            "overflow": self.overflow,
+            "schema_unwatched": self.schema_unwatched,
+        }
+
+
+#: Names listed in notes and reasons (the counts say how many in all).
+_LISTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    watched: list[tuple[str, FieldSeen]]
+    beyond: list[str]
+    rare: list[str]
+    #: Rare features in all, the forgotten ones too.
+    rare_count: int
+    ignored: list[str]
+    #: Every tracked feature and its kind ("any" when its values had both): the schema.
+    expect: dict[str, str] | None
+    schema_unwatched: str | None
+
+
+def _select(policy: ModelPolicy, schema: ObservedSchema) -> _Selection:
+    """The features watched (most frequent first, then by name: a bound that keeps the
+    same features every time), and those left out, by reason."""
+    auto = policy.auto
+    ignored_features = {i.removeprefix("feature.") for i in auto.ignore if i.startswith("feature.")}
+    least = max(1, math.ceil(MIN_FEATURE_SHARE * schema.events))
+    candidates: list[tuple[str, FieldSeen]] = []
+    rare: list[str] = []
+    ignored: list[str] = []
+    for name, seen in schema.features.items():
+        if seen.kind is None:
+            continue
+        if name in ignored_features:
+            ignored.append(name)
+        elif seen.present < least:
+            rare.append(name)
+        else:
+            candidates.append((name, seen))
+    candidates.sort(key=lambda item: (-item[1].present, item[0]))
+    beyond = [name for name, _ in candidates[auto.max_features :]]
+    expect: dict[str, str] | None = None
+    unwatched: str | None = None
+    if schema.overflow:
+        unwatched = (
+            f"open-ended: {schema.overflow} feature values under names past the "
+            f"{MAX_TRACKED_FEATURES} tracked (or longer than {MAX_FEATURE_NAME_CHARS} chars)"
+        )
+    elif len(schema.features) + schema.dropped > MAX_EXPECTED:
+        names = len(schema.features) + schema.dropped
+        unwatched = f"open-ended: {names} feature names, over {MAX_EXPECTED}"
+    elif schema.features:
+        # Every name seen, also the ignored, rare and left-out ones: none of them is news.
+        expect = {
+            name: "any" if seen.numeric and seen.categorical else str(seen.kind)
+            for name, seen in sorted(schema.features.items())
+            if seen.kind is not None
+        }
+    return _Selection(
+        watched=candidates[: auto.max_features],
+        beyond=beyond,
+        rare=sorted(rare),
+        rare_count=len(rare) + schema.dropped,
+        ignored=sorted(ignored),
+        expect=expect,
+        schema_unwatched=unwatched,
+    )
+
+
+def _mixed(seen: FieldSeen) -> str:
+    """What happens to the values of the other kind, when a field had both."""
+    if not (seen.numeric and seen.categorical):
+        return ""
+    if seen.kind == "numeric":
+        return f"; {seen.categorical} of them not numbers (text reads as missing)"
+    return f"; {seen.numeric} of them numbers, read as categories"
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
 def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSignal]:
     """Every signal the schema supports, with the auto defaults, before ignores and names."""
     auto = policy.auto
@@ -190,25 +333,19 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
     def add(reason: str, level: LevelName, **fields: Any) -> None:
         found.append(CoveredSignal(SignalPolicy(level=level, **fields), "discovered", reason))
 
-    ignored_features = {i.removeprefix("feature.") for i in auto.ignore if i.startswith("feature.")}
     named_features = _features_named(policy.signals)
-    watched = [
-        (name, seen)
-        for name, seen in schema.features.items()
-        if name not in ignored_features and seen.kind is not None
-    ]
-    # The most frequent first, then by name: a bound that keeps the same features every time.
-    watched.sort(key=lambda item: (-item[1].present, item[0]))
-    beyond = watched[auto.max_features :]
-    watched = watched[: auto.max_features]
+    selection = _select(policy, schema)
+    watched = selection.watched
+    beyond = selection.beyond
     cut = (
         f"; {len(beyond)} more beyond auto.max_features={auto.max_features} left unwatched "
-        f"({', '.join(name for name, _ in beyond[:5])}{', ...' if len(beyond) > 5 else ''})"
+        f"({_listed(beyond)})"
         if beyond
         else ""
     )
-    numeric = [name for name, seen in watched if seen.kind == "numeric"]
-    categorical = [name for name, seen in watched if seen.kind == "categorical"]
+    # A family's members by name: the order a reader expects, the same on every replica.
+    numeric = sorted(name for name, seen in watched if seen.kind == "numeric")
+    categorical = sorted(name for name, seen in watched if seen.kind == "categorical")
     drift_numeric = [f for f in numeric if f not in named_features]
     drift_categorical = [f for f in categorical if f not in named_features]
     if drift_numeric:
@@ -234,21 +371,23 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
             levels.missing,
             name="missing",
             source=SignalSource.MISSING,
-            features=[name for name, _ in watched],
+            features=sorted(name for name, _ in watched),
             detector={"type": "missing_rate"},
         )
+    if selection.expect is not None:
         add(
-            f"the features and kinds of the first {n} events: one that appears or changes kind",
+            f"the {len(selection.expect)} features and kinds of the first {n} events: "
+            "one that appears or changes kind",
             levels.schema_,
             name="schema",
             source=SignalSource.SCHEMA,
-            expect={name: seen.kind for name, seen in watched if seen.kind is not None},
+            expect=selection.expect,
             detector={"type": "rate_window", "threshold": 0.05},
         )
     prediction = schema.fields.get("prediction")
     if prediction is not None and prediction.kind is not None:
         add(
-            f"{prediction.kind} prediction {_share(prediction, n)}",
+            f"{prediction.kind} prediction {_share(prediction, n)}{_mixed(prediction)}",
             levels.prediction,
             name="prediction",
             source=SignalSource.PREDICTION,
@@ -443,7 +582,45 @@ def coverage(policy: ModelPolicy, schema: ObservedSchema | None) -> list[Covered
     return covered
 
 
+def coverage_notes(policy: ModelPolicy, schema: ObservedSchema | None) -> CoverageNotes | None:
+    """What the events carried that ``policy`` leaves unwatched, and why (None: nothing
+    was discovered)."""
+    if not policy.discovers or schema is None:
+        return None
+    selection = _select(policy, schema)
+    discovered = {found.name for found in _discovered(policy, schema)}
+    return CoverageNotes(
+        ignored_features=selection.ignored[:_LISTED],
+        ignored_signals=sorted(discovered & set(policy.auto.ignore)),
+        left_out=selection.beyond[:_LISTED],
+        left_out_count=len(selection.beyond),
+        rare=selection.rare[:_LISTED],
+        rare_count=selection.rare_count,
+        overflow=schema.overflow,
+        schema_unwatched=selection.schema_unwatched,
+    )
+
+
+def compact(policy: ModelPolicy, schema: ObservedSchema) -> None:
+    """Forget the rare feature names of an open-ended schema (only counted, but for the few
+    that notes list), so that what a model keeps after discovery is bounded by what it
+    watches: 100,000 names each seen once leave 20. Coverage and notes stay the same; a
+    schema that is not open-ended keeps every name (its schema signal expects them all).
+    """
+    selection = _select(policy, schema)
+    if selection.schema_unwatched is None:
+        return
+    forget = selection.rare[_LISTED:]
+    for name in forget:
+        del schema.features[name]
+    schema.dropped += len(forget)
+
+
 def resolved(policy: ModelPolicy, schema: ObservedSchema | None) -> ModelPolicy:
-    """``policy`` with the signals :func:`coverage` gives, named: what a monitor is built of."""
+    """``policy`` with the signals :func:`coverage` gives, named, and discovery off: what a
+    monitor is built of (built again, it watches the same signals and discovers nothing)."""
+    if not policy.discovers or schema is None:
+        return policy
     signals = [covered.policy for covered in coverage(policy, schema)]
-    return policy.model_copy(update={"signals": signals})
+    auto = policy.auto.model_copy(update={"enabled": False})
+    return policy.model_copy(update={"signals": signals, "auto": auto})

@@ -1,6 +1,8 @@
 """The engine: routes each batch's events by model id to that model's monitor, which feeds
 its signals' detectors and its health state machine. Memory is bounded by the policy's named
 models plus ``max_models`` others (``monitor.engine.admission`` decides who gets a monitor).
+A model whose policy discovers first observes what its events carry, then watches it
+(``monitor.engine.discovery``); the engine hands the signals so built to the audit trail.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from detectors.registry import build_detector
 from monitor.config.policy import LABEL_SOURCES, Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
-from monitor.engine.discovery import CoveredSignal, FieldSeen, ObservedSchema, outcome_coverage
+from monitor.engine.discovery import (
+    CoverageNotes,
+    CoveredSignal,
+    FieldSeen,
+    ObservedSchema,
+    compact,
+    coverage,
+    coverage_notes,
+    outcome_coverage,
+)
 from monitor.engine.events import Event
 from monitor.engine.health import HealthMachine, SignalObservation, Transition
 from monitor.engine.outcomes import OutcomeBudget, OutcomeJoin, wants_join
@@ -27,7 +38,7 @@ from monitor.engine.outcomes import OutcomeBudget, OutcomeJoin, wants_join
 if TYPE_CHECKING:
     from monitor.config.settings import Settings
 
-__all__ = ["Engine", "ModelMonitor", "SignalMonitor"]
+__all__ = ["CoverageBuilt", "Engine", "ModelMonitor", "SignalMonitor"]
 
 #: A model's events in one batch: the batch's columns and the model's ``[start:end]``.
 Span = tuple[EventColumns, int, int]
@@ -149,9 +160,25 @@ def _signal_monitor(
     return SignalMonitor(signal, for_s, members, created_at=now, sparse=sparse)
 
 
+@dataclass(frozen=True, slots=True)
+class CoverageBuilt:
+    """A model's signals, built once its discovery ended: what the audit trail records."""
+
+    model: str
+    at: float
+    signals: list[CoveredSignal]
+
+
 @dataclass(slots=True)
 class ModelMonitor:
-    """All signals and the health state of one model."""
+    """All signals and the health state of one model.
+
+    A model whose policy ``discovers`` starts in discovery: its named signals are built at
+    once and fed every event; its first ``auto.discover_events`` events (or those of its
+    first ``auto.discover_within``) are only observed into ``schema``, then the signals
+    :func:`~monitor.engine.discovery.coverage` gives are added (the named ones keep their
+    state) and fed from the next event on. Nothing is observed after that.
+    """
 
     model: str
     policy: ModelPolicy
@@ -169,6 +196,18 @@ class ModelMonitor:
     #: False: every span goes to the detectors at once (the reference behaviour, for tests).
     defer: bool = True
     _columns: ColumnSet | None = None
+    #: What the model's events carried (None: its policy does not discover).
+    schema: ObservedSchema | None = None
+    #: Observing ``schema``: the discovered signals are not built yet.
+    discovering: bool = False
+    #: When discovery started (the model's first event, or its first restore with no schema).
+    discovery_started_at: float = 0.0
+    #: The signals watched, where each comes from and why (see ``discovery.coverage``).
+    covered: list[CoveredSignal] = field(default_factory=list)
+    #: What discovery saw and left unwatched (set when it ends).
+    notes: CoverageNotes | None = None
+    #: Where the monitor reports its signals built at the end of discovery (the engine's).
+    announce: list[CoverageBuilt] | None = None
     #: The outcome join (``monitor.engine.outcomes``); None while the model keeps none.
     outcomes: OutcomeJoin | None = None
     #: Signals added after the model's were built (``add_signals``): a checkpoint keeps them.
@@ -179,11 +218,23 @@ class ModelMonitor:
 
     @classmethod
     def build(cls, model: str, policy: ModelPolicy, now: float, seed: int = 0) -> ModelMonitor:
+        # Discovering: the named signals at once (``coverage`` of no schema is just them).
         signals = [_signal_monitor(signal, policy, now, seed) for signal in policy.signals]
-        built = cls(model, policy, signals, HealthMachine(model, policy.health), seed=seed)
+        monitor = cls(model, policy, signals, HealthMachine(model, policy.health), seed=seed)
+        if policy.discovers:
+            monitor.schema = ObservedSchema()
+            monitor.discovering = True
+            monitor.discovery_started_at = now
+            monitor.covered = coverage(policy, None)
         if wants_join(policy):
-            built.outcomes = OutcomeJoin(policy.outcomes)
-        return built
+            monitor.outcomes = OutcomeJoin(policy.outcomes)
+        return monitor
+
+    def coverage(self) -> list[CoveredSignal]:
+        """The signals watched now, with their origin and reason."""
+        if self.covered:
+            return self.covered
+        return coverage(self.policy, None)  # no discovery: the named signals
 
     def add_signals(self, covered: Iterable[CoveredSignal], now: float) -> list[CoveredSignal]:
         """Watch ``covered`` too, from now on (one named like a signal already watched is
@@ -200,6 +251,7 @@ class ModelMonitor:
         self.flush(now)
         for found in fresh:
             self.signals.append(_signal_monitor(found.policy, self.policy, now, self.seed))
+        self.covered = [*self.coverage(), *fresh]
         self.added += fresh
         self._columns = None
         self.until_test = self._until_test()
@@ -232,7 +284,8 @@ class ModelMonitor:
             return
         columns.joined.update(joined)
         schema = self.outcome_schema
-        if schema is not None:
+        # While discovering, the observed schema sees the outcomes itself (``end_discovery``).
+        if schema is not None and not self.discovering:
             self._gain_outcome_signals(schema, [(events[i], p) for i, p in joined.items()], now)
 
     def _gain_outcome_signals(
@@ -281,6 +334,69 @@ class ModelMonitor:
         version = columns.events[end - 1].model_version
         if version is not None:
             self.model_version = version
+        if self.discovering:
+            return self._discover(columns, start, end, now)
+        return self._apply(columns, start, end, now)
+
+    def _discover(self, columns: EventColumns, start: int, end: int, now: float) -> bool:
+        """Observe the span's events that discovery still needs (the named signals get them
+        all); end discovery when it has enough, and feed the rest to every signal."""
+        schema = self.schema
+        assert schema is not None
+        left = self.policy.auto.discover_events - schema.events
+        if left <= 0 or self.discovery_due(now):
+            self.end_discovery(now)
+            return self._apply(columns, start, end, now)
+        cut = min(end, start + left)
+        schema.observe(columns.events[start:cut])
+        fed = self._apply(columns, start, cut, now)
+        if schema.events < self.policy.auto.discover_events:
+            return fed
+        self.end_discovery(now)
+        if cut < end:
+            self._apply(columns, cut, end, now)
+        return True
+
+    def discovery_due(self, now: float) -> bool:
+        """Discovery has run ``auto.discover_within`` and observed at least one event."""
+        schema = self.schema
+        return (
+            self.discovering
+            and schema is not None
+            and schema.events > 0
+            and now - self.discovery_started_at >= self.policy.auto.discover_within
+        )
+
+    def end_discovery(self, now: float, *, announce: bool = True) -> None:
+        """Build the signals the observed schema gives: the named ones keep their monitor
+        (and state), the others start now. ``announce``: report them to the engine."""
+        self.flush(now)  # what the named signals hold back goes in under the old set
+        self.discovering = False
+        covered = coverage(self.policy, self.schema)
+        built = {signal.name: signal for signal in self.signals}
+        self.signals = [
+            built.get(c.name) or _signal_monitor(c.policy, self.policy, now, self.seed)
+            for c in covered
+        ]
+        self.covered = covered
+        if self.schema is not None:
+            self.notes = coverage_notes(self.policy, self.schema)
+            compact(self.policy, self.schema)  # what it keeps from now on: bounded
+        self._columns = None
+        self.until_test = self._until_test()
+        if not announce:
+            return  # rebuilt as they were (a restore): nothing new to tell
+        if self.announce is not None:
+            self.announce.append(CoverageBuilt(self.model, now, covered))
+        log.debug(
+            "model %r: discovery over after %d events: %d signals watched",
+            self.model,
+            self.schema.events if self.schema is not None else 0,
+            len(covered),
+        )
+
+    def _apply(self, columns: EventColumns, start: int, end: int, now: float) -> bool:
+        n = end - start
         until = self.until_test
         if until is None:  # nothing waits (``_feed`` empties the spans when it sets None)
             self._feed([(columns, start, end)], now)
@@ -408,6 +524,8 @@ class Engine:
         self.refused_events: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         #: Models evicted for newcomers since the caller last took them (``take_evicted``).
         self.evicted: list[str] = []
+        #: Models whose discovery ended since the caller last took them (``take_covered``).
+        self.covered: list[CoverageBuilt] = []
         #: Models of the last batch whose Readings or health may have changed.
         self.changed: list[str] = []
         #: Models of the last batch and how many of its events each one received.
@@ -440,6 +558,7 @@ class Engine:
     def _create(self, model: str, now: float) -> ModelMonitor:
         created = ModelMonitor.build(model, self.policy_for(model), now, seed=self._seed)
         created.defer = self.defer
+        created.announce = self.covered
         self.models[model] = created
         return created
 
@@ -523,12 +642,19 @@ class Engine:
         if not self.admission.adopt(model):
             return False
         monitor.defer = self.defer
+        monitor.announce = self.covered
         self.models[model] = monitor
         return True
 
     def take_evicted(self) -> list[str]:
         evicted, self.evicted = self.evicted, []
         return evicted
+
+    def take_covered(self) -> list[CoverageBuilt]:
+        """The models whose signals were built since the last call (for the audit trail)."""
+        covered = self.covered[:]
+        self.covered.clear()  # the monitors hold this very list
+        return covered
 
     def apply(self, events: Sequence[Event], now: float) -> list[Transition]:
         """Apply one batch; return the health transitions it caused, in model order."""
@@ -595,6 +721,8 @@ class Engine:
         feed waiting events to the detectors, so none waits longer than a tick."""
         transitions = []
         for monitor in self.models.values():
+            if monitor.discovering and monitor.discovery_due(now):
+                monitor.end_discovery(now)
             monitor.flush(now)
             transition = monitor.evaluate(now)
             if transition is not None:
@@ -613,9 +741,30 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def describe_coverage(monitor: ModelMonitor) -> dict[str, Any]:
+    """Where a model's signals come from: discovery's state and what it left unwatched."""
+    policy = monitor.policy
+    schema = monitor.schema
+    if schema is None:
+        return {"discovers": False, "state": "watching"}
+    out: dict[str, Any] = {
+        "discovers": True,
+        "state": "discovering" if monitor.discovering else "watching",
+        "events_observed": schema.events,
+        "discover_events": policy.auto.discover_events,
+        "discover_within_s": policy.auto.discover_within,
+        "discovery_started_at": monitor.discovery_started_at,
+        "max_features": policy.auto.max_features,
+    }
+    if monitor.notes is not None:
+        out.update(monitor.notes.to_json())
+    return out
+
+
 def describe(monitor: ModelMonitor) -> dict[str, Any]:
     """The JSON shape of one model for /status."""
     signals = {}
+    origins = {c.name: c for c in monitor.coverage()}
     for signal in monitor.signals:
         members = {}
         for member in signal.members:
@@ -627,8 +776,11 @@ def describe(monitor: ModelMonitor) -> dict[str, Any]:
                 "verdict": r.verdict.value,
                 "samples": r.samples,
             }
+        covered = origins.get(signal.name)
         signals[signal.name] = {
             "level": signal.level.label,
+            "origin": covered.origin if covered is not None else "named",
+            "reason": covered.reason if covered is not None else "named in the policy",
             "source": signal.policy.source.value,
             "detector": signal.policy.detector_spec.type,
             "thresholds": (
@@ -645,6 +797,7 @@ def describe(monitor: ModelMonitor) -> dict[str, Any]:
         "model_version": monitor.model_version,
         "events": monitor.events,
         "last_event_at": monitor.last_event_at,
+        "coverage": describe_coverage(monitor),
         "signals": signals,
         **(
             {}

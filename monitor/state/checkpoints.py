@@ -28,6 +28,7 @@ from detectors.base import Detector
 from detectors.registry import restore_detector
 from detectors.serialization import StateError, pack, unpack
 from monitor.config.policy import Level, ModelPolicy
+from monitor.engine.discovery import ObservedSchema
 from monitor.engine.engine import ModelMonitor
 from monitor.errors import DriftwardenError
 from monitor.kafka.quirks import read_end
@@ -312,7 +313,45 @@ def snapshot_model(
         "actions": action_state,
         "outcomes": _outcomes_to_state(monitor),
     }
+    if monitor.schema is not None:
+        state["coverage"] = _coverage_state(monitor)
     return msgspec.msgpack.encode(state)
+
+
+# -- auto coverage: the observed schema, from which a restore builds the same signals ------
+
+
+def _coverage_state(monitor: ModelMonitor) -> dict[str, Any]:
+    assert monitor.schema is not None
+    return {
+        "schema": monitor.schema.to_json(),
+        "discovering": monitor.discovering,
+        "started_at": monitor.discovery_started_at,
+    }
+
+
+def _restore_coverage(monitor: ModelMonitor, saved: Any, now: float) -> None:
+    """Continue discovery where it was, or build the signals its schema gave (before the
+    detectors are restored, by member name). No schema saved (a checkpoint of before auto
+    coverage, or of a policy that did not discover): discovery starts afresh."""
+    if monitor.schema is None or saved is None:
+        return
+    try:
+        if not isinstance(saved, dict):
+            raise ValueError(f"coverage is {type(saved).__name__}, not a map")
+        schema = ObservedSchema.from_json(saved["schema"])
+        discovering = bool(saved["discovering"])
+        started_at = float(saved["started_at"])
+    except (KeyError, TypeError, ValueError) as err:
+        log.warning(
+            "model %r: observed schema not restored, discovering again: %s", monitor.model, err
+        )
+        return
+    monitor.schema = schema
+    monitor.discovery_started_at = started_at
+    if not discovering:
+        # Built as they were when discovery ended; not announced again (the audit has it).
+        monitor.end_discovery(now, announce=False)
 
 
 class CheckpointHeader(msgspec.Struct):
@@ -378,10 +417,11 @@ def restore_model(
         raise CheckpointError(f"checkpoint version {raw.get('v')!r}, expected {STATE_VERSION}")
     model: str = raw["model"]
     monitor = ModelMonitor.build(model, policy, now)
-    _outcomes_from_state(monitor, raw.get("outcomes"), now)
     monitor.events = int(raw["events"])
     monitor.last_event_at = raw["last_event_at"]
     monitor.model_version = raw["model_version"]
+    _restore_coverage(monitor, raw.get("coverage"), now)
+    _outcomes_from_state(monitor, raw.get("outcomes"), now)
     saved_members = raw["members"]
     for signal in monitor.signals:
         digest = _spec_digest(signal.policy.detector_spec)

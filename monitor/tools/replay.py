@@ -36,9 +36,9 @@ from monitor.actions.decisions import (
     flags_at,
     incident_alert,
 )
-from monitor.config.policy import Level, ModelPolicy
+from monitor.config.policy import Level, ModelPolicy, SignalPolicy
 from monitor.config.settings import Settings
-from monitor.engine.engine import Engine, ModelMonitor
+from monitor.engine.engine import Engine, ModelMonitor, describe_coverage
 from monitor.engine.events import (
     MAX_EPOCH_S,
     BadReason,
@@ -193,8 +193,25 @@ class ModelTrail:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     #: signal -> [transitions naming it, alerts fired or updated naming it]
     per_signal: dict[str, list[int]] = field(default_factory=dict)
+    #: The signals the model watched at the end (discovered ones too); None: the policy's.
+    watched: list[SignalPolicy] | None = None
+    #: What was watched and why: discovery's state, each signal's origin and reason.
+    coverage: dict[str, Any] | None = None
     #: The incident as last notified (None: no open incident), as the dispatcher holds it.
     _notified: Alert | None = None
+
+    @property
+    def signals(self) -> list[SignalPolicy]:
+        """The signals the model watched: its policy's, and what discovery added."""
+        return self.watched if self.watched is not None else self.policy.signals
+
+    def watch(self, monitor: ModelMonitor) -> None:
+        """Keep what ``monitor`` watched and why (at the end of the replay)."""
+        self.watched = [signal.policy for signal in monitor.signals]
+        self.coverage = {
+            **describe_coverage(monitor),
+            "signals": [covered.to_json() for covered in monitor.coverage()],
+        }
 
     def desired_flags(self, level: Level) -> dict[str, Any]:
         return dict(flags_at(self.policy, level))
@@ -270,6 +287,13 @@ class SeriesRecorder:
     def __post_init__(self) -> None:
         self.values = [[] for _ in self.signals]
         self.thresholds = [[] for _ in self.signals]
+
+    def add_signal(self, name: str, higher_is_worse: bool) -> None:
+        """A series for a signal built mid-replay (at the end of discovery): no value before."""
+        self.signals.append(name)
+        self.higher_is_worse.append(higher_is_worse)
+        self.values.append([math.nan] * len(self.times))
+        self.thresholds.append([math.nan] * len(self.times))
 
     def _worse(self, i: int, a: float, b: float) -> float:
         if math.isnan(a):
@@ -535,7 +559,7 @@ def score(
         own = [(k, i) for k, i in numbered if i.model == model]
         signal_names: list[str] = []
         if trail is not None:
-            signal_names = [s.signal_name for s in trail.policy.signals]
+            signal_names = [s.signal_name for s in trail.signals]
         for _, inc in own:
             for name in inc.signals or ():
                 if name not in signal_names:
@@ -690,9 +714,11 @@ class ReplayResult:
                         "transitions": trail.per_signal.get(s.signal_name, [0, 0])[0],
                         "alerts": trail.per_signal.get(s.signal_name, [0, 0])[1],
                     }
-                    for s in trail.policy.signals
+                    for s in trail.signals
                 },
             }
+            if trail.coverage is not None:
+                models[name]["coverage"] = trail.coverage
         out: dict[str, Any] = {
             "version": SUMMARY_VERSION,
             "source": self.source,
@@ -887,6 +913,7 @@ class Replay:
         for model, monitor in engine.models.items():
             if model not in trails:
                 trails[model] = ModelTrail(model, monitor.policy)
+            trails[model].watch(monitor)
         result = ReplayResult(
             source=source,
             lines=index + 1,
@@ -927,6 +954,13 @@ class Replay:
                 ],
                 max_points=self.max_points,
             )
+        elif len(rec.signals) != len(monitor.signals):
+            # Discovery ended: the signals it added get their series from now on.
+            known = set(rec.signals)
+            for s in monitor.signals:
+                if s.name not in known:
+                    thresholds = s.policy.thresholds
+                    rec.add_signal(s.name, thresholds is None or thresholds.direction == "above")
         observations = monitor.observations
         stats: list[float] = []
         limits: list[float] = []

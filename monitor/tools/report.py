@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.config.policy import ModelPolicy
+from monitor.config.policy import ModelPolicy, SignalPolicy
 from monitor.tools.replay import ModelTrail, ReplayResult, SeriesRecorder
 
 __all__ = [
@@ -214,7 +214,7 @@ def _svg_model(
     *,
     width: int = _WIDTH,
 ) -> str:
-    signals = rec.signals if rec is not None else [s.signal_name for s in trail.policy.signals]
+    signals = rec.signals if rec is not None else [s.signal_name for s in trail.signals]
     n = max(1, len(signals))
     height = _TOP + n * (_PANEL_H + _GAP) + 10
     plot_w = width - _LEFT - _RIGHT
@@ -246,7 +246,7 @@ def _svg_model(
 
     thresholds_by_signal = {
         s.signal_name: s.thresholds.items() if s.thresholds is not None else []
-        for s in trail.policy.signals
+        for s in trail.signals
     }
     for k, name in enumerate(signals):
         top = _TOP + k * (_PANEL_H + _GAP)
@@ -448,8 +448,9 @@ def _seconds(value: float) -> str:
 _DETECTOR_PARAMS = ("q", "threshold", "window", "min_samples", "min_shift", "alert_on", "persist")
 
 
-def _policy_section(policy: ModelPolicy) -> str:
-    """The policy that ran: health timing, signals and what each level does."""
+def _policy_section(policy: ModelPolicy, signals: list[SignalPolicy] | None = None) -> str:
+    """The policy that ran: health timing, signals (``signals``: those watched, discovered
+    ones too) and what each level does."""
     health = policy.health
     timing = (
         f"<p><b>mode</b> {_esc(policy.mode)} · <b>for</b> {_seconds(health.for_)} · "
@@ -457,7 +458,7 @@ def _policy_section(policy: ModelPolicy) -> str:
         f"<b>cooldown</b> {_seconds(health.cooldown)}</p>"
     )
     rows = []
-    for s in policy.signals:
+    for s in policy.signals if signals is None else signals:
         spec = s.detector_spec
         params = ", ".join(
             f"{k}={getattr(spec, k)}"
@@ -478,7 +479,7 @@ def _policy_section(policy: ModelPolicy) -> str:
                 _esc(_seconds(s.for_) if s.for_ is not None else "-"),
             ]
         )
-    signals = _table(["signal", "source", "detector", "thresholds", "own for"], rows)
+    table = _table(["signal", "source", "detector", "thresholds", "own for"], rows)
     acts = []
     for level, actions in policy.actions.items():
         what = []
@@ -489,7 +490,56 @@ def _policy_section(policy: ModelPolicy) -> str:
         if actions.review is not None:
             what.append(f"review {actions.review.sample_rate:g} of events")
         acts.append([_esc(level), _esc("; ".join(what) or "nothing")])
-    return "<h3>Policy</h3>" + timing + signals + _table(["on entering", "does"], acts)
+    return "<h3>Policy</h3>" + timing + table + _table(["on entering", "does"], acts)
+
+
+def _coverage_section(trail: ModelTrail) -> str:
+    """What was watched and why: each signal's origin (discovered, named, overridden) and
+    reason, and what discovery saw but left unwatched."""
+    coverage = trail.coverage
+    if coverage is None or not coverage.get("discovers"):
+        return ""
+    if coverage["state"] == "discovering":
+        state = (
+            f"still discovering: {coverage['events_observed']} of "
+            f"{coverage['discover_events']} events observed (no signal discovered yet)"
+        )
+    else:
+        state = f"signals discovered from the first {coverage['events_observed']} events"
+    rows = [
+        [
+            _esc(c["name"]),
+            _esc(c["origin"]),
+            _esc(c["detector"]),
+            _esc(c["level"]),
+            _esc(c["reason"]),
+        ]
+        for c in coverage["signals"]
+    ]
+    unwatched = []
+    for key, label in (
+        ("ignored_features", "ignored features (auto.ignore)"),
+        ("ignored_signals", "ignored signals (auto.ignore)"),
+        ("left_out", f"beyond auto.max_features={coverage.get('max_features')}"),
+        ("rare", "in too few events"),
+    ):
+        names = coverage.get(key) or []
+        if names:
+            total = coverage.get(f"{key}_count", len(names))
+            more = f" and {total - len(names)} more" if total > len(names) else ""
+            unwatched.append([_esc(label), _esc(", ".join(names) + more)])
+    if coverage.get("overflow"):
+        unwatched.append(
+            [_esc("feature values under untracked names"), _esc(str(coverage["overflow"]))]
+        )
+    if coverage.get("schema_unwatched"):
+        unwatched.append([_esc("schema not watched"), _esc(coverage["schema_unwatched"])])
+    out = f"<h3>What was watched and why</h3><p>{_esc(state)}</p>" + _table(
+        ["signal", "origin", "detector", "level", "why"], rows
+    )
+    if unwatched:
+        out += "<p>Seen but not watched:</p>" + _table(["what", "names"], unwatched)
+    return out
 
 
 def _header(result: ReplayResult) -> str:
@@ -559,7 +609,8 @@ def render_report(result: ReplayResult, *, title: str = "driftwarden replay") ->
             f"{result.model_events.get(model, 0)} events, final state "
             f"{_esc(result.final_state.get(model, 'ok'))})</span></h2>"
         )
-        out.append(_policy_section(trail.policy))
+        out.append(_policy_section(trail.policy, trail.signals))
+        out.append(_coverage_section(trail))
         out.append(
             _svg_model(trail, result.series.get(model), t0, t1, _incidents_of(result, model))
         )
@@ -684,7 +735,8 @@ def render_comparison(
             if trail is None:
                 out.append('<p class="muted">No event of this model under this policy.</p>')
             else:
-                out.append(_policy_section(trail.policy))
+                out.append(_policy_section(trail.policy, trail.signals))
+                out.append(_coverage_section(trail))
                 out.append(
                     _svg_model(
                         trail, result.series.get(model), t0, t1,
