@@ -569,3 +569,18 @@ def test_a_breach_held_for_for_survives_batches_with_no_outcome() -> None:
     sparse = [s.sparse for s in ModelMonitor.build("m", with_no_data, 0.0).signals]
     assert sparse == [False]
     assert [s.sparse for s in ModelMonitor.build("m", policy, 0.0).signals] == [True]
+
+
+def test_outcomes_within_the_discovery_window_are_discovered_and_joined() -> None:
+    policy = ModelPolicy.model_validate({"signals": "auto", "auto": {"discover_events": 100}})
+    engine = Engine(lambda model: policy, max_models=10)
+    engine.apply([prediction(f"r{i}", "cat", confidence=0.9) for i in range(40)], 0.0)
+    engine.apply([outcome("r0", "cat")], 1.0)  # the first outcome: kept from now on
+    engine.apply([prediction(f"s{i}", "cat", confidence=0.9) for i in range(40)], 2.0)
+    engine.apply([outcome(f"s{i}", "dog") for i in range(40)], 3.0)  # discovery ends here
+    monitor = engine.models["m"]
+    assert not monitor.discovering
+    origins = {c.name: c.origin for c in monitor.coverage()}
+    assert origins["label_error"] == origins["estimated_accuracy"] == "discovered"
+    assert monitor.added == []  # discovery saw the outcomes itself
+    assert monitor.outcomes is not None and monitor.outcomes.counts.outcomes[JOINED] == 40
