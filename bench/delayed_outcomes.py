@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python bench/delayed_outcomes.py --seeds {args.seeds} --before-s {args.before_s} "
         f"--after-s {args.after_s}`: one model, {RATE} predictions a second, each outcome "
         f"{DELAY_S} s after its prediction; accuracy 95% -> 75% after {args.before_s} s "
-        "(inputs and confidence unchanged); the policy names no signal, so the model gains "
+        "(inputs and confidence unchanged); the policy names no signal: the model discovers "
+        "its signals from its first events (feature, prediction, confidence, error) and gains "
         "`label_error` (degraded) and `estimated_accuracy` once its outcomes come; default "
         "`for` (30 s, 600 outcome events at this rate) included.",
         "",
