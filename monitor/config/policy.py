@@ -28,6 +28,7 @@ __all__ = [
     "Level",
     "LevelActions",
     "ModelPolicy",
+    "OutcomePolicy",
     "SignalPolicy",
     "SignalSource",
     "Thresholds",
@@ -100,6 +101,12 @@ class SignalSource(enum.Enum):
     #: 1 when an event's features break the schema in ``expect``: a feature not in it, or one
     #: whose value has another kind (a feature that disappears shows in its missing rate).
     SCHEMA = "schema"
+    #: A regression's error, ``|label - prediction|`` (``error: relative``: divided by
+    #: ``|label|``), of events that carry both or of outcomes joined to their prediction.
+    REGRESSION_ERROR = "regression_error"
+    #: A classifier's expected correctness without labels (CBPE): the calibrated confidence
+    #: of the predicted class (docs/outcomes.md#estimated-accuracy).
+    ESTIMATED_ACCURACY = "estimated_accuracy"
 
 
 _DEFAULT_KIND = {
@@ -114,6 +121,8 @@ _DEFAULT_KIND = {
     SignalSource.MISSING: InputKind.BINARY,
     SignalSource.ANOMALY: InputKind.MULTIVARIATE,
     SignalSource.SCHEMA: InputKind.BINARY,
+    SignalSource.REGRESSION_ERROR: InputKind.NUMERIC,
+    SignalSource.ESTIMATED_ACCURACY: InputKind.NUMERIC,
 }
 
 _ALLOWED_KINDS = {
@@ -128,7 +137,13 @@ _ALLOWED_KINDS = {
     SignalSource.MISSING: {InputKind.BINARY},
     SignalSource.ANOMALY: {InputKind.MULTIVARIATE},
     SignalSource.SCHEMA: {InputKind.BINARY},
+    SignalSource.REGRESSION_ERROR: {InputKind.NUMERIC},
+    SignalSource.ESTIMATED_ACCURACY: {InputKind.NUMERIC},
 }
+
+#: The sources that read ground truth: a model watching one keeps its predictions for the
+#: outcome join from its first event (``outcomes.join: auto``).
+LABEL_SOURCES = frozenset({SignalSource.LABEL_ERROR, SignalSource.REGRESSION_ERROR})
 
 #: The kinds of a feature's values.
 FeatureKind = Literal["numeric", "categorical"]
@@ -210,6 +225,9 @@ class SignalPolicy(_Strict):
     features: list[str] | None = Field(default=None, min_length=1, max_length=1000)
     #: ``source: schema``: every expected feature and the kind of its values.
     expect: dict[str, ExpectedKind] | None = Field(default=None, max_length=1000)
+    #: ``source: regression_error``: ``absolute`` (``|label - prediction|``) or ``relative``
+    #: (divided by ``|label|``; a label of 0 gives no value).
+    error: Literal["absolute", "relative"] | None = None
     #: Detector; the calibrated default for the source's input kind when omitted.
     detector: DetectorSpec | None = None
     #: Absolute thresholds on the detector's statistic; without them a drift or anomaly
@@ -238,6 +256,10 @@ class SignalPolicy(_Strict):
             raise ValueError("source 'schema' needs 'expect: {<feature>: numeric|categorical|any}'")
         if src is not SignalSource.SCHEMA and self.expect is not None:
             raise ValueError(f"'expect' only applies to source 'schema', not {src.value!r}")
+        if src is not SignalSource.REGRESSION_ERROR and self.error is not None:
+            raise ValueError(
+                f"'error' only applies to source 'regression_error', not {src.value!r}"
+            )
         least = getattr(self.detector_spec, "min_features", 1)
         if self.features is not None and len(self.features) < least:
             raise ValueError(
@@ -366,6 +388,19 @@ class AutoCoverage(_Strict):
     levels: AutoLevels = Field(default_factory=AutoLevels)
 
 
+class OutcomePolicy(_Strict):
+    """The join of delayed outcome events to earlier predictions (docs/outcomes.md)."""
+
+    #: ``on``: keep each prediction that has a ``request_id`` from the model's first event;
+    #: ``off``: never (outcomes are counted unmatched); ``auto``: on from the first event when
+    #: a label signal is named, else from the model's first outcome event.
+    join: Literal["auto", "on", "off"] = "auto"
+    #: How long a prediction waits for its outcome, on the daemon's clock (not ``ts``).
+    horizon: Duration = 86_400.0
+    #: Predictions waiting per model; past it the oldest is evicted (and counted).
+    max_pending: int = Field(default=20_000, ge=1, le=1_000_000)
+
+
 def _signals_auto(value: Any) -> Any:
     # ``signals: auto`` is the minimal policy spelled out: no named signal, discovery on.
     return [] if value == "auto" else value
@@ -382,6 +417,7 @@ class ModelPolicy(_Strict):
         default_factory=list, max_length=200
     )
     auto: AutoCoverage = Field(default_factory=AutoCoverage)
+    outcomes: OutcomePolicy = Field(default_factory=OutcomePolicy)
     health: HealthTiming = Field(default_factory=HealthTiming)
     actions: dict[LevelName, LevelActions] = Field(default_factory=_actions_default)
     runbook_url: str = (

@@ -161,6 +161,10 @@ class EngineSettings(_Section):
     #: A model with no event for this long is dropped (and its checkpoint deleted), so
     #: retired models do not hold memory or checkpoint space forever.
     model_idle_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    #: Predictions waiting for their outcome, every model's together (docs/outcomes.md): each
+    #: joining model keeps at most this divided by the joining models (and its own
+    #: ``outcomes.max_pending``). About 200 bytes each.
+    max_pending_outcomes: int = Field(default=1_000_000, ge=1, le=100_000_000)
     #: Forensics: append the ``request_id`` of every applied event to this file before its
     #: offset is committed (an audit of at-least-once delivery). Costly at high rates.
     applied_log: str | None = None

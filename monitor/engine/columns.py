@@ -15,6 +15,7 @@ import numpy.typing as npt
 from detectors.base import InputKind
 from monitor.config.policy import SignalPolicy, SignalSource
 from monitor.engine.events import Event
+from monitor.engine.outcomes import expected_correctness, label_matches, regression_error
 
 __all__ = ["Column", "ColumnSet", "EventColumns", "Extractor", "extractors_for"]
 
@@ -65,7 +66,7 @@ class EventColumns:
     every model and member that reads it (members slice their model's span out of it).
     """
 
-    __slots__ = ("_cache", "_complete", "_features", "_released", "events")
+    __slots__ = ("_cache", "_complete", "_features", "_released", "events", "joined")
 
     def __init__(self, events: Sequence[Event]) -> None:
         self.events = events
@@ -74,6 +75,9 @@ class EventColumns:
         self._complete: dict[Hashable, bool] = {}
         self._released = False
         self._features: list[dict[str, Any]] | None = None
+        #: By index into ``events``: the prediction an outcome event was joined to
+        #: (``monitor.engine.outcomes``), set before any column of the batch is built.
+        self.joined: dict[int, Any] = {}
 
     @property
     def features(self) -> list[dict[str, Any]]:
@@ -193,25 +197,50 @@ def _feedback(cols: EventColumns) -> FloatArray:
     return np.array([e.feedback for e in cols.events], dtype=np.float64)
 
 
-def _label_matches(label: object, prediction: object) -> bool:
-    if (
-        isinstance(label, bool)
-        and isinstance(prediction, float | int)
-        and not isinstance(prediction, bool)
-    ):
-        return label == (prediction >= 0.5)
-    if isinstance(label, float | int) and isinstance(prediction, float | int):
-        return float(label) == float(prediction)
-    return _as_category(label) == _as_category(prediction)
-
-
 def _label_error(cols: EventColumns) -> FloatArray:
     events = cols.events
-    return np.fromiter(
+    out = np.fromiter(
         (
             NAN
             if e.label is None or e.prediction is None
-            else (0.0 if _label_matches(e.label, e.prediction) else 1.0)
+            else (0.0 if label_matches(e.label, e.prediction) else 1.0)
+            for e in events
+        ),
+        dtype=np.float64,
+        count=len(events),
+    )
+    # Outcome events met their prediction in the join: the prediction stays out of the
+    # event (prediction drift counted it when it came), the error is the outcome's.
+    for i, prediction in cols.joined.items():
+        out[i] = 0.0 if label_matches(events[i].label, prediction) else 1.0
+    return out
+
+
+def _regression_error(relative: bool) -> Column:
+    def build(cols: EventColumns) -> FloatArray:
+        events = cols.events
+        out = np.fromiter(
+            (
+                NAN
+                if e.label is None or e.prediction is None
+                else regression_error(e.label, e.prediction, relative)
+                for e in events
+            ),
+            dtype=np.float64,
+            count=len(events),
+        )
+        for i, prediction in cols.joined.items():
+            out[i] = regression_error(events[i].label, prediction, relative)
+        return out
+
+    return Column(("regression_error", relative), build)
+
+
+def _estimated_accuracy(cols: EventColumns) -> FloatArray:
+    events = cols.events
+    return np.fromiter(
+        (
+            NAN if e.prediction is None else expected_correctness(e.confidence, e.prediction)
             for e in events
         ),
         dtype=np.float64,
@@ -331,7 +360,9 @@ _SINGLE = {
     SignalSource.ERROR: Column(("error",), _error),
     SignalSource.FEEDBACK: Column(("feedback",), _feedback),
     SignalSource.LABEL_ERROR: Column(("label_error",), _label_error),
+    SignalSource.ESTIMATED_ACCURACY: Column(("estimated_accuracy",), _estimated_accuracy),
 }
+_REGRESSION_ERROR = {relative: _regression_error(relative) for relative in (False, True)}
 
 
 def extractors_for(signal: SignalPolicy) -> list[tuple[str, Column]]:
@@ -345,6 +376,8 @@ def extractors_for(signal: SignalPolicy) -> list[tuple[str, Column]]:
     single = _SINGLE.get(source)
     if single is not None:
         return [(name, single)]
+    if source is SignalSource.REGRESSION_ERROR:
+        return [(name, _REGRESSION_ERROR[signal.error == "relative"])]
     if source is SignalSource.SCHEMA:
         assert signal.expect is not None
         return [(name, _schema(signal.expect))]

@@ -36,6 +36,7 @@ __all__ = [
     "compact",
     "coverage",
     "coverage_notes",
+    "outcome_coverage",
     "resolved",
 ]
 
@@ -458,16 +459,109 @@ def _discovered(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSign
                 source=SignalSource.FEEDBACK,
                 detector={"type": "ks_window"},
             )
+    found += _outcome_signals(policy, schema)
+    return found
+
+
+def _outcome_signals(policy: ModelPolicy, schema: ObservedSchema) -> list[CoveredSignal]:
+    """The signals of ground truth: the label's error (a class: its rate; a regression's
+    numeric label and prediction: the absolute error against the model's own baseline), and
+    the estimated accuracy (CBPE) of a classifier that sends ``confidence``, to compare.
+
+    Outcome events (a label and no prediction) count as well as labels beside a prediction:
+    the join (``monitor.engine.outcomes``) gives them their prediction.
+    """
+    levels = policy.auto.levels
+    held = {"persist": 0} if policy.health.for_ > 0 else {}  # as in ``_discovered``
     label = schema.fields.get("label")
-    if label is not None and label.present > schema.outcomes:
-        add(
-            f"label beside the prediction {label.present - schema.outcomes}/{n} events",
-            levels.labels,
-            name="label_error",
-            source=SignalSource.LABEL_ERROR,
-            detector={"type": "rate_window"},
+    if label is None or not label.present:
+        return []
+    prediction = schema.fields.get("prediction")
+    beside = label.present - schema.outcomes
+    where = " and ".join(
+        part
+        for part in (
+            f"a label beside the prediction in {beside}/{schema.events} events" if beside else "",
+            f"{schema.outcomes} outcome events joined by request_id" if schema.outcomes else "",
+        )
+        if part
+    )
+    found: list[CoveredSignal] = []
+    regression = (
+        label.kind == "numeric"
+        and not label.binary
+        and prediction is not None
+        and prediction.kind == "numeric"
+        and not prediction.binary
+    )
+    if regression:
+        found.append(
+            CoveredSignal(
+                SignalPolicy(
+                    name="regression_error",
+                    source=SignalSource.REGRESSION_ERROR,
+                    level=levels.labels,
+                    detector=parse_spec({"type": "ks_window"} | held),
+                ),
+                "discovered",
+                f"numeric label and prediction: {where}; absolute error against the "
+                "model's own baseline",
+            )
+        )
+    else:
+        found.append(
+            CoveredSignal(
+                SignalPolicy(
+                    name="label_error",
+                    source=SignalSource.LABEL_ERROR,
+                    level=levels.labels,
+                    detector=parse_spec({"type": "rate_window"} | held),
+                ),
+                "discovered",
+                f"{where}: the rate of wrong predictions",
+            )
+        )
+    confidence = schema.fields.get("confidence")
+    classifier = prediction is not None and (prediction.kind == "categorical" or prediction.binary)
+    if not regression and classifier and confidence is not None and confidence.numeric:
+        found.append(
+            CoveredSignal(
+                SignalPolicy(
+                    name="estimated_accuracy",
+                    source=SignalSource.ESTIMATED_ACCURACY,
+                    level=levels.confidence,
+                    detector=parse_spec({"type": "ks_window"} | held),
+                ),
+                "discovered",
+                f"a classifier with confidence {_share(confidence, schema.events)}: expected "
+                "accuracy (CBPE, calibrated confidence assumed) beside the realized one",
+            )
         )
     return found
+
+
+def outcome_coverage(
+    policy: ModelPolicy, schema: ObservedSchema, present: Iterable[str]
+) -> list[CoveredSignal]:
+    """The ground-truth signals a model that discovers gains when its outcomes arrive after
+    its signals were built: those of :func:`coverage` not in ``present`` (its signals' names),
+    named ones in place of discovered ones of the same name, ignores honoured."""
+    if not policy.discovers:
+        return []
+    have = set(present)
+    ignored = set(policy.auto.ignore)
+    named = {signal.signal_name: signal for signal in policy.signals}
+    gained: list[CoveredSignal] = []
+    for found in _outcome_signals(policy, schema):
+        if found.name in have or found.name in ignored:
+            continue
+        own = named.get(found.name)
+        gained.append(
+            found
+            if own is None
+            else CoveredSignal(own, "overridden", f"named in the policy, over: {found.reason}")
+        )
+    return gained
 
 
 def _features_named(signals: Sequence[SignalPolicy]) -> set[str]:

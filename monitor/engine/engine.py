@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,19 +18,22 @@ import numpy as np
 
 from detectors.base import INCONCLUSIVE, Detector, Reading, Verdict
 from detectors.registry import build_detector
-from monitor.config.policy import Level, ModelPolicy, SignalPolicy
+from monitor.config.policy import LABEL_SOURCES, Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
 from monitor.engine.discovery import (
     CoverageNotes,
     CoveredSignal,
+    FieldSeen,
     ObservedSchema,
     compact,
     coverage,
     coverage_notes,
+    outcome_coverage,
 )
 from monitor.engine.events import Event
 from monitor.engine.health import HealthMachine, SignalObservation, Transition
+from monitor.engine.outcomes import OutcomeBudget, OutcomeJoin, wants_join
 
 if TYPE_CHECKING:
     from monitor.config.settings import Settings
@@ -48,6 +52,12 @@ def _joined(parts: list[Any]) -> Any:
 
 
 log = logging.getLogger(__name__)
+
+_LABEL = operator.attrgetter("label")
+
+#: Joined outcomes a discovering model sees before it gains its ground-truth signals: enough
+#: to tell a class from a regression target (one 0/1 value would not).
+GAIN_AFTER_JOINED = 20
 
 
 @dataclass(slots=True)
@@ -72,6 +82,10 @@ class SignalMonitor:
     #: The member whose reading sets the signal's level (the worst one).
     worst: Member | None = None
     created_at: float = 0.0
+    #: Ground truth comes in bursts (outcome events, apart from the predictions): a span with
+    #: no label leaves the Reading as it was instead of making it inconclusive, which would
+    #: end a breach being held for ``for``. Only without a ``no_data`` rule, which reads it.
+    sparse: bool = False
 
     @property
     def name(self) -> str:
@@ -91,6 +105,8 @@ class SignalMonitor:
                 values = single[0].get(extract)[single[1] : single[2]]
             else:
                 values = _joined([cols.get(extract)[start:end] for cols, start, end in spans])
+            if self.sparse and np.isnan(values).all():
+                continue
             reading = member.detector.update_many(values)
             member.reading = reading
             if reading.verdict is not inconclusive:
@@ -140,7 +156,8 @@ def _signal_monitor(
         for name, extract in members_spec
     ]
     for_s = signal.for_ if signal.for_ is not None else policy.health.for_
-    return SignalMonitor(signal, for_s, members, created_at=now)
+    sparse = signal.source in LABEL_SOURCES and signal.no_data is None
+    return SignalMonitor(signal, for_s, members, created_at=now, sparse=sparse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +208,12 @@ class ModelMonitor:
     notes: CoverageNotes | None = None
     #: Where the monitor reports its signals built at the end of discovery (the engine's).
     announce: list[CoverageBuilt] | None = None
+    #: The outcome join (``monitor.engine.outcomes``); None while the model keeps none.
+    outcomes: OutcomeJoin | None = None
+    #: Signals added after the model's were built (``add_signals``): a checkpoint keeps them.
+    added: list[CoveredSignal] = field(default_factory=list)
+    #: What the joined outcomes carried, until the ground-truth signals are gained.
+    outcome_schema: ObservedSchema | None = None
     seed: int = 0
 
     @classmethod
@@ -203,6 +226,8 @@ class ModelMonitor:
             monitor.discovering = True
             monitor.discovery_started_at = now
             monitor.covered = coverage(policy, None)
+        if wants_join(policy):
+            monitor.outcomes = OutcomeJoin(policy.outcomes)
         return monitor
 
     def coverage(self) -> list[CoveredSignal]:
@@ -211,8 +236,86 @@ class ModelMonitor:
             return self.covered
         return coverage(self.policy, None)  # no discovery: the named signals
 
+    def add_signals(self, covered: Iterable[CoveredSignal], now: float) -> list[CoveredSignal]:
+        """Watch ``covered`` too, from now on (one named like a signal already watched is
+        left out); returns those added. The events waiting for a test go to the signals that
+        were there when they came."""
+        present = {signal.name for signal in self.signals}
+        fresh: list[CoveredSignal] = []
+        for found in covered:
+            if found.name not in present:
+                present.add(found.name)
+                fresh.append(found)
+        if not fresh:
+            return []
+        self.flush(now)
+        for found in fresh:
+            self.signals.append(_signal_monitor(found.policy, self.policy, now, self.seed))
+        self.covered = [*self.coverage(), *fresh]
+        self.added += fresh
+        self._columns = None
+        self.until_test = self._until_test()
+        return fresh
+
+    def join_outcomes(
+        self, columns: EventColumns, start: int, end: int, now: float, budget: OutcomeBudget | None
+    ) -> None:
+        """Join this model's outcome events of ``columns.events[start:end]`` to the
+        predictions it kept (and keep its new ones): before any column of the batch is built,
+        since the label-based columns read what an outcome met."""
+        join = self.outcomes
+        events = columns.events
+        if join is None:
+            if self.policy.outcomes.join != "auto" or not any(
+                events[i].label is not None and events[i].prediction is None
+                for i in range(start, end)
+            ):
+                return
+            # ``join: auto``: the model's first outcome event; its predictions are kept from
+            # now on (those before went unkept: docs/outcomes.md, "When predictions are kept").
+            join = self.outcomes = OutcomeJoin(self.policy.outcomes)
+            if self.policy.discovers:
+                self.outcome_schema = ObservedSchema()
+        if budget is not None and join.budget is None:
+            join.budget = budget
+            budget.enlist(join, now)
+        joined = join.observe(events, start, end, now)
+        if not joined:
+            return
+        columns.joined.update(joined)
+        schema = self.outcome_schema
+        # While discovering, the observed schema sees the outcomes itself (``end_discovery``).
+        if schema is not None and not self.discovering:
+            self._gain_outcome_signals(schema, [(events[i], p) for i, p in joined.items()], now)
+
+    def _gain_outcome_signals(
+        self, schema: ObservedSchema, joined: list[tuple[Event, Any]], now: float
+    ) -> None:
+        """Outcomes came after the model's signals were discovered: count what the joined
+        ones carry and, after a few, gain the signals of ground truth (``add_signals``)."""
+        for event, prediction in joined:
+            schema.observe([event])
+            schema.fields["prediction"] = seen = schema.fields.get("prediction") or FieldSeen()
+            seen.count(prediction if not isinstance(prediction, bytes) else "category")
+        if schema.outcomes < GAIN_AFTER_JOINED:
+            return
+        if self.outcomes is not None and self.outcomes.counts.confident:
+            schema.fields["confidence"] = FieldSeen(numeric=self.outcomes.counts.confident)
+        self.outcome_schema = None
+        gained = self.add_signals(
+            outcome_coverage(self.policy, schema, (s.name for s in self.signals)), now
+        )
+        if gained:
+            log.info(
+                "model %r: outcomes arrived, now also watching %s",
+                self.model,
+                ", ".join(g.name for g in gained),
+            )
+
     def apply(self, events: Sequence[Event], now: float) -> None:
-        self.apply_span(EventColumns(events), 0, len(events), now)
+        columns = EventColumns(events)
+        self.join_outcomes(columns, 0, len(events), now, None)
+        self.apply_span(columns, 0, len(events), now)
 
     def apply_span(self, columns: EventColumns, start: int, end: int, now: float) -> bool:
         """Apply this model's events, ``columns.events[start:end]``; False when they only
@@ -398,8 +501,11 @@ class Engine:
         may_evict: Callable[[str], bool] | None = None,
         seed: int = 0,
         defer: bool = True,
+        max_pending_outcomes: int = 1_000_000,
     ) -> None:
         self.policy_for = policy_for
+        #: Every model's pending predictions together (``engine.max_pending_outcomes``).
+        self.outcome_budget = OutcomeBudget(max_pending_outcomes)
         self.defer = defer
         self.max_models = max_models
         self.admission = Admission(
@@ -442,6 +548,7 @@ class Engine:
             probation_window_s=engine.probation_window_s,
             evict_idle_s=engine.evict_idle_s,
             may_evict=may_evict,
+            max_pending_outcomes=engine.max_pending_outcomes,
         )
 
     def monitor(self, model: str, now: float) -> ModelMonitor | None:
@@ -578,6 +685,7 @@ class Engine:
             ordered += model_events
             spans.append((monitor, start, len(ordered)))
         columns = EventColumns(ordered)
+        self._join_outcomes(columns, spans, now)
         self.received = [(monitor.model, end - start) for monitor, start, end in spans]
         changed = self.changed = []
         for i, (monitor, start, end) in enumerate(spans, 1):
@@ -594,6 +702,19 @@ class Engine:
                 yield []
         # Every column a waiting span reads was built (its completeness was checked).
         columns.release_events()
+
+    def _join_outcomes(
+        self, columns: EventColumns, spans: list[tuple[ModelMonitor, int, int]], now: float
+    ) -> None:
+        """The outcome join of every model of the batch, before any column is built. A
+        batch with no label at all (checked in C) costs only the models that keep
+        predictions."""
+        events = columns.events
+        labelled = list(map(_LABEL, events)).count(None) != len(events)
+        budget = self.outcome_budget
+        for monitor, start, end in spans:
+            if monitor.outcomes is not None or labelled:
+                monitor.join_outcomes(columns, start, end, now, budget)
 
     def tick(self, now: float) -> list[Transition]:
         """Re-evaluate every model on the clock alone (recoveries, no-data) between batches;
@@ -678,4 +799,12 @@ def describe(monitor: ModelMonitor) -> dict[str, Any]:
         "last_event_at": monitor.last_event_at,
         "coverage": describe_coverage(monitor),
         "signals": signals,
+        **(
+            {}
+            if monitor.outcomes is None
+            else {
+                "outcomes": monitor.outcomes.describe(),
+                "added_signals": [covered.to_json() for covered in monitor.added],
+            }
+        ),
     }

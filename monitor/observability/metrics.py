@@ -59,6 +59,10 @@ class Metrics:
     signal_threshold: Gauge
     signal_breached: Gauge
     signal_samples: Gauge
+    # the outcome join (monitor/engine/outcomes.py)
+    outcomes: Counter
+    outcome_evictions: Counter
+    outcome_pending: Gauge
     # health and actions
     health_state: Gauge
     health_level: Gauge
@@ -235,6 +239,28 @@ class Metrics:
                 "driftwarden_signal_samples",
                 "Samples the signal's latest reading rests on.",
                 ["model", "signal"],
+                registry=r,
+            ),
+            outcomes=Counter(
+                "driftwarden_outcomes_total",
+                "Outcome events (a label and no prediction) by result: joined (met its "
+                "prediction), late (its prediction had been evicted), unmatched (no prediction "
+                "of that request_id kept), duplicate (its prediction already met one).",
+                ["model", "result"],
+                registry=r,
+            ),
+            outcome_evictions=Counter(
+                "driftwarden_outcome_predictions_evicted_total",
+                "Predictions that left the outcome join unmet, by reason: age (past "
+                "outcomes.horizon), count (past outcomes.max_pending or the model's share of "
+                "engine.max_pending_outcomes), replaced (a newer event of its request_id).",
+                ["model", "reason"],
+                registry=r,
+            ),
+            outcome_pending=Gauge(
+                "driftwarden_outcome_predictions_pending",
+                "Predictions a model keeps waiting for their outcome.",
+                ["model"],
                 registry=r,
             ),
             health_state=Gauge(

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from detectors.base import Reading
     from monitor.config.policy import Level, Thresholds
     from monitor.engine.engine import ModelMonitor
+    from monitor.engine.outcomes import OutcomeJoin
 
-__all__ = ["MemberSeries", "ModelSeries", "SeriesPublisher"]
+__all__ = ["MemberSeries", "ModelSeries", "OutcomeSeries", "SeriesPublisher"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,58 @@ class MemberSeries:
         self.reading: Reading | None = None
 
 
+class OutcomeSeries:
+    """The bound series of one model's outcome join. Counters add what this process saw: the
+    counts a checkpoint restored are the starting point, not an increase."""
+
+    __slots__ = ("evictions", "outcomes", "pending", "published")
+
+    def __init__(self, metrics: Metrics, model: str, join: OutcomeJoin) -> None:
+        counts = join.counts
+        self.outcomes = [
+            (result, metrics.outcomes.labels(model, result.value)) for result in counts.outcomes
+        ]
+        self.evictions = [
+            (reason, metrics.outcome_evictions.labels(model, reason.value))
+            for reason in counts.evicted
+        ]
+        # A join found after it already counted (restored, or started and fed in one batch
+        # before its first publish) adds all it counted since the counts it started from.
+        self.pending = metrics.outcome_pending.labels(model)
+        start = join.baseline
+        self.published = (dict(start.outcomes), dict(start.evicted))
+
+    def publish(self, join: OutcomeJoin) -> None:
+        counts = join.counts
+        outcomes, evicted = self.published
+        if counts.outcomes != outcomes:
+            for result, child in self.outcomes:
+                child.inc(counts.outcomes[result] - outcomes[result])
+        if counts.evicted != evicted:
+            for reason, child in self.evictions:
+                child.inc(counts.evicted[reason] - evicted[reason])
+        self.published = (dict(counts.outcomes), dict(counts.evicted))
+        self.pending.set(len(join.pending))
+
+    @staticmethod
+    def remove(metrics: Metrics, model: str, *, counters: bool) -> None:
+        with contextlib.suppress(KeyError):
+            metrics.outcome_pending.remove(model)
+        if counters:
+            from monitor.engine.outcomes import Eviction, OutcomeResult
+
+            for result in OutcomeResult:
+                with contextlib.suppress(KeyError):
+                    metrics.outcomes.remove(model, result.value)
+            for reason in Eviction:
+                with contextlib.suppress(KeyError):
+                    metrics.outcome_evictions.remove(model, reason.value)
+
+
 class ModelSeries:
     """The bound series of one model: its health, and one MemberSeries per member name."""
 
-    __slots__ = ("level", "members", "published_level", "states")
+    __slots__ = ("level", "members", "outcomes", "published_level", "states")
 
     def __init__(self, level: Any, states: list[tuple[str, Any]]) -> None:
         self.level = level
@@ -57,6 +106,7 @@ class ModelSeries:
         #: The level last published (None before the first).
         self.published_level: Level | None = None
         self.members: dict[str, MemberSeries] = {}
+        self.outcomes: OutcomeSeries | None = None
 
 
 class SeriesPublisher:
@@ -105,6 +155,11 @@ class SeriesPublisher:
                 for name, child in series.states:
                     child.set(1 if name == level.label else 0)
                 series.published_level = level
+            join = monitor.outcomes
+            if join is not None:
+                if series.outcomes is None:
+                    series.outcomes = OutcomeSeries(m, model, join)
+                series.outcomes.publish(join)
             members = series.members
             for signal_monitor in monitor.signals:
                 for member in signal_monitor.members:
@@ -175,6 +230,8 @@ class SeriesPublisher:
                     metric.remove(model, member)
                 for level in levels:
                     m.signal_threshold.remove(model, member, level)
+            if series.outcomes is not None:
+                OutcomeSeries.remove(m, model, counters=counters)
         if counters:
             for before in HEALTH_STATES:
                 for after in HEALTH_STATES:

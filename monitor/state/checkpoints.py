@@ -311,6 +311,7 @@ def snapshot_model(
         },
         "members": members,
         "actions": action_state,
+        "outcomes": _outcomes_to_state(monitor),
     }
     if monitor.schema is not None:
         state["coverage"] = _coverage_state(monitor)
@@ -420,6 +421,7 @@ def restore_model(
     monitor.last_event_at = raw["last_event_at"]
     monitor.model_version = raw["model_version"]
     _restore_coverage(monitor, raw.get("coverage"), now)
+    _outcomes_from_state(monitor, raw.get("outcomes"), now)
     saved_members = raw["members"]
     for signal in monitor.signals:
         digest = _spec_digest(signal.policy.detector_spec)
@@ -467,6 +469,60 @@ def restore_model(
             for alert in action_state.get("alerts") or ():
                 actions.dispatcher.adopt(_alert_from_dict(alert))
     return monitor
+
+
+# The outcome join (monitor/engine/outcomes.py): its pending predictions and counts, and the
+# ground-truth signals the model gained when its outcomes came (restored before the detector
+# states, so those signals' detectors continue too). Kept apart from the rest of the state.
+
+
+def _outcomes_to_state(monitor: ModelMonitor) -> dict[str, Any] | None:
+    join = monitor.outcomes
+    if join is None and not monitor.added:
+        return None
+    return {
+        "join": None if join is None else join.to_state(),
+        "added": [
+            {
+                "policy": c.policy.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "origin": c.origin,
+                "reason": c.reason,
+            }
+            for c in monitor.added
+        ],
+    }
+
+
+def _outcomes_from_state(monitor: ModelMonitor, raw: Any, now: float) -> None:
+    """Continue ``monitor``'s join and gained signals; a part that does not fit the policy
+    any more (or is malformed) is left out with a warning, never fails the restore."""
+    from monitor.config.policy import SignalPolicy
+    from monitor.engine.discovery import CoveredSignal
+    from monitor.engine.outcomes import OutcomeJoin
+
+    if not isinstance(raw, dict):
+        return
+    policy = monitor.policy
+    join = raw.get("join")
+    if join is not None and policy.outcomes.join != "off":
+        try:
+            monitor.outcomes = OutcomeJoin.from_state(join, policy.outcomes)
+        except ValueError as err:
+            log.warning("model %r: outcome join not restored: %s", monitor.model, err)
+    added = []
+    for entry in raw.get("added") or ():
+        try:
+            added.append(
+                CoveredSignal(
+                    SignalPolicy.model_validate(entry["policy"]),
+                    entry["origin"],
+                    str(entry["reason"]),
+                )
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("model %r: a gained signal not restored: %s", monitor.model, err)
+    if added and policy.discovers:
+        monitor.add_signals(added, now)
 
 
 def _file_name(model: str) -> str:

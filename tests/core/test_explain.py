@@ -345,14 +345,21 @@ def test_the_example_policy_shows_the_minimal_form_and_name_override_silence(
 
 
 def test_the_example_policy_documents_every_auto_field() -> None:
-    from monitor.config.policy import AutoCoverage, AutoLevels, ModelPolicy, SignalPolicy
+    from monitor.config.policy import (
+        AutoCoverage,
+        AutoLevels,
+        ModelPolicy,
+        OutcomePolicy,
+        SignalPolicy,
+    )
 
     text = EXAMPLE.read_text()
     settings = load_settings(EXAMPLE)
     assert settings.policy_for("default").discovers
     assert settings.models["default"].auto == AutoCoverage(), "the example's auto is the default"
+    assert settings.models["default"].outcomes == OutcomePolicy(), "and its outcomes too"
     keys = {line.split(":")[0].strip().lstrip("#- ").strip() for line in text.splitlines()}
-    for model in (ModelPolicy, SignalPolicy, AutoCoverage, AutoLevels):
+    for model in (ModelPolicy, SignalPolicy, AutoCoverage, AutoLevels, OutcomePolicy):
         fields = [info.alias or name for name, info in model.model_fields.items()]
         assert [f for f in fields if f not in keys] == [], model.__name__
 

@@ -27,7 +27,8 @@ def _schema(events: list[dict[str, Any]]) -> ObservedSchema:
     return schema
 
 
-#: One schema with every family (numeric prediction, 0/1 feedback), one with the variants.
+#: One schema with every family (numeric prediction and label, 0/1 feedback), one with the
+#: variants (a class predicted and labelled, numeric feedback).
 EVERY_FAMILY = [
     {
         "features": {"x": float(i), "c": "ab"[i % 2]},
@@ -39,7 +40,9 @@ EVERY_FAMILY = [
     }
     for i in range(10)
 ]
-VARIANTS = [{"prediction": "yes", "feedback": 0.5 * i} for i in range(10)]
+VARIANTS = [
+    {"prediction": "yes", "feedback": 0.5 * i, "label": "yes", "confidence": 0.8} for i in range(10)
+]
 
 
 def _detector(signal: CoveredSignal) -> str:
