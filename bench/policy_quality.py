@@ -674,12 +674,14 @@ def outcome_stream(
 
 def run_outcome_case(
     policy: Callable[[], ModelPolicy], seeds: int, rates: Sequence[float]
-) -> dict[float, list[int | None]]:
-    """Accuracy 95% -> 75% seen only in delayed outcomes: per rate, per seed, the outcome
-    events from the first outcome of a post-change prediction to the first escalation to
-    ``auto.levels.labels`` (None: not caught within the stream)."""
+) -> tuple[dict[float, list[int | None]], dict[float, list[int | None]]]:
+    """Accuracy 95% -> 75% seen only in delayed outcomes: per rate, per seed, until the first
+    escalation to ``auto.levels.labels`` (None: not caught within the stream), the outcome
+    events of post-change predictions, and (stricter) every outcome event from the first of
+    those on, the late outcomes of earlier predictions included."""
     scale, centre = score_scale(normal_stream)
     found: dict[float, list[int | None]] = {r: [] for r in rates}
+    found_all: dict[float, list[int | None]] = {r: [] for r in rates}
     target = Level.parse(ModelPolicy().auto.levels.labels)
     for seed in range(seeds):
         rng = np.random.default_rng(3000 + seed)
@@ -687,14 +689,18 @@ def run_outcome_case(
         engine = monitored(policy())
         machines = {r: HealthMachine(MODEL, policy().health) for r in rates[1:]}
         main_rate = rates[0]
-        outcomes_after = 0  # outcome events of post-change predictions, or after the first
+        outcomes_after = 0  # every outcome event from the first of a post-change prediction
+        changed = 0  # outcome events of post-change predictions
         hit: dict[float, int | None] = dict.fromkeys(rates)
+        hit_all: dict[float, int | None] = dict.fromkeys(rates)
         for a in range(0, len(arrivals), BATCH):
             batch = arrivals[a : a + BATCH]
             for _, event in batch:
-                if event.prediction is None and (
-                    outcomes_after or int((event.request_id or "r0")[1:]) >= PRE
-                ):
+                if event.prediction is not None:
+                    continue
+                post = int((event.request_id or "r0")[1:]) >= PRE
+                changed += post
+                if outcomes_after or post:
                     outcomes_after += 1
             at = batch[-1][0] + 1
             ups = [
@@ -703,45 +709,55 @@ def run_outcome_case(
                 if t.to_level >= target
             ]
             if ups and outcomes_after and hit[main_rate] is None:
-                hit[main_rate] = outcomes_after
+                hit[main_rate], hit_all[main_rate] = changed, outcomes_after
             for rate, machine in machines.items():
                 t = machine.observe(at / rate, engine.models[MODEL].observations)
                 if t is not None and t.to_level >= target and outcomes_after and hit[rate] is None:
-                    hit[rate] = outcomes_after
+                    hit[rate], hit_all[rate] = changed, outcomes_after
         for rate in rates:
             found[rate].append(hit[rate])
-    return found
+            found_all[rate].append(hit_all[rate])
+    return found, found_all
 
 
 def outcome_rows(seeds: int, rates: Sequence[float]) -> list[str]:
-    """The delayed-outcome section of the report (for ``policy_report`` once outcome events are
-    joined to their predictions: until then the auto policy cannot see the change)."""
+    """The delayed-outcome section of the report: the outcome events are joined to their
+    predictions by ``request_id`` (``monitor.engine.outcomes``)."""
     out = [
         f"## Delayed outcomes: accuracy {ACCURACY_BEFORE:.0%} -> {ACCURACY_AFTER:.0%}, inputs "
         f"unchanged ({seeds} seeds; outcomes {OUTCOME_DELAY[0]}-{OUTCOME_DELAY[1]} events late)",
         "",
-        "Delay = outcome events from the first outcome of a post-change prediction to the "
-        f"escalation to `auto.levels.labels`; target: within {TARGET} outcome events.",
+        "Delay = outcome events of post-change predictions until the escalation to "
+        f"`auto.levels.labels`, `for` included; target: within {TARGET} outcome events. "
+        "Stricter: every outcome event from the first of a post-change prediction on (the "
+        "late outcomes of earlier, still 95% accurate, predictions diluting the change).",
         "",
         "| policy | "
         + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
         + " | "
         + " | ".join(f"within {TARGET} at {_rate(r)}" for r in rates)
+        + " | "
+        + " | ".join(f"stricter: median / worst at {_rate(r)}" for r in rates)
         + " |",
         "| --- | "
         + " | ".join("---:" for _ in rates)
         + " | "
         + " | ".join("---" for _ in rates)
+        + " | "
+        + " | ".join("---:" for _ in rates)
         + " |",
     ]
     for label, policy in POLICIES.items():
-        found = run_outcome_case(policy, seeds, rates)
+        found, found_all = run_outcome_case(policy, seeds, rates)
         summaries = [_summary(found[r], TARGET) for r in rates]
+        stricter = [_summary(found_all[r], TARGET) for r in rates]
         out.append(
             f"| {label} | "
             + " | ".join(f"{m} / {w}" for m, w, _, _ in summaries)
             + " | "
             + " | ".join(v for _, _, _, v in summaries)
+            + " | "
+            + " | ".join(f"{m} / {w}" for m, w, _, _ in stricter)
             + " |"
         )
     return out
@@ -1010,6 +1026,7 @@ def policy_report(
                 f"| {' | '.join(within_cells)} | {dmed} / {dworst} | {missed} | {before} | {by} |"
             )
             log.info("%s / %s done in %.1fs", case.name, label, time.perf_counter() - t0)
+    out += ["", *outcome_rows(seeds, rates)]
     out += [
         "",
         "Auto policy: false alarms "

@@ -148,12 +148,15 @@ def test_a_candidate_policy_watches_the_discovered_signals_and_its_multivariate_
 
 
 @pytest.mark.timeout(300)
-def test_the_delayed_outcome_section_runs_for_every_policy_and_rate() -> None:
-    # Until outcomes are joined the auto policy cannot catch the change: only the section's
-    # shape is checked here; the lead wires it into the report with the join.
+def test_the_delayed_outcome_section_catches_the_accuracy_fall_with_no_signal_named() -> None:
     rows = policy_quality.outcome_rows(1, (20.0, 50.0))
 
     assert rows[0].startswith("## Delayed outcomes: accuracy 95% -> 75%")
     table = [r for r in rows if r.startswith("| ") and not r.startswith(("| policy", "| ---"))]
     assert [r.split(" | ")[0] for r in table] == [f"| {p}" for p in policy_quality.POLICIES]
-    assert all(len(r.split(" | ")) == 5 for r in table)
+    assert all(len(r.split(" | ")) == 7 for r in table)
+    auto, before = (r.split(" | ") for r in table)
+    # The auto policy joins the outcomes and gains label_error: caught at 20/s within 2,000;
+    # the example policy before auto coverage watches no label at all.
+    assert auto[3] == "1/1 PASS", auto
+    assert before[1] == "- / -" and before[3] == "0/1 FAIL", before
