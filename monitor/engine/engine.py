@@ -399,7 +399,7 @@ class ModelMonitor:
         n = end - start
         until = self.until_test
         if until is None:  # nothing waits (``_feed`` empties the spans when it sets None)
-            self._feed([(columns, start, end)], now)
+            self._feed_span(columns, start, end, now)
             return True
         complete = columns.complete(self.column_set())
         if complete and self.deferred_events + n < until:
@@ -413,8 +413,25 @@ class ModelMonitor:
             # A value is missing: a detector may get none of this span, which its Reading
             # says (inconclusive). The waiting spans go first, on their own, as they came.
             self.flush(now)
-            self._feed([(columns, start, end)], now)
+            self._feed_span(columns, start, end, now)
         return True
+
+    def _feed_span(self, columns: EventColumns, start: int, end: int, now: float) -> None:
+        """Feed one span; a span of outcome events only (a label, no prediction: ground truth
+        arriving on its own) carries no inference data, so only the signals that read labels
+        get it: the others keep their Readings instead of turning inconclusive, which would
+        end a breach being held for ``for`` every time a batch brings only outcomes."""
+        events = columns.events
+        if events[start].prediction is None and all(
+            events[i].label is not None and events[i].prediction is None
+            for i in range(start, end)
+        ):
+            labelled = [s for s in self.signals if s.policy.source in LABEL_SOURCES]
+            for signal in labelled:
+                signal.update_spans([(columns, start, end)], now)
+            self.until_test = self._until_test()
+            return
+        self._feed([(columns, start, end)], now)
 
     def flush(self, now: float) -> None:
         """Feed the detectors the events still waiting (no test is due in them)."""
