@@ -423,8 +423,7 @@ class ModelMonitor:
         end a breach being held for ``for`` every time a batch brings only outcomes."""
         events = columns.events
         if events[start].prediction is None and all(
-            events[i].label is not None and events[i].prediction is None
-            for i in range(start, end)
+            events[i].label is not None and events[i].prediction is None for i in range(start, end)
         ):
             labelled = [s for s in self.signals if s.policy.source in LABEL_SOURCES]
             for signal in labelled:
