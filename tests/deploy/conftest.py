@@ -85,6 +85,11 @@ def _events(count: int, partitions: int) -> list[tuple[int, bytes]]:
             "features": {"amount": float(i % 17)},
         }
         out.append((i % partitions, json.dumps(body).encode()))
+    # Outcome events of ``checkout`` (a label, no prediction): its outcome join starts, so
+    # the outcome series show (these are unmatched: the join keeps predictions from now on).
+    for i in range(0, 40, 2):
+        outcome = {"model": "checkout", "request_id": f"checkout-{i}", "label": "ok"}
+        out.append((i % partitions, json.dumps(outcome).encode()))
     out.append((0, b"not json"))  # a bad record: the dead-letter metrics by reason
     return out
 
