@@ -113,7 +113,8 @@ def events_to_steady(settings: Settings, model: str, sample: Sequence[Event]) ->
     """Events of ``model`` before every detector it watches tests on a full window: the
     widest detector's reference (none when it is read from a file or an absolute threshold
     replaces it) plus its window, after discovery's ``discover_events`` when the policy
-    discovers (``sample``: what the model's first events look like). 0: no windowed detector.
+    discovers (the engine feeds the signals it discovers from the next event on; ``sample``:
+    what the model's first events look like). 0: no windowed detector.
     """
     policy = settings.policy_for(model)
     discovering = 0
@@ -1393,6 +1394,14 @@ def kept_part(out: Path) -> str:
     return "" if at < 0 else text[at:]
 
 
+def write_report(cfg: BenchConfig, text: str) -> None:
+    """``text`` to ``cfg.out`` (if any), followed by what it kept from its ``## Before`` on."""
+    if cfg.out is not None:
+        kept = kept_part(cfg.out)
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(text + kept)
+
+
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """The whole bench on a fresh embedded broker; returns the figures and the markdown."""
     sizes = cfg.sets()
@@ -1435,6 +1444,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     flush=True,
                 )
                 sets.append({"stream": stream, "runs": runs, "summary": summary})
+                # Written after each model count: a long run stopped later keeps these.
+                write_report(cfg, render(cfg, sets, {}, None, None))
             if cfg.two_process:
                 for kind in ("bare", "daemon"):
                     r = group[kind] = await measure_group(
@@ -1457,9 +1468,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         }
         print(f"memory: {memory}", flush=True)
     text = render(cfg, sets, group, latency, memory)
-    if cfg.out is not None:
-        cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        cfg.out.write_text(text + kept_part(cfg.out))
+    write_report(cfg, text)
     return {"sets": sets, "group": group, "latency": latency, "memory": memory, "markdown": text}
 
 

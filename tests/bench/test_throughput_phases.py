@@ -43,7 +43,8 @@ def test_events_to_steady_is_the_widest_reference_plus_its_window() -> None:
     sample = _sample_events()
     # References of 1,000 and windows of 1,000 for all 14 signals.
     assert events_to_steady(load_settings(STEADY_POLICY), "model-0000", sample) == 2000
-    # The auto policy discovers from 200 events, then its default references of 10,000 fill.
+    # The auto policy observes 200 events, then feeds the signals it discovered from the
+    # next one on: their default references of 10,000 and windows of 1,000 fill after.
     assert events_to_steady(load_settings(AUTO_POLICY), "model-0000", sample) == 200 + 11_000
     assert steady_need(AUTO_POLICY, 3) == 11_200
 
