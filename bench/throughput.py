@@ -1425,6 +1425,8 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     flush=True,
                 )
                 runs: dict[str, list[Run]] = {kind: [] for kind in NAMES}
+                entry: dict[str, Any] = {"stream": stream, "runs": runs, "summary": {}}
+                sets.append(entry)
                 for rep in range(cfg.repeats):
                     for kind in NAMES:
                         run = await measure_one(
@@ -1437,15 +1439,14 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                             f"({run.seconds:.2f} s)",
                             flush=True,
                         )
-                summary = summarise(runs)
+                    entry["summary"] = summarise(runs)
+                    # Written after each repeat: a long run stopped later keeps what it has.
+                    write_report(cfg, render(cfg, sets, {}, None, None))
                 print(
                     "ratios: "
-                    + ", ".join(f"{k} = {v:.2f}" for k, v in summary.items() if "/" in k),
+                    + ", ".join(f"{k} = {v:.2f}" for k, v in entry["summary"].items() if "/" in k),
                     flush=True,
                 )
-                sets.append({"stream": stream, "runs": runs, "summary": summary})
-                # Written after each model count: a long run stopped later keeps these.
-                write_report(cfg, render(cfg, sets, {}, None, None))
             if cfg.two_process:
                 for kind in ("bare", "daemon"):
                     r = group[kind] = await measure_group(
