@@ -6,10 +6,11 @@ Each contender runs in a fresh process of its own, the daemon as a user runs it:
 ``kafka`` settings (the bench sets only where to read: broker, topic, group, and ``earliest``
 to replay the loaded topic) and the policy given: ``policy_steady.yaml`` (issue 16's 14
 signals, references of 1,000) by default, ``policy_auto.yaml`` (the auto policy) as an option.
-Every contender is timed on the same stretch of the same topic, from the offsets it has
-applied: the fill phase (from the first record to the mark where every model's references and
-windows are full: known from the policy and the loaded data) and the steady state (from that
-mark to 95% of the stream), beside the whole run.
+Every contender is timed on the same topic, batch by batch from the offsets it has committed
+(the daemon's: those it marked applied): the fill phase (batches holding a record before its
+partition's steady mark, where every model of the partition has its references and windows
+full: known from the policy and the loaded data) and the steady state (batches past the
+marks, up to 95% of the stream), beside the whole run.
 
 Run ``python bench/throughput.py --help``. Results go to ``bench/results/throughput.md``
 (what follows its ``## Before`` heading is kept).
@@ -722,9 +723,12 @@ def summarise(runs: dict[str, list[Run]]) -> dict[str, float]:
         out[kind] = _median(r.steady_rate for r in rs)
         out[f"{kind} fill"] = _median(r.fill_rate for r in rs)
         out[f"{kind} whole"] = _median(r.rate for r in rs)
-    for x, y in (("daemon", "bare"), ("daemon", "peer"), ("peer", "bare")):
+    for key, x, y in (
+        ("b/a", "daemon", "bare"),
+        ("b/c", "daemon", "peer"),
+        ("c/a", "peer", "bare"),
+    ):
         if x in runs and y in runs:
-            key = {"daemon/bare": "b/a", "daemon/peer": "b/c", "peer/bare": "c/a"}[f"{x}/{y}"]
             for suffix in ("", " fill", " whole"):
                 out[key + suffix] = out[x + suffix] / out[y + suffix]
     return out
