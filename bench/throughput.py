@@ -1,8 +1,19 @@
 """Throughput bench: a bare consumer (the ceiling), driftwarden end to end and a hand-written
-River peer, side by side on one Tansu broker and one loaded topic; plus latency and memory.
+River peer, side by side on one Tansu broker and one loaded topic per model count; plus
+latency and memory.
 
-Run ``python bench/throughput.py --help``; ``python bench/throughput.py`` is the full run
-(2M events, 1,000 models). Results go to ``bench/results/throughput.md``.
+Each contender runs in a fresh process of its own, the daemon as a user runs it: its default
+``kafka`` settings (the bench sets only where to read: broker, topic, group, and ``earliest``
+to replay the loaded topic) and the policy given: ``policy_steady.yaml`` (issue 16's 14
+signals, references of 1,000) by default, ``policy_auto.yaml`` (the auto policy) as an option.
+Every contender is timed on the same topic, batch by batch from the offsets it has committed
+(the daemon's: those it marked applied): the fill phase (batches holding a record before its
+partition's steady mark, where every model of the partition has its references and windows
+full: known from the policy and the loaded data) and the steady state (batches past the
+marks, up to 95% of the stream), beside the whole run.
+
+Run ``python bench/throughput.py --help``. Results go to ``bench/results/throughput.md``
+(what follows its ``## Before`` heading is kept).
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import logging
@@ -17,10 +29,11 @@ import math
 import os
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,23 +51,54 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from monitor.config.settings import Settings, load_settings  # noqa: E402
+from detectors.window import ReferenceSpec  # noqa: E402
+from monitor.config.settings import KafkaSettings, Settings, load_settings  # noqa: E402
 from monitor.daemon.daemon import Daemon  # noqa: E402
 from monitor.daemon.runtime import tuned_runtime  # noqa: E402
+from monitor.engine.discovery import ObservedSchema, resolved  # noqa: E402
 from monitor.engine.events import Event  # noqa: E402
+from monitor.errors import ConfigError  # noqa: E402
 from monitor.observability.metrics import Metrics  # noqa: E402
 from monitor.tools.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.tools.traffic import synthetic_batches, synthetic_models  # noqa: E402
 
-__all__ = ["BenchConfig", "Run", "load_topic", "main", "run_bench"]
+__all__ = [
+    "AUTO_POLICY",
+    "BENCH_POLICY",
+    "STEADY_POLICY",
+    "BenchConfig",
+    "Phase",
+    "Phases",
+    "Run",
+    "SteadyMark",
+    "Stream",
+    "events_to_steady",
+    "kafka_tuning",
+    "load_topic",
+    "main",
+    "run_bench",
+    "split_phases",
+    "steady_need",
+]
 
 log = logging.getLogger(__name__)
 
+#: Issue 16's steady-state policy: 14 signals with their calibrated defaults, references of
+#: 1,000, no ``kafka`` tuning.
+STEADY_POLICY = ROOT / "bench" / "policy_steady.yaml"
+#: The auto policy, the default a user runs: whatever the events carry, discovered.
+AUTO_POLICY = ROOT / "bench" / "policy_auto.yaml"
+#: Issue 8's policy (16 detectors, tuned ``kafka``): the "before" figures were taken with it.
 BENCH_POLICY = ROOT / "bench" / "policy_bench.yaml"
 RESULTS = ROOT / "bench" / "results"
 #: The numeric features of the workload (``synthetic_batches``' default ten), which the
 #: hand-written peer watches.
 NUMERIC = [f"f{i}" for i in range(10)]
+#: The steady state ends at this share of the stream: past it the partitions drain unevenly
+#: and the last batches are small, a tail no live stream has.
+STEADY_END = 0.95
+#: Where the report file's kept part (older figures) starts.
+BEFORE_HEADING = "## Before"
 
 
 # ------------------------------------------------------------------------------- data
@@ -64,6 +108,93 @@ def partition_of(model_index: int, partitions: int) -> int:
     # Explicit, so each run knows exactly how many records each partition holds (Tansu's
     # ListOffsets answers the last batch's base offset, not the log end).
     return model_index % partitions
+
+
+def events_to_steady(settings: Settings, model: str, sample: Sequence[Event]) -> int:
+    """Events of ``model`` before every detector it watches tests on a full window: the
+    widest detector's reference (none when it is read from a file or an absolute threshold
+    replaces it) plus its window, after discovery's ``discover_events`` when the policy
+    discovers (the engine feeds the signals it discovers from the next event on; ``sample``:
+    what the model's first events look like). 0: no windowed detector.
+    """
+    policy = settings.policy_for(model)
+    discovering = 0
+    if policy.discovers:
+        schema = ObservedSchema()
+        schema.observe(sample[: policy.auto.discover_events])
+        discovering = policy.auto.discover_events
+        policy = resolved(policy, schema)
+    need = 0
+    for signal_policy in policy.signals:
+        spec = signal_policy.detector_spec
+        reference = getattr(spec, "reference", None)
+        window = getattr(spec, "window", None)
+        if not isinstance(reference, ReferenceSpec) or not isinstance(window, int):
+            continue  # a River wrapper: it tests from its first events
+        fills = reference.path is None and getattr(spec, "threshold", None) is None
+        need = max(need, (reference.size if fills else 0) + window)
+    return need + discovering if need else 0
+
+
+class SteadyMark:
+    """Fed the loaded stream in order: where, in each partition, every model of it has had
+    ``need`` events (the offset one past the record that completes the last of them)."""
+
+    def __init__(self, n_models: int, partitions: int, need: int) -> None:
+        self.n_models, self.partitions, self.need = n_models, partitions, need
+        self.counts = dict.fromkeys(range(partitions), 0)
+        self._seen = [0] * n_models
+        self._reached = [0] * n_models
+
+    def add(self, model_index: int) -> int:
+        """Count one event of ``model_index``; return its partition."""
+        p = partition_of(model_index, self.partitions)
+        offset = self.counts[p]
+        self.counts[p] = offset + 1
+        seen = self._seen[model_index] = self._seen[model_index] + 1
+        if seen == self.need:
+            self._reached[model_index] = offset + 1
+        return p
+
+    def offsets(self) -> dict[int, int | None]:
+        """The mark of each partition; None where some model never had ``need`` events."""
+        out: dict[int, int | None] = dict.fromkeys(range(self.partitions), 0)
+        for m, seen in enumerate(self._seen):
+            p = partition_of(m, self.partitions)
+            mark = out[p]
+            if not seen or mark is None:
+                continue  # a model with no event has no monitor to fill
+            out[p] = None if seen < self.need else max(mark, self._reached[m])
+        return out
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One loaded topic: records per partition and where its steady state starts."""
+
+    topic: str
+    models: int
+    counts: dict[int, int]
+    #: Events per model before every detector tests on a full window.
+    need: int
+    #: Steady-state mark per partition (None: never reached in this stream).
+    fill: dict[int, int | None]
+    load_s: float = math.nan
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def steady_end(self) -> int:
+        return math.ceil(STEADY_END * self.total)
+
+    @property
+    def fill_total(self) -> int | None:
+        marks = list(self.fill.values())
+        if any(m is None for m in marks):
+            return None
+        return sum(m for m in marks if m is not None)
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -76,28 +207,29 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 async def load_topic(
-    bootstrap: str, topic: str, n: int, n_models: int, partitions: int
-) -> dict[int, int]:
-    """Produce ``n`` events in big batches; return the record count of each partition."""
+    bootstrap: str, topic: str, n: int, n_models: int, partitions: int, need: int = 0
+) -> Stream:
+    """Produce ``n`` events in big batches; return the topic's records per partition and
+    where every model of each has had ``need`` events."""
+    started = time.perf_counter()
     await create_topic(bootstrap, topic, partitions)
     names = [m.encode() for m in synthetic_models(n_models)]
+    mark = SteadyMark(n_models, partitions, need)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=50, max_batch_size=1_000_000, acks=1
     )
     await producer.start()
-    counts = dict.fromkeys(range(partitions), 0)
     try:
         pending = []
         for idx, values in synthetic_batches(n, n_models):
             batches = {p: producer.create_batch() for p in range(partitions)}
             for i, value in zip(idx.tolist(), values, strict=True):
-                p = partition_of(i, partitions)
+                p = mark.add(i)
                 batch = batches[p]
                 if batch.append(key=names[i], value=value, timestamp=None) is None:
                     pending.append(await producer.send_batch(batch, topic, partition=p))
                     batch = batches[p] = producer.create_batch()
                     batch.append(key=names[i], value=value, timestamp=None)
-                counts[p] += 1
             for p, batch in batches.items():
                 if batch.record_count():
                     pending.append(await producer.send_batch(batch, topic, partition=p))
@@ -107,10 +239,107 @@ async def load_topic(
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return counts
+    return Stream(
+        topic, n_models, dict(mark.counts), need, mark.offsets(), time.perf_counter() - started
+    )
 
 
-# ------------------------------------------------------------------------------- runs
+def steady_need(policy: Path, n_models: int) -> int:
+    """Events per model to the steady state under ``policy`` (the widest of the models)."""
+    settings = load_settings(policy)
+    decode = msgspec.json.Decoder(Event).decode
+    _, values = next(synthetic_batches(2000, 1, seed=1))
+    sample = [decode(v) for v in values]
+    return max(events_to_steady(settings, name, sample) for name in synthetic_models(n_models))
+
+
+# ------------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The batches of one run in one phase: their records and the time they took."""
+
+    events: int
+    seconds: float
+    batches: int
+    #: Records read (over every partition) before its first batch, and after its last.
+    start: int
+    end: int
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.nan
+
+
+#: After a committed batch: (wall time, next offset per partition, RSS MiB).
+Sample = tuple[float, dict[int, int], float]
+
+
+@dataclass(frozen=True)
+class Phases:
+    fill: Phase | None
+    steady: Phase | None
+    #: Highest RSS sampled after a fill batch; RSS after the last steady batch.
+    rss_fill_peak: float = math.nan
+    rss_steady: float = math.nan
+
+
+def _phase(batches: list[tuple[int, float, int, int]]) -> Phase | None:
+    if not batches:
+        return None
+    return Phase(
+        sum(b[0] for b in batches),
+        sum(b[1] for b in batches),
+        len(batches),
+        batches[0][2],
+        batches[-1][3],
+    )
+
+
+def split_phases(samples: Sequence[Sample], first: float, stream: Stream) -> Phases:
+    """Each batch of a run (its records: those between two samples; its time: from the one
+    to the other, the first from the first record read) is a *fill* batch when one of its
+    records comes before its partition's steady mark, a *steady* one when none does and the
+    run is not past ``STEADY_END`` of the stream when it ends, else the tail (left out).
+
+    Per batch, not between two instants: a consumer may read one partition far ahead of
+    the others (the bare aiokafka loop does), so no instant splits every partition at its
+    mark; a batch is all steady work or holds some fill. None for a phase with no batch
+    (no steady state where a model never fills).
+    """
+    fill: list[tuple[int, float, int, int]] = []
+    steady: list[tuple[int, float, int, int]] = []
+    rss_fill = rss_steady = math.nan
+    before: dict[int, int] = {}
+    since = first
+    for t, positions, rss in samples:
+        read = {p: n - before.get(p, 0) for p, n in positions.items() if n > before.get(p, 0)}
+        total_before, total_after = sum(before.values()), sum(positions.values())
+        batch = (sum(read.values()), t - since, total_before, total_after)
+        marks = stream.fill
+        if any(marks.get(p) is None or before.get(p, 0) < (marks[p] or 0) for p in read):
+            fill.append(batch)
+            rss_fill = rss if math.isnan(rss_fill) else max(rss_fill, rss)
+        elif read and total_after <= stream.steady_end:
+            steady.append(batch)
+            rss_steady = rss
+        before, since = positions, t
+    return Phases(_phase(fill), _phase(steady), rss_fill, rss_steady)
+
+
+def merge_samples(runs: Iterable[Sequence[Sample]]) -> list[Sample]:
+    """The samples of processes sharing a group as one timeline: positions as of each time."""
+    events = sorted((t, i, pos, rss) for i, run in enumerate(runs) for t, pos, rss in run)
+    positions: dict[int, int] = {}
+    merged: list[Sample] = []
+    for t, _, pos, rss in events:
+        positions.update(pos)
+        merged.append((t, dict(positions), rss))
+    return merged
+
+
+# ------------------------------------------------------------------------------- contenders
 
 
 @dataclass
@@ -122,10 +351,30 @@ class Run:
     seconds: float
     rss_mib: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
+    fill: Phase | None = None
+    steady: Phase | None = None
+    #: Highest RSS sampled after a fill batch, and RSS after the last steady batch.
+    rss_fill_peak: float = math.nan
+    rss_steady: float = math.nan
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def steady_rate(self) -> float:
+        return self.steady.rate if self.steady is not None else math.nan
+
+    @property
+    def fill_rate(self) -> float:
+        return self.fill.rate if self.fill is not None else math.nan
+
+
+NAMES = {
+    "bare": "(a) bare aiokafka + msgspec decode",
+    "daemon": "(b) driftwarden end to end",
+    "peer": "(c) hand-written orjson + River per event",
+}
 
 
 def fetch_options(settings: Settings) -> dict[str, Any]:
@@ -146,9 +395,11 @@ async def _consume(
     settings: Settings,
     handle: Callable[[list[Any]], None],
     stop: asyncio.Event | None = None,
+    samples: list[tuple[float, dict[int, int], float]] | None = None,
 ) -> tuple[int, float, float]:
     """Consume with manual commits after each batch until every expected offset is
     committed (or ``stop`` is set); return (records, first-record time, last-commit time).
+    After each commit, ``samples`` gets (time, next offset per partition, RSS MiB).
     """
     consumer = AIOKafkaConsumer(
         topic,
@@ -181,6 +432,8 @@ async def _consume(
             last = time.perf_counter()
             for tp, meta in offsets.items():
                 done[tp.partition] = meta.offset
+            if samples is not None:
+                samples.append((last, dict(done), rss_mib()))
             if expected is not None and all(done.get(p) == n for p, n in expected.items()):
                 break
     finally:
@@ -242,6 +495,12 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+#: The ``kafka`` settings the bench sets itself: where to read, and where side topics go.
+BENCH_SET_KAFKA = frozenset(
+    {"bootstrap_servers", "topics", "group_id", "dead_letter_topic", "review_topic"}
+)
+
+
 def bench_settings(bootstrap: str, topic: str, group: str, policy: Path) -> Settings:
     settings = load_settings(policy)
     settings.kafka.bootstrap_servers = bootstrap
@@ -249,15 +508,34 @@ def bench_settings(bootstrap: str, topic: str, group: str, policy: Path) -> Sett
     settings.kafka.group_id = group
     settings.kafka.dead_letter_topic = f"{topic}-dlq"
     settings.kafka.review_topic = f"{topic}-review"
+    # A replay of the loaded topic, from its start (a live daemon starts at ``latest``).
+    settings.kafka.auto_offset_reset = "earliest"
     settings.http.port = free_port()
     return settings
 
 
+def kafka_tuning(policy: Path) -> dict[str, Any]:
+    """The policy's ``kafka`` settings that differ from the defaults, past what the bench sets."""
+    settings = load_settings(policy)
+    defaults = KafkaSettings()
+    return {
+        name: getattr(settings.kafka, name)
+        for name in KafkaSettings.model_fields
+        if name not in BENCH_SET_KAFKA
+        and name != "auto_offset_reset"
+        and getattr(settings.kafka, name) != getattr(defaults, name)
+    }
+
+
 async def run_daemon(
-    settings: Settings, expected: dict[int, int] | None, stop: asyncio.Event | None = None
+    settings: Settings,
+    expected: dict[int, int] | None,
+    stop: asyncio.Event | None = None,
+    samples: list[tuple[float, dict[int, int], float]] | None = None,
 ) -> tuple[Daemon, int, float, float]:
     """The daemon in-process, from its first fetched record to its last committed offset
-    (or until ``stop``); return (daemon, applied events, first time, last commit time)."""
+    (or until ``stop``); return (daemon, applied events, first time, last commit time).
+    After each commit, ``samples`` gets (time, the daemon's applied offsets, RSS MiB)."""
     metrics = Metrics.create(CollectorRegistry())
     daemon = Daemon(settings, metrics=metrics)
     first: list[float] = []
@@ -267,7 +545,7 @@ async def run_daemon(
     consumer = daemon.consumer
     fetch, commit, mark_applied = consumer.fetch, consumer.commit, consumer.mark_applied
 
-    # Wrapped on the instance: the registry is not polled (collecting 16,000 signals' gauges
+    # Wrapped on the instance: the registry is not polled (collecting every signal's gauges
     # every few ms would cost the daemon more than the work measured).
     async def timed_fetch() -> Any:
         batch = await fetch()
@@ -285,6 +563,8 @@ async def run_daemon(
         ok = await commit()
         if ok and applied:
             last[0] = time.perf_counter()
+            if samples is not None:
+                samples.append((last[0], dict(applied), rss_mib()))
             if expected is not None and all(applied.get(p) == n for p, n in expected.items()):
                 finished.set()
         return ok
@@ -310,105 +590,151 @@ async def run_daemon(
     return daemon, daemon.applied_events, first[0] if first else math.nan, ended
 
 
-# ------------------------------------------------------------------------------- one process
-
-
-@dataclass
-class BenchConfig:
-    events: int = 2_000_000
-    models: int = 1000
-    partitions: int = 4
-    repeats: int = 1
-    policy: Path = BENCH_POLICY
-    two_process: bool = False
-    latency: bool = False
-    latency_rate: int = 50_000
-    latency_seconds: float = 60.0
-    latency_period: float = 3.0
-    latency_surge: float = 0.5
-    latency_warmup: float = 5.0
-    memory: bool = False
-    memory_events: int = 11_000_000
-    leak_events: int = 10_000_000
-    out: Path | None = RESULTS / "throughput.md"
-    label: str = ""
-
-
-async def measure_one(
-    kind: str, bootstrap: str, topic: str, expected: dict[int, int], cfg: BenchConfig, tag: str
-) -> Run:
-    settings = bench_settings(bootstrap, topic, f"{kind}-{tag}", cfg.policy)
-    total = sum(expected.values())
-    gc.collect()
-    if kind == "bare":
-        n, t0, t1 = await _consume(
-            bootstrap, topic, f"bare-{tag}", expected, settings, bare_handler()
-        )
-        return Run("(a) bare aiokafka + msgspec decode", n, t1 - t0, rss_mib())
-    if kind == "peer":
-        peer = RiverPeer()
-        n, t0, t1 = await _consume(bootstrap, topic, f"peer-{tag}", expected, settings, peer.handle)
-        run = Run("(c) hand-written orjson + River per event", n, t1 - t0, rss_mib())
-        run.extra["drifts"] = peer.drifts
-        del peer
-        return run
-    daemon, n, t0, t1 = await run_daemon(settings, expected)
-    if n != total:
-        raise RuntimeError(f"daemon applied {n} events, expected {total}")
-    run = Run("(b) driftwarden end to end", n, t1 - t0, rss_mib())
-    run.extra["models"] = len(daemon.engine.models)
-    run.extra["detectors"] = sum(
-        len(s.members) for m in daemon.engine.models.values() for s in m.signals
-    )
-    run.extra["transitions"] = int(
-        sum(
-            s.value
-            for metric in daemon.metrics.registry.collect()
-            if metric.name == "driftwarden_health_transitions"
-            for s in metric.samples
-            if s.name.endswith("_total")
-        )
-    )
-    del daemon
-    return run
-
-
-def summarise(runs: dict[str, list[Run]]) -> dict[str, float]:
-    """Median rate of each contender, and the ratios the issue sets targets on."""
-    med = {k: float(np.median([r.rate for r in v])) for k, v in runs.items()}
-    out = dict(med)
-    if "bare" in med and "daemon" in med:
-        out["b/a"] = med["daemon"] / med["bare"]
-    if "peer" in med and "daemon" in med:
-        out["b/c"] = med["daemon"] / med["peer"]
-    if "peer" in med and "bare" in med:
-        out["c/a"] = med["peer"] / med["bare"]
-    return out
-
-
-# ------------------------------------------------------------------------------- two processes
+def daemon_counts(daemon: Daemon) -> dict[str, Any]:
+    """What the daemon watched and did: models, detectors, health transitions."""
+    return {
+        "models": len(daemon.engine.models),
+        "detectors": sum(len(s.members) for m in daemon.engine.models.values() for s in m.signals),
+        "transitions": int(
+            sum(
+                s.value
+                for metric in daemon.metrics.registry.collect()
+                if metric.name == "driftwarden_health_transitions"
+                for s in metric.samples
+                if s.name.endswith("_total")
+            )
+        ),
+        "applied_events": daemon.applied_events,
+    }
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``throughput.py worker KIND BOOTSTRAP TOPIC GROUP POLICY``: consume until SIGTERM,
-    then print one JSON line: records, first-record and last-commit wall times."""
-    kind, bootstrap, topic, group, policy = argv
+    """``throughput.py worker KIND BOOTSTRAP TOPIC GROUP POLICY [EXPECTED]``: KIND is
+    ``bare``, ``peer`` or ``daemon``; consume until every offset of EXPECTED (JSON
+    ``{partition: records}``) is committed, or until SIGTERM without it; then print one JSON
+    line: records, first-record and last-commit wall times, a sample (wall time, next offset
+    per partition, RSS MiB) after each committed batch, peak RSS and the contender's counts."""
+    if len(argv) not in (5, 6) or argv[0] not in NAMES:
+        raise SystemExit(
+            f"usage: worker {{{','.join(NAMES)}}} BOOTSTRAP TOPIC GROUP POLICY [EXPECTED]"
+        )
+    kind, bootstrap, topic, group, policy = argv[:5]
+    expected = {int(p): int(n) for p, n in json.loads(argv[5]).items()} if len(argv) > 5 else None
 
     async def go() -> dict[str, Any]:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         settings = bench_settings(bootstrap, topic, group, Path(policy))
         offset = time.time() - time.perf_counter()
+        samples: list[tuple[float, dict[int, int], float]] = []
+        extra: dict[str, Any] = {}
+        gc.collect()
         if kind == "bare":
             n, t0, t1 = await _consume(
-                bootstrap, topic, group, None, settings, bare_handler(), stop
+                bootstrap, topic, group, expected, settings, bare_handler(), stop, samples
             )
+        elif kind == "peer":
+            peer = RiverPeer()
+            n, t0, t1 = await _consume(
+                bootstrap, topic, group, expected, settings, peer.handle, stop, samples
+            )
+            extra["drifts"] = peer.drifts
         else:
-            _, n, t0, t1 = await run_daemon(settings, None, stop)
-        return {"records": n, "first": t0 + offset, "last": t1 + offset}
+            daemon, n, t0, t1 = await run_daemon(settings, expected, stop, samples)
+            extra = daemon_counts(daemon)
+        return {
+            "records": n,
+            "first": t0 + offset,
+            "last": t1 + offset,
+            "samples": [[t + offset, pos, rss] for t, pos, rss in samples],
+            "rss_mib": rss_mib(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "extra": extra,
+        }
 
     print(json.dumps(asyncio.run(go())), flush=True)
     return 0
+
+
+def _samples(report: dict[str, Any]) -> list[Sample]:
+    return [(t, {int(p): n for p, n in pos.items()}, rss) for t, pos, rss in report["samples"]]
+
+
+def _run_of(name: str, report: dict[str, Any], samples: list[Sample], stream: Stream) -> Run:
+    run = Run(
+        name,
+        report["records"],
+        report["last"] - report["first"],
+        report["rss_mib"],
+        dict(report["extra"], peak_rss_mib=report.get("peak_rss_mib")),
+    )
+    phases = split_phases(samples, report["first"], stream)
+    run.fill, run.steady = phases.fill, phases.steady
+    run.rss_fill_peak, run.rss_steady = phases.rss_fill_peak, phases.rss_steady
+    return run
+
+
+def worker_command(kind: str, bootstrap: str, topic: str, group: str, policy: Path) -> list[str]:
+    return [sys.executable, __file__, "worker", kind, bootstrap, topic, group, str(policy)]
+
+
+async def _report_of(proc: asyncio.subprocess.Process, timeout_s: float, what: str) -> Any:
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise TimeoutError(f"{what} did not finish in {timeout_s:.0f} s") from None
+    lines = out.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{what} exited with {proc.returncode}")
+    return json.loads(lines[-1])
+
+
+async def measure_one(kind: str, bootstrap: str, stream: Stream, cfg: BenchConfig, tag: str) -> Run:
+    """One contender in a fresh process, over the whole of ``stream``."""
+    proc = await asyncio.create_subprocess_exec(
+        *worker_command(kind, bootstrap, stream.topic, f"{kind}-{tag}", cfg.policy),
+        json.dumps(stream.counts),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    report = await _report_of(proc, cfg.run_timeout_s, f"the {kind} worker")
+    run = _run_of(NAMES[kind], report, _samples(report), stream)
+    if run.events != stream.total:
+        raise RuntimeError(f"{kind} read {run.events} records, expected {stream.total}")
+    applied = run.extra.get("applied_events")
+    if applied is not None and applied != stream.total:
+        raise RuntimeError(f"daemon applied {applied} events, expected {stream.total}")
+    return run
+
+
+def _median(values: Iterable[float]) -> float:
+    ok = [v for v in values if not math.isnan(v)]
+    return float(np.median(ok)) if ok else math.nan
+
+
+def summarise(runs: dict[str, list[Run]]) -> dict[str, float]:
+    """Median rates of each contender (steady state, fill phase, whole run), and the ratios
+    the issue sets targets on: ``b/a`` etc. on the steady state, ``b/a whole`` on whole runs.
+    """
+    out: dict[str, float] = {}
+    for kind, rs in runs.items():
+        out[kind] = _median(r.steady_rate for r in rs)
+        out[f"{kind} fill"] = _median(r.fill_rate for r in rs)
+        out[f"{kind} whole"] = _median(r.rate for r in rs)
+    for key, x, y in (
+        ("b/a", "daemon", "bare"),
+        ("b/c", "daemon", "peer"),
+        ("c/a", "peer", "bare"),
+    ):
+        if x in runs and y in runs:
+            for suffix in ("", " fill", " whole"):
+                out[key + suffix] = out[x + suffix] / out[y + suffix]
+    return out
+
+
+# ------------------------------------------------------------------------------- two processes
 
 
 async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -424,26 +750,24 @@ async def committed_total(bootstrap: str, group: str, topic: str, partitions: in
 
 
 async def measure_group(
-    kind: str, bootstrap: str, topic: str, expected: dict[int, int], cfg: BenchConfig, tag: str
+    kind: str, bootstrap: str, stream: Stream, cfg: BenchConfig, tag: str
 ) -> Run:
     """Two worker processes in one consumer group, from the first record either of them
-    read to the last commit either of them made."""
+    read to the last commit either of them made; the steady state on their merged offsets."""
     group = f"{kind}2-{tag}"
-    total = sum(expected.values())
-    args = [__file__, "worker", kind, bootstrap, topic, group, str(cfg.policy)]
+    total = stream.total
+    command = worker_command(kind, bootstrap, stream.topic, group, cfg.policy)
     procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.PIPE, cwd=ROOT
-        )
+        await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
         for _ in range(2)
     ]
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + cfg.run_timeout_s
         for _ in range(100_000):
-            if await committed_total(bootstrap, group, topic, cfg.partitions) >= total:
+            if await committed_total(bootstrap, group, stream.topic, cfg.partitions) >= total:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"group {group} did not commit {total} records in 600 s")
+                raise TimeoutError(f"group {group} did not commit {total} records in time")
             if any(p.returncode is not None for p in procs):
                 raise RuntimeError(f"a {kind} worker died")
             await asyncio.sleep(0.5)
@@ -451,15 +775,18 @@ async def measure_group(
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
-    reports = []
-    for p in procs:
-        out, _ = await asyncio.wait_for(p.communicate(), 90)
-        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
+    reports = [await _report_of(p, 90, f"a {kind} group worker") for p in procs]
     firsts = [r["first"] for r in reports if not math.isnan(r["first"])]
     lasts = [r["last"] for r in reports if not math.isnan(r["last"])]
-    n = sum(r["records"] for r in reports)
+    merged = {
+        "records": sum(r["records"] for r in reports),
+        "first": min(firsts),
+        "last": max(lasts),
+        "rss_mib": max(r["rss_mib"] for r in reports),
+        "extra": {"split": [r["records"] for r in reports]},
+    }
     name = "(a2) 2 bare consumers, one group" if kind == "bare" else "(b2) 2 driftwarden, one group"
-    return Run(name, n, max(lasts) - min(firsts), extra={"split": [r["records"] for r in reports]})
+    return _run_of(name, merged, merge_samples(_samples(r) for r in reports), stream)
 
 
 # ------------------------------------------------------------------------------- latency
@@ -618,18 +945,20 @@ async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[st
         )
     )
     data = yaml.safe_load(cfg.policy.read_text())
-    data["kafka"].update(
+    data.setdefault("kafka", {}).update(
         bootstrap_servers=bootstrap,
         topics=[topic],
         group_id=f"latency-{tag}",
         dead_letter_topic=f"{topic}-dlq",
         review_topic=f"{topic}-review",
+        # A fresh topic: the same as a live start, without racing the first records.
+        auto_offset_reset="earliest",
     )
-    data["http"]["port"] = free_port()
+    data.setdefault("http", {})["port"] = free_port()
     data["flags"] = {"type": "flagd_file", "path": str(flags)}
     data["actions"] = {"audit_log": str(audit)}
     data["alerts"] = {"sinks": []}
-    data["models"][INCIDENT_MODEL] = INCIDENT_POLICY
+    data.setdefault("models", {})[INCIDENT_MODEL] = INCIDENT_POLICY
     config = tmp / "policy.yaml"
     config.write_text(yaml.safe_dump(data))
     settings = load_settings(config)
@@ -657,7 +986,7 @@ async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[st
             topic,
             str(cfg.latency_rate),
             str(cfg.latency_seconds),
-            str(cfg.models),
+            str(max(cfg.models)),
             str(cfg.latency_period),
             str(cfg.latency_surge),
             str(cfg.partitions),
@@ -785,9 +1114,9 @@ def _memory_main(argv: list[str]) -> int:
 
 
 def measure_memory(policy: Path, events: int, n_models: int, reference: int = 0) -> dict[str, Any]:
-    """Run ``_memory_main`` in a fresh process; return its report with the 1M -> end growth."""
-    import subprocess
-
+    """Run ``_memory_main`` in a fresh process; return its report with the 1M -> end growth
+    and the peak (while references fill) over the steady-state RSS (once every one is full).
+    """
     out = subprocess.run(
         [
             sys.executable,
@@ -809,61 +1138,218 @@ def measure_memory(policy: Path, events: int, n_models: int, reference: int = 0)
     report["full"] = {int(k): v for k, v in report["full"].items()}
     first = rss.get(1_000_000, math.nan)
     report["growth_1m_to_end"] = (rss[max(rss)] - first) / first
+    last = max(rss)
+    steady = rss[last] if report["full"][last] >= 1.0 else math.nan
+    report["steady_rss_mib"] = steady
+    report["fill_peak_ratio"] = report["peak_rss_mib"] / steady
     return report
+
+
+# ------------------------------------------------------------------------------- config
+
+
+@dataclass
+class BenchConfig:
+    #: Model counts, each on a topic of its own; ``events`` is one count for all, or one each.
+    models: tuple[int, ...] = (200, 1000)
+    events: tuple[int, ...] = (1_000_000, 3_000_000)
+    partitions: int = 4
+    repeats: int = 3
+    policy: Path = STEADY_POLICY
+    two_process: bool = False
+    latency: bool = False
+    latency_rate: int = 50_000
+    latency_seconds: float = 60.0
+    latency_period: float = 3.0
+    latency_surge: float = 0.5
+    latency_warmup: float = 5.0
+    memory: bool = False
+    memory_policy: Path = MEMORY_POLICY
+    memory_events: int = 11_000_000
+    leak_events: int = 10_000_000
+    #: Longest one contender's run may take before the bench gives up on it.
+    run_timeout_s: float = 3600.0
+    out: Path | None = RESULTS / "throughput.md"
+    label: str = ""
+
+    def sets(self) -> list[tuple[int, int]]:
+        """(models, events) of each measured topic; ValueError naming a bad count."""
+        if not self.models:
+            raise ValueError("models: give at least one model count")
+        if len(self.events) not in (1, len(self.models)):
+            raise ValueError(
+                f"events: give one count, or one per model count ({len(self.models)}), "
+                f"not {len(self.events)}"
+            )
+        events = self.events * len(self.models) if len(self.events) == 1 else self.events
+        for what, values in (("models", self.models), ("events", events)):
+            bad = [v for v in values if v < 1]
+            if bad:
+                raise ValueError(f"{what}: counts must be at least 1, not {bad[0]}")
+        if self.repeats < 1 or self.partitions < 1:
+            raise ValueError(f"repeats and partitions must be at least 1 ({self})")
+        return list(zip(self.models, events, strict=True))
+
+    def command(self) -> str:
+        """The command line that runs this configuration."""
+        parts = [
+            "python bench/throughput.py",
+            "--models " + " ".join(str(m) for m in self.models),
+            "--events " + " ".join(str(e) for e in self.events),
+            f"--repeats {self.repeats}",
+        ]
+        if self.partitions != 4:
+            parts.append(f"--partitions {self.partitions}")
+        with contextlib.suppress(ValueError):
+            parts.append(f"--policy {self.policy.resolve().relative_to(ROOT)}")
+        parts += ["--two-process"] if self.two_process else []
+        if self.latency:
+            parts.append(f"--latency --latency-rate {self.latency_rate}")
+        parts += ["--memory"] if self.memory else []
+        return " ".join(parts)
 
 
 # ------------------------------------------------------------------------------- report
 
 
-def render(
-    cfg: BenchConfig,
-    runs: dict[str, list[Run]],
-    summary: dict[str, float],
-    group: dict[str, Run],
-    latency: dict[str, Any] | None,
-    memory: dict[str, Any] | None,
-    load_s: float,
-) -> str:
+def _rate(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}"
+
+
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def _commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%h %s"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    return "unknown"
+
+
+def _steady_note(stream: Stream) -> str:
+    fill = stream.fill_total
+    if fill is None:
+        short = [p for p, m in stream.fill.items() if m is None]
+        return (
+            f"**Steady state not reached**: in partitions {short} some model has fewer than "
+            f"{stream.need:,} events in the whole stream (more events, or fewer models)."
+        )
+    share = fill / stream.total if stream.total else math.nan
+    text = (
+        f"Steady mark: every model has had {stream.need:,} events once each partition passed "
+        f"{dict(sorted(stream.fill.items()))}, {fill:,} of {stream.total:,} records "
+        f"({share:.0%})"
+    )
+    if fill >= stream.steady_end:
+        return text + f": **past {STEADY_END:.0%} of the stream, no steady state to measure**."
+    return text + f"; the steady state ends at {STEADY_END:.0%} ({stream.steady_end:,})."
+
+
+def render_set(entry: dict[str, Any]) -> list[str]:
+    stream: Stream = entry["stream"]
+    runs: dict[str, list[Run]] = entry["runs"]
+    summary: dict[str, float] = entry["summary"]
     lines = [
-        f"# Throughput{(' - ' + cfg.label) if cfg.label else ''}",
+        f"## {stream.models:,} models, {stream.total:,} events",
         "",
-        f"`python bench/throughput.py --events {cfg.events} --models {cfg.models} "
-        f"--repeats {cfg.repeats}`; {cfg.partitions} partitions on one embedded Tansu broker, "
-        f"{os.cpu_count()} cores shared by broker and consumer; policy `{cfg.policy.name}`. "
-        f"Loading took {load_s:.1f} s. Each rate is from the first record read to the last "
-        "offset committed; contenders run one after the other on the same topic, "
-        "interleaved when repeated; the median is reported.",
+        f"Loaded in {stream.load_s:.1f} s, records per partition "
+        f"{dict(sorted(stream.counts.items()))}. " + _steady_note(stream),
         "",
-        "| contender | events/s (median) | runs | RSS MiB |",
-        "| --- | ---: | --- | ---: |",
+        "| contender | steady events/s (median) | steady runs | fill events/s | whole run "
+        "events/s | steady batches: records (read before, after) | RSS MiB fill peak / steady |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- |",
     ]
-    for kind in ("bare", "daemon", "peer"):
-        if kind in runs:
-            rs = runs[kind]
-            lines.append(
-                f"| {rs[0].name} | {summary[kind]:,.0f} | "
-                + ", ".join(f"{r.rate:,.0f}" for r in rs)
-                + f" | {rs[-1].rss_mib:,.0f} |"
-            )
-    lines += ["", "| ratio | value | target |", "| --- | ---: | --- |"]
-    for key, target in (("b/a", ">= 0.7"), ("b/c", ">= 1.5"), ("c/a", "(about 0.47)")):
+    for kind, rs in runs.items():
+        last = rs[-1]
+        st = last.steady
+        stretch = "-" if st is None else f"{st.batches}: {st.events:,} ({st.start:,}, {st.end:,})"
+        lines.append(
+            f"| {last.name} | {_rate(summary[kind])} | "
+            + ", ".join(_rate(r.steady_rate) for r in rs)
+            + f" | {_rate(summary[kind + ' fill'])} | {_rate(summary[kind + ' whole'])} | "
+            f"{stretch} | {_rate(last.rss_fill_peak)} / {_rate(last.rss_steady)} |"
+        )
+    lines += [
+        "",
+        "| ratio | steady state | target | fill phase | whole run |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    for key, target in (("b/a", ">= 0.7"), ("b/c", ">= 1.5"), ("c/a", "")):
         if key in summary:
-            lines.append(f"| ({key[0]})/({key[2]}) | {summary[key]:.2f} | {target} |")
+            lines.append(
+                f"| ({key[0]})/({key[2]}) | {_ratio(summary[key])} | {target} | "
+                f"{_ratio(summary[key + ' fill'])} | {_ratio(summary[key + ' whole'])} |"
+            )
     if "daemon" in runs:
-        extra = runs["daemon"][-1].extra
+        rs = runs["daemon"]
+        extra = rs[-1].extra
+        ratios = [r.rss_fill_peak / r.rss_steady for r in rs]
         lines += [
             "",
             f"Daemon: {extra.get('models')} models, {extra.get('detectors')} detectors, "
-            f"{extra.get('transitions')} health transitions.",
+            f"{extra.get('transitions')} health transitions. Its RSS, peak sampled while "
+            f"references fill over the RSS at the steady state's end: "
+            + ", ".join(_ratio(x) for x in ratios)
+            + f" (target <= 1.2); process peak {_rate(extra.get('peak_rss_mib') or math.nan)} MiB.",
         ]
+    return lines
+
+
+def render(
+    cfg: BenchConfig,
+    sets: list[dict[str, Any]],
+    group: dict[str, Run],
+    latency: dict[str, Any] | None,
+    memory: dict[str, Any] | None,
+) -> str:
+    tuning = kafka_tuning(cfg.policy)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Throughput{(' - ' + cfg.label) if cfg.label else ''}",
+        "",
+        f"`{cfg.command()}`, {now}, commit `{_commit()}`. {cfg.partitions} partitions on one "
+        f"embedded Tansu broker; {os.cpu_count()} cores shared by the broker and the "
+        f"contender running. Policy `{cfg.policy.name}`; `kafka` settings: "
+        + ("the defaults" if not tuning else f"the defaults but {tuning}")
+        + " (the bench sets broker, topic, group and `auto_offset_reset: earliest`). Each "
+        "contender runs in a fresh process, one after the other on the same topic, (a), (b), "
+        f"(c) interleaved {cfg.repeats} time(s); medians. Rates come from the offsets each has "
+        "committed after each batch (the daemon's: those it marked applied), batch by batch, "
+        "each timed from the commit before it: a **steady** batch holds only records past "
+        "their partition's steady mark (every model of the partition has its references and "
+        f"windows full) and ends before {STEADY_END:.0%} of the stream; a **fill** batch holds "
+        "some record before its mark; batches past the steady ones are left out (the tail). "
+        "Per batch, not between two instants: the bare and the River loops read one partition "
+        "far ahead of the others, so no one instant puts every partition past its mark. "
+        "**Whole run**: first record to last commit.",
+    ]
+    for entry in sets:
+        lines += ["", *render_set(entry)]
     if group:
         lines += ["", "## Two processes, one consumer group", ""]
-        lines += ["| contender | events/s | records per process |", "| --- | ---: | --- |"]
+        lines += [
+            "| contender | steady events/s | whole run events/s | records per process |",
+            "| --- | ---: | ---: | --- |",
+        ]
         for r in group.values():
-            lines.append(f"| {r.name} | {r.rate:,.0f} | {r.extra.get('split')} |")
+            lines.append(
+                f"| {r.name} | {_rate(r.steady_rate)} | {_rate(r.rate)} | {r.extra.get('split')} |"
+            )
         if "bare" in group and "daemon" in group:
-            ratio = group["daemon"].rate / group["bare"].rate
-            lines.append(f"\n(b2)/(a2) = {ratio:.2f} (target >= 0.7)")
+            steady = group["daemon"].steady_rate / group["bare"].steady_rate
+            whole = group["daemon"].rate / group["bare"].rate
+            lines.append(
+                f"\n(b2)/(a2) = {_ratio(steady)} in steady state, {_ratio(whole)} over the "
+                "whole run (target >= 0.7)"
+            )
     if latency:
         lines += [
             "",
@@ -881,13 +1367,13 @@ def render(
     if memory:
         lines += ["", "## Memory", ""]
         for key, title in (
-            ("default", "default references (10,000 values)"),
+            ("default", "the policy's references"),
             ("leak", "leak check, references of 500"),
         ):
             m = memory[key]
             rss = m["rss_mib"]
             lines += [
-                f"Engine alone (no broker), {m['models']} models x "
+                f"Engine alone (no broker), `{m['policy']}`, {m['models']} models x "
                 f"{m['detectors'] // max(1, m['models'])} detectors, {title}:",
                 "",
                 "| events | RSS MiB | references full |",
@@ -895,41 +1381,81 @@ def render(
             ]
             lines += [f"| {k:,} | {v:,.0f} | {m['full'][k]:.0%} |" for k, v in sorted(rss.items())]
             lines.append(
-                f"\nGrowth from 1M to {max(rss):,} events: {m['growth_1m_to_end'] * 100:+.1f}%; "
-                f"peak RSS {m['peak_rss_mib']:,.0f} MiB.\n"
+                f"\nGrowth from 1M to {max(rss):,} events: {m['growth_1m_to_end'] * 100:+.1f}% "
+                f"(target within 5%); peak RSS {m['peak_rss_mib']:,.0f} MiB over the "
+                f"steady-state {_rate(m['steady_rss_mib'])} MiB: "
+                f"{_ratio(m['fill_peak_ratio'])}x (target <= 1.2x).\n"
             )
     return "\n".join(lines) + "\n"
 
 
+def kept_part(out: Path) -> str:
+    """What the report file holds from its ``## Before`` heading on (older figures)."""
+    if not out.exists():
+        return ""
+    text = out.read_text()
+    at = text.find("\n" + BEFORE_HEADING)
+    return "" if at < 0 else text[at:]
+
+
+def write_report(cfg: BenchConfig, text: str) -> None:
+    """``text`` to ``cfg.out`` (if any), followed by what it kept from its ``## Before`` on."""
+    if cfg.out is not None:
+        kept = kept_part(cfg.out)
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(text + kept)
+
+
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """The whole bench on a fresh embedded broker; returns the figures and the markdown."""
+    sizes = cfg.sets()
     tag = f"{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    topic = f"bench-{tag}"
+    sets: list[dict[str, Any]] = []
+    group: dict[str, Run] = {}
+    latency: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
         await broker.start()
         try:
             bootstrap = broker.bootstrap_servers
-            started = time.perf_counter()
-            expected = await load_topic(bootstrap, topic, cfg.events, cfg.models, cfg.partitions)
-            load_s = time.perf_counter() - started
-            print(f"loaded {cfg.events:,} events in {load_s:.1f} s: {expected}", flush=True)
-            runs: dict[str, list[Run]] = {"bare": [], "daemon": [], "peer": []}
-            for rep in range(cfg.repeats):
-                for kind in ("bare", "daemon", "peer"):
-                    run = await measure_one(kind, bootstrap, topic, expected, cfg, f"{tag}-{rep}")
-                    runs[kind].append(run)
-                    print(f"{run.name}: {run.rate:,.0f} events/s ({run.seconds:.2f} s)", flush=True)
-            summary = summarise(runs)
-            print(
-                "ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in summary.items() if "/" in k),
-                flush=True,
-            )
-            group: dict[str, Run] = {}
+            for n_models, n_events in sizes:
+                need = steady_need(cfg.policy, n_models)
+                stream = await load_topic(
+                    bootstrap, f"bench-{tag}-{n_models}", n_events, n_models, cfg.partitions, need
+                )
+                print(
+                    f"{n_models} models: loaded {n_events:,} events in {stream.load_s:.1f} s: "
+                    f"{stream.counts}; steady mark {stream.fill} ({need} events per model)",
+                    flush=True,
+                )
+                runs: dict[str, list[Run]] = {kind: [] for kind in NAMES}
+                entry: dict[str, Any] = {"stream": stream, "runs": runs, "summary": {}}
+                sets.append(entry)
+                for rep in range(cfg.repeats):
+                    for kind in NAMES:
+                        run = await measure_one(
+                            kind, bootstrap, stream, cfg, f"{tag}-{n_models}-{rep}"
+                        )
+                        runs[kind].append(run)
+                        print(
+                            f"{run.name}: steady {_rate(run.steady_rate)}, fill "
+                            f"{_rate(run.fill_rate)}, whole {_rate(run.rate)} events/s "
+                            f"({run.seconds:.2f} s)",
+                            flush=True,
+                        )
+                    entry["summary"] = summarise(runs)
+                    # Written after each repeat: a long run stopped later keeps what it has.
+                    write_report(cfg, render(cfg, sets, {}, None, None))
+                print(
+                    "ratios: "
+                    + ", ".join(f"{k} = {v:.2f}" for k, v in entry["summary"].items() if "/" in k),
+                    flush=True,
+                )
             if cfg.two_process:
                 for kind in ("bare", "daemon"):
-                    group[kind] = await measure_group(kind, bootstrap, topic, expected, cfg, tag)
-                    r = group[kind]
+                    r = group[kind] = await measure_group(
+                        kind, bootstrap, sets[0]["stream"], cfg, tag
+                    )
                     print(f"{r.name}: {r.rate:,.0f} events/s {r.extra['split']}", flush=True)
             latency = await measure_latency(bootstrap, cfg, tag) if cfg.latency else None
             if latency:
@@ -938,26 +1464,17 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             await broker.stop()
     memory: dict[str, Any] | None = None
     if cfg.memory:
-        # Default references (10,000 values): resident size once every reference is full.
+        # The policy's references: the peak while they fill, and the RSS once all are full.
         # Leak check: references of 500, full within the first million events.
+        n_models = max(cfg.models)
         memory = {
-            "default": measure_memory(MEMORY_POLICY, cfg.memory_events, cfg.models),
-            "leak": measure_memory(MEMORY_POLICY, cfg.leak_events, cfg.models, reference=500),
+            "default": measure_memory(cfg.memory_policy, cfg.memory_events, n_models),
+            "leak": measure_memory(cfg.memory_policy, cfg.leak_events, n_models, reference=500),
         }
-    if memory:
         print(f"memory: {memory}", flush=True)
-    text = render(cfg, runs, summary, group, latency, memory, load_s)
-    if cfg.out is not None:
-        cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        cfg.out.write_text(text)
-    return {
-        "runs": runs,
-        "summary": summary,
-        "group": group,
-        "latency": latency,
-        "memory": memory,
-        "markdown": text,
-    }
+    text = render(cfg, sets, group, latency, memory)
+    write_report(cfg, text)
+    return {"sets": sets, "group": group, "latency": latency, "memory": memory, "markdown": text}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -969,11 +1486,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "producer":
         return _producer_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=2_000_000)
-    parser.add_argument("--models", type=int, default=1000)
+    defaults = BenchConfig()
+    parser.add_argument(
+        "--models", type=int, nargs="+", default=list(defaults.models), help="model counts"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        nargs="+",
+        default=list(defaults.events),
+        help="events: one count for every model count, or one per model count",
+    )
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats of a, b, c")
-    parser.add_argument("--policy", type=Path, default=BENCH_POLICY)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="interleaved repeats")
+    parser.add_argument(
+        "--policy", type=Path, default=STEADY_POLICY, help=f"e.g. {AUTO_POLICY.relative_to(ROOT)}"
+    )
     parser.add_argument("--two-process", action="store_true", help="also 2 consumers, 1 group")
     parser.add_argument(
         "--latency",
@@ -987,7 +1515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency-warmup", type=float, default=5.0, help="s at the rate before the first surge"
     )
-    parser.add_argument("--memory", action="store_true", help="also RSS with full references")
+    parser.add_argument(
+        "--memory", action="store_true", help="also RSS while references fill and once full"
+    )
+    parser.add_argument("--memory-policy", type=Path, default=MEMORY_POLICY)
     parser.add_argument("--memory-events", type=int, default=11_000_000)
     parser.add_argument("--leak-events", type=int, default=10_000_000)
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.md")
@@ -995,8 +1526,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cfg = BenchConfig(
-        events=args.events,
-        models=args.models,
+        models=tuple(args.models),
+        events=tuple(args.events),
         partitions=args.partitions,
         repeats=args.repeats,
         policy=args.policy,
@@ -1004,15 +1535,21 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds,
-        memory=args.memory,
         latency_period=args.latency_period,
         latency_surge=args.latency_surge,
         latency_warmup=args.latency_warmup,
+        memory=args.memory,
+        memory_policy=args.memory_policy,
         memory_events=args.memory_events,
         leak_events=args.leak_events,
         out=args.out,
         label=args.label,
     )
+    try:
+        cfg.sets()
+        load_settings(cfg.policy)
+    except (ValueError, ConfigError) as err:
+        parser.error(str(err))
     result = asyncio.run(run_bench(cfg))
     print(result["markdown"])
     return 0
