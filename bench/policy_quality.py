@@ -585,16 +585,12 @@ def candidate_report(events: int, seeds: int, rates: Sequence[float]) -> list[st
         f"Joint flip (f0, f1 correlation 0.9 -> -0.9 at event {PRE}, {seeds} seeds): "
         "escalation to warn, `for` included.",
         "",
-        "| policy | "
-        + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
-        + " | "
-        + " | ".join(f"within 3000 at {_rate(r)}" for r in rates)
-        + " | caught by |",
-        "| --- | "
-        + " | ".join("---:" for _ in rates)
-        + " | "
-        + " | ".join("---" for _ in rates)
-        + " | --- |",
+        *_table_head(
+            rates,
+            [("policy", "---")],
+            [("median / worst at {rate}", "---:"), ("within 3000 at {rate}", "---")],
+            [("caught by", "---")],
+        ),
     ]
     scale, centre = score_scale(joint_flip)
     policies = {"auto": ModelPolicy} | {
@@ -732,20 +728,15 @@ def outcome_rows(seeds: int, rates: Sequence[float]) -> list[str]:
         "Stricter: every outcome event from the first of a post-change prediction on (the "
         "late outcomes of earlier, still 95% accurate, predictions diluting the change).",
         "",
-        "| policy | "
-        + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
-        + " | "
-        + " | ".join(f"within {TARGET} at {_rate(r)}" for r in rates)
-        + " | "
-        + " | ".join(f"stricter: median / worst at {_rate(r)}" for r in rates)
-        + " |",
-        "| --- | "
-        + " | ".join("---:" for _ in rates)
-        + " | "
-        + " | ".join("---" for _ in rates)
-        + " | "
-        + " | ".join("---:" for _ in rates)
-        + " |",
+        *_table_head(
+            rates,
+            [("policy", "---")],
+            [
+                ("median / worst at {rate}", "---:"),
+                (f"within {TARGET} at {{rate}}", "---"),
+                ("stricter: median / worst at {rate}", "---:"),
+            ],
+        ),
     ]
     for label, policy in POLICIES.items():
         found, found_all = run_outcome_case(policy, seeds, rates)
@@ -924,6 +915,26 @@ def _rate(r: float) -> str:
     return f"{r:g}/s"
 
 
+def _table_head(
+    rates: Sequence[float],
+    lead: Sequence[tuple[str, str]],
+    per_rate: Sequence[tuple[str, str]],
+    tail: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """A markdown table's header and separator: the ``lead`` columns, one column per rate of
+    each ``per_rate`` title (``{rate}`` filled in), then the ``tail`` columns; each column a
+    (title, alignment) pair."""
+    columns = [
+        *lead,
+        *((title.format(rate=_rate(r)), align) for title, align in per_rate for r in rates),
+        *tail,
+    ]
+    return [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "| " + " | ".join(align for _, align in columns) + " |",
+    ]
+
+
 def policy_report(
     events: int, seeds: int, rates: Sequence[float], *, quick: bool = False, command: str = ""
 ) -> str:
@@ -994,16 +1005,17 @@ def policy_report(
         "Detector-only = to the first batch whose observation reaches that level (no `for`). "
         "FA before = escalations before the change, summed over seeds.",
         "",
-        "| change | level | policy | "
-        + " | ".join(f"median / worst at {_rate(r)}" for r in rates)
-        + " | "
-        + " | ".join(f"within {TARGET} at {_rate(r)}" for r in rates)
-        + " | detector-only median / worst | missed | FA before | caught by |",
-        "| --- | --- | --- | "
-        + " | ".join("---:" for _ in rates)
-        + " | "
-        + " | ".join("---" for _ in rates)
-        + " | ---: | ---: | ---: | --- |",
+        *_table_head(
+            rates,
+            [("change", "---"), ("level", "---"), ("policy", "---")],
+            [("median / worst at {rate}", "---:"), (f"within {TARGET} at {{rate}}", "---")],
+            [
+                ("detector-only median / worst", "---:"),
+                ("missed", "---:"),
+                ("FA before", "---:"),
+                ("caught by", "---"),
+            ],
+        ),
     ]
     verdicts: dict[float, bool] = dict.fromkeys(rates, True)
     for case in change_cases():
