@@ -1,0 +1,427 @@
+"""Decoding a batch of records straight into the columns a policy reads: one msgspec call for
+the whole batch into a policy-derived type (no dict per event), the same verdict per record as
+:class:`~monitor.engine.events.EventDecoder` and the same column values as
+:mod:`monitor.engine.columns`. Not wired into the engine yet (see ``bench/results/decode.md``).
+
+How a batch goes (``bench/results/decode.md`` has the figures):
+
+1. Records that are empty or over ``max_bytes`` are bad at once (the decoder's checks).
+2. The rest are joined by newlines and decoded by one ``decode_lines`` call into rows of
+   a policy type (:func:`policy_event_type`): every member of :class:`Event` with the same
+   types and limits, except ``features``, a Struct whose fields are the features the policy
+   names, with ``forbid_unknown_fields`` (numbers only for those read as numbers). Only
+   records that cannot run into each other are joined (see :func:`_framed`).
+3. Where the call fails, msgspec's error says at which record: the records before it are
+   decoded again in one call, the rest in another; the record at it, and any record the
+   policy type refuses, is decoded by :class:`EventDecoder` itself and gets its verdict: a
+   BadRecord (one dead letter, never the batch), or an :class:`Event` with its features dict
+   (valid: a feature no signal names, a string where a number was expected).
+
+Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
+every feature (count, string length, number range, nesting); a Struct that skipped unnamed
+ones would let a record through that :class:`EventDecoder` dead-letters. Refused, such a
+record takes the exact path; it is also the record that tells auto discovery of a new name.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import attrgetter, itemgetter, methodcaller
+from typing import Any, cast
+
+import msgspec
+import numpy as np
+
+from detectors.base import InputKind
+from monitor.config.policy import SignalPolicy, SignalSource
+from monitor.engine.columns import (
+    _KIND_OF_TYPE,
+    Column,
+    EventColumns,
+    FloatArray,
+    _categories,
+    _numbers,
+    extractors_for,
+)
+from monitor.engine.events import MAX_FEATURES, BadRecord, Event, EventDecoder, Number, Text
+
+__all__ = ["BATCH_CHUNK", "ColumnDecoder", "DecodedBatch", "policy_event_type"]
+
+#: Records decoded together once a whole batch failed: one bad record then costs the
+#: per-record path for this many records, not for the batch.
+BATCH_CHUNK = 64
+
+FeatureValue = Number | Text | bool | None
+
+
+#: Every member of :class:`Event` with its type (and so its limits) and default.
+_EVENT_FIELDS = [(f.name, f.type, f.default) for f in msgspec.structs.fields(Event)]
+
+
+def policy_event_type(features: Sequence[str], *, numeric: int = 0) -> type[msgspec.Struct]:
+    """The policy type of an event whose policy reads ``features`` (names, in order); the
+    first ``numeric`` of them take a number or null only (the contract also allows a string
+    or a boolean: a record with one is not of this type, and takes the exact path).
+
+    >>> kind = policy_event_type(["amount", "country"])
+    >>> row = msgspec.json.decode(b'{"model": "m", "features": {"amount": 3}}', type=kind)
+    >>> row.features.x0, row.features.x1
+    (3.0, None)
+    >>> msgspec.json.decode(b'{"model": "m", "features": {"other": 3}}', type=kind)
+    Traceback (most recent call last):
+    ...
+    msgspec.ValidationError: Object contains unknown field `other` - at `$.features`
+    """
+    if len(features) > MAX_FEATURES:
+        raise ValueError(f"a policy type names at most {MAX_FEATURES} features.")
+    # Fields are named by position and renamed to the features' names: a name need not be
+    # an identifier ("a.b", "class", "") and attrgetter reads the positional ones.
+    fields = [
+        (_field(i), Number | None if i < numeric else FeatureValue, None)
+        for i in range(len(features))
+    ]
+    feature_type = msgspec.defstruct(
+        "PolicyFeatures",
+        fields,
+        rename={_field(i): name for i, name in enumerate(features)},
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    members = [
+        (name, feature_type | None, None) if name == "features" else (name, kind, default)
+        for name, kind, default in _EVENT_FIELDS
+    ]
+    return msgspec.defstruct("PolicyEvent", members, gc=False)
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """A batch decoded into columns: row ``i`` is the valid record ``records[i]``."""
+
+    #: Each valid row's position in the batch (bad records have none).
+    records: list[int]
+    #: Each valid row's model id.
+    models: list[str]
+    #: The decoded rows (of the policy type, or :class:`Event` for a record decoded by
+    #: the event decoder): model_version, request_id, label for the engine's bookkeeping.
+    rows: list[Any]
+    #: By ``Column.key`` (as in :mod:`monitor.engine.columns`), one value per row.
+    columns: dict[Hashable, Any] = field(default_factory=dict)
+    #: The bad records: (position in the batch, why).
+    bad: list[tuple[int, BadRecord]] = field(default_factory=list)
+    #: The rows the event decoder decoded (refused by the policy type: an unnamed feature, a
+    #: value outside the fast type, a model id to check, the record a batch failed at).
+    exact: list[int] = field(default_factory=list)
+
+
+_MODEL = attrgetter("model")
+_FEATURES = attrgetter("features")
+_OPENS = methodcaller("startswith", b"{")
+_CLOSES = methodcaller("endswith", b"}")
+#: Where msgspec says a batch failed: the element (validation) or the byte (syntax).
+_AT_ELEMENT = re.compile(r"- at `\$\[(\d+)\]")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)$")
+
+
+def _field(i: int) -> str:
+    return f"x{i}"
+
+
+def _framed(value: bytes) -> bool:
+    """Whether a record can go in a newline-joined batch as one element of it.
+
+    A record that starts with ``{``, ends with ``}`` and holds no newline cannot run into the
+    next one: a string cannot cross the newline (a raw one is not allowed in it), and after a
+    ``}`` that leaves an object open, the next record's ``{`` is a syntax error (a ``,`` or
+    a closer must come first). A record holding two elements is caught by the count of rows.
+    """
+    return value[:1] == b"{" and value[-1:] == b"}" and b"\n" not in value
+
+
+def _failed_at(err: Exception, part: Sequence[bytes]) -> int | None:
+    """The record of ``part`` (joined by newlines) where msgspec's error says it stopped;
+    None when it does not say. Only a hint: every record before it decoded, the one at it
+    gets the event decoder's verdict, so a wrong hint costs time, never a verdict."""
+    text = str(err)
+    found = _AT_ELEMENT.search(text)
+    if found is not None:
+        return min(int(found.group(1)), len(part) - 1)
+    found = _AT_BYTE.search(text)
+    if found is not None:
+        ends = list(accumulate(len(value) + 1 for value in part))
+        return min(bisect_right(ends, int(found.group(1))), len(part) - 1)
+    if isinstance(err, msgspec.DecodeError) and "truncated" in text:
+        return len(part) - 1
+    return None
+
+
+def _plain(models: list[str]) -> bool:
+    """No model id needs the event decoder's checks after decoding (printable ASCII)."""
+    return all(map(str.isascii, models)) and all(map(str.isprintable, models))
+
+
+class ColumnDecoder:
+    """Decodes batches of records into the columns of ``signals``; ``decode`` never raises.
+
+    >>> from monitor.config.policy import SignalPolicy
+    >>> signals = [SignalPolicy(source="latency_ms"),
+    ...            SignalPolicy(source="features", features=["amount"])]
+    >>> batch = ColumnDecoder(signals, max_bytes=4096).decode([
+    ...     b'{"model": "a", "latency_ms": 12, "features": {"amount": 3}}',
+    ...     b'{"latency_ms": 12}',
+    ...     b'{"model": "b", "features": {"amount": 4, "other": [1]}}',
+    ...     b'{"model": "c", "features": {"amount": "n/a", "other": 1}}'])
+    >>> batch.records, batch.models, [(i, bad.reason.value) for i, bad in batch.bad]
+    ([0, 3], ['a', 'c'], [(1, 'missing_model'), (2, 'wrong_type')])
+    >>> batch.columns[("latency_ms",)].tolist(), batch.columns[("feature", "amount")].tolist()
+    ([12.0, nan], [3.0, nan])
+    """
+
+    def __init__(self, signals: Iterable[SignalPolicy], max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: The columns to build, by key (each once, however many signals read it).
+        self.columns: dict[Hashable, Column] = {}
+        numeric: dict[str, None] = {}
+        other: dict[str, None] = {}
+        for signal in signals:
+            for _, column in extractors_for(signal):
+                self.columns.setdefault(column.key, column)
+            read_as_numbers = signal.source in (
+                SignalSource.ANOMALY,
+                SignalSource.FEATURE,
+                SignalSource.FEATURES,
+            ) and (signal.input_kind is not InputKind.CATEGORICAL)
+            (numeric if read_as_numbers else other).update(dict.fromkeys(_feature_names(signal)))
+        #: Features read as numbers only: the fast type takes numbers (or null) for them, and
+        #: a record with a string or boolean there takes the exact path (still valid).
+        self.numeric = tuple(name for name in numeric if name not in other)
+        self.features = self.numeric + tuple(other)
+        self.row_type = policy_event_type(self.features, numeric=len(self.numeric))
+        members = {f.name: f.type for f in msgspec.structs.fields(self.row_type)}
+        self._feature_type: Any = members["features"].__args__[0]  # out of `X | None`
+        self._no_features = self._feature_type()
+        self._rows = msgspec.json.Decoder(self.row_type)
+        self._events = EventDecoder(max_bytes)
+        self._index = {name: i for i, name in enumerate(self.features)}
+        k = len(self.numeric)
+        self._get_numeric = _getter(range(k))
+        self._get_other = _getter(range(k, len(self.features)))
+        self._schema_known: dict[Hashable, dict[tuple[type, ...], float]] = {}
+
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        max_bytes = self.max_bytes
+        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
+            positions: list[int] = list(range(len(values)))
+            candidates = cast(Sequence[bytes], values)
+            bad: list[tuple[int, BadRecord]] = []
+        else:  # the event decoder's own verdict on empty and oversized records
+            positions, bad = [], []
+            for i, value in enumerate(values):
+                if value and len(value) <= max_bytes:
+                    positions.append(i)
+                else:
+                    found = self._events.decode(value)
+                    assert isinstance(found, BadRecord)
+                    bad.append((i, found))
+            candidates = [cast(bytes, values[i]) for i in positions]
+        rows = self._decode_rows(candidates)
+        exact: list[int] = []
+        if None in rows or not _plain(list(map(_MODEL, rows))):
+            decode = self._events.decode
+            kept: list[Any] = []
+            records: list[int] = []
+            for at, row in enumerate(rows):
+                if row is None or not (row.model.isascii() and row.model.isprintable()):
+                    row = decode(candidates[at])
+                    if isinstance(row, BadRecord):
+                        bad.append((positions[at], row))
+                        continue
+                    exact.append(len(kept))
+                kept.append(row)
+                records.append(positions[at])
+            bad.sort(key=itemgetter(0))
+        else:
+            records, kept = positions, rows
+        batch = DecodedBatch(records, list(map(_MODEL, kept)), kept, bad=bad, exact=exact)
+        self._build_columns(batch)
+        return batch
+
+    # -------------------------------------------------------------------- decoding
+
+    def _decode_rows(self, values: Sequence[bytes]) -> list[Any]:
+        """A policy row for each of ``values``, or None for a record the event decoder
+        must decode: in one call when the batch decodes, else in the runs around the
+        records where it failed (each record parsed at most about twice)."""
+        n = len(values)
+        out: list[Any] = [None] * n
+        if all(map(_OPENS, values)) and all(map(_CLOSES, values)):
+            framed = [b"\n" not in value for value in values] if b"\n" in b"".join(values) else None
+        else:
+            framed = list(map(_framed, values))
+        runs: list[tuple[int, int]] = []
+        if framed is None:
+            runs.append((0, n))
+        else:  # the records that cannot be joined take the exact path, the runs between go
+            start = 0
+            for i, ok in enumerate(framed):
+                if not ok:
+                    runs.append((start, i))
+                    start = i + 1
+            runs.append((start, n))
+        decode_lines = self._rows.decode_lines
+        while runs:
+            start, end = runs.pop()
+            if start >= end:
+                continue
+            part = values[start:end]
+            try:
+                rows = decode_lines(b"\n".join(part))
+            except Exception as err:  # the error says where; that record goes exact
+                at = _failed_at(err, part)
+                if at is None:
+                    self._decode_each(part, out, start)
+                else:
+                    runs.append((start + at + 1, end))
+                    runs.append((start, start + at))
+                continue
+            if len(rows) == len(part):
+                out[start:end] = rows
+            else:  # a record held more than one element: its own call says which
+                self._decode_each(part, out, start)
+        return out
+
+    def _decode_each(self, part: Sequence[bytes], out: list[Any], start: int) -> None:
+        decode = self._rows.decode
+        for offset, value in enumerate(part):
+            try:
+                out[start + offset] = decode(value)
+            except Exception:  # the event decoder then gives the verdict and its reason
+                out[start + offset] = None
+
+    # -------------------------------------------------------------------- columns
+
+    def _build_columns(self, batch: DecodedBatch) -> None:
+        rows = batch.rows
+        n = len(rows)
+        feats: list[Any] = list(map(_FEATURES, rows))
+        if None in feats:
+            no_features = self._no_features
+            feats = [no_features if found is None else found for found in feats]
+        for i in batch.exact:  # the event decoder's dict, as a Struct of the named features
+            found = feats[i]
+            if type(found) is dict:
+                feats[i] = self._feature_type(*map(found.get, self.features))
+        by_name: dict[str, Any] = {}
+        if self.numeric:
+            table = list(map(self._get_numeric, feats))
+            if any(str in set(map(type, table[i])) for i in batch.exact):
+                # A string where the type wants a number (the event decoder's row): NaN,
+                # as columns.py reads it.
+                for j, values in enumerate(zip(*table, strict=True)):
+                    by_name[self.numeric[j]] = _numbers(list(values))
+            else:
+                block = np.array(table, dtype=np.float64).reshape(n, len(self.numeric))
+                block = block.T.copy()  # each feature's column contiguous, as columns.py
+                for j, name in enumerate(self.numeric):
+                    by_name[name] = block[j]
+        if len(self.features) > len(self.numeric):
+            others = list(zip(*map(self._get_other, feats), strict=True)) or [()] * (
+                len(self.features) - len(self.numeric)
+            )
+            for name, values in zip(self.features[len(self.numeric) :], others, strict=True):
+                by_name[name] = list(values)
+
+        def numbers(name: str) -> FloatArray:
+            found = by_name[name]
+            if isinstance(found, np.ndarray):
+                return found
+            column: FloatArray = _numbers(found)
+            return column
+
+        # Top-level members: the columns' own builders, over rows that have their attributes.
+        event_columns = EventColumns(cast(Sequence[Event], rows))
+        for key, column in self.columns.items():
+            assert isinstance(key, tuple)  # every key of columns.py is
+            kind = key[0]
+            if kind == "feature":
+                batch.columns[key] = numbers(key[1])
+            elif kind == "feature_category":
+                batch.columns[key] = _categories(list(by_name[key[1]]))
+            elif kind == "feature_missing":
+                batch.columns[key] = np.array(
+                    [value is None for value in by_name[key[1]]], dtype=np.float64
+                )
+            elif kind == "feature_matrix":
+                names = key[1]
+                batch.columns[key] = (
+                    np.column_stack([numbers(name) for name in names])
+                    if n
+                    else np.zeros((0, len(names)))
+                )
+            elif kind == "schema":
+                batch.columns[key] = self._schema(key, dict(key[1]), rows, feats)
+            else:
+                batch.columns[key] = column.build(event_columns)
+
+    def _schema(
+        self,
+        key: Hashable,
+        expect: dict[str, str],
+        rows: list[Any],
+        feats: list[Any],
+    ) -> FloatArray:
+        """As ``columns._schema``: 1 when a row has a feature ``expect`` lacks, or a value
+        of another kind. A policy row holds the named features only (None when absent, which
+        ``_schema`` ignores as it ignores null); an event decoder's row has its dict."""
+        known = self._schema_known.setdefault(key, {})
+        out = np.empty(len(rows), dtype=np.float64)
+        names = self.features
+        get_all = _getter(range(len(names)))
+        for i, row in enumerate(rows):
+            found = row.features
+            if type(found) is dict:
+                types = tuple(map(type, found.values()))
+                out[i] = _breaks(zip(found, types, strict=True), expect)
+                continue
+            signature = tuple(map(type, get_all(feats[i])))
+            value = known.get(signature)
+            if value is None:
+                if len(known) > 10_000:  # bounded, as in columns._schema
+                    known.clear()
+                value = known[signature] = _breaks(zip(names, signature, strict=True), expect)
+            out[i] = value
+        return out
+
+
+def _getter(indices: Iterable[int]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function of a features Struct: the tuple of the fields at ``indices``."""
+    names = [_field(i) for i in indices]
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda found: (one(found),)
+    return cast(Callable[[Any], tuple[Any, ...]], attrgetter(*names))
+
+
+def _breaks(features: Iterable[tuple[str, type]], expect: dict[str, str]) -> float:
+    for name, kind in features:
+        found = _KIND_OF_TYPE.get(kind, "other")
+        if found is not None and expect.get(name) != found:
+            return 1.0
+    return 0.0
+
+
+def _feature_names(signal: SignalPolicy) -> list[str]:
+    source = signal.source
+    if source is SignalSource.FEATURE:
+        return [signal.feature] if signal.feature is not None else []
+    if source is SignalSource.SCHEMA:
+        return sorted(signal.expect or {})
+    if source in (SignalSource.FEATURES, SignalSource.MISSING, SignalSource.ANOMALY):
+        return list(signal.features or [])
+    return []
