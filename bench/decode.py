@@ -333,7 +333,7 @@ def fallback_costs(records: list[bytes], rounds: int) -> list[tuple[str, float]]
     one_bad[len(records) // 2] = b'{"model": "m", "latency_ms": "slow"}'
     unnamed = list(records)
     for i in range(0, len(records), 100):  # 1 % of records carry a feature no signal names
-        unnamed[i] = records[i][:-2] + b', "new_feature": 1}}'
+        unnamed[i] = records[i].replace(b'"features":{', b'"features":{"new_feature":1,')
     every_64 = list(records)
     for i in range(0, len(records), 64):
         every_64[i] = b"not json"

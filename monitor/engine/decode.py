@@ -49,11 +49,14 @@ from monitor.engine.columns import (
 )
 from monitor.engine.events import MAX_FEATURES, BadRecord, Event, EventDecoder, Number, Text
 
-__all__ = ["BATCH_CHUNK", "ColumnDecoder", "DecodedBatch", "policy_event_type"]
+__all__ = ["ColumnDecoder", "DecodedBatch", "policy_event_type"]
 
-#: Records decoded together once a whole batch failed: one bad record then costs the
-#: per-record path for this many records, not for the batch.
-BATCH_CHUNK = 64
+#: A batch of at least BATCH_MIN rows, more than 1 / WIDE_SHARE of which the policy type
+#: refused, turns the wide mode on for WIDE_BATCHES batches (then the policy type is tried
+#: again: the traffic may have changed, or discovery named the new features).
+BATCH_MIN = 64
+WIDE_SHARE = 10
+WIDE_BATCHES = 16
 
 FeatureValue = Number | Text | bool | None
 
@@ -202,9 +205,14 @@ class ColumnDecoder:
         self.features = self.numeric + tuple(other)
         self.row_type = policy_event_type(self.features, numeric=len(self.numeric))
         members = {f.name: f.type for f in msgspec.structs.fields(self.row_type)}
-        self._feature_type: Any = members["features"].__args__[0]  # out of `X | None`
-        self._no_features = self._feature_type()
+        self._no_features = members["features"].__args__[0]()  # out of `Struct | None`
         self._rows = msgspec.json.Decoder(self.row_type)
+        #: The contract's own type, for batches of the wide mode (see ``decode``).
+        self._wide_rows = msgspec.json.Decoder(Event)
+        #: Batches left to decode in the wide mode; always, when no feature is named (the
+        #: policy type would then refuse every record that has features).
+        self._wide_left = 0
+        self._always_wide = not self.features
         self._events = EventDecoder(max_bytes)
         self._index = {name: i for i, name in enumerate(self.features)}
         k = len(self.numeric)
@@ -228,7 +236,11 @@ class ColumnDecoder:
                     assert isinstance(found, BadRecord)
                     bad.append((i, found))
             candidates = [cast(bytes, values[i]) for i in positions]
-        rows = self._decode_rows(candidates)
+        # Wide mode: when the policy type refused many records of a batch (events carrying
+        # features no signal names), the next ones are decoded into the contract's type (a
+        # features dict, validated as the event decoder does) rather than twice each.
+        wide = self._always_wide or self._wide_left > 0
+        rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
         exact: list[int] = []
         if None in rows or not _plain(list(map(_MODEL, rows))):
             decode = self._events.decode
@@ -247,15 +259,21 @@ class ColumnDecoder:
         else:
             records, kept = positions, rows
         batch = DecodedBatch(records, list(map(_MODEL, kept)), kept, bad=bad, exact=exact)
-        self._build_columns(batch)
+        if wide:
+            self._wide_left -= 1
+        elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
+            self._wide_left = WIDE_BATCHES
+        self._build_columns(batch, wide)
         return batch
 
     # -------------------------------------------------------------------- decoding
 
-    def _decode_rows(self, values: Sequence[bytes]) -> list[Any]:
-        """A policy row for each of ``values``, or None for a record the event decoder
-        must decode: in one call when the batch decodes, else in the runs around the
-        records where it failed (each record parsed at most about twice)."""
+    def _decode_rows(
+        self, values: Sequence[bytes], decoder: msgspec.json.Decoder[Any]
+    ) -> list[Any]:
+        """A row (of ``decoder``'s type) for each of ``values``, or None for a record the
+        event decoder must decode: in one call when the batch decodes, else in the runs
+        around the records where it failed (each record parsed at most about twice)."""
         n = len(values)
         out: list[Any] = [None] * n
         if all(map(_OPENS, values)) and all(map(_CLOSES, values)):
@@ -272,7 +290,7 @@ class ColumnDecoder:
                     runs.append((start, i))
                     start = i + 1
             runs.append((start, n))
-        decode_lines = self._rows.decode_lines
+        decode_lines = decoder.decode_lines
         while runs:
             start, end = runs.pop()
             if start >= end:
@@ -283,7 +301,7 @@ class ColumnDecoder:
             except Exception as err:  # the error says where; that record goes exact
                 at = _failed_at(err, part)
                 if at is None:
-                    self._decode_each(part, out, start)
+                    self._decode_each(part, out, start, decoder)
                 else:
                     runs.append((start + at + 1, end))
                     runs.append((start, start + at))
@@ -291,11 +309,13 @@ class ColumnDecoder:
             if len(rows) == len(part):
                 out[start:end] = rows
             else:  # a record held more than one element: its own call says which
-                self._decode_each(part, out, start)
+                self._decode_each(part, out, start, decoder)
         return out
 
-    def _decode_each(self, part: Sequence[bytes], out: list[Any], start: int) -> None:
-        decode = self._rows.decode
+    def _decode_each(
+        self, part: Sequence[bytes], out: list[Any], start: int, decoder: msgspec.json.Decoder[Any]
+    ) -> None:
+        decode = decoder.decode
         for offset, value in enumerate(part):
             try:
                 out[start + offset] = decode(value)
@@ -304,35 +324,42 @@ class ColumnDecoder:
 
     # -------------------------------------------------------------------- columns
 
-    def _build_columns(self, batch: DecodedBatch) -> None:
+    def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
         rows = batch.rows
         n = len(rows)
         feats: list[Any] = list(map(_FEATURES, rows))
-        if None in feats:
+        # Rows holding a features dict (all in the wide mode, else the event decoder's).
+        dicts: Sequence[int] = range(n) if wide else batch.exact
+        if None in feats or dicts:
             no_features = self._no_features
-            feats = [no_features if found is None else found for found in feats]
-        for i in batch.exact:  # the event decoder's dict, as a Struct of the named features
-            found = feats[i]
-            if type(found) is dict:
-                feats[i] = self._feature_type(*map(found.get, self.features))
+            feats = [no_features if f is None or type(f) is dict else f for f in feats]
+        k = len(self.numeric)
+
+        def table_of(get: Callable[[Any], tuple[Any, ...]], names: tuple[str, ...]) -> list[Any]:
+            table = list(map(get, feats))
+            for i in dicts:
+                found = rows[i].features
+                if found:
+                    table[i] = tuple(map(found.get, names))
+            return table
+
         by_name: dict[str, Any] = {}
         if self.numeric:
-            table = list(map(self._get_numeric, feats))
-            if any(str in set(map(type, table[i])) for i in batch.exact):
+            table = table_of(self._get_numeric, self.numeric)
+            if any(str in set(map(type, table[i])) for i in dicts):
                 # A string where the type wants a number (the event decoder's row): NaN,
                 # as columns.py reads it.
                 for j, values in enumerate(zip(*table, strict=True)):
                     by_name[self.numeric[j]] = _numbers(list(values))
             else:
-                block = np.array(table, dtype=np.float64).reshape(n, len(self.numeric))
+                block = np.array(table, dtype=np.float64).reshape(n, k)
                 block = block.T.copy()  # each feature's column contiguous, as columns.py
                 for j, name in enumerate(self.numeric):
                     by_name[name] = block[j]
-        if len(self.features) > len(self.numeric):
-            others = list(zip(*map(self._get_other, feats), strict=True)) or [()] * (
-                len(self.features) - len(self.numeric)
-            )
-            for name, values in zip(self.features[len(self.numeric) :], others, strict=True):
+        if len(self.features) > k:
+            names = self.features[k:]
+            others = list(zip(*table_of(self._get_other, names), strict=True))
+            for name, values in zip(names, others or [()] * len(names), strict=True):
                 by_name[name] = list(values)
 
         def numbers(name: str) -> FloatArray:
