@@ -108,7 +108,7 @@ def policy_each(records: Sequence[bytes]) -> Columns:
     one = decoder._rows.decode
     rows = [one(value) for value in records]
     batch = DecodedBatch(list(range(len(rows))), [r.model for r in rows], rows)
-    decoder._build_columns(batch)
+    decoder._build_columns(batch, wide=False)
     return batch.columns
 
 
