@@ -1,21 +1,24 @@
-"""Decoding a batch of records straight into the columns a policy reads: one msgspec call for
-the whole batch into a policy-derived type (no dict per event), the same verdict per record as
+"""Decoding a batch of records straight into the columns a policy reads: each record into a
+policy-derived msgspec type (no dict per event), with the same verdict per record as
 :class:`~monitor.engine.events.EventDecoder` and the same column values as
 :mod:`monitor.engine.columns`. Not wired into the engine yet (see ``bench/results/decode.md``).
 
 How a batch goes (``bench/results/decode.md`` has the figures):
 
 1. Records that are empty or over ``max_bytes`` are bad at once (the decoder's checks).
-2. The rest are joined by newlines and decoded by one ``decode_lines`` call into rows of
-   a policy type (:func:`policy_event_type`): every member of :class:`Event` with the same
-   types and limits, except ``features``, a Struct whose fields are the features the policy
-   names, with ``forbid_unknown_fields`` (numbers only for those read as numbers). Only
-   records that cannot run into each other are joined (see :func:`_framed`).
-3. Where the call fails, msgspec's error says at which record: the records before it are
-   decoded again in one call, the rest in another; the record at it, and any record the
-   policy type refuses, is decoded by :class:`EventDecoder` itself and gets its verdict: a
-   BadRecord (one dead letter, never the batch), or an :class:`Event` with its features dict
-   (valid: a feature no signal names, a string where a number was expected).
+2. Each other record is decoded into a policy type (:func:`policy_event_type`): every
+   member of :class:`Event` with the same types and limits, except ``features``, a Struct
+   whose fields are the features the policy names, with ``forbid_unknown_fields`` (numbers
+   only for those read as numbers). One msgspec call per record costs no more than one
+   ``decode_lines`` call over the joined batch, and keeps each record its own input.
+3. A record the policy type refuses (or whose model id needs checking) is decoded by
+   :class:`EventDecoder` itself and gets its verdict: a BadRecord (one dead letter, never the
+   batch), or an :class:`Event` with its features dict (valid: a feature no signal names, a
+   string where a number was expected). When many records of a batch are refused, the next
+   batches are decoded into :class:`Event` directly (the wide mode) rather than twice each.
+4. Columns are built from the rows: the named features through one ``attrgetter`` per row
+   and one ``np.array`` for the numeric ones, the top-level members by columns.py's own
+   builders.
 
 Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
 every feature (count, string length, number range, nesting); a Struct that skipped unnamed
@@ -25,12 +28,9 @@ record takes the exact path; it is also the record that tells auto discovery of 
 
 from __future__ import annotations
 
-import re
-from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
-from operator import attrgetter, itemgetter, methodcaller
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 import msgspec
@@ -123,44 +123,10 @@ class DecodedBatch:
 
 _MODEL = attrgetter("model")
 _FEATURES = attrgetter("features")
-_OPENS = methodcaller("startswith", b"{")
-_CLOSES = methodcaller("endswith", b"}")
-#: Where msgspec says a batch failed: the element (validation) or the byte (syntax).
-_AT_ELEMENT = re.compile(r"- at `\$\[(\d+)\]")
-_AT_BYTE = re.compile(r"\(byte (\d+)\)$")
 
 
 def _field(i: int) -> str:
     return f"x{i}"
-
-
-def _framed(value: bytes) -> bool:
-    """Whether a record can go in a newline-joined batch as one element of it.
-
-    A record that starts with ``{``, ends with ``}`` and holds no newline cannot run into the
-    next one: a string cannot cross the newline (a raw one is not allowed in it), and after a
-    ``}`` that leaves an object open, the next record's ``{`` is a syntax error (a ``,`` or
-    a closer must come first). A record holding two elements is caught by the count of rows.
-    """
-    return value[:1] == b"{" and value[-1:] == b"}" and b"\n" not in value
-
-
-def _failed_at(err: Exception, offsets: list[int], start: int, end: int) -> int | None:
-    """The record of the run ``start:end`` (its slice of the joined batch, ``offsets`` of
-    every record in it) where msgspec's error says decoding stopped; None when it does not
-    say. Only a hint: every record before it decoded, the one at it gets the event decoder's
-    verdict, so a wrong hint costs time, never a verdict."""
-    text = str(err)
-    found = _AT_ELEMENT.search(text)
-    if found is not None:
-        return min(start + int(found.group(1)), end - 1)
-    found = _AT_BYTE.search(text)
-    if found is not None:
-        at = bisect_right(offsets, offsets[start] + int(found.group(1))) - 1
-        return min(max(at, start), end - 1)
-    if isinstance(err, msgspec.DecodeError) and "truncated" in text:
-        return end - 1
-    return None
 
 
 def _plain(models: list[str]) -> bool:
@@ -273,77 +239,18 @@ class ColumnDecoder:
         self, values: Sequence[bytes], decoder: msgspec.json.Decoder[Any]
     ) -> list[Any]:
         """A row (of ``decoder``'s type) for each of ``values``, or None for a record the
-        event decoder must decode: in one call when the batch decodes, else in the runs
-        around the records where it failed (each record parsed at most about twice), each
-        run decoded out of the one joined buffer (no copy per run)."""
-        n = len(values)
-        out: list[Any] = [None] * n
-        if not n:
-            return out
-        joined = b"\n".join(values)
-        decode_lines = decoder.decode_lines
-        framed = (
-            all(map(_OPENS, values)) and all(map(_CLOSES, values)) and joined.count(b"\n") == n - 1
-        )
-        whole: list[Any] | Exception | None = None
-        if framed:
-            try:
-                whole = decode_lines(joined)
-            except Exception as err:
-                whole = err
-            if isinstance(whole, list) and len(whole) == n:
-                return whole
-        # Offsets of each record in ``joined`` (and of the end): the runs are its slices.
-        offsets = [0, *accumulate(len(value) + 1 for value in values)]
-        view = memoryview(joined)
-        runs: list[tuple[int, int]] = []
-        start = 0
-        for i, ok in enumerate(map(_framed, values) if not framed else ()):
-            if not ok:  # decoded on its own below: it cannot be joined
-                runs.append((start, i))
-                self._decode_each(values, out, i, i + 1, decoder)
-                start = i + 1
-        runs.append((start, n))
-        first = whole  # the whole batch's failure, when it was tried
-        while runs:
-            start, end = runs.pop()
-            if start >= end:
-                continue
-            found: list[Any] | Exception
-            if first is not None:
-                found, first = first, None
-            else:
-                try:
-                    found = decode_lines(view[offsets[start] : offsets[end] - 1])
-                except Exception as err:
-                    found = err
-            if isinstance(found, Exception):  # the error says where: that record goes exact
-                at = _failed_at(found, offsets, start, end)
-                if at is None:
-                    self._decode_each(values, out, start, end, decoder)
-                else:
-                    runs.append((at + 1, end))
-                    runs.append((start, at))
-            elif len(found) == end - start:
-                out[start:end] = found
-            else:  # a record held more than one element: its own call says which
-                self._decode_each(values, out, start, end, decoder)
-        return out
-
-    def _decode_each(
-        self,
-        values: Sequence[bytes],
-        out: list[Any],
-        start: int,
-        end: int,
-        decoder: msgspec.json.Decoder[Any],
-    ) -> None:
+        event decoder must decode. One call per record: as cheap as one ``decode_lines``
+        call over the joined batch (``bench/results/decode.md``), and each record is its
+        own input (no framing to trust, no failed batch to resume)."""
         decode = decoder.decode
-        for i in range(start, end):
+        out: list[Any] = []
+        append = out.append
+        for value in values:
             try:
-                out[i] = decode(values[i])
+                append(decode(value))
             except Exception:  # the event decoder then gives the verdict and its reason
-                out[i] = None
+                append(None)
+        return out
 
     # -------------------------------------------------------------------- columns
 
