@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monitor.config.policy import SignalPolicy
 from monitor.engine.columns import Column, EventColumns, extractors_for
 from monitor.engine.decode import ColumnDecoder, DecodedBatch
-from monitor.engine.events import Event, EventDecoder
+from monitor.engine.events import BadRecord, Event, EventDecoder
 from monitor.tools.traffic import SYNTHETIC_CATEGORIES, synthetic_batches
 
 NUMERIC = [f"f{i}" for i in range(10)]
@@ -381,6 +381,45 @@ def parts(records: list[bytes], rounds: int) -> list[tuple[str, float, float]]:
     return [(name, statistics.median(t) / n * 1e6, min(t) / n * 1e6) for name, t in took.items()]
 
 
+#: Records of a class the event decoder dead-letters, or of one it accepts.
+HOSTILE = {
+    "an unnamed feature holding a list": b'{"model":"a","features":{"zz":[1,2]}}',
+    "an unnamed feature of 1e400": b'{"model":"a","features":{"zz":1e400}}',
+    "1,001 features": b'{"model":"a","features":{'
+    + b",".join(b'"g%d":1' % i for i in range(1001))
+    + b"}}",
+    "a string in a numeric feature": b'{"model":"a","features":{"f0":"n/a"}}',
+    "`latency_ms: true`": b'{"model":"a","latency_ms":true}',
+    "an unknown field nested 3,000 deep": b'{"model":"a","x":' + b"[" * 3000 + b"]" * 3000 + b"}",
+    '`latency_ms: "12"`': b'{"model":"a","latency_ms":"12"}',
+}
+
+
+def hostile_outcomes() -> list[str]:
+    """What EventDecoder, the prototype, Arrow and Polars do with one record of each class."""
+    events = EventDecoder(MAX_BYTES)
+    lines = [
+        "| record | EventDecoder | prototype | Arrow read_json | Polars read_ndjson |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    readers = [
+        fn for fn in (arrow, polars) if fn.__name__ in {f.__name__ for f in available().values()}
+    ]
+    for name, record in HOSTILE.items():
+        verdict = events.decode(record)
+        found = [verdict.reason.value if isinstance(verdict, BadRecord) else "valid"]
+        batch = DECODER.decode([record])
+        found.append(batch.bad[0][1].reason.value if batch.bad else "valid")
+        for fn in readers:
+            try:
+                fn([record])
+                found.append("accepted")
+            except Exception:
+                found.append("whole batch fails")
+        lines.append(f"| {name} | " + " | ".join(found) + " |")
+    return lines
+
+
 def report(args: argparse.Namespace) -> str:
     records = make_records(args.records, args.models)
     # As the daemon runs (monitor/daemon/runtime.py): a high collector threshold.
@@ -413,6 +452,8 @@ def report(args: argparse.Namespace) -> str:
     lines += ["| part | CPU us/record, median | best |", "| --- | ---: | ---: |"]
     for name, per_record, best in parts(records, args.rounds):
         lines.append(f"| {name} | {per_record:.2f} | {best:.2f} |")
+    lines += ["", "One record of each class (Arrow, Polars: over the bench's schema):", ""]
+    lines += hostile_outcomes()
     return "\n".join(lines)
 
 
