@@ -116,8 +116,8 @@ class DecodedBatch:
     columns: dict[Hashable, Any] = field(default_factory=dict)
     #: The bad records: (position in the batch, why).
     bad: list[tuple[int, BadRecord]] = field(default_factory=list)
-    #: The rows the event decoder decoded (refused by the policy type: an unnamed feature, a
-    #: value outside the fast type, a model id to check, the record a batch failed at).
+    #: The rows the event decoder decoded: refused by the policy type (a feature no signal
+    #: names, a string or boolean where a number is read), or with a model id to check.
     exact: list[int] = field(default_factory=list)
 
 
@@ -181,7 +181,6 @@ class ColumnDecoder:
         self._wide_left = 0
         self._always_wide = not self.features
         self._events = EventDecoder(max_bytes)
-        self._index = {name: i for i, name in enumerate(self.features)}
         k = len(self.numeric)
         self._get_numeric = _getter(range(k))
         self._get_other = _getter(range(k, len(self.features)))
