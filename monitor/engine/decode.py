@@ -122,6 +122,8 @@ class DecodedBatch:
 
 
 _MODEL = attrgetter("model")
+#: The sources that read a feature's value (the others read its presence, or its kind).
+_READS_VALUES = (SignalSource.ANOMALY, SignalSource.FEATURE, SignalSource.FEATURES)
 _FEATURES = attrgetter("features")
 
 
@@ -156,20 +158,23 @@ class ColumnDecoder:
         #: The columns to build, by key (each once, however many signals read it).
         self.columns: dict[Hashable, Column] = {}
         numeric: dict[str, None] = {}
+        categorical: set[str] = set()
         other: dict[str, None] = {}
         for signal in signals:
             for _, column in extractors_for(signal):
                 self.columns.setdefault(column.key, column)
-            read_as_numbers = signal.source in (
-                SignalSource.ANOMALY,
-                SignalSource.FEATURE,
-                SignalSource.FEATURES,
-            ) and (signal.input_kind is not InputKind.CATEGORICAL)
-            (numeric if read_as_numbers else other).update(dict.fromkeys(_feature_names(signal)))
-        #: Features read as numbers only: the fast type takes numbers (or null) for them, and
-        #: a record with a string or boolean there takes the exact path (still valid).
-        self.numeric = tuple(name for name in numeric if name not in other)
-        self.features = self.numeric + tuple(other)
+            names = dict.fromkeys(_feature_names(signal))
+            if signal.source in _READS_VALUES:
+                if signal.input_kind is InputKind.CATEGORICAL:
+                    categorical.update(names)
+                else:
+                    numeric.update(names)
+            other.update(names)
+        #: Features read as numbers and never as categories (a missing rate or a schema
+        #: check may read them too): the fast type takes numbers (or null) for them, and a
+        #: record with a string or boolean there takes the exact path (still valid).
+        self.numeric = tuple(name for name in numeric if name not in categorical)
+        self.features = self.numeric + tuple(n for n in other if n not in set(self.numeric))
         self.row_type = policy_event_type(self.features, numeric=len(self.numeric))
         members = {f.name: f.type for f in msgspec.structs.fields(self.row_type)}
         self._no_features = members["features"].__args__[0]()  # out of `Struct | None`
@@ -272,14 +277,17 @@ class ColumnDecoder:
                     table[i] = tuple(map(found.get, names))
             return table
 
+        #: Each feature's values (a list), or for a feature read as numbers its float
+        #: column when every value is a number or null (NaN then means null: a JSON number
+        #: is never NaN).
         by_name: dict[str, Any] = {}
         if self.numeric:
             table = table_of(self._get_numeric, self.numeric)
             if any(str in set(map(type, table[i])) for i in dicts):
-                # A string where the type wants a number (the event decoder's row): NaN,
-                # as columns.py reads it.
+                # A string where the type wants a number (the event decoder's row): kept as
+                # it is, read as NaN by ``numbers`` and as present by the missing rate.
                 for j, values in enumerate(zip(*table, strict=True)):
-                    by_name[self.numeric[j]] = _numbers(list(values))
+                    by_name[self.numeric[j]] = list(values)
             else:
                 block = np.array(table, dtype=np.float64).reshape(n, k)
                 block = block.T.copy()  # each feature's column contiguous, as columns.py
@@ -291,11 +299,15 @@ class ColumnDecoder:
             for name, values in zip(names, others or [()] * len(names), strict=True):
                 by_name[name] = list(values)
 
+        read_as_numbers: dict[str, FloatArray] = {}
+
         def numbers(name: str) -> FloatArray:
             found = by_name[name]
             if isinstance(found, np.ndarray):
                 return found
-            column: FloatArray = _numbers(found)
+            column = read_as_numbers.get(name)
+            if column is None:
+                column = read_as_numbers[name] = _numbers(found)
             return column
 
         # Top-level members: the columns' own builders, over rows that have their attributes.
@@ -308,8 +320,11 @@ class ColumnDecoder:
             elif kind == "feature_category":
                 batch.columns[key] = _categories(list(by_name[key[1]]))
             elif kind == "feature_missing":
-                batch.columns[key] = np.array(
-                    [value is None for value in by_name[key[1]]], dtype=np.float64
+                found = by_name[key[1]]
+                batch.columns[key] = (
+                    np.isnan(found).astype(np.float64)
+                    if isinstance(found, np.ndarray)
+                    else np.array([value is None for value in found], dtype=np.float64)
                 )
             elif kind == "feature_matrix":
                 names = key[1]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config.policy import SignalPolicy
+from monitor.config.policy import ModelPolicy, SignalPolicy
 from monitor.engine.columns import EventColumns, extractors_for
 from monitor.engine.decode import (
     BATCH_MIN,
@@ -23,6 +23,7 @@ from monitor.engine.decode import (
     DecodedBatch,
     policy_event_type,
 )
+from monitor.engine.discovery import ObservedSchema, resolved
 from monitor.engine.events import MAX_FEATURES, BadReason, BadRecord, Event, EventDecoder
 from monitor.tools.traffic import synthetic_batches
 from tests.fuzz.hostile import hostile_records, valid_records
@@ -66,9 +67,20 @@ BENCH = _signals(
     {"source": "latency_ms"},
     {"source": "error"},
 )  # fmt: skip
+
+
+def _auto_signals() -> list[SignalPolicy]:
+    """What auto coverage watches on the synthetic events (families, missing, schema...)."""
+    _, values = next(synthetic_batches(500, 5, seed=11, chunk=500))
+    schema = ObservedSchema()
+    schema.observe([msgspec.json.decode(value, type=Event) for value in values])
+    return list(resolved(ModelPolicy.model_validate({"signals": "auto"}), schema).signals)
+
+
 POLICIES = {
     "every_column": EVERY_COLUMN,
     "bench": BENCH,
+    "auto": _auto_signals(),
     "no_features": _signals({"source": "error"}),
 }
 
