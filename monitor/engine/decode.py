@@ -189,7 +189,6 @@ class ColumnDecoder:
         k = len(self.numeric)
         self._get_numeric = _getter(range(k))
         self._get_other = _getter(range(k, len(self.features)))
-        self._schema_known: dict[Hashable, dict[tuple[type, ...], float]] = {}
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         max_bytes = self.max_bytes
@@ -334,37 +333,37 @@ class ColumnDecoder:
                     else np.zeros((0, len(names)))
                 )
             elif kind == "schema":
-                batch.columns[key] = self._schema(key, dict(key[1]), rows, feats)
+                batch.columns[key] = self._schema(dict(key[1]), rows, by_name, dicts)
             else:
                 batch.columns[key] = column.build(event_columns)
 
     def _schema(
         self,
-        key: Hashable,
         expect: dict[str, str],
         rows: list[Any],
-        feats: list[Any],
+        by_name: dict[str, Any],
+        dicts: Sequence[int],
     ) -> FloatArray:
         """As ``columns._schema``: 1 when a row has a feature ``expect`` lacks, or a value
-        of another kind. A policy row holds the named features only (None when absent, which
-        ``_schema`` ignores as it ignores null); an event decoder's row has its dict."""
-        known = self._schema_known.setdefault(key, {})
-        out = np.empty(len(rows), dtype=np.float64)
-        names = self.features
-        get_all = _getter(range(len(names)))
-        for i, row in enumerate(rows):
-            found = row.features
-            if type(found) is dict:
-                types = tuple(map(type, found.values()))
-                out[i] = _breaks(zip(found, types, strict=True), expect)
+        of another kind; a column at a time. A policy row holds the named features only
+        (None when absent, which ``_schema`` ignores as it ignores null); the event
+        decoder's rows are checked on their dict (unnamed features included)."""
+        n = len(rows)
+        breaks = np.zeros(n, dtype=bool)
+        for name in self.features:
+            found = by_name[name]
+            want = expect.get(name)
+            if isinstance(found, np.ndarray):  # numbers or null only
+                if want != "numeric":
+                    breaks |= ~np.isnan(found)
                 continue
-            signature = tuple(map(type, get_all(feats[i])))
-            value = known.get(signature)
-            if value is None:
-                if len(known) > 10_000:  # bounded, as in columns._schema
-                    known.clear()
-                value = known[signature] = _breaks(zip(names, signature, strict=True), expect)
-            out[i] = value
+            fits = {t for t, kind in _KIND_OF_TYPE.items() if kind is None or kind == want}
+            breaks |= ~np.fromiter(map(fits.__contains__, map(type, found)), dtype=bool, count=n)
+        out = breaks.astype(np.float64)
+        for i in dicts:
+            features = rows[i].features
+            types = map(type, features.values()) if features else ()
+            out[i] = _breaks(zip(features or (), types, strict=True), expect)
         return out
 
 
