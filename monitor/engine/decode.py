@@ -1,0 +1,397 @@
+"""Decoding a batch of records straight into the columns a policy reads: each record into a
+policy-derived msgspec type (no dict per event), with the same verdict per record as
+:class:`~monitor.engine.events.EventDecoder` and the same column values as
+:mod:`monitor.engine.columns`. Not wired into the engine yet (see ``bench/results/decode.md``).
+
+How a batch goes (``bench/results/decode.md`` has the figures):
+
+1. Records that are empty or over ``max_bytes`` are bad at once (the decoder's checks).
+2. Each other record is decoded into a policy type (:func:`policy_event_type`): every
+   member of :class:`Event` with the same types and limits, except ``features``, a Struct
+   whose fields are the features the policy names, with ``forbid_unknown_fields`` (numbers
+   only for those read as numbers). One msgspec call per record costs no more than one
+   ``decode_lines`` call over the joined batch, and keeps each record its own input.
+3. A record the policy type refuses (or whose model id needs checking) is decoded by
+   :class:`EventDecoder` itself and gets its verdict: a BadRecord (one dead letter, never the
+   batch), or an :class:`Event` with its features dict (valid: a feature no signal names, a
+   string where a number was expected). When many records of a batch are refused, the next
+   batches are decoded into :class:`Event` directly (the wide mode) rather than twice each.
+4. Columns are built from the rows: the named features through one ``attrgetter`` per row
+   and one ``np.array`` for the numeric ones, the top-level members by columns.py's own
+   builders.
+
+Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
+every feature (count, string length, number range, nesting); a Struct that skipped unnamed
+ones would let a record through that :class:`EventDecoder` dead-letters. Refused, such a
+record takes the exact path; it is also the record that tells auto discovery of a new name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
+from typing import Any, cast
+
+import msgspec
+import numpy as np
+
+from detectors.base import InputKind
+from monitor.config.policy import SignalPolicy, SignalSource
+from monitor.engine.columns import (
+    _KIND_OF_TYPE,
+    Column,
+    EventColumns,
+    FloatArray,
+    _categories,
+    _numbers,
+    extractors_for,
+)
+from monitor.engine.events import MAX_FEATURES, BadRecord, Event, EventDecoder, Number, Text
+
+__all__ = ["ColumnDecoder", "DecodedBatch", "policy_event_type"]
+
+#: A batch of at least BATCH_MIN rows, more than 1 / WIDE_SHARE of which the policy type
+#: refused, turns the wide mode on for WIDE_BATCHES batches (then the policy type is tried
+#: again: the traffic may have changed, or discovery named the new features).
+BATCH_MIN = 64
+WIDE_SHARE = 10
+WIDE_BATCHES = 16
+
+FeatureValue = Number | Text | bool | None
+
+
+#: Every member of :class:`Event` with its type (and so its limits) and default.
+_EVENT_FIELDS = [(f.name, f.type, f.default) for f in msgspec.structs.fields(Event)]
+
+
+def policy_event_type(features: Sequence[str], *, numeric: int = 0) -> type[msgspec.Struct]:
+    """The policy type of an event whose policy reads ``features`` (names, in order); the
+    first ``numeric`` of them take a number or null only (the contract also allows a string
+    or a boolean: a record with one is not of this type, and takes the exact path).
+
+    >>> kind = policy_event_type(["amount", "country"])
+    >>> row = msgspec.json.decode(b'{"model": "m", "features": {"amount": 3}}', type=kind)
+    >>> row.features.x0, row.features.x1
+    (3.0, None)
+    >>> msgspec.json.decode(b'{"model": "m", "features": {"other": 3}}', type=kind)
+    Traceback (most recent call last):
+    ...
+    msgspec.ValidationError: Object contains unknown field `other` - at `$.features`
+    """
+    if len(features) > MAX_FEATURES:
+        raise ValueError(f"a policy type names at most {MAX_FEATURES} features.")
+    # Fields are named by position and renamed to the features' names: a name need not be
+    # an identifier ("a.b", "class", "") and attrgetter reads the positional ones.
+    fields = [
+        (_field(i), Number | None if i < numeric else FeatureValue, None)
+        for i in range(len(features))
+    ]
+    feature_type = msgspec.defstruct(
+        "PolicyFeatures",
+        fields,
+        rename={_field(i): name for i, name in enumerate(features)},
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    members = [
+        (name, feature_type | None, None) if name == "features" else (name, kind, default)
+        for name, kind, default in _EVENT_FIELDS
+    ]
+    return msgspec.defstruct("PolicyEvent", members, gc=False)
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """A batch decoded into columns: row ``i`` is the valid record ``records[i]``."""
+
+    #: Each valid row's position in the batch (bad records have none).
+    records: list[int]
+    #: Each valid row's model id.
+    models: list[str]
+    #: The decoded rows (of the policy type, or :class:`Event` for a record decoded by
+    #: the event decoder): model_version, request_id, label for the engine's bookkeeping.
+    rows: list[Any]
+    #: By ``Column.key`` (as in :mod:`monitor.engine.columns`), one value per row.
+    columns: dict[Hashable, Any] = field(default_factory=dict)
+    #: The bad records: (position in the batch, why).
+    bad: list[tuple[int, BadRecord]] = field(default_factory=list)
+    #: The rows the event decoder decoded: refused by the policy type (a feature no signal
+    #: names, a string or boolean where a number is read), or with a model id to check.
+    exact: list[int] = field(default_factory=list)
+
+
+_MODEL = attrgetter("model")
+#: The sources that read a feature's value (the others read its presence, or its kind).
+_READS_VALUES = (SignalSource.ANOMALY, SignalSource.FEATURE, SignalSource.FEATURES)
+_FEATURES = attrgetter("features")
+
+
+def _field(i: int) -> str:
+    return f"x{i}"
+
+
+def _plain(models: list[str]) -> bool:
+    """No model id needs the event decoder's checks after decoding (printable ASCII)."""
+    return all(map(str.isascii, models)) and all(map(str.isprintable, models))
+
+
+class ColumnDecoder:
+    """Decodes batches of records into the columns of ``signals``; ``decode`` never raises.
+
+    >>> from monitor.config.policy import SignalPolicy
+    >>> signals = [SignalPolicy(source="latency_ms"),
+    ...            SignalPolicy(source="features", features=["amount"])]
+    >>> batch = ColumnDecoder(signals, max_bytes=4096).decode([
+    ...     b'{"model": "a", "latency_ms": 12, "features": {"amount": 3}}',
+    ...     b'{"latency_ms": 12}',
+    ...     b'{"model": "b", "features": {"amount": 4, "other": [1]}}',
+    ...     b'{"model": "c", "features": {"amount": "n/a", "other": 1}}'])
+    >>> batch.records, batch.models, [(i, bad.reason.value) for i, bad in batch.bad]
+    ([0, 3], ['a', 'c'], [(1, 'missing_model'), (2, 'wrong_type')])
+    >>> batch.columns[("latency_ms",)].tolist(), batch.columns[("feature", "amount")].tolist()
+    ([12.0, nan], [3.0, nan])
+    """
+
+    def __init__(self, signals: Iterable[SignalPolicy], max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: The columns to build, by key (each once, however many signals read it).
+        self.columns: dict[Hashable, Column] = {}
+        numeric: dict[str, None] = {}
+        categorical: set[str] = set()
+        other: dict[str, None] = {}
+        for signal in signals:
+            for _, column in extractors_for(signal):
+                self.columns.setdefault(column.key, column)
+            names = dict.fromkeys(_feature_names(signal))
+            if signal.source in _READS_VALUES:
+                if signal.input_kind is InputKind.CATEGORICAL:
+                    categorical.update(names)
+                else:
+                    numeric.update(names)
+            other.update(names)
+        #: Features read as numbers and never as categories (a missing rate or a schema
+        #: check may read them too): the fast type takes numbers (or null) for them, and a
+        #: record with a string or boolean there takes the exact path (still valid).
+        self.numeric = tuple(name for name in numeric if name not in categorical)
+        self.features = self.numeric + tuple(n for n in other if n not in set(self.numeric))
+        self.row_type = policy_event_type(self.features, numeric=len(self.numeric))
+        members = {f.name: f.type for f in msgspec.structs.fields(self.row_type)}
+        self._no_features = members["features"].__args__[0]()  # out of `Struct | None`
+        self._rows = msgspec.json.Decoder(self.row_type)
+        #: The contract's own type, for batches of the wide mode (see ``decode``).
+        self._wide_rows = msgspec.json.Decoder(Event)
+        #: Batches left to decode in the wide mode; always, when no feature is named (the
+        #: policy type would then refuse every record that has features).
+        self._wide_left = 0
+        self._always_wide = not self.features
+        self._events = EventDecoder(max_bytes)
+        k = len(self.numeric)
+        self._get_numeric = _getter(range(k))
+        self._get_other = _getter(range(k, len(self.features)))
+
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        max_bytes = self.max_bytes
+        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
+            positions: list[int] = list(range(len(values)))
+            candidates = cast(Sequence[bytes], values)
+            bad: list[tuple[int, BadRecord]] = []
+        else:  # the event decoder's own verdict on empty and oversized records
+            positions, bad = [], []
+            for i, value in enumerate(values):
+                if value and len(value) <= max_bytes:
+                    positions.append(i)
+                else:
+                    found = self._events.decode(value)
+                    assert isinstance(found, BadRecord)
+                    bad.append((i, found))
+            candidates = [cast(bytes, values[i]) for i in positions]
+        # Wide mode: when the policy type refused many records of a batch (events carrying
+        # features no signal names), the next ones are decoded into the contract's type (a
+        # features dict, validated as the event decoder does) rather than twice each.
+        wide = self._always_wide or self._wide_left > 0
+        rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
+        exact: list[int] = []
+        if None in rows or not _plain(list(map(_MODEL, rows))):
+            decode = self._events.decode
+            kept: list[Any] = []
+            records: list[int] = []
+            for at, row in enumerate(rows):
+                if row is None or not (row.model.isascii() and row.model.isprintable()):
+                    row = decode(candidates[at])
+                    if isinstance(row, BadRecord):
+                        bad.append((positions[at], row))
+                        continue
+                    exact.append(len(kept))
+                kept.append(row)
+                records.append(positions[at])
+            bad.sort(key=itemgetter(0))
+        else:
+            records, kept = positions, rows
+        batch = DecodedBatch(records, list(map(_MODEL, kept)), kept, bad=bad, exact=exact)
+        if wide:
+            self._wide_left -= 1
+        elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
+            self._wide_left = WIDE_BATCHES
+        self._build_columns(batch, wide)
+        return batch
+
+    # -------------------------------------------------------------------- decoding
+
+    def _decode_rows(
+        self, values: Sequence[bytes], decoder: msgspec.json.Decoder[Any]
+    ) -> list[Any]:
+        """A row (of ``decoder``'s type) for each of ``values``, or None for a record the
+        event decoder must decode. One call per record: as cheap as one ``decode_lines``
+        call over the joined batch (``bench/results/decode.md``), and each record is its
+        own input (no framing to trust, no failed batch to resume)."""
+        decode = decoder.decode
+        out: list[Any] = []
+        append = out.append
+        for value in values:
+            try:
+                append(decode(value))
+            except Exception:  # the event decoder then gives the verdict and its reason
+                append(None)
+        return out
+
+    # -------------------------------------------------------------------- columns
+
+    def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
+        rows = batch.rows
+        n = len(rows)
+        feats: list[Any] = list(map(_FEATURES, rows))
+        # Rows holding a features dict (all in the wide mode, else the event decoder's).
+        dicts: Sequence[int] = range(n) if wide else batch.exact
+        if None in feats or dicts:
+            no_features = self._no_features
+            feats = [no_features if f is None or type(f) is dict else f for f in feats]
+        k = len(self.numeric)
+
+        def table_of(get: Callable[[Any], tuple[Any, ...]], names: tuple[str, ...]) -> list[Any]:
+            table = list(map(get, feats))
+            for i in dicts:
+                found = rows[i].features
+                if found:
+                    table[i] = tuple(map(found.get, names))
+            return table
+
+        #: Each feature's values (a list), or for a feature read as numbers its float
+        #: column when every value is a number or null (NaN then means null: a JSON number
+        #: is never NaN).
+        by_name: dict[str, Any] = {}
+        if self.numeric:
+            table = table_of(self._get_numeric, self.numeric)
+            if any(str in set(map(type, table[i])) for i in dicts):
+                # A string where the type wants a number (the event decoder's row): kept as
+                # it is, read as NaN by ``numbers`` and as present by the missing rate.
+                for j, values in enumerate(zip(*table, strict=True)):
+                    by_name[self.numeric[j]] = list(values)
+            else:
+                block = np.array(table, dtype=np.float64).reshape(n, k)
+                block = block.T.copy()  # each feature's column contiguous, as columns.py
+                for j, name in enumerate(self.numeric):
+                    by_name[name] = block[j]
+        if len(self.features) > k:
+            names = self.features[k:]
+            others = list(zip(*table_of(self._get_other, names), strict=True))
+            for name, values in zip(names, others or [()] * len(names), strict=True):
+                by_name[name] = list(values)
+
+        read_as_numbers: dict[str, FloatArray] = {}
+
+        def numbers(name: str) -> FloatArray:
+            found = by_name[name]
+            if isinstance(found, np.ndarray):
+                return found
+            column = read_as_numbers.get(name)
+            if column is None:
+                column = read_as_numbers[name] = _numbers(found)
+            return column
+
+        # Top-level members: the columns' own builders, over rows that have their attributes.
+        event_columns = EventColumns(cast(Sequence[Event], rows))
+        for key, column in self.columns.items():
+            assert isinstance(key, tuple)  # every key of columns.py is
+            kind = key[0]
+            if kind == "feature":
+                batch.columns[key] = numbers(key[1])
+            elif kind == "feature_category":
+                batch.columns[key] = _categories(list(by_name[key[1]]))
+            elif kind == "feature_missing":
+                found = by_name[key[1]]
+                batch.columns[key] = (
+                    np.isnan(found).astype(np.float64)
+                    if isinstance(found, np.ndarray)
+                    else np.array([value is None for value in found], dtype=np.float64)
+                )
+            elif kind == "feature_matrix":
+                names = key[1]
+                batch.columns[key] = (
+                    np.column_stack([numbers(name) for name in names])
+                    if n
+                    else np.zeros((0, len(names)))
+                )
+            elif kind == "schema":
+                batch.columns[key] = self._schema(dict(key[1]), rows, by_name, dicts)
+            else:
+                batch.columns[key] = column.build(event_columns)
+
+    def _schema(
+        self,
+        expect: dict[str, str],
+        rows: list[Any],
+        by_name: dict[str, Any],
+        dicts: Sequence[int],
+    ) -> FloatArray:
+        """As ``columns._schema``: 1 when a row has a feature ``expect`` lacks, or a value
+        of another kind; a column at a time. A policy row holds the named features only
+        (None when absent, which ``_schema`` ignores as it ignores null); the event
+        decoder's rows are checked on their dict (unnamed features included)."""
+        n = len(rows)
+        breaks = np.zeros(n, dtype=bool)
+        for name in self.features:
+            found = by_name[name]
+            want = expect.get(name)
+            if isinstance(found, np.ndarray):  # numbers or null only
+                if want != "numeric":
+                    breaks |= ~np.isnan(found)
+                continue
+            fits = {t for t, kind in _KIND_OF_TYPE.items() if kind is None or kind == want}
+            breaks |= ~np.fromiter(map(fits.__contains__, map(type, found)), dtype=bool, count=n)
+        out = breaks.astype(np.float64)
+        for i in dicts:
+            features = rows[i].features
+            types = map(type, features.values()) if features else ()
+            out[i] = _breaks(zip(features or (), types, strict=True), expect)
+        return out
+
+
+def _getter(indices: Iterable[int]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function of a features Struct: the tuple of the fields at ``indices``."""
+    names = [_field(i) for i in indices]
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda found: (one(found),)
+    return cast(Callable[[Any], tuple[Any, ...]], attrgetter(*names))
+
+
+def _breaks(features: Iterable[tuple[str, type]], expect: dict[str, str]) -> float:
+    for name, kind in features:
+        found = _KIND_OF_TYPE.get(kind, "other")
+        if found is not None and expect.get(name) != found:
+            return 1.0
+    return 0.0
+
+
+def _feature_names(signal: SignalPolicy) -> list[str]:
+    source = signal.source
+    if source is SignalSource.FEATURE:
+        return [signal.feature] if signal.feature is not None else []
+    if source is SignalSource.SCHEMA:
+        return sorted(signal.expect or {})
+    if source in (SignalSource.FEATURES, SignalSource.MISSING, SignalSource.ANOMALY):
+        return list(signal.features or [])
+    return []
