@@ -1,0 +1,135 @@
+"""Per-object ks_window detectors against a KSWindowBank, in steady state, side by side.
+
+Models x 10 features, each feature a ks_window of the bench policy (reference 1,000, window
+1,000, stride 100, family of 10); references full and windows full before the clock starts
+(each model at its own phase of the stride, as live traffic leaves them). Each batch spreads
+``--batch-events`` events evenly over the models; each member gets its model's slice, the way
+``monitor/engine/engine.py`` feeds a member. Both paths get the same values in the same order;
+at the end their checkpoints are compared byte for byte (so the two did the same work).
+
+    PYTHONPATH=. python bench/bank.py --models 200 1000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from detectors.bank import KSWindowBank
+from detectors.numeric import KSWindowDetector, KSWindowSpec
+
+FEATURES = 10
+SPEC = KSWindowSpec(reference={"size": 1000})
+
+
+def warm_values(models: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per member: a full reference, a full window and a per-model phase of the stride."""
+    phases = rng.integers(0, SPEC.stride, models)
+    need = SPEC.reference.size + SPEC.window
+    return [
+        rng.normal(size=need + int(phases[model]))
+        for model in range(models)
+        for _ in range(FEATURES)
+    ]
+
+
+def steady_batches(
+    models: int, events_per_model: int, per_batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Batches of shape (members, per_batch): row ``i`` is member ``i``'s slice."""
+    members = models * FEATURES
+    # A mild drift on a tenth of the models: some tests breach, as in a live fleet.
+    shift = np.where(np.arange(members) // FEATURES % 10 == 0, 0.3, 0.0)[:, None]
+    return [
+        rng.normal(size=(members, per_batch)) + shift
+        for _ in range(max(1, events_per_model // per_batch))
+    ]
+
+
+def timed(run: Callable[[], None]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
+    rng = np.random.default_rng(args.seed)
+    members = models * FEATURES
+    per_batch = max(1, args.batch_events // models)
+    warm = warm_values(models, rng)
+    batches = steady_batches(models, args.events_per_model, per_batch, rng)
+    objects = [
+        KSWindowDetector(SPEC, family_size=FEATURES, seed=i % FEATURES) for i in range(members)
+    ]
+    bank = KSWindowBank(SPEC, capacity=members)
+    for i in range(members):
+        bank.add(family_size=FEATURES, seed=i % FEATURES)
+        objects[i].update_many(warm[i])
+    bank.update_many(list(range(members)), warm)
+    assert all(bank.banked(i) for i in range(members)), "warm-up left members filling"
+    numbers = list(range(members))
+    events = len(batches) * per_batch * models
+
+    def per_object() -> None:
+        for batch in batches:
+            for i in numbers:
+                objects[i].update_many(batch[i])
+
+    def banked() -> None:
+        for batch in batches:
+            bank.update_many(numbers, list(batch))
+
+    times: dict[str, list[float]] = {"per_object": [], "bank": []}
+    # The paths alternate; each repeat feeds both the same batches again, in the same order.
+    for _ in range(args.repeats):
+        times["per_object"].append(timed(per_object))
+        times["bank"].append(timed(banked))
+    sample = range(0, members, max(1, members // 50))
+    assert all(bank.to_bytes(i) == objects[i].to_bytes() for i in sample), "paths diverged"
+    po = statistics.median(times["per_object"]) / events * 1e6
+    bk = statistics.median(times["bank"]) / events * 1e6
+    return {
+        "models": models,
+        "members": members,
+        "per_batch": per_batch,
+        "events": events,
+        "per_object_us": po,
+        "bank_us": bk,
+        "speedup": po / bk,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, nargs="+", default=[200, 1000])
+    parser.add_argument("--batch-events", type=int, default=18_000)
+    parser.add_argument("--events-per-model", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=16)
+    args = parser.parse_args()
+    print(
+        f"ks_window x {FEATURES} features, reference {SPEC.reference.size}, window "
+        f"{SPEC.window}, stride {SPEC.stride}; {args.batch_events} events per batch; "
+        f"median of {args.repeats}"
+    )
+    print(
+        "| models | members | events/model/batch | per-object us/event | bank us/event | speed-up |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for models in args.models:
+        r = bench(models, args)
+        print(
+            f"| {r['models']:,} | {r['members']:,} | {r['per_batch']} | "
+            f"{r['per_object_us']:.2f} | {r['bank_us']:.2f} | {r['speedup']:.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
