@@ -68,10 +68,13 @@ def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
         KSWindowDetector(SPEC, family_size=FEATURES, seed=i % FEATURES) for i in range(members)
     ]
     bank = KSWindowBank(SPEC, capacity=members)
+    flat_bank = KSWindowBank(SPEC, capacity=members)
     for i in range(members):
         bank.add(family_size=FEATURES, seed=i % FEATURES)
+        flat_bank.add(family_size=FEATURES, seed=i % FEATURES)
         objects[i].update_many(warm[i])
     bank.update_many(list(range(members)), warm)
+    flat_bank.update_many(list(range(members)), warm)
     assert all(bank.banked(i) for i in range(members)), "warm-up left members filling"
     numbers = list(range(members))
     events = len(batches) * per_batch * models
@@ -85,15 +88,26 @@ def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
         for batch in batches:
             bank.update_many(numbers, list(batch))
 
-    times: dict[str, list[float]] = {"per_object": [], "bank": []}
+    member_ids = np.arange(members)
+    lengths = np.full(members, per_batch)
+
+    def flat() -> None:
+        # The engine's shape: each column of the batch, grouped model after model, at once.
+        for batch in batches:
+            flat_bank.update_flat(member_ids, batch.reshape(-1), lengths)
+
+    times: dict[str, list[float]] = {"per_object": [], "bank": [], "flat": []}
     # The paths alternate; each repeat feeds both the same batches again, in the same order.
     for _ in range(args.repeats):
         times["per_object"].append(timed(per_object))
         times["bank"].append(timed(banked))
+        times["flat"].append(timed(flat))
     sample = range(0, members, max(1, members // 50))
-    assert all(bank.to_bytes(i) == objects[i].to_bytes() for i in sample), "paths diverged"
+    for i in sample:
+        assert bank.to_bytes(i) == flat_bank.to_bytes(i) == objects[i].to_bytes(), "diverged"
     po = statistics.median(times["per_object"]) / events * 1e6
     bk = statistics.median(times["bank"]) / events * 1e6
+    fl = statistics.median(times["flat"]) / events * 1e6
     return {
         "models": models,
         "members": members,
@@ -101,7 +115,9 @@ def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
         "events": events,
         "per_object_us": po,
         "bank_us": bk,
+        "flat_us": fl,
         "speedup": po / bk,
+        "flat_speedup": po / fl,
     }
 
 
@@ -119,14 +135,16 @@ def main() -> None:
         f"median of {args.repeats}"
     )
     print(
-        "| models | members | events/model/batch | per-object us/event | bank us/event | speed-up |"
+        "| models | members | events/model/batch | per-object us/event "
+        "| bank.update_many us/event | bank.update_flat us/event | speed-up (many / flat) |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for models in args.models:
         r = bench(models, args)
         print(
             f"| {r['models']:,} | {r['members']:,} | {r['per_batch']} | "
-            f"{r['per_object_us']:.2f} | {r['bank_us']:.2f} | {r['speedup']:.1f}x |",
+            f"{r['per_object_us']:.2f} | {r['bank_us']:.2f} | {r['flat_us']:.2f} | "
+            f"{r['speedup']:.1f}x / {r['flat_speedup']:.1f}x |",
             flush=True,
         )
 

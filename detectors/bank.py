@@ -54,6 +54,7 @@ class _Member:
     last: Reading
     #: The released reference's checkpoint state (constant once released).
     reference: dict[str, Any] | None = None
+    number: int = -1
 
 
 class KSWindowBank:
@@ -90,12 +91,16 @@ class KSWindowBank:
         self._at = np.arange(1, spec.window + 1) / spec.window
         self._before = self._at - 1.0 / spec.window
         self._members: list[_Member] = []
+        #: Per member: its row, or -1 while it is a per-object detector.
+        self._row_of = np.full(16, -1, dtype=np.int64)
         self._free: list[int] = []
         self._rows = 0
         self._capacity = capacity
         # The grid size is known once the first member is steady (the reference's size, or
         # the grid's cap): until then no row exists.
         self._grid_size = 0
+        # Grid rows are padded with +inf to a power of two, the span binary lifting walks.
+        self._grid_width = 1
         # Rows tested together per block: its scratch (4 x block x window values) in cache.
         self._block = max(1, 32_768 // spec.window)
         self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -105,11 +110,11 @@ class KSWindowBank:
 
     def _alloc(self, capacity: int) -> None:
         w = self._window
-        g = max(self._grid_size, 1)
+        g = self._grid_width
         self._win = np.zeros((capacity, w))
         self._upto = np.zeros((capacity, w), dtype=np.int16)
         self._below = np.zeros((capacity, w), dtype=np.int16)
-        self._grid = np.zeros((capacity, g))
+        self._grid = np.full((capacity, g), np.inf)
         self._pos = np.zeros(capacity, dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)
         self._since = np.full(capacity, _NO_SINCE, dtype=np.int64)
@@ -137,6 +142,7 @@ class KSWindowBank:
             grown[:old] = arr
             setattr(self, name, grown)
         self._since[old:] = _NO_SINCE
+        self._grid[old:] = np.inf
         self._capacity = new
 
     def _take_row(self) -> int:
@@ -155,8 +161,15 @@ class KSWindowBank:
     def add(self, *, family_size: int = 1, seed: int = 0) -> int:
         """A new member (a fresh detector of the bank's spec); returns its number."""
         detector = KSWindowDetector(self.spec, family_size=family_size, seed=seed)
-        self._members.append(_Member(detector, -1, seed, family_size, INCONCLUSIVE))
-        return len(self._members) - 1
+        return self._append(_Member(detector, -1, seed, family_size, INCONCLUSIVE))
+
+    def _append(self, member: _Member) -> int:
+        number = len(self._members)
+        if number == self._row_of.size:
+            self._row_of = np.concatenate([self._row_of, np.full(number, -1, dtype=np.int64)])
+        self._members.append(member)
+        member.number = number
+        return number
 
     def add_from_bytes(self, data: bytes) -> int:
         """A new member restored from a ``ks_window`` detector's (or this bank's) checkpoint."""
@@ -167,9 +180,9 @@ class KSWindowBank:
                 f"not this bank's {self.spec!r}"
             )
         member = _Member(detector, -1, detector.seed, detector.family_size, detector.reading())
-        self._members.append(member)
+        number = self._append(member)
         self._settle(member)
-        return len(self._members) - 1
+        return number
 
     def banked(self, member: int) -> bool:
         """Whether ``member`` is steady and held in the bank's rows."""
@@ -192,6 +205,7 @@ class KSWindowBank:
             self._since[m.row] = _NO_SINCE
         m.detector = KSWindowDetector(self.spec, family_size=m.family_size, seed=m.seed)
         m.row = -1
+        self._row_of[member] = -1
         m.last = INCONCLUSIVE
         m.reference = None
 
@@ -215,7 +229,8 @@ class KSWindowBank:
         grid = np.asarray(state["extra"]["grid"], dtype=np.float64)
         if self._grid_size == 0:
             self._grid_size = grid.size
-            self._grid = np.zeros((self._capacity, grid.size))
+            self._grid_width = 1 << (grid.size - 1).bit_length()
+            self._grid = np.full((self._capacity, self._grid_width), np.inf)
         if grid.size != self._grid_size or state["fence"] is None:
             # A reference of another size (a file changed between runs): stays per object.
             return
@@ -223,6 +238,7 @@ class KSWindowBank:
         self._load_row(row, member, raw)
         member.detector = None
         member.row = row
+        self._row_of[member.number] = row
 
     def _load_row(self, row: int, member: _Member, raw: dict[str, Any]) -> None:
         state = raw["state"]
@@ -234,7 +250,7 @@ class KSWindowBank:
         since = state["since"]
         self._since[row] = _NO_SINCE if since is None else int(since)
         grid = extra["grid"]
-        self._grid[row] = grid
+        self._grid[row, : grid.size] = grid
         self._m[row] = int(extra["m"])
         mean, std, tau, factor = (float(v) for v in extra["ref"])
         self._ref_mean[row], self._ref_std[row] = mean, std
@@ -281,7 +297,7 @@ class KSWindowBank:
                     "seen": int(self._seen[row]),
                     "since": None if since == _NO_SINCE else since,
                     "extra": {
-                        "grid": self._grid[row],
+                        "grid": self._grid[row, : self._grid_size],
                         "m": int(self._m[row]),
                         "ref": [
                             float(self._ref_mean[row]),
@@ -311,48 +327,97 @@ class KSWindowBank:
                 f"update_many needs one batch per member: {len(members)} members, "
                 f"{len(batches)} batches"
             )
-        if len(set(members)) != len(members):
-            raise ValueError("update_many takes each member at most once per call")
-        results: list[Reading] = [INCONCLUSIVE] * len(members)
-        steady: list[int] = []
-        arrays: list[np.ndarray] = []
-        for j, number in enumerate(members):
-            m = self._member(number)
-            detector = m.detector
-            if detector is not None:
-                results[j] = detector.update_many(batches[j])
-                # The Reading that stands is the last test's, not a breach returned from
-                # earlier in the batch.
-                m.last = detector.reading()
-                self._settle(m)
-                continue
-            steady.append(j)
-            arrays.append(np.asarray(batches[j], dtype=np.float64).ravel())
-        if steady:
-            readings = self._steady([self._members[members[j]] for j in steady], arrays)
-            for j, reading in zip(steady, readings, strict=True):
-                results[j] = reading
+        arrays = [np.asarray(batch, dtype=np.float64).ravel() for batch in batches]
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        values = np.concatenate(arrays) if arrays else np.zeros(0)
+        numbers = np.asarray(members, dtype=np.int64).reshape(-1)
+        changed, readings = self.update_flat(numbers, values, lengths)
+        results = [self._members[number].last for number in numbers.tolist()]
+        for j, reading in zip(changed.tolist(), readings, strict=True):
+            results[j] = reading
         return results
 
-    def _steady(self, members: list[_Member], arrays: list[np.ndarray]) -> list[Reading]:
-        k = len(members)
-        rows = np.fromiter((m.row for m in members), dtype=np.int64, count=k)
-        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=k)
-        flat = np.concatenate(arrays) if k > 1 else arrays[0]
+    def update_flat(
+        self, members: np.ndarray, values: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, list[Reading]]:
+        """Feed ``members[j]`` its ``lengths[j]`` values, which follow each other in ``values``
+        (a column of a batch grouped member after member: no array per member is built).
+
+        Returns the positions ``j`` whose Reading may have changed and, for each, the Reading
+        its detector's ``update_many`` would have returned; every other member's Reading
+        stands (``reading(member)``, the same object).
+        """
+        members = np.asarray(members)
+        lengths = np.asarray(lengths)
+        if members.ndim != 1 or lengths.shape != members.shape:
+            raise ValueError(
+                f"update_flat needs one length per member: members of shape {members.shape}, "
+                f"lengths of shape {lengths.shape}"
+            )
+        if members.dtype.kind not in "iu" or lengths.dtype.kind not in "iu":
+            raise ValueError(
+                f"members and lengths must be integers, not {members.dtype} and {lengths.dtype}"
+            )
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        k = members.size
+        if k and (int(lengths.min()) < 0 or int(lengths.sum()) != values.size):
+            raise ValueError(
+                f"lengths must be non-negative and add up to the {values.size} values, "
+                f"got a sum of {int(lengths.sum())} (smallest {int(lengths.min())})"
+            )
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), []
+        size = len(self._members)
+        low, high = int(members.min()), int(members.max())
+        if low < 0 or high >= size:
+            raise IndexError(f"no member {low if low < 0 else high} in a bank of {size}")
+        if np.bincount(members, minlength=size).max() > 1:
+            raise ValueError("update_flat takes each member at most once per call")
+        rows = self._row_of[members]
+        banked = rows >= 0
+        positions: list[int] = []
+        readings: list[Reading] = []
+        if not banked.all():
+            offsets = np.concatenate(([0], np.cumsum(lengths)))
+            for j in np.flatnonzero(~banked).tolist():
+                m = self._members[int(members[j])]
+                assert m.detector is not None
+                positions.append(j)
+                readings.append(m.detector.update_many(values[offsets[j] : offsets[j + 1]]))
+                # The Reading that stands is the last test's, not a breach returned from
+                # earlier in the batch.
+                m.last = m.detector.reading()
+                self._settle(m)
+            steady = np.flatnonzero(banked)
+            values = values[np.repeat(banked, lengths)]
+            lengths = lengths[steady]
+            rows = rows[steady]
+        else:
+            steady = None
+        if rows.size:
+            at, changed = self._steady(rows, members if steady is None else members[steady],
+                                       values, lengths.astype(np.int64))  # fmt: skip
+            positions.extend((at if steady is None else steady[at]).tolist())
+            readings.extend(changed)
+        return np.asarray(positions, dtype=np.int64), readings
+
+    def _steady(
+        self, rows: np.ndarray, members: np.ndarray, flat: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, list[Reading]]:
+        k = rows.size
         if flat.size and math.isnan(np.minimum.reduce(flat)):
             # NaN is missing (rule 1): dropped, per member.
             kept = ~np.isnan(flat)
             lengths = np.bincount(np.repeat(np.arange(k), lengths)[kept], minlength=k)
             flat = flat[kept]
-        results: list[Reading | None] = [None] * k
-        breached: list[Reading | None] = [None] * k
-        empty = np.flatnonzero(lengths == 0)
-        for i in empty.tolist():
-            m = members[i]
-            m.last = Reading(
+        # Per position that ran a test (or got no value): its last and its first breach.
+        results: dict[int, Reading] = {}
+        breached: dict[int, Reading] = {}
+        for i in np.flatnonzero(lengths == 0).tolist():
+            m = self._members[int(members[i])]
+            results[i] = Reading(
                 math.nan, math.nan, Verdict.INCONCLUSIVE, self._window, m.last.threshold
             )
-            results[i] = m.last
         offset = np.zeros(k, dtype=np.int64)
         np.cumsum(lengths[:-1], out=offset[1:])
         remaining = lengths.copy()
@@ -391,18 +456,14 @@ class KSWindowBank:
                 for i, reading in zip(tested.tolist(), self._test(rows[tested]), strict=True):
                     results[i] = reading
                     if reading.breached:
+                        # The batch reports its last breach, as update_many does.
                         breached[i] = reading
+        at = np.fromiter(results, dtype=np.int64, count=len(results))
         out: list[Reading] = []
-        for i, m in enumerate(members):
-            last = results[i]
-            if last is None:
-                # No stride ended: the last Reading stands (the same object).
-                out.append(m.last)
-                continue
-            m.last = last
-            fired = breached[i]
-            out.append(fired if fired is not None else last)
-        return out
+        for i, last in results.items():
+            self._members[int(members[i])].last = last
+            out.append(breached.get(i, last))
+        return at, out
 
     def _admit(self, arows: np.ndarray, seg: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Fence.admit of each member's chunk: clipped to its fence, clipped values counted."""
@@ -425,30 +486,28 @@ class KSWindowBank:
     def _ranks(self, value_rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid points ``<=`` and ``<`` each value, in its member's grid: exact counts by
         binary lifting (the searchsorted of every member at once)."""
-        g = self._grid_size
         grid = self._grid.reshape(-1)
-        base = value_rows * g - 1
+        base = value_rows * self._grid_width
         upto = self._count(grid, base, values, np.less_equal)
         # Only a value equal to a grid point has fewer points below it than up to it.
-        found = upto > 0
-        tied = found.copy()
-        tied[found] = grid[base[found] + upto[found]] == values[found]
+        found = np.flatnonzero(upto > 0)
+        tied = found[grid[base[found] + upto[found] - 1] == values[found]]
         below = upto
-        if tied.any():
+        if tied.size:
             below = upto.copy()
             below[tied] = self._count(grid, base[tied], values[tied], np.less)
         return upto, below
 
     def _count(self, grid: np.ndarray, base: np.ndarray, values: np.ndarray, op: Any) -> np.ndarray:
         """Per value, how many points ``p`` of its grid row satisfy ``op(p, value)`` (a prefix
-        of the sorted row): binary lifting, one gather and compare per power of two.
+        of the sorted row, the +inf padding never in it): binary lifting, one gather and one
+        compare per power of two.
 
         In blocks with in-place operations: fresh temporaries the size of a whole batch are
         mapped afresh by the allocator each time, and their page faults cost more than the
         arithmetic.
         """
-        g = self._grid_size
-        top = 1 << (g.bit_length() - 1)
+        width = self._grid_width
         out = np.empty(values.size, dtype=np.int64)
         span = _RANK_BLOCK
         probe = np.empty(span, dtype=np.int64)
@@ -457,23 +516,22 @@ class KSWindowBank:
         for start in range(0, values.size, span):
             v = values[start : start + span]
             n = v.size
-            at = base[start : start + span]
-            count = out[start : start + n]
-            count[:] = 0
+            # The absolute index of the first point not yet known to satisfy ``op``.
+            at = out[start : start + n]
+            at[:] = base[start : start + n]
             p, pt, ok = probe[:n], point[:n], go[:n]
-            step = top
+            step = width >> 1
             while step:
-                np.add(count, step, out=p)
-                np.minimum(p, g, out=p)
-                # A probe past the row's end reads its last point: counted only if the probe
-                # itself lies inside (count + step <= g).
-                fits = p == count + step
-                np.add(p, at, out=p)
+                np.add(at, step - 1, out=p)
                 np.take(grid, p, out=pt)
                 op(pt, v, out=ok)
-                ok &= fits
-                count += ok * step
+                np.add(at, step, out=at, where=ok)
                 step >>= 1
+            # The steps cover all but the row's last slot: one more look settles it.
+            np.take(grid, at, out=pt)
+            op(pt, v, out=ok)
+            np.add(at, 1, out=at, where=ok)
+            at -= base[start : start + n]
         return out
 
     def _distances(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

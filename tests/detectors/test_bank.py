@@ -232,3 +232,59 @@ def test_bad_values_and_foreign_checkpoints_are_refused() -> None:
     with pytest.raises(ValueError, match="holds ks_window detectors, not QuantileSpec"):
         KSWindowBank(QuantileSpec())  # type: ignore[arg-type]
     assert math.isnan(bank.update_many([0], [[math.nan]])[0].statistic)
+
+
+def test_update_flat_over_a_column_equals_update_many_and_reports_only_changed_readings() -> None:
+    spec = KSWindowSpec(reference={"size": 100}, window=50, min_samples=20, stride=10)
+    rng = np.random.default_rng(8)
+    flat_bank, list_bank = KSWindowBank(spec), KSWindowBank(spec)
+    twins = [KSWindowDetector(spec, family_size=4, seed=i) for i in range(4)]
+    for i in range(4):
+        flat_bank.add(family_size=4, seed=i)
+        list_bank.add(family_size=4, seed=i)
+    reported = 0
+    for _ in range(60):
+        lengths = rng.integers(0, 25, 4)
+        column = stream("missing", int(lengths.sum()), rng)
+        members = rng.permutation(4)
+        before = [flat_bank.reading(i) for i in range(4)]
+        changed, readings = flat_bank.update_flat(members, column, lengths)
+        cuts = np.cumsum(lengths)[:-1]
+        batches = np.split(column, cuts)
+        expected = [twins[int(m)].update_many(b) for m, b in zip(members, batches, strict=True)]
+        assert [bits(r) for r in list_bank.update_many(list(members), batches)] == [
+            bits(r) for r in expected
+        ]
+        for j in range(4):
+            member = int(members[j])
+            if j in changed.tolist():
+                assert bits(readings[changed.tolist().index(j)]) == bits(expected[j])
+            else:
+                # Not reported: the Reading stands, the same object as before the call.
+                assert flat_bank.reading(member) is before[member]
+                assert bits(before[member]) == bits(expected[j])
+            assert flat_bank.to_bytes(member) == twins[member].to_bytes()
+        reported += changed.size
+    assert all(flat_bank.banked(i) for i in range(4))
+    assert 0 < reported < 240
+
+
+@pytest.mark.parametrize(
+    ("members", "values", "lengths", "message"),
+    [
+        (np.array([0, 1]), np.zeros(4), np.array([2]), "one length per member"),
+        (np.array([0, 1]), np.zeros(4), np.array([2, 3]), "add up to the 4 values, got a sum of 5"),
+        (np.array([0, 1]), np.zeros(4), np.array([5, -1]), r"smallest -1"),
+        (np.array([0.0, 1.0]), np.zeros(4), np.array([2, 2]), "must be integers"),
+        (np.array([1, 1]), np.zeros(4), np.array([2, 2]), "at most once per call"),
+        (np.array([0, 2]), np.zeros(4), np.array([2, 2]), "no member 2 in a bank of 2"),
+    ],
+)
+def test_bad_flat_calls_are_refused_naming_what(
+    members: np.ndarray, values: np.ndarray, lengths: np.ndarray, message: str
+) -> None:
+    bank = KSWindowBank(KSWindowSpec(reference={"size": 50}, window=20, min_samples=10, stride=5))
+    bank.add()
+    bank.add()
+    with pytest.raises((ValueError, IndexError), match=message):
+        bank.update_flat(members, values, lengths)
