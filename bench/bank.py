@@ -24,6 +24,7 @@ from detectors.bank import KSWindowBank
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 
 FEATURES = 10
+#: The bench policy's ks_window; ``--reference`` replaces its reference size.
 SPEC = KSWindowSpec(reference={"size": 1000})
 
 
@@ -128,7 +129,10 @@ def main() -> None:
     parser.add_argument("--events-per-model", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--reference", type=int, default=1000, help="reference size")
     args = parser.parse_args()
+    global SPEC
+    SPEC = KSWindowSpec(reference={"size": args.reference})
     print(
         f"ks_window x {FEATURES} features, reference {SPEC.reference.size}, window "
         f"{SPEC.window}, stride {SPEC.stride}; {args.batch_events} events per batch; "

@@ -15,6 +15,14 @@ operations on the same operands: row sums reduce each contiguous row as a 1-D su
 (pairwise), the dot product of each row goes through the same BLAS ``ddot`` by way of stacked
 ``matmul``, ranks are exact counts (binary lifting over each member's grid), and the KS
 distance is a maximum, which no order changes.
+
+Checkpoints: a member is saved as the very state dict ``BaseDetector.to_bytes`` packs
+(``window`` ring buffer in storage order with its ``pos``, the released ``reference``, ``seen``,
+the persistence ``since``, ``extra`` = grid, reference size, mean / std / tau / factor,
+``fence``, ``extremes``, the last Reading), rebuilt from its row; a checkpoint of either kind
+restores into a bank (:meth:`KSWindowBank.add_from_bytes`) or into a detector
+(``detectors.restore_detector``). Ranks are not saved (a detector does not save them
+either): they are a function of the window and the grid, recomputed on load.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.registry import restore_detector
 from detectors.serialization import StateError, pack, unpack
 
-__all__ = ["KSWindowBank"]
+__all__ = ["BankMember", "KSWindowBank"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +191,12 @@ class KSWindowBank:
         number = self._append(member)
         self._settle(member)
         return number
+
+    def handle(self, member: int) -> BankMember:
+        """``member`` behind the detector protocol, for code that holds one detector per
+        member (checkpoints, the deferral of values between tests)."""
+        self._member(member)
+        return BankMember(self, member)
 
     def banked(self, member: int) -> bool:
         """Whether ``member`` is steady and held in the bank's rows."""
@@ -637,3 +651,41 @@ class KSWindowBank:
             verdict = (drift if fire else ok) if valid else inconclusive
             readings.append(Reading(stat, eff, verdict, w, crit))
         return readings
+
+
+class BankMember:
+    """One member of a :class:`KSWindowBank` as a :class:`~detectors.base.Detector`: each call
+    is the bank's for this member alone (the batched path is ``update_flat``).
+
+    >>> spec = KSWindowSpec(window=100, min_samples=50, stride=10, reference={"size": 200})
+    >>> bank = KSWindowBank(spec)
+    >>> det = bank.handle(bank.add())
+    >>> det.update_many(np.random.default_rng(1).normal(size=400)).verdict.value
+    'ok'
+    >>> det.events_until_test(), bank.banked(det.number)
+    (10, True)
+    """
+
+    __slots__ = ("bank", "number")
+
+    def __init__(self, bank: KSWindowBank, number: int) -> None:
+        self.bank = bank
+        self.number = number
+
+    def update(self, value: Any) -> Reading:
+        return self.update_many(np.array([value], dtype=np.float64))
+
+    def update_many(self, values: Any) -> Reading:
+        return self.bank.update_many([self.number], [values])[0]
+
+    def reading(self) -> Reading:
+        return self.bank.reading(self.number)
+
+    def events_until_test(self) -> int | None:
+        return self.bank.events_until_test(self.number)
+
+    def reset(self) -> None:
+        self.bank.reset(self.number)
+
+    def to_bytes(self) -> bytes:
+        return self.bank.to_bytes(self.number)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors import Reading, Verdict, restore_detector
+from detectors import Detector, Reading, Verdict, restore_detector
 from detectors.bank import KSWindowBank
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
@@ -288,3 +288,35 @@ def test_bad_flat_calls_are_refused_naming_what(
     bank.add()
     with pytest.raises((ValueError, IndexError), match=message):
         bank.update_flat(members, values, lengths)
+
+
+@pytest.mark.parametrize("window", [10, 127, 1000, 4096])
+def test_row_sums_and_stacked_dot_products_equal_the_one_dimensional_ones(window: int) -> None:
+    # The bank's moments rest on these two being bit for bit what a 1-D window computes.
+    rng = np.random.default_rng(window)
+    rows = rng.normal(size=(40, window)) * rng.lognormal(0.0, 3.0, (40, 1)) + 1e6
+    sums = rows.sum(axis=1)
+    dots = np.matmul(rows[:, None, :], rows[:, :, None]).reshape(-1)
+    for i in range(40):
+        assert sums[i] == rows[i].sum()
+        assert dots[i] == rows[i] @ rows[i]
+
+
+def test_a_bank_member_handle_is_a_detector_with_the_twins_readings_and_bytes() -> None:
+    spec = KSWindowSpec(reference={"size": 120}, window=60, min_samples=30, stride=7)
+    bank = KSWindowBank(spec)
+    handle = bank.handle(bank.add(family_size=2, seed=9))
+    twin = KSWindowDetector(spec, family_size=2, seed=9)
+    assert isinstance(handle, Detector)
+    values = stream("discrete", 1500, np.random.default_rng(4))
+    for start in range(0, 1500, 23):
+        batch = values[start : start + 23]
+        assert bits(handle.update_many(batch)) == bits(twin.update_many(batch))
+        assert handle.events_until_test() == twin.events_until_test()
+    assert bits(handle.update(4.0)) == bits(twin.update(4.0))
+    assert handle.to_bytes() == twin.to_bytes() and bits(handle.reading()) == bits(twin.reading())
+    handle.reset()
+    twin.reset()
+    assert handle.to_bytes() == twin.to_bytes()
+    with pytest.raises(IndexError, match="no member 3"):
+        bank.handle(3)
