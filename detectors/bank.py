@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from detectors.base import INCONCLUSIVE, STATE_VERSION, Reading, Verdict
 from detectors.calibration import test_alpha
 from detectors.extremes import MAGNITUDE_LIMIT
 from detectors.numeric import KSWindowDetector, KSWindowSpec
-from detectors.registry import restore_detector
 from detectors.serialization import StateError, pack, unpack
 
 __all__ = ["BankMember", "KSWindowBank"]
@@ -63,6 +63,29 @@ class _Member:
     #: The released reference's checkpoint state (constant once released).
     reference: dict[str, Any] | None = None
     number: int = -1
+
+
+def _restore(data: bytes) -> KSWindowDetector:
+    """A ks_window detector from its checkpoint (``registry.restore_detector``'s steps: the
+    detector modules do not import the registry)."""
+    raw = unpack(data)
+    if raw.get("v") != STATE_VERSION:
+        raise StateError(f"detector state version {raw.get('v')!r}, expected {STATE_VERSION}")
+    try:
+        spec = KSWindowSpec.model_validate(raw["spec"])
+    except (ValidationError, KeyError) as err:
+        raise StateError(f"not a ks_window detector's checkpoint: {err}") from err
+    try:
+        detector = KSWindowDetector(
+            spec, family_size=int(raw["family_size"]), seed=int(raw["seed"])
+        )
+        detector._load(raw["state"])
+        detector._load_last(raw["last"])
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, StateError):
+            raise
+        raise StateError(f"corrupt ks_window checkpoint: {err!r}") from err
+    return detector
 
 
 class KSWindowBank:
@@ -181,8 +204,8 @@ class KSWindowBank:
 
     def add_from_bytes(self, data: bytes) -> int:
         """A new member restored from a ``ks_window`` detector's (or this bank's) checkpoint."""
-        detector = restore_detector(data)
-        if not isinstance(detector, KSWindowDetector) or detector.spec != self.spec:
+        detector = _restore(data)
+        if detector.spec != self.spec:
             raise StateError(
                 f"checkpoint holds a {type(detector).__name__} of spec {detector.spec!r}, "
                 f"not this bank's {self.spec!r}"
@@ -328,9 +351,7 @@ class KSWindowBank:
 
     def detector(self, member: int) -> KSWindowDetector:
         """The member as a per-object detector (a copy, by way of its checkpoint)."""
-        restored = restore_detector(self.to_bytes(member))
-        assert isinstance(restored, KSWindowDetector)
-        return restored
+        return _restore(self.to_bytes(member))
 
     # -- the batch --------------------------------------------------------------------------
 

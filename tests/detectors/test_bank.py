@@ -15,7 +15,7 @@ from detectors import Detector, Reading, Verdict, restore_detector
 from detectors.bank import KSWindowBank
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
-from detectors.serialization import StateError
+from detectors.serialization import StateError, pack, unpack
 
 KINDS = ("normal", "discrete", "missing", "extreme", "constant", "autocorrelated")
 
@@ -320,3 +320,24 @@ def test_a_bank_member_handle_is_a_detector_with_the_twins_readings_and_bytes() 
     assert handle.to_bytes() == twin.to_bytes()
     with pytest.raises(IndexError, match="no member 3"):
         bank.handle(3)
+
+
+def test_checkpoints_of_other_detectors_or_damaged_ones_are_refused_with_a_state_error() -> None:
+    from detectors import build_detector
+
+    spec = KSWindowSpec(reference={"size": 50}, window=20, min_samples=10, stride=5)
+    bank = KSWindowBank(spec)
+    quantile = build_detector(
+        QuantileSpec(reference={"size": 50}, window=20, min_samples=10, stride=5)
+    )
+    with pytest.raises(StateError, match="not a ks_window detector's checkpoint"):
+        bank.add_from_bytes(quantile.to_bytes())
+    raw = unpack(KSWindowDetector(spec).to_bytes())
+    del raw["state"]["window"]
+    with pytest.raises(StateError, match="corrupt ks_window checkpoint"):
+        bank.add_from_bytes(pack(raw))
+    raw = unpack(KSWindowDetector(spec).to_bytes())
+    raw["v"] = 99
+    with pytest.raises(StateError, match="version 99"):
+        bank.add_from_bytes(pack(raw))
+    assert len(bank) == 0
