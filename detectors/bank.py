@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -41,6 +41,7 @@ from detectors.calibration import test_alpha
 from detectors.extremes import MAGNITUDE_LIMIT
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.serialization import StateError, pack, unpack
+from detectors.window import WindowSpec
 
 __all__ = ["BankMember", "KSWindowBank"]
 
@@ -65,115 +66,114 @@ class _Member:
     number: int = -1
 
 
-def _restore(data: bytes) -> KSWindowDetector:
-    """A ks_window detector from its checkpoint (``registry.restore_detector``'s steps: the
-    detector modules do not import the registry)."""
+def _restore(data: bytes, spec_class: type[WindowSpec], build: Any) -> Any:
+    """A detector from its checkpoint (``registry.restore_detector``'s steps: the detector
+    modules do not import the registry)."""
     raw = unpack(data)
+    name = spec_class.model_fields["type"].default
     if raw.get("v") != STATE_VERSION:
         raise StateError(f"detector state version {raw.get('v')!r}, expected {STATE_VERSION}")
     try:
-        spec = KSWindowSpec.model_validate(raw["spec"])
+        spec = spec_class.model_validate(raw["spec"])
     except (ValidationError, KeyError) as err:
-        raise StateError(f"not a ks_window detector's checkpoint: {err}") from err
+        raise StateError(f"not a {name} detector's checkpoint: {err}") from err
     try:
-        detector = KSWindowDetector(
-            spec, family_size=int(raw["family_size"]), seed=int(raw["seed"])
-        )
+        detector = build(spec, family_size=int(raw["family_size"]), seed=int(raw["seed"]))
         detector._load(raw["state"])
         detector._load_last(raw["last"])
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, StateError):
             raise
-        raise StateError(f"corrupt ks_window checkpoint: {err!r}") from err
+        raise StateError(f"corrupt {name} checkpoint: {err!r}") from err
     return detector
 
 
-class KSWindowBank:
-    """``ks_window`` detectors of one spec, steady members held as rows of arrays.
+class _WindowBank:
+    """The machinery every bank shares: members, rows, rounds of strides, checkpoints.
 
-    Members are numbered from 0 in the order they are added; :meth:`update_many` takes, for
-    any subset of them, one batch of values each and returns each one's Reading, exactly as
-    ``detector.update_many`` would have.
-
-    Examples
-    --------
-    >>> spec = KSWindowSpec(window=200, min_samples=100, stride=50, reference={"size": 500})
-    >>> bank = KSWindowBank(spec)
-    >>> a, b = bank.add(seed=1), bank.add(seed=2)
-    >>> rng = np.random.default_rng(0)
-    >>> readings = bank.update_many([a, b], [rng.normal(size=1000), rng.normal(size=1000)])
-    >>> [r.verdict.value for r in readings], bank.banked(a)
-    (['ok', 'ok'], True)
-    >>> bank.update_many([b], [rng.normal(3.0, 1.0, size=300)])[0].verdict.value
-    'drift'
+    A subclass says which detector it banks (``_spec_class``, ``_build``), which arrays its rows
+    hold besides the window (``_alloc_extra``), when a steady member may join (``_accepts``),
+    how a row loads from and saves to the checkpoint state, how values are prepared and
+    admitted, what a write into the window updates (``_on_write``) and what a test does.
     """
 
-    def __init__(self, spec: KSWindowSpec, *, capacity: int = 64) -> None:
-        if not isinstance(spec, KSWindowSpec):
-            raise ValueError(f"a KSWindowBank holds ks_window detectors, not {type(spec).__name__}")
+    _spec_class: ClassVar[type[WindowSpec]]
+    #: Arrays of one row per member, grown together; with the value new rows are filled with.
+    _row_arrays: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, spec: WindowSpec, *, capacity: int = 64) -> None:
+        if not isinstance(spec, self._spec_class):
+            raise ValueError(
+                f"a {type(self).__name__} holds "
+                f"{self._spec_class.model_fields['type'].default} detectors, "
+                f"not {type(spec).__name__}"
+            )
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.spec = spec
         self._window = spec.window
         self._stride = spec.stride
-        self._bootstrap = spec.calibration == "bootstrap"
         self._spec_json = spec.model_dump(mode="json")
-        # The window's ECDF at and just before each of its points, as ks_statistic_ranked's.
-        self._at = np.arange(1, spec.window + 1) / spec.window
-        self._before = self._at - 1.0 / spec.window
         self._members: list[_Member] = []
         #: Per member: its row, or -1 while it is a per-object detector.
         self._row_of = np.full(16, -1, dtype=np.int64)
         self._free: list[int] = []
         self._rows = 0
         self._capacity = capacity
-        # The grid size is known once the first member is steady (the reference's size, or
-        # the grid's cap): until then no row exists.
-        self._grid_size = 0
-        # Grid rows are padded with +inf to a power of two, the span binary lifting walks.
-        self._grid_width = 1
-        # Rows tested together per block: its scratch (4 x block x window values) in cache.
-        self._block = max(1, 32_768 // spec.window)
-        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._alloc(capacity)
-
-    # -- storage ----------------------------------------------------------------------------
-
-    def _alloc(self, capacity: int) -> None:
-        w = self._window
-        g = self._grid_width
-        self._win = np.zeros((capacity, w))
-        self._upto = np.zeros((capacity, w), dtype=np.int16)
-        self._below = np.zeros((capacity, w), dtype=np.int16)
-        self._grid = np.full((capacity, g), np.inf)
+        self._init_extra()
+        self._win = np.zeros((capacity, spec.window))
         self._pos = np.zeros(capacity, dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)
         self._since = np.full(capacity, _NO_SINCE, dtype=np.int64)
-        self._m = np.zeros(capacity, dtype=np.int64)
-        self._ref_mean = np.zeros(capacity)
-        self._ref_std = np.zeros(capacity)
-        self._tau = np.ones(capacity)
-        self._factor = np.ones(capacity)
-        #: ``sqrt(-0.5 ln(alpha / 2))`` of each member's alpha, computed as ks_critical does.
-        self._kolmogorov = np.zeros(capacity)
-        self._lo = np.zeros(capacity)
-        self._hi = np.zeros(capacity)
-        self._infinite = np.zeros(capacity, dtype=np.int64)
-        self._clipped = np.zeros(capacity, dtype=np.int64)
+        self._alloc_extra(capacity)
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def _build(self, spec: Any, *, family_size: int, seed: int) -> Any:
+        raise NotImplementedError
+
+    def _init_extra(self) -> None:
+        return None
+
+    def _alloc_extra(self, capacity: int) -> None:
+        return None
+
+    def _accepts(self, state: dict[str, Any]) -> bool:
+        return True
+
+    def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
+        """The row's (``extra``, ``fence``, ``extremes``) checkpoint entries."""
+        raise NotImplementedError
+
+    def _prepare(self, flat: np.ndarray) -> np.ndarray:
+        """NaN-free values as the detector's ``_prepare`` leaves them."""
+        return flat
+
+    def _admit(self, arows: np.ndarray, seg: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def _on_write(
+        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+    ) -> None:
+        """``values`` are about to replace the window values at flat ``slots``."""
+
+    def _test(self, rows: np.ndarray) -> list[Reading]:
+        raise NotImplementedError
+
+    # -- storage ----------------------------------------------------------------------------
 
     def _grow(self) -> None:
         old = self._capacity
         new = old * 2
-        for name in (
-            "_win", "_upto", "_below", "_grid", "_pos", "_seen", "_since", "_m", "_ref_mean",
-            "_ref_std", "_tau", "_factor", "_kolmogorov", "_lo", "_hi", "_infinite", "_clipped",
-        ):  # fmt: skip
+        fills = {"_win": 0.0, "_pos": 0, "_seen": 0, "_since": _NO_SINCE, **self._row_arrays}
+        for name, fill in fills.items():
             arr = getattr(self, name)
-            grown = np.zeros((new, *arr.shape[1:]), dtype=arr.dtype)
+            grown = np.full((new, *arr.shape[1:]), fill, dtype=arr.dtype)
             grown[:old] = arr
             setattr(self, name, grown)
-        self._since[old:] = _NO_SINCE
-        self._grid[old:] = np.inf
         self._capacity = new
 
     def _take_row(self) -> int:
@@ -191,7 +191,7 @@ class KSWindowBank:
 
     def add(self, *, family_size: int = 1, seed: int = 0) -> int:
         """A new member (a fresh detector of the bank's spec); returns its number."""
-        detector = KSWindowDetector(self.spec, family_size=family_size, seed=seed)
+        detector = self._build(self.spec, family_size=family_size, seed=seed)
         return self._append(_Member(detector, -1, seed, family_size, INCONCLUSIVE))
 
     def _append(self, member: _Member) -> int:
@@ -203,8 +203,8 @@ class KSWindowBank:
         return number
 
     def add_from_bytes(self, data: bytes) -> int:
-        """A new member restored from a ``ks_window`` detector's (or this bank's) checkpoint."""
-        detector = _restore(data)
+        """A new member restored from a detector's (or this bank's) checkpoint."""
+        detector = _restore(data, self._spec_class, self._build)
         if detector.spec != self.spec:
             raise StateError(
                 f"checkpoint holds a {type(detector).__name__} of spec {detector.spec!r}, "
@@ -240,7 +240,7 @@ class KSWindowBank:
         if m.detector is None:
             self._free.append(m.row)
             self._since[m.row] = _NO_SINCE
-        m.detector = KSWindowDetector(self.spec, family_size=m.family_size, seed=m.seed)
+        m.detector = self._build(self.spec, family_size=m.family_size, seed=m.seed)
         m.row = -1
         self._row_of[member] = -1
         m.last = INCONCLUSIVE
@@ -254,7 +254,10 @@ class KSWindowBank:
     def _settle(self, member: _Member) -> None:
         """Move a per-object member into a row once only the steady-state loop is left."""
         detector = member.detector
-        if detector is None or detector.spec.reference.mode != "fixed":
+        if detector is None:
+            return
+        if detector.spec.reference.mode != "fixed" and not detector.absolute_limit:
+            # A rolling reference refreshes its statistics: that path stays per object.
             return
         # Cheap checks first: this runs after every update of a filling member.
         if detector.events_until_test() is None or detector._window.count < self._window:
@@ -263,13 +266,7 @@ class KSWindowBank:
         state = raw["state"]
         if state["window"]["count"] != self._window or not state["reference"]["ready"]:
             return
-        grid = np.asarray(state["extra"]["grid"], dtype=np.float64)
-        if self._grid_size == 0:
-            self._grid_size = grid.size
-            self._grid_width = 1 << (grid.size - 1).bit_length()
-            self._grid = np.full((self._capacity, self._grid_width), np.inf)
-        if grid.size != self._grid_size or state["fence"] is None:
-            # A reference of another size (a file changed between runs): stays per object.
+        if not self._accepts(state):
             return
         row = self._take_row()
         self._load_row(row, member, raw)
@@ -280,26 +277,13 @@ class KSWindowBank:
     def _load_row(self, row: int, member: _Member, raw: dict[str, Any]) -> None:
         state = raw["state"]
         window = state["window"]
-        extra = state["extra"]
         self._win[row] = window["buf"]
         self._pos[row] = int(window["pos"])
         self._seen[row] = int(state["seen"])
         since = state["since"]
         self._since[row] = _NO_SINCE if since is None else int(since)
-        grid = extra["grid"]
-        self._grid[row, : grid.size] = grid
-        self._m[row] = int(extra["m"])
-        mean, std, tau, factor = (float(v) for v in extra["ref"])
-        self._ref_mean[row], self._ref_std[row] = mean, std
-        self._tau[row], self._factor[row] = tau, factor
-        alpha = test_alpha(self.spec.false_alarm_every, self._stride, member.family_size)
-        self._kolmogorov[row] = math.sqrt(-0.5 * math.log(alpha / 2.0))
-        self._lo[row], self._hi[row] = (float(v) for v in state["fence"])
-        self._infinite[row], self._clipped[row] = (int(v) for v in state["extremes"])
-        values = self._win[row]
-        self._upto[row] = grid.searchsorted(values, "right")
-        self._below[row] = grid.searchsorted(values, "left")
         member.reference = state["reference"]
+        self._load_extra(row, member, state)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -311,6 +295,7 @@ class KSWindowBank:
         row = m.row
         since = int(self._since[row])
         last = m.last
+        extra, fence, extremes = self._save_extra(row)
         return pack(
             {
                 "v": STATE_VERSION,
@@ -333,25 +318,16 @@ class KSWindowBank:
                     "reference": m.reference,
                     "seen": int(self._seen[row]),
                     "since": None if since == _NO_SINCE else since,
-                    "extra": {
-                        "grid": self._grid[row, : self._grid_size],
-                        "m": int(self._m[row]),
-                        "ref": [
-                            float(self._ref_mean[row]),
-                            float(self._ref_std[row]),
-                            float(self._tau[row]),
-                            float(self._factor[row]),
-                        ],
-                    },
-                    "fence": [float(self._lo[row]), float(self._hi[row])],
-                    "extremes": [int(self._infinite[row]), int(self._clipped[row])],
+                    "extra": extra,
+                    "fence": fence,
+                    "extremes": extremes,
                 },
             }
         )
 
-    def detector(self, member: int) -> KSWindowDetector:
+    def detector(self, member: int) -> Any:
         """The member as a per-object detector (a copy, by way of its checkpoint)."""
-        return _restore(self.to_bytes(member))
+        return _restore(self.to_bytes(member), self._spec_class, self._build)
 
     # -- the batch --------------------------------------------------------------------------
 
@@ -445,6 +421,7 @@ class KSWindowBank:
             kept = ~np.isnan(flat)
             lengths = np.bincount(np.repeat(np.arange(k), lengths)[kept], minlength=k)
             flat = flat[kept]
+        flat = self._prepare(flat)
         # Per position that ran a test (or got no value): its last and its first breach.
         results: dict[int, Reading] = {}
         breached: dict[int, Reading] = {}
@@ -477,10 +454,8 @@ class KSWindowBank:
             values = self._admit(arows, seg, values)
             value_rows = arows[seg]
             slots = value_rows * w + (self._pos[value_rows] + local) % w
+            self._on_write(arows, seg, slots, values)
             self._win.reshape(-1)[slots] = values
-            upto, below = self._ranks(value_rows, values)
-            self._upto.reshape(-1)[slots] = upto
-            self._below.reshape(-1)[slots] = below
             self._pos[arows] = (self._pos[arows] + take) % w
             self._seen[arows] += take
             offset[active] += take
@@ -499,6 +474,120 @@ class KSWindowBank:
             self._members[int(members[i])].last = last
             out.append(breached.get(i, last))
         return at, out
+
+
+class KSWindowBank(_WindowBank):
+    """``ks_window`` detectors of one spec, steady members held as rows of arrays.
+
+    Members are numbered from 0 in the order they are added; :meth:`update_many` takes, for
+    any subset of them, one batch of values each and returns each one's Reading, exactly as
+    ``detector.update_many`` would have.
+
+    Examples
+    --------
+    >>> spec = KSWindowSpec(window=200, min_samples=100, stride=50, reference={"size": 500})
+    >>> bank = KSWindowBank(spec)
+    >>> a, b = bank.add(seed=1), bank.add(seed=2)
+    >>> rng = np.random.default_rng(0)
+    >>> readings = bank.update_many([a, b], [rng.normal(size=1000), rng.normal(size=1000)])
+    >>> [r.verdict.value for r in readings], bank.banked(a)
+    (['ok', 'ok'], True)
+    >>> bank.update_many([b], [rng.normal(3.0, 1.0, size=300)])[0].verdict.value
+    'drift'
+    """
+
+    _spec_class = KSWindowSpec
+    _row_arrays: ClassVar[dict[str, float]] = {
+        "_upto": 0, "_below": 0, "_grid": math.inf, "_m": 0, "_ref_mean": 0.0, "_ref_std": 0.0,
+        "_tau": 1.0, "_factor": 1.0, "_kolmogorov": 0.0, "_lo": 0.0, "_hi": 0.0,
+        "_infinite": 0, "_clipped": 0,
+    }  # fmt: skip
+    spec: KSWindowSpec
+
+    def __init__(self, spec: KSWindowSpec, *, capacity: int = 64) -> None:
+        super().__init__(spec, capacity=capacity)
+
+    def _build(self, spec: Any, *, family_size: int, seed: int) -> KSWindowDetector:
+        return KSWindowDetector(spec, family_size=family_size, seed=seed)
+
+    def _init_extra(self) -> None:
+        spec = self.spec
+        self._bootstrap = spec.calibration == "bootstrap"
+        # The window's ECDF at and just before each of its points, as ks_statistic_ranked's.
+        self._at = np.arange(1, spec.window + 1) / spec.window
+        self._before = self._at - 1.0 / spec.window
+        # The grid size is known once the first member is steady (the reference's size, or
+        # the grid's cap): until then no row exists.
+        self._grid_size = 0
+        # Grid rows are padded with +inf to a power of two, the span binary lifting walks.
+        self._grid_width = 1
+        # Rows tested together per block: its scratch (4 x block x window values) in cache.
+        self._block = max(1, 32_768 // spec.window)
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _alloc_extra(self, capacity: int) -> None:
+        w = self._window
+        self._upto = np.zeros((capacity, w), dtype=np.int16)
+        self._below = np.zeros((capacity, w), dtype=np.int16)
+        self._grid = np.full((capacity, self._grid_width), np.inf)
+        self._m = np.zeros(capacity, dtype=np.int64)
+        self._ref_mean = np.zeros(capacity)
+        self._ref_std = np.zeros(capacity)
+        self._tau = np.ones(capacity)
+        self._factor = np.ones(capacity)
+        #: ``sqrt(-0.5 ln(alpha / 2))`` of each member's alpha, computed as ks_critical does.
+        self._kolmogorov = np.zeros(capacity)
+        self._lo = np.zeros(capacity)
+        self._hi = np.zeros(capacity)
+        self._infinite = np.zeros(capacity, dtype=np.int64)
+        self._clipped = np.zeros(capacity, dtype=np.int64)
+
+    def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
+        extra = state["extra"]
+        grid = extra["grid"]
+        self._grid[row, : grid.size] = grid
+        self._grid[row, grid.size :] = np.inf
+        self._m[row] = int(extra["m"])
+        mean, std, tau, factor = (float(v) for v in extra["ref"])
+        self._ref_mean[row], self._ref_std[row] = mean, std
+        self._tau[row], self._factor[row] = tau, factor
+        alpha = test_alpha(self.spec.false_alarm_every, self._stride, member.family_size)
+        self._kolmogorov[row] = math.sqrt(-0.5 * math.log(alpha / 2.0))
+        self._lo[row], self._hi[row] = (float(v) for v in state["fence"])
+        self._infinite[row], self._clipped[row] = (int(v) for v in state["extremes"])
+        values = self._win[row]
+        self._upto[row] = grid.searchsorted(values, "right")
+        self._below[row] = grid.searchsorted(values, "left")
+
+    def _accepts(self, state: dict[str, Any]) -> bool:
+        grid = np.asarray(state["extra"]["grid"], dtype=np.float64)
+        if self._grid_size == 0:
+            self._grid_size = grid.size
+            self._grid_width = 1 << (grid.size - 1).bit_length()
+            self._grid = np.full((self._capacity, self._grid_width), np.inf)
+        # A reference of another size (a file changed between runs): stays per object.
+        return grid.size == self._grid_size and state["fence"] is not None
+
+    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
+        extra = {
+            "grid": self._grid[row, : self._grid_size],
+            "m": int(self._m[row]),
+            "ref": [
+                float(self._ref_mean[row]),
+                float(self._ref_std[row]),
+                float(self._tau[row]),
+                float(self._factor[row]),
+            ],
+        }
+        fence = [float(self._lo[row]), float(self._hi[row])]
+        return extra, fence, [int(self._infinite[row]), int(self._clipped[row])]
+
+    def _on_write(
+        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+    ) -> None:
+        upto, below = self._ranks(arows[seg], values)
+        self._upto.reshape(-1)[slots] = upto
+        self._below.reshape(-1)[slots] = below
 
     def _admit(self, arows: np.ndarray, seg: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Fence.admit of each member's chunk: clipped to its fence, clipped values counted."""
@@ -689,7 +778,7 @@ class BankMember:
 
     __slots__ = ("bank", "number")
 
-    def __init__(self, bank: KSWindowBank, number: int) -> None:
+    def __init__(self, bank: _WindowBank, number: int) -> None:
         self.bank = bank
         self.number = number
 
