@@ -37,13 +37,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from detectors.base import INCONCLUSIVE, STATE_VERSION, Reading, Verdict
-from detectors.calibration import test_alpha
+from detectors.calibration import chi2_critical, g_statistic_2x2, test_alpha
 from detectors.extremes import MAGNITUDE_LIMIT
 from detectors.numeric import KSWindowDetector, KSWindowSpec
+from detectors.rates import RateWindowDetector, RateWindowSpec
 from detectors.serialization import StateError, pack, unpack
 from detectors.window import WindowSpec
 
-__all__ = ["BankMember", "KSWindowBank"]
+__all__ = ["BankMember", "KSWindowBank", "RateWindowBank"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,38 @@ class _WindowBank:
 
     def _test(self, rows: np.ndarray) -> list[Reading]:
         raise NotImplementedError
+
+    def _conclude(
+        self,
+        rows: np.ndarray,
+        statistic: np.ndarray,
+        effect: np.ndarray,
+        threshold: np.ndarray,
+        candidate: np.ndarray,
+        breach: Verdict,
+    ) -> list[Reading]:
+        """WindowedDetector._evaluate after ``_test``: the persistence gate, the Readings."""
+        conclusive = ~np.isnan(statistic)
+        candidate = candidate & conclusive
+        seen = self._seen[rows]
+        since = self._since[rows]
+        since = np.where(candidate, np.where(since == _NO_SINCE, seen, since), _NO_SINCE)
+        self._since[rows] = since
+        fired = candidate & (seen - since >= self.spec.persist)
+        w = self._window
+        readings: list[Reading] = []
+        ok, inconclusive = Verdict.OK, Verdict.INCONCLUSIVE
+        for stat, eff, limit, fire, valid in zip(
+            statistic.tolist(),
+            effect.tolist(),
+            threshold.tolist(),
+            fired.tolist(),
+            conclusive.tolist(),
+            strict=True,
+        ):
+            verdict = (breach if fire else ok) if valid else inconclusive
+            readings.append(Reading(stat, eff, verdict, w, limit))
+        return readings
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -741,26 +774,106 @@ class KSWindowBank(_WindowBank):
             ratio = np.where(spread_ok, std / ref_std, np.where(std == 0, 1.0, np.inf))
             spread = np.where(ratio > 0, np.maximum(ratio, 1.0 / ratio), np.inf)
         material = (np.abs(effect) >= spec.min_shift) | (spread >= spec.min_scale_ratio)
-        conclusive = ~np.isnan(statistic)
-        candidate = material & (statistic >= critical) & conclusive
-        seen = self._seen[rows]
-        since = self._since[rows]
-        since = np.where(candidate, np.where(since == _NO_SINCE, seen, since), _NO_SINCE)
-        self._since[rows] = since
-        fired = candidate & (seen - since >= spec.persist)
-        readings: list[Reading] = []
-        drift, ok, inconclusive = Verdict.DRIFT, Verdict.OK, Verdict.INCONCLUSIVE
-        for stat, eff, crit, fire, valid in zip(
-            statistic.tolist(),
-            effect.tolist(),
-            critical.tolist(),
-            fired.tolist(),
-            conclusive.tolist(),
-            strict=True,
-        ):
-            verdict = (drift if fire else ok) if valid else inconclusive
-            readings.append(Reading(stat, eff, verdict, w, crit))
-        return readings
+        candidate = material & (statistic >= critical)
+        return self._conclude(rows, statistic, effect, critical, candidate, Verdict.DRIFT)
+
+
+class RateWindowBank(_WindowBank):
+    """``rate_window`` detectors of one spec (against the reference rate, or an absolute
+    ``threshold``), steady members held as rows: the window's 0 / 1 values, the count of 1s,
+    the reference's counts.
+
+    The count of 1s moves by whole numbers, exact in a float as the detector keeps it; each
+    test is the detector's own ``g_statistic_2x2`` on the same four counts.
+
+    >>> spec = RateWindowSpec(window=200, min_samples=100, stride=50, reference={"size": 500})
+    >>> bank = RateWindowBank(spec)
+    >>> a = bank.add()
+    >>> rng = np.random.default_rng(0)
+    >>> bank.update_many([a], [(rng.random(1000) < 0.01) * 1.0])[0].verdict.value
+    'ok'
+    >>> bank.update_many([a], [(rng.random(400) < 0.2) * 1.0])[0].verdict.value
+    'drift'
+    """
+
+    _spec_class = RateWindowSpec
+    _row_arrays: ClassVar[dict[str, float]] = {
+        "_ones": 0.0,
+        "_ref_ones": 0.0,
+        "_ref_n": 0,
+        "_critical": 0.0,
+    }
+    spec: RateWindowSpec
+
+    def __init__(self, spec: RateWindowSpec, *, capacity: int = 64) -> None:
+        super().__init__(spec, capacity=capacity)
+
+    def _build(self, spec: Any, *, family_size: int, seed: int) -> Any:
+        return RateWindowDetector.variant_for(spec)(spec, family_size=family_size, seed=seed)
+
+    def _alloc_extra(self, capacity: int) -> None:
+        self._ones = np.zeros(capacity)
+        self._ref_ones = np.zeros(capacity)
+        self._ref_n = np.zeros(capacity, dtype=np.int64)
+        self._critical = np.zeros(capacity)
+
+    def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
+        extra = state["extra"]
+        self._ones[row] = float(extra["ones"])
+        ref_ones, ref_n = extra["ref"]
+        self._ref_ones[row] = float(ref_ones)
+        self._ref_n[row] = int(ref_n)
+        spec = self.spec
+        alpha = test_alpha(spec.false_alarm_every, self._stride, member.family_size)
+        one_sided = spec.alert_on != "both"
+        self._critical[row] = chi2_critical(2.0 * alpha if one_sided else alpha, 1)
+
+    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
+        extra = {
+            "ones": float(self._ones[row]),
+            "ref": [float(self._ref_ones[row]), int(self._ref_n[row])],
+        }
+        return extra, None, [0, 0]
+
+    def _prepare(self, flat: np.ndarray) -> np.ndarray:
+        # As the detector's: any non-zero value counts as 1.
+        binary: np.ndarray = (flat != 0.0).astype(np.float64)
+        return binary
+
+    def _on_write(
+        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+    ) -> None:
+        # The window is full: each value written evicts the one in its slot.
+        delta = values - self._win.reshape(-1)[slots]
+        self._ones[arows] += np.bincount(seg, weights=delta, minlength=arows.size)
+
+    def _test(self, rows: np.ndarray) -> list[Reading]:
+        spec = self.spec
+        w = self._window
+        ones = self._ones[rows]
+        rate = ones / w
+        ref_n = self._ref_n[rows]
+        ref_ones = self._ref_ones[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ref_rate = np.where(ref_n > 0, ref_ones / ref_n, np.nan)
+        effect = rate - ref_rate
+        direction = spec.alert_on
+        if spec.threshold is not None:
+            limit = spec.threshold
+            above, below = rate > limit, rate < limit
+            candidate = {"increase": above, "decrease": below, "both": above | below}[direction]
+            threshold = np.full(rows.size, limit)
+            return self._conclude(rows, rate, effect, threshold, candidate, Verdict.ANOMALY)
+        g = np.array(
+            [
+                g_statistic_2x2(o, w - o, r1, n - r1)
+                for o, r1, n in zip(ones.tolist(), ref_ones.tolist(), ref_n.tolist(), strict=True)
+            ]
+        )
+        signed = {"increase": effect, "decrease": -effect, "both": np.abs(effect)}[direction]
+        critical = self._critical[rows]
+        candidate = (signed >= spec.min_difference) & (g >= critical)
+        return self._conclude(rows, g, effect, critical, candidate, Verdict.DRIFT)
 
 
 class BankMember:

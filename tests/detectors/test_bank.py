@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors import Detector, Reading, Verdict, restore_detector
-from detectors.bank import KSWindowBank
+from detectors import Detector, Reading, Verdict, build_detector, restore_detector
+from detectors.bank import KSWindowBank, RateWindowBank
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
+from detectors.rates import RateWindowSpec
 from detectors.serialization import StateError, pack, unpack
 
 KINDS = ("normal", "discrete", "missing", "extreme", "constant", "autocorrelated")
@@ -323,8 +324,6 @@ def test_a_bank_member_handle_is_a_detector_with_the_twins_readings_and_bytes() 
 
 
 def test_checkpoints_of_other_detectors_or_damaged_ones_are_refused_with_a_state_error() -> None:
-    from detectors import build_detector
-
     spec = KSWindowSpec(reference={"size": 50}, window=20, min_samples=10, stride=5)
     bank = KSWindowBank(spec)
     quantile = build_detector(
@@ -341,3 +340,90 @@ def test_checkpoints_of_other_detectors_or_damaged_ones_are_refused_with_a_state
     with pytest.raises(StateError, match="version 99"):
         bank.add_from_bytes(pack(raw))
     assert len(bank) == 0
+
+
+def binary_stream(size: int, rng: np.random.Generator) -> np.ndarray:
+    """0 / 1 values (and other non-zero values, which count as 1) whose rate moves in its
+    second half, with missing values."""
+    turn = int(rng.integers(size // 2, size))
+    rate = np.where(np.arange(size) < turn, rng.uniform(0.0, 0.2), rng.uniform(0.0, 0.5))
+    values = (rng.random(size) < rate).astype(np.float64)
+    odd = rng.random(size) < 0.02
+    values[odd] = rng.choice([2.0, -1.0, 1e300, np.inf], odd.sum())
+    values[rng.random(size) < rng.choice([0.0, 0.1])] = np.nan
+    return values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rate_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any) -> None:
+    window = data.draw(st.integers(10, 150), label="window")
+    stride = data.draw(st.one_of(st.integers(1, window), st.just(window)), label="stride")
+    spec = RateWindowSpec(
+        window=window,
+        stride=stride,
+        min_samples=data.draw(st.integers(1, window), label="min_samples"),
+        persist=data.draw(st.sampled_from([0, 1, 37, 200]), label="persist"),
+        threshold=data.draw(st.sampled_from([None, None, 0.0, 0.05, 0.3]), label="threshold"),
+        alert_on=data.draw(st.sampled_from(["increase", "decrease", "both"]), label="alert_on"),
+        min_difference=data.draw(st.sampled_from([0.0, 0.01, 0.1]), label="min_difference"),
+        false_alarm_every=data.draw(st.sampled_from([1e3, 1e7]), label="false_alarm_every"),
+        reference={"size": data.draw(st.integers(50, 400), label="reference")},
+    )
+    size = data.draw(st.integers(1, 8), label="members")
+    families = data.draw(st.lists(st.integers(1, 20), min_size=size, max_size=size))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    streams = [binary_stream(4000, rng) for _ in range(size)]
+    bank = RateWindowBank(spec, capacity=data.draw(st.integers(1, 4), label="capacity"))
+    twins = []
+    for member, family in enumerate(families):
+        bank.add(family_size=family, seed=member)
+        twins.append(build_detector(spec, family_size=family, seed=member))
+    cursor = [0] * size
+    sizes = [0, 1, 2, stride - 1, stride, stride + 1, window, 2 * window + 3, 250]
+    for _ in range(data.draw(st.integers(5, 40), label="calls")):
+        chosen = [int(i) for i in rng.permutation(size)[: int(rng.integers(1, size + 1))]]
+        batches = []
+        for member in chosen:
+            take = max(0, int(rng.choice(sizes)))
+            start = cursor[member] % 3000
+            batches.append(streams[member][start : start + take])
+            cursor[member] += take
+        readings = bank.update_many(chosen, batches)
+        for member, batch, reading in zip(chosen, batches, readings, strict=True):
+            assert bits(reading) == bits(twins[member].update_many(batch)), f"member {member}"
+        for member in chosen:
+            assert bits(bank.reading(member)) == bits(twins[member].reading())
+            assert bank.events_until_test(member) == twins[member].events_until_test()
+            assert bank.to_bytes(member) == twins[member].to_bytes()
+
+
+def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way() -> None:
+    spec = RateWindowSpec(reference={"size": 300}, window=100, min_samples=50, stride=10)
+    limit = RateWindowSpec(threshold=0.1, window=100, min_samples=50, stride=10)
+    rng = np.random.default_rng(6)
+    for each in (spec, limit):
+        # A rate of 2%, then of 40% from event 1,800 on: both variants breach.
+        values = (rng.random(3000) < np.where(np.arange(3000) < 1800, 0.02, 0.4)) * 1.0
+        values[rng.random(3000) < 0.05] = np.nan
+        bank = RateWindowBank(each)
+        twin = build_detector(each, family_size=2)
+        bank.add(family_size=2)
+        bank.update_many([0], [values[:1000]])
+        twin.update_many(values[:1000])
+        assert bank.banked(0)
+        other = RateWindowBank(each)
+        other.add_from_bytes(twin.to_bytes())
+        restored = restore_detector(bank.to_bytes(0))
+        verdicts = set()
+        for start in range(1000, 3000, 41):
+            batch = values[start : start + 41]
+            expected = bits(twin.update_many(batch))
+            verdicts.add(expected[2])
+            assert bits(bank.update_many([0], [batch])[0]) == expected
+            assert bits(other.update_many([0], [batch])[0]) == expected
+            assert bits(restored.update_many(batch)) == expected
+        assert bank.to_bytes(0) == other.to_bytes(0) == twin.to_bytes() == restored.to_bytes()
+        assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
+    with pytest.raises(ValueError, match="holds rate_window detectors, not KSWindowSpec"):
+        RateWindowBank(KSWindowSpec())  # type: ignore[arg-type]
