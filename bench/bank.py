@@ -1,4 +1,4 @@
-"""Per-object ks_window detectors against a KSWindowBank, in steady state, side by side.
+"""Per-object ks_window (or rate_window) detectors against a bank, in steady state, side by side.
 
 Models x 10 features, each feature a ks_window of the bench policy (reference 1,000, window
 1,000, stride 100, family of 10); references full and windows full before the clock starts
@@ -8,6 +8,9 @@ Models x 10 features, each feature a ks_window of the bench policy (reference 1,
 at the end their checkpoints are compared byte for byte (so the two did the same work).
 
     PYTHONPATH=. python bench/bank.py --models 200 1000 --repeats 3
+    PYTHONPATH=. python bench/bank.py --detector rate_window --models 200 1000 --repeats 3
+
+``rate_window`` runs one signal per model (an error rate: reference 1,000, window 1,000).
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from detectors.bank import KSWindowBank
-from detectors.numeric import KSWindowDetector, KSWindowSpec
+from detectors import build_detector
+from detectors.bank import KSWindowBank, RateWindowBank
+from detectors.numeric import KSWindowSpec
+from detectors.rates import RateWindowSpec
 
 FEATURES = 10
 #: The bench policy's ks_window; ``--reference`` replaces its reference size.
-SPEC = KSWindowSpec(reference={"size": 1000})
+SPEC: KSWindowSpec | RateWindowSpec = KSWindowSpec(reference={"size": 1000})
+BANKS = {"ks_window": KSWindowBank, "rate_window": RateWindowBank}
 
 
 def warm_values(models: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -33,7 +40,7 @@ def warm_values(models: int, rng: np.random.Generator) -> list[np.ndarray]:
     phases = rng.integers(0, SPEC.stride, models)
     need = SPEC.reference.size + SPEC.window
     return [
-        rng.normal(size=need + int(phases[model]))
+        values(rng.normal(size=need + int(phases[model])))
         for model in range(models)
         for _ in range(FEATURES)
     ]
@@ -47,9 +54,16 @@ def steady_batches(
     # A mild drift on a tenth of the models: some tests breach, as in a live fleet.
     shift = np.where(np.arange(members) // FEATURES % 10 == 0, 0.3, 0.0)[:, None]
     return [
-        rng.normal(size=(members, per_batch)) + shift
+        values(rng.normal(size=(members, per_batch)) + shift)
         for _ in range(max(1, events_per_model // per_batch))
     ]
+
+
+def values(normal: np.ndarray) -> np.ndarray:
+    """The stream a detector of SPEC reads: the values, or errors (about 2%, 6% shifted)."""
+    if isinstance(SPEC, RateWindowSpec):
+        return (normal > 2.05).astype(np.float64)
+    return normal
 
 
 def timed(run: Callable[[], None]) -> float:
@@ -66,10 +80,11 @@ def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
     warm = warm_values(models, rng)
     batches = steady_batches(models, args.events_per_model, per_batch, rng)
     objects = [
-        KSWindowDetector(SPEC, family_size=FEATURES, seed=i % FEATURES) for i in range(members)
+        build_detector(SPEC, family_size=FEATURES, seed=i % FEATURES) for i in range(members)
     ]
-    bank = KSWindowBank(SPEC, capacity=members)
-    flat_bank = KSWindowBank(SPEC, capacity=members)
+    bank_class: Any = BANKS[SPEC.type]
+    bank = bank_class(SPEC, capacity=members)
+    flat_bank = bank_class(SPEC, capacity=members)
     for i in range(members):
         bank.add(family_size=FEATURES, seed=i % FEATURES)
         flat_bank.add(family_size=FEATURES, seed=i % FEATURES)
@@ -130,11 +145,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--reference", type=int, default=1000, help="reference size")
+    parser.add_argument("--detector", choices=sorted(BANKS), default="ks_window")
     args = parser.parse_args()
-    global SPEC
-    SPEC = KSWindowSpec(reference={"size": args.reference})
+    global SPEC, FEATURES
+    if args.detector == "rate_window":
+        SPEC = RateWindowSpec(reference={"size": args.reference})
+        FEATURES = 1
+    else:
+        SPEC = KSWindowSpec(reference={"size": args.reference})
     print(
-        f"ks_window x {FEATURES} features, reference {SPEC.reference.size}, window "
+        f"{SPEC.type} x {FEATURES} signal(s) per model, reference {SPEC.reference.size}, window "
         f"{SPEC.window}, stride {SPEC.stride}; {args.batch_events} events per batch; "
         f"median of {args.repeats}"
     )
