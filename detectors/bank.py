@@ -1,12 +1,15 @@
-"""Detector banks: the steady-state of many ``ks_window`` detectors of one spec kept as arrays,
-so that a handful of numpy calls per batch tests every member that is due.
+"""Detector banks: the steady state of many ``ks_window`` (or ``rate_window``) detectors of one
+spec kept as arrays, so that a handful of numpy calls per batch tests every member that is due.
 
-A member starts as an ordinary :class:`~detectors.numeric.KSWindowDetector` (the reference and
-the window fill through the per-object code, which owns the fence, the grid, the bootstrap and
-every first-time path). Once its fixed reference is released and its window is full, only the
-steady-state loop is left (admit, slide, rank, test every ``stride``), and the member moves into
-the bank's rows by way of its checkpoint state. From then on a batch of many members costs one
-pass of array operations per stride crossed, whatever the number of members.
+A member starts as an ordinary detector (:class:`~detectors.numeric.KSWindowDetector`, or the
+``rate_window`` class its spec picks): the reference and the window fill through the per-object
+code, which owns the fence, the grid, the bootstrap and every first-time path. Once its fixed
+reference is released (or it has none: an absolute threshold) and its window is full, only the
+steady-state loop is left (admit, slide, rank or count, test every ``stride``), and the member
+moves into the bank's rows by way of its checkpoint state. From then on a batch of many members
+costs one pass of array operations per stride crossed, whatever the number of members. Members
+with a rolling reference stay per object (their reference statistics are recomputed as it
+refreshes).
 
 Equivalence: for the same values in the same order, a member's Readings equal its per-object
 twin's bit for bit, and :meth:`KSWindowBank.to_bytes` writes the same bytes as the twin's
