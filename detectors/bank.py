@@ -102,6 +102,8 @@ class _WindowBank:
     """
 
     _spec_class: ClassVar[type[WindowSpec]]
+    #: Values are measurements, clipped to the reference's fence (detectors.extremes).
+    _fenced: ClassVar[bool] = False
     #: Arrays of one row per member, grown together; with the value new rows are filled with.
     _row_arrays: ClassVar[dict[str, float]] = {}
 
@@ -129,6 +131,11 @@ class _WindowBank:
         self._pos = np.zeros(capacity, dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)
         self._since = np.full(capacity, _NO_SINCE, dtype=np.int64)
+        # The extreme-value rule's fence and counts (numeric detectors: ``_fenced``).
+        self._lo = np.zeros(capacity)
+        self._hi = np.zeros(capacity)
+        self._infinite = np.zeros(capacity, dtype=np.int64)
+        self._clipped = np.zeros(capacity, dtype=np.int64)
         self._alloc_extra(capacity)
 
     # -- hooks ------------------------------------------------------------------------------
@@ -148,8 +155,8 @@ class _WindowBank:
     def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
-        """The row's (``extra``, ``fence``, ``extremes``) checkpoint entries."""
+    def _save_extra(self, row: int) -> Any:
+        """The row's ``extra`` checkpoint entry."""
         raise NotImplementedError
 
     def _prepare(self, flat: np.ndarray) -> np.ndarray:
@@ -157,7 +164,24 @@ class _WindowBank:
         return flat
 
     def _admit(self, arows: np.ndarray, seg: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return values
+        """Fence.admit of each member's chunk: clipped to its fence, clipped values counted."""
+        if not self._fenced:
+            return values
+        lo = self._lo[arows][seg]
+        hi = self._hi[arows][seg]
+        outside = (values < lo) | (values > hi)
+        if not outside.any():
+            return values
+        n = arows.size
+        # Fence.admit clips a whole chunk once any of its values lies outside.
+        hit = np.bincount(seg[outside], minlength=n) > 0
+        bounded = (self._hi[arows] < MAGNITUDE_LIMIT) | (self._lo[arows] > -MAGNITUDE_LIMIT)
+        # Already at the magnitude limit: clamped, and counted, before the fence existed.
+        counted = outside & ~(bounded[seg] & (np.abs(values) == MAGNITUDE_LIMIT))
+        self._clipped[arows] += np.bincount(seg[counted], minlength=n)
+        self._infinite[arows] += np.bincount(seg[np.isinf(values)], minlength=n)
+        clipped: np.ndarray = np.where(hit[seg], np.clip(values, lo, hi), values)
+        return clipped
 
     def _on_write(
         self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
@@ -204,7 +228,10 @@ class _WindowBank:
     def _grow(self) -> None:
         old = self._capacity
         new = old * 2
-        fills = {"_win": 0.0, "_pos": 0, "_seen": 0, "_since": _NO_SINCE, **self._row_arrays}
+        fills = {
+            "_win": 0.0, "_pos": 0, "_seen": 0, "_since": _NO_SINCE, "_lo": 0.0, "_hi": 0.0,
+            "_infinite": 0, "_clipped": 0, **self._row_arrays,
+        }  # fmt: skip
         for name, fill in fills.items():
             arr = getattr(self, name)
             grown = np.full((new, *arr.shape[1:]), fill, dtype=arr.dtype)
@@ -319,6 +346,9 @@ class _WindowBank:
         since = state["since"]
         self._since[row] = _NO_SINCE if since is None else int(since)
         member.reference = state["reference"]
+        if self._fenced:
+            self._lo[row], self._hi[row] = (float(v) for v in state["fence"])
+        self._infinite[row], self._clipped[row] = (int(v) for v in state["extremes"])
         self._load_extra(row, member, state)
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -331,7 +361,9 @@ class _WindowBank:
         row = m.row
         since = int(self._since[row])
         last = m.last
-        extra, fence, extremes = self._save_extra(row)
+        extra = self._save_extra(row)
+        fence = [float(self._lo[row]), float(self._hi[row])] if self._fenced else None
+        extremes = [int(self._infinite[row]), int(self._clipped[row])]
         return pack(
             {
                 "v": STATE_VERSION,
@@ -535,9 +567,9 @@ class KSWindowBank(_WindowBank):
     _spec_class = KSWindowSpec
     _row_arrays: ClassVar[dict[str, float]] = {
         "_upto": 0, "_below": 0, "_grid": math.inf, "_m": 0, "_ref_mean": 0.0, "_ref_std": 0.0,
-        "_tau": 1.0, "_factor": 1.0, "_kolmogorov": 0.0, "_lo": 0.0, "_hi": 0.0,
-        "_infinite": 0, "_clipped": 0,
+        "_tau": 1.0, "_factor": 1.0, "_kolmogorov": 0.0,
     }  # fmt: skip
+    _fenced = True
     spec: KSWindowSpec
 
     def __init__(self, spec: KSWindowSpec, *, capacity: int = 64) -> None:
@@ -573,10 +605,6 @@ class KSWindowBank(_WindowBank):
         self._factor = np.ones(capacity)
         #: ``sqrt(-0.5 ln(alpha / 2))`` of each member's alpha, computed as ks_critical does.
         self._kolmogorov = np.zeros(capacity)
-        self._lo = np.zeros(capacity)
-        self._hi = np.zeros(capacity)
-        self._infinite = np.zeros(capacity, dtype=np.int64)
-        self._clipped = np.zeros(capacity, dtype=np.int64)
 
     def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
         extra = state["extra"]
@@ -589,8 +617,6 @@ class KSWindowBank(_WindowBank):
         self._tau[row], self._factor[row] = tau, factor
         alpha = test_alpha(self.spec.false_alarm_every, self._stride, member.family_size)
         self._kolmogorov[row] = math.sqrt(-0.5 * math.log(alpha / 2.0))
-        self._lo[row], self._hi[row] = (float(v) for v in state["fence"])
-        self._infinite[row], self._clipped[row] = (int(v) for v in state["extremes"])
         values = self._win[row]
         self._upto[row] = grid.searchsorted(values, "right")
         self._below[row] = grid.searchsorted(values, "left")
@@ -604,7 +630,7 @@ class KSWindowBank(_WindowBank):
         # A reference of another size (a file changed between runs): stays per object.
         return grid.size == self._grid_size and state["fence"] is not None
 
-    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
+    def _save_extra(self, row: int) -> Any:
         extra = {
             "grid": self._grid[row, : self._grid_size],
             "m": int(self._m[row]),
@@ -615,8 +641,7 @@ class KSWindowBank(_WindowBank):
                 float(self._factor[row]),
             ],
         }
-        fence = [float(self._lo[row]), float(self._hi[row])]
-        return extra, fence, [int(self._infinite[row]), int(self._clipped[row])]
+        return extra
 
     def _on_write(
         self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
@@ -624,24 +649,6 @@ class KSWindowBank(_WindowBank):
         upto, below = self._ranks(arows[seg], values)
         self._upto.reshape(-1)[slots] = upto
         self._below.reshape(-1)[slots] = below
-
-    def _admit(self, arows: np.ndarray, seg: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Fence.admit of each member's chunk: clipped to its fence, clipped values counted."""
-        lo = self._lo[arows][seg]
-        hi = self._hi[arows][seg]
-        outside = (values < lo) | (values > hi)
-        if not outside.any():
-            return values
-        n = arows.size
-        # Fence.admit clips a whole chunk once any of its values lies outside.
-        hit = np.bincount(seg[outside], minlength=n) > 0
-        bounded = (self._hi[arows] < MAGNITUDE_LIMIT) | (self._lo[arows] > -MAGNITUDE_LIMIT)
-        # Already at the magnitude limit: clamped, and counted, before the fence existed.
-        counted = outside & ~(bounded[seg] & (np.abs(values) == MAGNITUDE_LIMIT))
-        self._clipped[arows] += np.bincount(seg[counted], minlength=n)
-        self._infinite[arows] += np.bincount(seg[np.isinf(values)], minlength=n)
-        clipped: np.ndarray = np.where(hit[seg], np.clip(values, lo, hi), values)
-        return clipped
 
     def _ranks(self, value_rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid points ``<=`` and ``<`` each value, in its member's grid: exact counts by
@@ -831,12 +838,12 @@ class RateWindowBank(_WindowBank):
         one_sided = spec.alert_on != "both"
         self._critical[row] = chi2_critical(2.0 * alpha if one_sided else alpha, 1)
 
-    def _save_extra(self, row: int) -> tuple[Any, Any, Any]:
+    def _save_extra(self, row: int) -> Any:
         extra = {
             "ones": float(self._ones[row]),
             "ref": [float(self._ref_ones[row]), int(self._ref_n[row])],
         }
-        return extra, None, [0, 0]
+        return extra
 
     def _prepare(self, flat: np.ndarray) -> np.ndarray:
         # As the detector's: any non-zero value counts as 1.
