@@ -43,11 +43,12 @@ from detectors.base import INCONCLUSIVE, STATE_VERSION, Reading, Verdict
 from detectors.calibration import chi2_critical, g_statistic_2x2, test_alpha
 from detectors.extremes import MAGNITUDE_LIMIT
 from detectors.numeric import KSWindowDetector, KSWindowSpec
+from detectors.quantile import QuantileDetector, QuantileSpec
 from detectors.rates import RateWindowDetector, RateWindowSpec
 from detectors.serialization import StateError, pack, unpack
 from detectors.window import WindowSpec
 
-__all__ = ["BankMember", "KSWindowBank", "RateWindowBank"]
+__all__ = ["BankMember", "KSWindowBank", "QuantileBank", "RateWindowBank"]
 
 log = logging.getLogger(__name__)
 
@@ -884,6 +885,115 @@ class RateWindowBank(_WindowBank):
         critical = self._critical[rows]
         candidate = (signed >= spec.min_difference) & (g >= critical)
         return self._conclude(rows, g, effect, critical, candidate, Verdict.DRIFT)
+
+
+class QuantileBank(_WindowBank):
+    """``quantile`` detectors of one spec (against an absolute ``threshold``, or a multiple of
+    the reference's quantile), steady members held as rows: one partition of every due row's
+    window per test.
+
+    The window quantile is :func:`~detectors.quantile.linear_quantile`'s: the two order
+    statistics a partition leaves in place do not depend on how it got there, and the
+    interpolation is the same floating-point expression.
+
+    >>> spec = QuantileSpec(q=0.9, window=200, min_samples=100, stride=50, reference={"size": 500})
+    >>> bank = QuantileBank(spec)
+    >>> a = bank.add()
+    >>> rng = np.random.default_rng(0)
+    >>> bank.update_many([a], [rng.lognormal(0.0, 0.3, 1000)])[0].verdict.value
+    'ok'
+    >>> bank.update_many([a], [rng.lognormal(1.0, 0.3, 400)])[0].verdict.value
+    'drift'
+    """
+
+    _spec_class = QuantileSpec
+    _fenced = True
+    _row_arrays: ClassVar[dict[str, float]] = {
+        "_ref_quantile": 0.0,
+        "_limit": 0.0,
+        "_ref_above": 0.0,
+        "_ref_n": 0,
+        "_critical": 0.0,
+    }
+    spec: QuantileSpec
+
+    def __init__(self, spec: QuantileSpec, *, capacity: int = 64) -> None:
+        super().__init__(spec, capacity=capacity)
+
+    def _build(self, spec: Any, *, family_size: int, seed: int) -> Any:
+        return QuantileDetector.variant_for(spec)(spec, family_size=family_size, seed=seed)
+
+    def _alloc_extra(self, capacity: int) -> None:
+        self._ref_quantile = np.zeros(capacity)
+        self._limit = np.zeros(capacity)
+        self._ref_above = np.zeros(capacity)
+        self._ref_n = np.zeros(capacity, dtype=np.int64)
+        self._critical = np.zeros(capacity)
+
+    def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
+        quantile, limit, above, n = state["extra"]["ref"]
+        self._ref_quantile[row], self._limit[row] = float(quantile), float(limit)
+        self._ref_above[row], self._ref_n[row] = float(above), int(n)
+        alpha = test_alpha(self.spec.false_alarm_every, self._stride, member.family_size)
+        self._critical[row] = chi2_critical(2.0 * alpha, 1)
+
+    def _save_extra(self, row: int) -> Any:
+        return {
+            "ref": [
+                float(self._ref_quantile[row]),
+                float(self._limit[row]),
+                float(self._ref_above[row]),
+                int(self._ref_n[row]),
+            ]
+        }
+
+    def _window_quantile(self, values: np.ndarray) -> np.ndarray:
+        """linear_quantile of each row, as the detector computes it."""
+        last = self._window - 1
+        virtual = last * self.spec.q
+        below = math.floor(virtual)
+        if below >= last:
+            a = b = values.max(axis=1)
+            gamma = virtual + 1.0
+        else:
+            part = np.partition(values, (below, below + 1), axis=1)
+            a = part[:, below]
+            b = part[:, below + 1]
+            gamma = virtual - below
+        diff = b - a
+        quantile: np.ndarray = b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+        return quantile
+
+    def _test(self, rows: np.ndarray) -> list[Reading]:
+        spec = self.spec
+        values = self._win[rows]
+        quantile = self._window_quantile(values)
+        if spec.threshold is not None:
+            limit = spec.threshold
+            with np.errstate(divide="ignore", invalid="ignore"):
+                effect = quantile / limit if limit else np.full(rows.size, np.nan)
+            threshold = np.full(rows.size, limit)
+            return self._conclude(
+                rows, quantile, effect, threshold, quantile > limit, Verdict.ANOMALY
+            )
+        w = self._window
+        limits = self._limit[rows]
+        ref_quantile = self._ref_quantile[rows]
+        ref_above = self._ref_above[rows]
+        ref_n = self._ref_n[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # The detector's ``if self._ref_quantile``: NaN is truthy, only 0 is not.
+            effect = np.where(ref_quantile != 0, quantile / ref_quantile, np.nan)
+        above = np.count_nonzero(values > limits[:, None], axis=1).astype(np.float64)
+        g = np.array(
+            [
+                g_statistic_2x2(x, w - x, r, n - r)
+                for x, r, n in zip(above.tolist(), ref_above.tolist(), ref_n.tolist(), strict=True)
+            ]
+        )
+        beyond_chance = (above / w > ref_above / ref_n) & (g >= self._critical[rows])
+        candidate = (quantile > limits) & beyond_chance
+        return self._conclude(rows, quantile, effect, limits, candidate, Verdict.DRIFT)
 
 
 class BankMember:

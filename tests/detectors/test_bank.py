@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from detectors import Detector, Reading, Verdict, build_detector, restore_detector
-from detectors.bank import KSWindowBank, RateWindowBank
+from detectors.bank import KSWindowBank, QuantileBank, RateWindowBank
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
@@ -104,7 +104,18 @@ def test_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any)
         assert bank.add(family_size=family, seed=member) == member
         twins.append(KSWindowDetector(spec, family_size=family, seed=member))
     cursor = [0] * size
-    sizes = [0, 1, 2, stride - 1, stride, stride + 1, window, 2 * window + 3, 250]
+    sizes = [
+        0,
+        1,
+        2,
+        stride - 1,
+        stride,
+        stride + 1,
+        window,
+        2 * window + 3,
+        250,
+        900,
+    ]  # 900: past a large reference
     for _ in range(data.draw(st.integers(5, 40), label="calls")):
         chosen = [int(i) for i in rng.permutation(size)[: int(rng.integers(1, size + 1))]]
         batches = []
@@ -117,6 +128,7 @@ def test_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any)
         for member, batch, reading in zip(chosen, batches, readings, strict=True):
             assert bits(reading) == bits(twins[member].update_many(batch)), f"member {member}"
         assert_same(bank, twins, chosen)
+    event(f"some member banked: {any(bank.banked(i) for i in range(size))}")
 
 
 def test_bank_of_a_ten_feature_family_with_a_full_size_reference_equals_the_detectors() -> None:
@@ -396,6 +408,7 @@ def test_rate_bank_readings_and_checkpoints_equal_the_per_object_detectors(data:
             assert bits(bank.reading(member)) == bits(twins[member].reading())
             assert bank.events_until_test(member) == twins[member].events_until_test()
             assert bank.to_bytes(member) == twins[member].to_bytes()
+    event(f"some member banked: {any(bank.banked(i) for i in range(size))}")
 
 
 def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way() -> None:
@@ -427,3 +440,103 @@ def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way() -> No
         assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
     with pytest.raises(ValueError, match="holds rate_window detectors, not KSWindowSpec"):
         RateWindowBank(KSWindowSpec())  # type: ignore[arg-type]
+
+
+def latency_stream(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Latency-like values (lognormal, zeros, constant, with extremes and holes) whose tail
+    grows somewhere in the second half."""
+    turn = int(rng.integers(size // 2, size))
+    if kind == "constant":
+        values = np.full(size, 5.0)
+        values[turn:] = rng.choice([5.0, 9.0])
+    elif kind == "zeros":
+        values = np.where(rng.random(size) < 0.97, 0.0, rng.lognormal(0.0, 1.0, size))
+    else:
+        values = rng.lognormal(np.log(100.0), rng.uniform(0.1, 1.0), size)
+        values[turn:] *= rng.choice([1.0, 1.5, 4.0])
+    if kind == "extreme":
+        hits = rng.random(size) < 0.01
+        values[hits] = rng.choice([np.inf, -np.inf, 1e200, 1e150, -5.0], hits.sum())
+    values[rng.random(size) < rng.choice([0.0, 0.1])] = np.nan
+    return values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_quantile_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any) -> None:
+    window = data.draw(st.integers(10, 150), label="window")
+    stride = data.draw(st.one_of(st.integers(1, window), st.just(window)), label="stride")
+    spec = QuantileSpec(
+        window=window,
+        stride=stride,
+        min_samples=data.draw(st.integers(1, window), label="min_samples"),
+        persist=data.draw(st.sampled_from([0, 1, 37, 200]), label="persist"),
+        q=data.draw(st.sampled_from([0.01, 0.5, 0.9, 0.99, 0.999]), label="q"),
+        threshold=data.draw(st.sampled_from([None, None, 0.0, 150.0, 1e6]), label="threshold"),
+        max_ratio=data.draw(st.sampled_from([1.01, 1.5, 3.0]), label="max_ratio"),
+        false_alarm_every=data.draw(st.sampled_from([1e3, 1e7]), label="false_alarm_every"),
+        reference={"size": data.draw(st.integers(50, 400), label="reference")},
+    )
+    size = data.draw(st.integers(1, 8), label="members")
+    kinds = data.draw(
+        st.lists(
+            st.sampled_from(["lognormal", "extreme", "constant", "zeros"]),
+            min_size=size,
+            max_size=size,
+        )
+    )
+    families = data.draw(st.lists(st.integers(1, 20), min_size=size, max_size=size))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    streams = [latency_stream(kind, 4000, rng) for kind in kinds]
+    bank = QuantileBank(spec, capacity=data.draw(st.integers(1, 4), label="capacity"))
+    twins = []
+    for member, family in enumerate(families):
+        bank.add(family_size=family, seed=member)
+        twins.append(build_detector(spec, family_size=family, seed=member))
+    cursor = [0] * size
+    sizes = [0, 1, 2, stride - 1, stride, stride + 1, window, 2 * window + 3, 250]
+    for _ in range(data.draw(st.integers(5, 40), label="calls")):
+        chosen = [int(i) for i in rng.permutation(size)[: int(rng.integers(1, size + 1))]]
+        batches = []
+        for member in chosen:
+            take = max(0, int(rng.choice(sizes)))
+            start = cursor[member] % 3000
+            batches.append(streams[member][start : start + take])
+            cursor[member] += take
+        readings = bank.update_many(chosen, batches)
+        for member, batch, reading in zip(chosen, batches, readings, strict=True):
+            assert bits(reading) == bits(twins[member].update_many(batch)), f"member {member}"
+        for member in chosen:
+            assert bits(bank.reading(member)) == bits(twins[member].reading())
+            assert bank.events_until_test(member) == twins[member].events_until_test()
+            assert bank.to_bytes(member) == twins[member].to_bytes()
+    event(f"some member banked: {any(bank.banked(i) for i in range(size))}")
+
+
+def test_quantile_bank_members_breach_as_their_detectors_and_checkpoints_move() -> None:
+    rng = np.random.default_rng(12)
+    for each in (
+        QuantileSpec(q=0.99, reference={"size": 500}, window=200, min_samples=100, stride=20),
+        QuantileSpec(q=0.99, threshold=300.0, window=200, min_samples=100, stride=20),
+    ):
+        values = rng.lognormal(np.log(100.0), 0.3, 4000)
+        values[2500:] *= 3.0
+        bank = QuantileBank(each)
+        twin = build_detector(each, family_size=3)
+        bank.add(family_size=3)
+        bank.update_many([0], [values[:1000]])
+        twin.update_many(values[:1000])
+        assert bank.banked(0)
+        restored = restore_detector(bank.to_bytes(0))
+        other = QuantileBank(each)
+        other.add_from_bytes(twin.to_bytes())
+        verdicts = set()
+        for start in range(1000, 4000, 33):
+            batch = values[start : start + 33]
+            expected = bits(twin.update_many(batch))
+            verdicts.add(expected[2])
+            assert bits(bank.update_many([0], [batch])[0]) == expected
+            assert bits(other.update_many([0], [batch])[0]) == expected
+            assert bits(restored.update_many(batch)) == expected
+        assert bank.to_bytes(0) == other.to_bytes(0) == twin.to_bytes() == restored.to_bytes()
+        assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
