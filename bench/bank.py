@@ -9,8 +9,10 @@ at the end their checkpoints are compared byte for byte (so the two did the same
 
     PYTHONPATH=. python bench/bank.py --models 200 1000 --repeats 3
     PYTHONPATH=. python bench/bank.py --detector rate_window --models 200 1000 --repeats 3
+    PYTHONPATH=. python bench/bank.py --detector quantile --models 200 1000 --repeats 3
 
-``rate_window`` runs one signal per model (an error rate: reference 1,000, window 1,000).
+``rate_window`` and ``quantile`` run one signal per model (an error rate; a p99 latency
+against 1.5x the reference's), reference 1,000, window 1,000.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from typing import Any
 import numpy as np
 
 from detectors import build_detector
-from detectors.bank import KSWindowBank, RateWindowBank
+from detectors.bank import KSWindowBank, QuantileBank, RateWindowBank
 from detectors.numeric import KSWindowSpec
+from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
 
 FEATURES = 10
 #: The bench policy's ks_window; ``--reference`` replaces its reference size.
-SPEC: KSWindowSpec | RateWindowSpec = KSWindowSpec(reference={"size": 1000})
-BANKS = {"ks_window": KSWindowBank, "rate_window": RateWindowBank}
+SPEC: KSWindowSpec | RateWindowSpec | QuantileSpec = KSWindowSpec(reference={"size": 1000})
+BANKS = {"ks_window": KSWindowBank, "rate_window": RateWindowBank, "quantile": QuantileBank}
 
 
 def warm_values(models: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -63,6 +66,8 @@ def values(normal: np.ndarray) -> np.ndarray:
     """The stream a detector of SPEC reads: the values, or errors (about 2%, 6% shifted)."""
     if isinstance(SPEC, RateWindowSpec):
         return (normal > 2.05).astype(np.float64)
+    if isinstance(SPEC, QuantileSpec):
+        return np.exp(4.6 + 0.4 * normal)  # a latency around 100 ms
     return normal
 
 
@@ -150,6 +155,9 @@ def main() -> None:
     global SPEC, FEATURES
     if args.detector == "rate_window":
         SPEC = RateWindowSpec(reference={"size": args.reference})
+        FEATURES = 1
+    elif args.detector == "quantile":
+        SPEC = QuantileSpec(reference={"size": args.reference})
         FEATURES = 1
     else:
         SPEC = KSWindowSpec(reference={"size": args.reference})
