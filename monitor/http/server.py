@@ -256,8 +256,9 @@ class LoopHeartbeat:
             self.metrics.loop_lag.set(self.lag_s)
 
 
-def _render_without_gc(registry: CollectorRegistry) -> bytes:
-    """``generate_latest`` with the cyclic collector paused.
+def _without_gc(render: Callable[..., bytes], *args: Any) -> bytes:
+    """``render(*args)`` (``generate_latest``, the per-model text) with the cyclic collector
+    paused.
 
     The render holds each metric's samples at once (hundreds of thousands of small tuples
     and dicts): with the collector on they survive young collections and trigger a full
@@ -273,7 +274,7 @@ def _render_without_gc(registry: CollectorRegistry) -> bytes:
             gc.disable()
         _gc_pauses += 1
     try:
-        return generate_latest(registry)
+        return render(*args)
     finally:
         with _gc_lock:
             _gc_pauses -= 1
@@ -284,6 +285,12 @@ def _render_without_gc(registry: CollectorRegistry) -> bytes:
 class Exposition:
     """Renders a registry's /metrics text in a worker thread, one render at a time.
 
+    With ``metrics`` whose publisher renders the per-model gauges
+    (``Metrics.model_series``), those families come from its per-model text (kept, and
+    rendered again only for the models whose series changed since the last scrape) and only
+    the rest of the registry (``Metrics.core``: counters, per-partition series) goes through
+    prometheus_client: a scrape no longer walks every series.
+
     With 10,000 models the text has hundreds of thousands of series and takes seconds to
     render (measured: tests/core/test_metrics_render.py); on the event loop that would
     stall consumption and /healthz for as long. In a thread the loop keeps running: it
@@ -293,16 +300,23 @@ class Exposition:
     grow with the number of scrapers.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
         self._rendering: asyncio.Future[bytes] | None = None
+
+    def _render(self) -> bytes:
+        """The text, in the worker thread."""
+        metrics = self.metrics
+        publisher = metrics.model_series if metrics is not None else None
+        if metrics is None or publisher is None or metrics.registry is not self.registry:
+            return _without_gc(generate_latest, self.registry)
+        return _without_gc(generate_latest, metrics.core) + _without_gc(publisher.exposition)
 
     async def render(self) -> bytes:
         rendering = self._rendering
         if rendering is None:
-            rendering = self._rendering = asyncio.ensure_future(
-                asyncio.to_thread(_render_without_gc, self.registry)
-            )
+            rendering = self._rendering = asyncio.ensure_future(asyncio.to_thread(self._render))
             rendering.add_done_callback(self._done)
         # Shielded: a scraper that hangs up does not cancel the render others wait for.
         return await asyncio.shield(rendering)
@@ -337,7 +351,7 @@ class HttpServer:
         self.port = port
         self.metrics = metrics
         self.provider = provider
-        self._exposition = Exposition(metrics.registry)
+        self._exposition = Exposition(metrics.registry, metrics)
         self.access_log_format = access_log_format
         self.log_redactor = LogRedactor()
         self.app = web.Application(

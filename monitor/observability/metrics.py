@@ -6,16 +6,31 @@ Names follow ``driftwarden_<noun>_<unit>``; counters end in ``_total``. Tests bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 from monitor import __version__
 from monitor.engine.admission import Refusal
 
-__all__ = ["HEALTH_STATES", "Metrics"]
+__all__ = ["HEALTH_STATES", "MODEL_GAUGES", "Metrics"]
 
 HEALTH_STATES = ("ok", "warn", "degraded", "critical")
+
+#: The per-model gauges (most of the series at scale) whose exposition text the publisher
+#: keeps per model (``monitor.observability.publisher``), in the order /metrics shows them.
+#: Their Gauges stay in ``Metrics.registry`` as the values' truth (``get_sample_value``).
+MODEL_GAUGES = (
+    "health_state",
+    "health_level",
+    "signal_value",
+    "signal_effect",
+    "signal_threshold",
+    "signal_breached",
+    "signal_samples",
+)
 
 
 def _with_children(counter: Counter, values: list[str]) -> Counter:
@@ -80,13 +95,29 @@ class Metrics:
     checkpoint_failures: Counter
     last_checkpoint: Gauge
     checkpoint_failing_models: Gauge
+    #: Every collector of ``registry`` but the ``MODEL_GAUGES``: what /metrics renders with
+    #: prometheus_client when a publisher renders those (``model_series``).
+    core: CollectorRegistry = field(default_factory=CollectorRegistry)
+    #: The publisher that renders the ``MODEL_GAUGES``' text (None: none, or several share
+    #: these metrics; /metrics then renders the whole registry).
+    model_series: Any = None
+    #: Whether a second publisher was bound to these metrics (``bind_model_series``).
+    model_series_shared: bool = False
+
+    def bind_model_series(self, publisher: Any) -> None:
+        """Let ``publisher`` render the per-model gauges' text; a second one on the same
+        metrics turns that off (each would render only its own models)."""
+        if self.model_series is None and not self.model_series_shared:
+            self.model_series = publisher
+        elif self.model_series is not publisher:
+            self.model_series, self.model_series_shared = None, True
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         build_info = Info("driftwarden_build", "Build information.", registry=r)
         build_info.info({"version": __version__})
-        return cls(
+        metrics = cls(
             registry=r,
             build_info=build_info,
             records_consumed=Counter(
@@ -348,3 +379,9 @@ class Metrics:
                 registry=r,
             ),
         )
+        skipped = {id(getattr(metrics, name)) for name in MODEL_GAUGES}
+        for spec in fields(cls):
+            collector = getattr(metrics, spec.name)
+            if isinstance(collector, MetricWrapperBase) and id(collector) not in skipped:
+                metrics.core.register(collector)
+        return metrics

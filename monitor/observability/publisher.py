@@ -4,6 +4,12 @@ removing them once the model leaves this replica.
 Labels are bound once per model and member (no label lookup per batch), and a gauge is set
 only when its value may have changed: a detector hands back the same Reading object until it
 tests again, and a health level is an enum member.
+
+The per-model gauges (``MODEL_GAUGES``: most of /metrics at scale) also have their exposition
+text kept per model, re-rendered at the next scrape only for the models whose series changed
+since the last one, in the scrape's worker thread: a scrape costs the batch loop nothing per
+series, and its thread what changed (``SeriesPublisher.exposition``; the Gauges stay the
+values' truth).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from monitor.observability.metrics import HEALTH_STATES, Metrics
+from prometheus_client.utils import floatToGoString
+
+from monitor.observability.metrics import HEALTH_STATES, MODEL_GAUGES, Metrics
 
 if TYPE_CHECKING:
     from detectors.base import Reading
@@ -27,13 +35,50 @@ __all__ = ["MemberSeries", "ModelSeries", "OutcomeSeries", "SeriesPublisher"]
 log = logging.getLogger(__name__)
 
 
+def label_value(value: str) -> str:
+    r"""``value`` escaped as prometheus_client's text format escapes a label value.
+
+    >>> print(label_value('a"b\\c\nd'))
+    a\"b\\c\nd
+    """
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    """A sample's value as prometheus_client writes it (a Gauge holds ``float(value)``)."""
+    text: str = floatToGoString(float(value))  # type: ignore[no-untyped-call]
+    return text
+
+
 class MemberSeries:
     """The bound series of one detector (a signal's member) of one model."""
 
-    __slots__ = ("breached", "effect", "reading", "samples", "threshold", "value")
+    __slots__ = (
+        "breached",
+        "effect",
+        "labels",
+        "reading",
+        "samples",
+        "threshold",
+        "thresholds_text",
+        "value",
+    )
 
-    def __init__(self, value: Any, breached: Any, samples: Any, threshold: Any) -> None:
+    def __init__(
+        self,
+        value: Any,
+        breached: Any,
+        samples: Any,
+        threshold: Any,
+        *,
+        labels: str = "",
+        thresholds_text: str = "",
+    ) -> None:
         self.value = value
+        #: ``{model="...",signal="..."}``, escaped: the member's labels in its text.
+        self.labels = labels
+        #: The lines of its policy thresholds (constants), by level.
+        self.thresholds_text = thresholds_text
         #: Bound on the first finite effect size: a series of NaN (a detector with no
         #: reference) only leaves gaps in a panel.
         self.effect: Any = None
@@ -97,16 +142,79 @@ class OutcomeSeries:
 class ModelSeries:
     """The bound series of one model: its health, and one MemberSeries per member name."""
 
-    __slots__ = ("level", "members", "outcomes", "published_level", "states")
+    __slots__ = (
+        "label",
+        "level",
+        "members",
+        "outcomes",
+        "published_level",
+        "states",
+        "text",
+        "version",
+    )
 
-    def __init__(self, level: Any, states: list[tuple[str, Any]]) -> None:
+    def __init__(self, level: Any, states: list[tuple[str, Any]], *, label: str = "") -> None:
         self.level = level
+        #: The model's label value, escaped.
+        self.label = label
+        #: Counts the changes of its series (on the loop); its text is current while the
+        #: version it was rendered at is this one.
+        self.version = 0
+        #: Its exposition text, one string per ``MODEL_GAUGES`` family, and the version it
+        #: shows (None: never rendered).
+        self.text: tuple[int, tuple[str, ...]] | None = None
         #: One gauge per health state (1 for the current one), by state name.
         self.states = states
         #: The level last published (None before the first).
         self.published_level: Level | None = None
         self.members: dict[str, MemberSeries] = {}
         self.outcomes: OutcomeSeries | None = None
+
+
+_STATE = "driftwarden_model_health_state"
+_LEVEL = "driftwarden_model_health_level"
+_VALUE = "driftwarden_signal_value"
+_EFFECT = "driftwarden_signal_effect_size"
+_THRESHOLD = "driftwarden_signal_threshold"
+_BREACHED = "driftwarden_signal_breached"
+_SAMPLES = "driftwarden_signal_samples"
+
+
+def _render(series: ModelSeries) -> tuple[str, ...]:
+    """One model's samples of each ``MODEL_GAUGES`` family, as its Gauges hold them (labels
+    in prometheus_client's order: sorted by name)."""
+    model = series.label
+    level = series.published_level  # read once: states and level agree
+    states = "".join(
+        f'{_STATE}{{model="{model}",state="{name}"}} '
+        f"{'1.0' if level is not None and name == level.label else '0.0'}\n"
+        for name in HEALTH_STATES
+    )
+    health = f'{_LEVEL}{{model="{model}"}} {_number(int(level) if level is not None else 0)}\n'
+    values, effects, thresholds, breached, samples = [], [], [], [], []
+    for member in list(series.members.values()):
+        r = member.reading  # one immutable Reading: a member's lines agree with each other
+        if r is None:
+            continue
+        labels = member.labels
+        values.append(f"{_VALUE}{{{labels}}} {_number(r.statistic)}\n")
+        if math.isfinite(r.effect):  # the effect series is bound exactly then
+            effects.append(f"{_EFFECT}{{{labels}}} {_number(r.effect)}\n")
+        if member.threshold is not None:
+            thresholds.append(f'{_THRESHOLD}{{level="detector",{labels}}} {_number(r.threshold)}\n')
+        else:
+            thresholds.append(member.thresholds_text)
+        breached.append(f"{_BREACHED}{{{labels}}} {'1.0' if r.breached else '0.0'}\n")
+        samples.append(f"{_SAMPLES}{{{labels}}} {_number(r.samples)}\n")
+    return (
+        states,
+        health,
+        "".join(values),
+        "".join(effects),
+        "".join(thresholds),
+        "".join(breached),
+        "".join(samples),
+    )
 
 
 class SeriesPublisher:
@@ -120,6 +228,9 @@ class SeriesPublisher:
         self._models: dict[str, ModelSeries] = {}
         #: Bound children of driftwarden_model_events_total (no label lookup per batch).
         self._event_counters: dict[str, Any] = {}
+        #: The HELP and TYPE lines of each ``MODEL_GAUGES`` family (built at the first scrape).
+        self._headers: list[str] = []
+        metrics.bind_model_series(self)
 
     def count_events(self, received: Iterable[tuple[str, int]]) -> None:
         """Add each model's events of a batch to its driftwarden_model_events_total."""
@@ -144,6 +255,7 @@ class SeriesPublisher:
                 series = published[model] = ModelSeries(
                     m.health_level.labels(model),
                     [(name, m.health_state.labels(model, name)) for name in HEALTH_STATES],
+                    label=label_value(model),
                 )
             if model not in self._event_counters:
                 # From the first publish on, also for a model restored from a checkpoint
@@ -155,6 +267,7 @@ class SeriesPublisher:
                 for name, child in series.states:
                     child.set(1 if name == level.label else 0)
                 series.published_level = level
+                series.version += 1
             join = monitor.outcomes
             if join is not None:
                 if series.outcomes is None:
@@ -171,6 +284,7 @@ class SeriesPublisher:
                         )
                     elif member_series.reading is r:
                         continue
+                    series.version += 1
                     member_series.reading = r
                     member_series.value.set(r.statistic)
                     if math.isfinite(r.effect):
@@ -191,16 +305,50 @@ class SeriesPublisher:
         detector_threshold = (
             None if thresholds is not None else m.signal_threshold.labels(model, member, "detector")
         )
-        series = MemberSeries(
+        labels = f'model="{label_value(model)}",signal="{label_value(member)}"'
+        lines = []
+        if thresholds is not None:
+            for level, bound in thresholds.items():
+                m.signal_threshold.labels(model, member, level.label).set(bound)
+                lines.append(f'{_THRESHOLD}{{level="{level.label}",{labels}}} {_number(bound)}\n')
+        return MemberSeries(
             m.signal_value.labels(model, member),
             m.signal_breached.labels(model, member),
             m.signal_samples.labels(model, member),
             detector_threshold,
+            labels=labels,
+            thresholds_text="".join(lines),
         )
-        if thresholds is not None:
-            for level, bound in thresholds.items():
-                m.signal_threshold.labels(model, member, level.label).set(bound)
-        return series
+
+    def exposition(self) -> bytes:
+        """The ``MODEL_GAUGES`` families' text of every published model (each family's HELP
+        and TYPE, then its samples model after model), UTF-8.
+
+        Runs in the scrape's worker thread while the loop goes on publishing: it renders
+        again only the models whose series changed since their text was rendered (their
+        version moved), each member from one Reading. A model changed during the render
+        shows its state before or after that change, and its text is rendered again at the
+        next scrape (it keeps the version it read first).
+        """
+        if not self._headers:
+            headers = []
+            for name in MODEL_GAUGES:
+                (family,) = getattr(self.metrics, name).describe()
+                doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+                headers.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} {family.type}\n")
+            self._headers = headers
+        texts = []
+        for series in list(self._models.values()):
+            version = series.version
+            found = series.text
+            if found is None or found[0] != version:
+                found = series.text = (version, _render(series))
+            texts.append(found[1])
+        parts: list[str] = []
+        for i, header in enumerate(self._headers):
+            parts.append(header)
+            parts.extend(text[i] for text in texts)
+        return "".join(parts).encode("utf-8")
 
     def unpublish(self, model: str, *, counters: bool = False) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
