@@ -38,6 +38,7 @@ from monitor.kafka.side_topics import SideTopicWriter
 from monitor.kafka.topics import ensure_topics
 from monitor.observability.history import history_of
 from monitor.observability.metrics import Metrics
+from monitor.observability.model_status import ModelStatus, status_json
 from monitor.observability.publisher import SeriesPublisher
 from monitor.state.checkpoints import (
     CheckpointStore,
@@ -115,6 +116,8 @@ class Daemon:
         self._batch_started_at: float | None = None
         self.metrics.batch_in_flight.set_function(self.batch_age)
         self.publisher = SeriesPublisher(self.metrics, self.engine.models)
+        #: The models' /status JSON, kept per model (rebuilt for those that changed).
+        self.model_status = ModelStatus(self.engine.models)
         self.store = _build_store(settings)
         self.ownership = CheckpointOwner(
             settings,
@@ -523,7 +526,7 @@ class Daemon:
         problems.extend(self.ownership.health.problems())
         return problems
 
-    def status(self) -> dict[str, Any]:
+    def _status_head(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
@@ -534,9 +537,22 @@ class Daemon:
             "checkpoints": self.ownership.health.status(),
             "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment),
             "unreadable_partitions": self.consumer.unreadable_problems(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """/status as a dict of its own (callers may change it: the demo adds to it)."""
+        return {
+            **self._status_head(),
             "models": self.engine.snapshot(),
             "actions": self.actions.status(),
         }
+
+    def status_json(self) -> str:
+        """/status as served: ``status()`` encoded, each model from its kept text (rebuilt
+        only for the models that changed since the last request)."""
+        return status_json(
+            self._status_head(), self.model_status, {"actions": self.actions.status()}
+        )
 
 
 class _StoreUnavailableError(RuntimeError):

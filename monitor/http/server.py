@@ -416,4 +416,8 @@ class HttpServer:
         return _json({"ready": not problems, "problems": problems}, 503 if problems else 200)
 
     async def _status(self, request: web.Request) -> web.Response:
-        return _json(self.provider.status())
+        # A provider that keeps its status encoded (the daemon: per model) answers with it.
+        encoded = getattr(self.provider, "status_json", None)
+        if encoded is None:
+            return _json(self.provider.status())
+        return web.Response(text=encoded(), content_type="application/json")
