@@ -45,8 +45,8 @@ def _key(monitor: ModelMonitor) -> tuple[Any, ...]:
         monitor.covered,
         len(monitor.added),
         len(signals),
-        tuple(signal.level for signal in signals),
-        tuple(member.reading for signal in signals for member in signal.members),
+        [signal.level for signal in signals],
+        [member.reading for signal in signals for member in signal.members],
         # Small, and moved by other models too (their share of the outcome budget).
         None if join is None else join.describe(),
     )
