@@ -1,23 +1,27 @@
-"""/status's per-model part, kept per model: each model's JSON (``describe``) is rebuilt only
-when something it shows changed since it was built (its Readings, health and signal levels,
-events, coverage, outcomes), so a request costs what changed, not a rebuild and an encoding of
-every model.
+"""/status's per-model part, kept per model: each model's JSON (what
+``monitor.engine.engine.describe`` gives) is kept in parts, its head (state, events), its
+coverage, each signal, its outcomes, and a part is rebuilt only when what it shows changed
+since (its Readings, levels, events, coverage, outcomes): a request costs what changed, not a
+rebuild and an encoding of every model. A busy model whose events moved but whose detectors did
+not test costs one small encoding.
 
-What a model shows is checked against a key of the objects it is built from: detectors hand
-back the same Reading object until they test again, levels are enum members, and the rest are
-a few numbers per model (no encoding, no dict per member).
+What a part shows is checked against the objects it is built from: detectors hand back the
+same Reading object until they test again, levels are enum members, and the rest are a few
+numbers per model (no encoding, no dict per member).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from monitor.engine.engine import describe
+from monitor.engine.engine import describe_coverage
 
 if TYPE_CHECKING:
-    from monitor.engine.engine import ModelMonitor
+    from monitor.engine.discovery import CoveredSignal
+    from monitor.engine.engine import ModelMonitor, SignalMonitor
 
 __all__ = ["ModelStatus", "status_json"]
 
@@ -27,38 +31,130 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, default=str, allow_nan=False)
 
 
-def _key(monitor: ModelMonitor) -> tuple[Any, ...]:
-    """Everything ``describe(monitor)`` reads that may change while the monitor lives."""
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _signal_shown(signal: SignalMonitor, covered: CoveredSignal | None) -> dict[str, Any]:
+    """One signal of ``describe``'s ``signals`` (tests compare the two)."""
+    members = {}
+    for member in signal.members:
+        r = member.reading
+        members[member.name] = {
+            "statistic": _finite(r.statistic),
+            "effect": _finite(r.effect),
+            "threshold": _finite(r.threshold),
+            "verdict": r.verdict.value,
+            "samples": r.samples,
+        }
+    policy = signal.policy
+    return {
+        "level": signal.level.label,
+        "origin": covered.origin if covered is not None else "named",
+        "reason": covered.reason if covered is not None else "named in the policy",
+        "source": policy.source.value,
+        "detector": policy.detector_spec.type,
+        "thresholds": (
+            {lvl.label: v for lvl, v in policy.thresholds.items()} if policy.thresholds else None
+        ),
+        "for_s": signal.for_s,
+        "readings": members,
+    }
+
+
+def _shape_key(monitor: ModelMonitor) -> tuple[Any, ...]:
+    """What the model's coverage and its signals' origins are built from."""
     schema = monitor.schema
-    join = monitor.outcomes
-    signals = monitor.signals
     return (
         monitor.policy,
-        monitor.health.level,
-        monitor.model_version,
-        monitor.events,
-        monitor.last_event_at,
         monitor.discovering,
         monitor.discovery_started_at,
         None if schema is None else schema.events,
         monitor.notes,
         monitor.covered,
         len(monitor.added),
-        len(signals),
-        [signal.level for signal in signals],
-        [member.reading for signal in signals for member in signal.members],
-        # Small, and moved by other models too (their share of the outcome budget).
-        None if join is None else join.describe(),
+        len(monitor.signals),
     )
 
 
 class _Entry:
-    __slots__ = ("key", "monitor", "text")
+    """One model's kept JSON, in parts: each rebuilt only when what it shows moved."""
 
-    def __init__(self, monitor: ModelMonitor, key: tuple[Any, ...]) -> None:
+    __slots__ = ("head", "monitor", "outcomes", "shape", "shape_key", "signals", "text")
+
+    def __init__(self, monitor: ModelMonitor) -> None:
         self.monitor = monitor
-        self.key = key
-        self.text = _dumps(describe(monitor))
+        self.head: tuple[Any, ...] | None = None
+        self.shape_key: tuple[Any, ...] | None = None
+        #: The coverage's text and the signals' origins.
+        self.shape: tuple[str, dict[str, CoveredSignal]] = ("", {})
+        #: Per signal: (its level, its members' Readings) and its text.
+        self.signals: list[tuple[list[Any], str]] = []
+        self.outcomes: tuple[Any, str] | None = None
+        self.text = ""
+
+    def refresh(self) -> bool:
+        """Rebuild what moved; True when the model's text changed."""
+        monitor = self.monitor
+        head = (
+            monitor.health.level,
+            monitor.model_version,
+            monitor.events,
+            monitor.last_event_at,
+        )
+        moved = head != self.head
+        shape_key = _shape_key(monitor)
+        if shape_key != self.shape_key:
+            self.shape_key = shape_key
+            origins = {c.name: c for c in monitor.coverage()}
+            self.shape = (_dumps(describe_coverage(monitor)), origins)
+            self.signals = []
+            moved = True
+        origins = self.shape[1]
+        kept = self.signals
+        signals = monitor.signals
+        for i, signal in enumerate(signals):
+            key = [signal.level, *[member.reading for member in signal.members]]
+            if i < len(kept) and kept[i][0] == key:
+                continue
+            shown = (key, _dumps(_signal_shown(signal, origins.get(signal.name))))
+            if i < len(kept):
+                kept[i] = shown
+            else:
+                kept.append(shown)
+            moved = True
+        join = monitor.outcomes
+        if join is not None:
+            # Small, and moved by other models too (their share of the outcome budget).
+            described = join.describe()
+            added = [covered.to_json() for covered in monitor.added]
+            if self.outcomes is None or self.outcomes[0] != (described, added):
+                text = f'"outcomes": {_dumps(described)}, "added_signals": {_dumps(added)}'
+                self.outcomes = ((described, added), text)
+                moved = True
+        elif self.outcomes is not None:
+            self.outcomes, moved = None, True
+        if not moved:
+            return False
+        self.head = head
+        names = [signal.name for signal in signals]
+        shown_signals = ", ".join(
+            f"{_dumps(name)}: {text}" for name, (_, text) in zip(names, kept, strict=True)
+        )
+        head_text = _dumps(
+            {
+                "state": monitor.health.level.label,
+                "mode": monitor.policy.mode,
+                "model_version": monitor.model_version,
+                "events": monitor.events,
+                "last_event_at": monitor.last_event_at,
+            }
+        )[:-1]
+        tail = "" if self.outcomes is None else ", " + self.outcomes[1]
+        self.text = (
+            f'{head_text}, "coverage": {self.shape[0]}, "signals": {{{shown_signals}}}{tail}}}'
+        )
+        return True
 
 
 class ModelStatus:
@@ -98,10 +194,10 @@ class ModelStatus:
         rebuilt = 0
         found = []
         for model, monitor in monitors.items():
-            key = _key(monitor)
             entry = entries.get(model)
-            if entry is None or entry.monitor is not monitor or entry.key != key:
-                entry = entries[model] = _Entry(monitor, key)
+            if entry is None or entry.monitor is not monitor:
+                entry = entries[model] = _Entry(monitor)
+            if entry.refresh():
                 rebuilt += 1
             found.append((model, entry))
         self.rebuilt = rebuilt
