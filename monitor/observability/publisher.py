@@ -57,6 +57,7 @@ class MemberSeries:
         "breached",
         "effect",
         "labels",
+        "lines",
         "reading",
         "samples",
         "threshold",
@@ -79,6 +80,9 @@ class MemberSeries:
         self.labels = labels
         #: The lines of its policy thresholds (constants), by level.
         self.thresholds_text = thresholds_text
+        #: The Reading its lines were rendered from and its lines, one per family of
+        #: signal (value, effect, threshold, breached, samples; None before the first).
+        self.lines: tuple[Reading, tuple[str, str, str, str, str]] | None = None
         #: Bound on the first finite effect size: a series of NaN (a detector with no
         #: reference) only leaves gaps in a panel.
         self.effect: Any = None
@@ -196,16 +200,17 @@ def _render(series: ModelSeries) -> tuple[str, ...]:
         r = member.reading  # one immutable Reading: a member's lines agree with each other
         if r is None:
             continue
-        labels = member.labels
-        values.append(f"{_VALUE}{{{labels}}} {_number(r.statistic)}\n")
-        if math.isfinite(r.effect):  # the effect series is bound exactly then
-            effects.append(f"{_EFFECT}{{{labels}}} {_number(r.effect)}\n")
-        if member.threshold is not None:
-            thresholds.append(f'{_THRESHOLD}{{level="detector",{labels}}} {_number(r.threshold)}\n')
+        kept = member.lines
+        if kept is not None and kept[0] is r:
+            lines = kept[1]
         else:
-            thresholds.append(member.thresholds_text)
-        breached.append(f"{_BREACHED}{{{labels}}} {'1.0' if r.breached else '0.0'}\n")
-        samples.append(f"{_SAMPLES}{{{labels}}} {_number(r.samples)}\n")
+            lines = _member_lines(member, r)
+            member.lines = (r, lines)
+        values.append(lines[0])
+        effects.append(lines[1])
+        thresholds.append(lines[2])
+        breached.append(lines[3])
+        samples.append(lines[4])
     return (
         states,
         health,
@@ -214,6 +219,23 @@ def _render(series: ModelSeries) -> tuple[str, ...]:
         "".join(thresholds),
         "".join(breached),
         "".join(samples),
+    )
+
+
+def _member_lines(member: MemberSeries, r: Reading) -> tuple[str, str, str, str, str]:
+    """A member's sample of each signal family for Reading ``r`` (as publish sets them)."""
+    labels = member.labels
+    return (
+        f"{_VALUE}{{{labels}}} {_number(r.statistic)}\n",
+        # The effect series is bound exactly while the effect is finite.
+        f"{_EFFECT}{{{labels}}} {_number(r.effect)}\n" if math.isfinite(r.effect) else "",
+        (
+            f'{_THRESHOLD}{{level="detector",{labels}}} {_number(r.threshold)}\n'
+            if member.threshold is not None
+            else member.thresholds_text
+        ),
+        f"{_BREACHED}{{{labels}}} {'1.0' if r.breached else '0.0'}\n",
+        f"{_SAMPLES}{{{labels}}} {_number(r.samples)}\n",
     )
 
 
