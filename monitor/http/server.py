@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -39,6 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _METRICS_CHUNK_BYTES = 256 * 1024
+_Rendered = TypeVar("_Rendered")
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = True
@@ -256,7 +257,7 @@ class LoopHeartbeat:
             self.metrics.loop_lag.set(self.lag_s)
 
 
-def _without_gc(render: Callable[..., bytes], *args: Any) -> bytes:
+def _without_gc(render: Callable[..., _Rendered], *args: Any) -> _Rendered:
     """``render(*args)`` (``generate_latest``, the per-model text) with the cyclic collector
     paused.
 
@@ -303,17 +304,21 @@ class Exposition:
     def __init__(self, registry: CollectorRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
-        self._rendering: asyncio.Future[bytes] | None = None
+        self._rendering: asyncio.Future[list[bytes]] | None = None
 
-    def _render(self) -> bytes:
-        """The text, in the worker thread."""
+    def _render(self) -> list[bytes]:
+        """The text in pieces, in the worker thread."""
         metrics = self.metrics
         publisher = metrics.model_series if metrics is not None else None
         if metrics is None or publisher is None or metrics.registry is not self.registry:
-            return _without_gc(generate_latest, self.registry)
-        return _without_gc(generate_latest, metrics.core) + _without_gc(publisher.exposition)
+            return [_without_gc(generate_latest, self.registry)]
+        return [_without_gc(generate_latest, metrics.core), *_without_gc(publisher.exposition)]
 
     async def render(self) -> bytes:
+        """The whole text (``render_pieces`` joined)."""
+        return b"".join(await self.render_pieces())
+
+    async def render_pieces(self) -> list[bytes]:
         rendering = self._rendering
         if rendering is None:
             rendering = self._rendering = asyncio.ensure_future(asyncio.to_thread(self._render))
@@ -321,7 +326,7 @@ class Exposition:
         # Shielded: a scraper that hangs up does not cancel the render others wait for.
         return await asyncio.shield(rendering)
 
-    def _done(self, rendering: asyncio.Future[bytes]) -> None:
+    def _done(self, rendering: asyncio.Future[list[bytes]]) -> None:
         if self._rendering is rendering:
             self._rendering = None
         if not rendering.cancelled() and rendering.exception() is not None:
@@ -395,15 +400,16 @@ class HttpServer:
                 logging.getLogger(name).removeFilter(self.log_redactor)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        body = await self._exposition.render()
+        pieces = await self._exposition.render_pieces()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
-        response.content_length = len(body)
+        response.content_length = sum(len(piece) for piece in pieces)
         await response.prepare(request)
         # In slices, each awaited: one write of tens of MB would copy it all into the
         # transport's buffer in one step of the loop.
-        view = memoryview(body)
-        for start in range(0, len(body), _METRICS_CHUNK_BYTES):
-            await response.write(view[start : start + _METRICS_CHUNK_BYTES])
+        for body in pieces:
+            view = memoryview(body)
+            for start in range(0, len(body), _METRICS_CHUNK_BYTES):
+                await response.write(view[start : start + _METRICS_CHUNK_BYTES])
         await response.write_eof()
         return response
 

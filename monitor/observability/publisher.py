@@ -175,6 +175,9 @@ class ModelSeries:
         self.outcomes: OutcomeSeries | None = None
 
 
+#: About how many characters of text ``SeriesPublisher.exposition`` encodes at once.
+_PIECE_CHARS = 256 * 1024
+
 _STATE = "driftwarden_model_health_state"
 _LEVEL = "driftwarden_model_health_level"
 _VALUE = "driftwarden_signal_value"
@@ -342,9 +345,11 @@ class SeriesPublisher:
             thresholds_text="".join(lines),
         )
 
-    def exposition(self) -> bytes:
+    def exposition(self) -> list[bytes]:
         """The ``MODEL_GAUGES`` families' text of every published model (each family's HELP
-        and TYPE, then its samples model after model), UTF-8.
+        and TYPE, then its samples model after model), UTF-8, in pieces of about
+        ``_PIECE_CHARS`` (one join and encoding of tens of MB would hold the GIL, hence the
+        event loop, for as long).
 
         Runs in the scrape's worker thread while the loop goes on publishing: it renders
         again only the models whose series changed since their text was rendered (their
@@ -366,11 +371,20 @@ class SeriesPublisher:
             if found is None or found[0] != version:
                 found = series.text = (version, _render(series))
             texts.append(found[1])
-        parts: list[str] = []
+        pieces: list[bytes] = []
+        buffer: list[str] = []
+        size = 0
         for i, header in enumerate(self._headers):
-            parts.append(header)
-            parts.extend(text[i] for text in texts)
-        return "".join(parts).encode("utf-8")
+            buffer.append(header)
+            for text in texts:
+                part = text[i]
+                buffer.append(part)
+                size += len(part)
+                if size >= _PIECE_CHARS:
+                    pieces.append("".join(buffer).encode("utf-8"))
+                    buffer, size = [], 0
+        pieces.append("".join(buffer).encode("utf-8"))
+        return pieces
 
     def unpublish(self, model: str, *, counters: bool = False) -> None:
         """Remove a model's series once this replica no longer owns it, so dashboards and
