@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -192,3 +194,50 @@ def test_every_model_gauge_is_left_out_of_the_core_registry_and_nothing_else() -
     core = {f.name for f in metrics.core.collect()}
     left_out = {getattr(metrics, name).describe()[0].name for name in MODEL_GAUGES}
     assert whole - core == left_out and core <= whole
+
+
+def test_renders_in_a_thread_while_the_loop_publishes_end_equal_to_generate_latest() -> None:
+    """The scrape's thread reads the publisher while batches bind and set series: no render
+    fails, and once publishing stops the next render shows exactly the registry."""
+    rng = random.Random(9)
+    engine = Engine(lambda model: POLICY, max_models=400, defer=False)
+    metrics = Metrics.create(CollectorRegistry())
+    publisher = SeriesPublisher(metrics, engine.models)
+    exposition = Exposition(metrics.registry, metrics)
+    failures: list[BaseException] = []
+    renders = 0
+    stop = threading.Event()
+
+    def scrape() -> None:
+        nonlocal renders
+        while not stop.is_set():
+            try:
+                exposition._render()
+                renders += 1
+            except BaseException as err:  # recorded: the test fails on it
+                failures.append(err)
+                return
+
+    scraper = threading.Thread(target=scrape)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: a race shows within the test
+    scraper.start()
+    try:
+        now = 0.0
+        for step in range(30):
+            now += 1.0
+            # New models join as the loop goes (their series bound mid-render).
+            models = [f"m{i}" for i in range(10 * step, 10 * step + 40)]
+            engine.apply([e for m in models for e in events(m, 10, rng)], now)
+            publisher.publish(set(engine.changed))
+            if step % 10 == 9:
+                for model in models[:5]:
+                    publisher.unpublish(model, counters=True)
+                    engine.drop(model)
+    finally:
+        stop.set()
+        scraper.join(timeout=60)
+        sys.setswitchinterval(switch)
+    assert not failures, failures
+    assert renders > 0
+    assert_same(metrics)
