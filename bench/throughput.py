@@ -994,13 +994,22 @@ class FlagFileWatcher:
 
 
 def match_latencies(completions: Sequence[float], seen: Sequence[float]) -> list[float]:
-    """Per breach completion, the delay to the first flag write seen after it and before the
-    next completion (NaN: none, a missed breach)."""
+    """Per breach completion, in order, the delay to the first flag write seen after it that
+    no earlier breach took (NaN: none left, a missed breach). In order, not "before the next
+    breach": a daemon that lags by more than the surge period flips the flag for one breach
+    after the next has completed, and that write answers the earlier one.
+    """
+    writes = sorted(seen)
     latencies = []
-    for i, done in enumerate(completions):
-        until = completions[i + 1] if i + 1 < len(completions) else math.inf
-        match = [at for at in seen if done <= at < until]
-        latencies.append(match[0] - done if match else math.nan)
+    at = 0
+    for done in completions:
+        while at < len(writes) and writes[at] < done:
+            at += 1  # a write before this breach answers none left (an earlier one's repeat)
+        if at < len(writes):
+            latencies.append(writes[at] - done)
+            at += 1
+        else:
+            latencies.append(math.nan)
     return latencies
 
 
@@ -1092,7 +1101,7 @@ async def measure_latency(bootstrap: str, cfg: BenchConfig, tag: str) -> dict[st
                 break
             if time.monotonic() - ended > 60:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25)
         await _until(lambda: len(watcher.turned_on) >= len(completions), 30)
     finally:
         watcher.stop()

@@ -92,11 +92,15 @@ def test_the_watcher_skips_a_file_that_is_not_a_flag_definition(tmp_path: Path) 
     assert len(watcher.turned_on) == 1 and watcher.turned_on[0] >= before
 
 
-def test_each_breach_is_matched_to_the_first_write_before_the_next_one() -> None:
-    latencies = match_latencies([10.0, 20.0, 30.0], [10.25, 10.5, 31.0])
+def test_each_breach_is_matched_in_order_to_the_first_write_no_earlier_breach_took() -> None:
+    latencies = match_latencies([10.0, 20.0, 30.0], [10.25, 31.0])
     assert latencies[0] == pytest.approx(0.25)
-    assert math.isnan(latencies[1])  # no write between 20 and 30: missed
-    assert latencies[2] == pytest.approx(1.0)
+    # A daemon behind by more than the period: 31.0 answers the breach at 20, not the one at
+    # 30 (which would make a 1 s latency of a 11 s one); the last breach has none left.
+    assert latencies[1] == pytest.approx(11.0)
+    assert math.isnan(latencies[2])
+    # A write before any breach (the flag's first state) answers none.
+    assert match_latencies([5.0], [1.0, 5.5]) == [pytest.approx(0.5)]
 
 
 def test_the_memory_runs_default_to_the_auto_policys_references() -> None:
