@@ -17,6 +17,7 @@ from bench.throughput import (
     STEADY_POLICY,
     BenchConfig,
     measure_latency,
+    render_latency,
     run_bench,
 )
 from monitor.tools.embedded_broker import EmbeddedBroker
@@ -40,7 +41,7 @@ def small_steady_policy(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_throughput_harness_measures_fill_and_steady_state_of_each_contender(
     tmp_path: Path,
 ) -> None:
@@ -52,6 +53,7 @@ async def test_throughput_harness_measures_fill_and_steady_state_of_each_contend
         events=(6000,),
         repeats=1,
         policy=small_steady_policy(tmp_path),
+        two_process=True,
         out=out,
         label="smoke",
     )
@@ -81,7 +83,14 @@ async def test_throughput_harness_measures_fill_and_steady_state_of_each_contend
         assert summary["b/c"] == pytest.approx(summary["daemon"] / summary["peer"])
         assert summary["daemon"] == daemon.steady_rate
         assert summary["b/a whole"] == pytest.approx(daemon.rate / runs["bare"][0].rate)
+    # Two processes of each kind in one group, on the first topic: between them every record,
+    # and a steady state on their merged offsets.
+    for kind in ("bare", "daemon"):
+        (run,) = result["group"][kind]
+        assert sum(run.extra["split"]) >= 6000, kind
+        assert run.steady is not None and 0 < run.steady.events <= 6000, kind
     text = out.read_text()
+    assert "(b2)/(a2) = " in text and "in steady state (target >= 0.7: **" in text
     assert "## 10 models, 6,000 events" in text and "## 20 models, 6,000 events" in text
     assert "| (b) driftwarden end to end |" in text
     assert "| (b)/(a) |" in text and "| (b)/(c) |" in text
@@ -114,3 +123,7 @@ async def test_latency_harness_measures_each_surge_after_the_warmup(
     found = [x for x in result["latencies_s"] if x == x]  # NaN: no write before the next
     assert len(found) == result["incidents"] - result["missed"]
     assert all(x >= 0 for x in found)
+    assert result["drain_s"] == result["drain_s"]  # the daemon kept up at this rate
+    text = "\n".join(render_latency(cfg, result))
+    assert f"**{result['incidents']} breaches**" in text
+    assert "p99 <= 1 s at 50,000 events/s: **not measured at 50,000 events/s**" in text
