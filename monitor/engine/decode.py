@@ -29,6 +29,8 @@ record takes the exact path; it is also the record that tells auto discovery of 
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -54,6 +56,8 @@ from monitor.engine.events import MAX_FEATURES, BadRecord, Event, EventDecoder, 
 if TYPE_CHECKING:
     from monitor.config.policy import ModelPolicy
     from monitor.engine.engine import Engine
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ColumnDecoder", "ColumnarPath", "DecodedBatch", "policy_event_type", "reads_features"]
 
@@ -160,7 +164,12 @@ class ColumnDecoder:
     """
 
     def __init__(
-        self, signals: Iterable[SignalPolicy], max_bytes: int, *, top_level: bool = True
+        self,
+        signals: Iterable[SignalPolicy],
+        max_bytes: int,
+        *,
+        top_level: bool = True,
+        unread: Iterable[str] = (),
     ) -> None:
         self.max_bytes = max_bytes
         #: The columns to build, by key (each once, however many signals read it).
@@ -182,6 +191,11 @@ class ColumnDecoder:
                 else:
                     numeric.update(names)
             other.update(names)
+        #: Features the events carry that no signal reads: in the policy type (checked as
+        #: the contract checks them, and by a schema check) so that their records are not
+        #: refused, never built into a column of their own.
+        self.unread = tuple(name for name in dict.fromkeys(unread) if name not in other)
+        other.update(dict.fromkeys(self.unread))
         #: Features read as numbers and never as categories (a missing rate or a schema
         #: check may read them too): the fast type takes numbers (or null) for them, and a
         #: record with a string or boolean there takes the exact path (still valid).
@@ -201,6 +215,11 @@ class ColumnDecoder:
         k = len(self.numeric)
         self._get_numeric = _getter(range(k))
         self._get_other = _getter(range(k, len(self.features)))
+
+    @property
+    def wide(self) -> bool:
+        """The next batch is decoded into :class:`Event` (the wide mode)."""
+        return self._always_wide or self._wide_left > 0
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         max_bytes = self.max_bytes
@@ -408,6 +427,13 @@ def _feature_names(signal: SignalPolicy) -> list[str]:
     return []
 
 
+#: Unread features the column path names in its policy type: seen in 1 / UNREAD_SHARE of a
+#: batch's rows (of the first UNREAD_SAMPLE of a wide batch), MAX_UNREAD names at most (a
+#: flood of one-off names stays out: its records take the exact path, one by one).
+UNREAD_SHARE = 100
+UNREAD_SAMPLE = 1000
+MAX_UNREAD = 64
+
 #: The kinds of column read out of an event's ``features`` (the others read its top-level
 #: members, which a policy row has too).
 FEATURE_KINDS = frozenset(
@@ -461,6 +487,8 @@ class ColumnarPath:
         self._covered: dict[int, bool] = {}
         #: By id: a policy (kept, so the id stays its own), whether it discovers.
         self._policies: dict[int, tuple[ModelPolicy, bool]] = {}
+        #: Features no signal reads, named in the policy type (``_learn``).
+        self._unread: tuple[str, ...] = ()
         #: The next batch is decoded into events (the first: no decoder yet).
         self.events_next = True
         self._events = EventDecoder(max_bytes)
@@ -475,7 +503,10 @@ class ColumnarPath:
         if self.events_next or decoder is None:
             self.event_batches += 1
             return None
+        wide = decoder.wide
         batch = decoder.decode(values)
+        if wide or batch.exact:
+            self._learn(batch, wide)
         models = batch.models
         full = self._survey(dict.fromkeys(models))
         rows = batch.rows
@@ -513,6 +544,31 @@ class ColumnarPath:
             self.events_next = False
         if self.decoder is None:
             self._widen([])
+
+    def _learn(self, batch: DecodedBatch, wide: bool) -> None:
+        """Name in the policy type the features no signal reads that the batch's events
+        carry often (in 1 / UNREAD_SHARE of its rows, at most MAX_UNREAD names), so that
+        their records are not refused (and decoded twice) or the batches decoded wide."""
+        rows = batch.rows
+        at = range(min(len(rows), UNREAD_SAMPLE)) if wide else batch.exact[:UNREAD_SAMPLE]
+        decoder = self.decoder
+        assert decoder is not None
+        known = set(decoder.features)
+        counts: Counter[str] = Counter()
+        for i in at:
+            features = rows[i].features
+            if type(features) is dict:
+                counts.update(name for name in features if name not in known)
+        least = max(1, (len(at) if wide else len(rows)) // UNREAD_SHARE)
+        room = MAX_UNREAD - len(self._unread)
+        fresh = [name for name, n in counts.most_common() if n >= least][: max(room, 0)]
+        if not fresh:
+            return
+        before = self._unread
+        self._unread = (*before, *fresh)
+        if not self._build(self._signals):
+            self._unread = before
+        log.debug("the column decoder now also names %d unread features", len(self._unread))
 
     def _survey(self, models: Iterable[str]) -> set[str]:
         """The models (of ``models``) whose rows must be events: those that discover. Also
@@ -577,7 +633,9 @@ class ColumnarPath:
 
     def _build(self, signals: dict[tuple[Hashable, ...], SignalPolicy]) -> bool:
         try:
-            decoder = ColumnDecoder(signals.values(), self.max_bytes, top_level=False)
+            decoder = ColumnDecoder(
+                signals.values(), self.max_bytes, top_level=False, unread=self._unread
+            )
         except ValueError:  # more features than the contract allows in one type
             return False
         self.decoder = decoder

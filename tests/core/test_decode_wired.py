@@ -241,3 +241,34 @@ async def test_the_column_path_equals_the_event_path(tmp_path: Path, policy: str
     assert len(columns.dead.written) >= 300
     if policy != "auto":
         assert len(columns.transitions) >= 2, columns.transitions
+
+
+def test_features_no_signal_reads_are_named_in_the_type_one_off_names_are_not() -> None:
+    from monitor.engine.decode import MAX_UNREAD, ColumnarPath
+    from monitor.engine.engine import Engine
+
+    policy = ModelPolicy.model_validate(
+        {"signals": [{"source": "feature", "feature": "f0", "detector": {"type": "ks_window"}}]}
+    )
+    engine = Engine(lambda _: policy, max_models=10)
+    path = ColumnarPath(engine, 64 * 1024)
+    rng = random.Random(3)
+
+    def batch(extra: bool) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for i in range(500):
+            features = {"f0": rng.random(), "c0": rng.choice("ab")}
+            if extra:
+                features[f"once-{rng.getrandbits(64)}"] = 1.0
+            out.append(json.dumps({"model": f"m{i % 3}", "features": features}).encode())
+        return out
+
+    path.note(["m0"])  # the first batch took the event path: a decoder for the models
+    first = path.decode(batch(False))
+    assert first is not None and len(first.exact) == 500  # c0 is no signal's: refused
+    assert path.decoder is not None and path.decoder.unread == ("c0",)
+    again = path.decode(batch(False))
+    assert again is not None and again.exact == []  # now of the policy type
+    flood = path.decode(batch(True))
+    assert flood is not None and len(flood.exact) == 500  # one-off names: the exact path
+    assert path.decoder.unread == ("c0",) and MAX_UNREAD < 500
