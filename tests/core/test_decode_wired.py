@@ -68,7 +68,13 @@ OUTCOMES = {
     ],
     "health": {"for": 0, "recover_after": 0},
 }  # fmt: skip
-POLICIES = {"named": NAMED, "auto": AUTO, "outcomes": OUTCOMES}
+#: Enforced, with a review sample while degraded (its records carry the features).
+REVIEW = {
+    **NAMED,
+    "mode": "enforce",
+    "actions": {"degraded": {"review": {"sample_rate": 0.5, "max_per_second": 1e6}}},
+}
+POLICIES = {"named": NAMED, "auto": AUTO, "outcomes": OUTCOMES, "review": REVIEW}
 
 
 def _body(rng: random.Random, model: str, at: int, drifted: bool) -> dict[str, Any]:
@@ -149,6 +155,16 @@ class DeadLetterLog:
         return True
 
 
+class ReviewLog:
+    """What the applier sends to the side topics (the review samples): (topic, body, key)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.sent.append((topic, msgspec.json.decode(value), key))
+
+
 class Run:
     """One daemon (in process, no broker) fed the stream on one path, with what it did."""
 
@@ -159,6 +175,7 @@ class Run:
             flags=FlagdFileSpec(path=tmp / f"{name}-flags.json"),
             state=StateSettings(backend="file", path=str(tmp / f"{name}-state")),
             models={"default": ModelPolicy.model_validate(policy)},
+            kafka={"review_topic": "review"},
         )
         self.metrics = Metrics.create(CollectorRegistry())
         self.daemon = Daemon(settings, metrics=self.metrics)
@@ -167,6 +184,8 @@ class Run:
             self.applier.columnar = None
         self.dead = DeadLetterLog()
         self.applier.dead_letters = self.dead  # type: ignore[assignment]
+        self.review = ReviewLog()
+        self.applier.side_writer = self.review  # type: ignore[assignment]
         self.transitions: list[str] = []
         self.offsets: list[dict[str, dict[TopicPartition, int]]] = []
         decide = self.applier.on_transitions
@@ -234,6 +253,10 @@ async def test_the_column_path_equals_the_event_path(tmp_path: Path, policy: str
     assert columns.transitions == events.transitions
     assert columns.offsets == events.offsets
     assert columns.dead.written == events.dead.written
+    assert columns.review.sent == events.review.sent
+    if policy == "review":  # samples were sent, with their features
+        assert len(columns.review.sent) >= 20
+        assert all("features" in body for _, body, _ in columns.review.sent)
     path = columns.applier.columnar
     assert path is not None
     # The stream did reach both paths, and what is compared is not empty.
