@@ -1,19 +1,23 @@
-"""Applying one batch of records: decode, skip what a restored checkpoint holds, feed the
-engine, decide and checkpoint each transition mid-batch before acting, count, and write the
-batch's bad records to the dead-letter topic (a batch whose dead letters are not written is
-not committed).
+"""Applying one batch of records: decode (straight into columns when the engine's models
+allow it, ``monitor.engine.decode.ColumnarPath``; else into events), skip what a restored
+checkpoint holds, feed the engine, decide and checkpoint each transition mid-batch before
+acting, count, and write the batch's bad records to the dead-letter topic (a batch whose
+dead letters are not written is not committed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from monitor.actions.audit import coverage_entry
+from monitor.actions.decisions import review_at
+from monitor.engine.decode import ColumnarPath, DecodedBatch
 from monitor.engine.events import BadRecord, Event, EventDecoder
 from monitor.failpoints import failpoint
 from monitor.kafka.consumer import Batch
@@ -82,9 +86,12 @@ class BatchApplier:
         clock: Callable[[], float],
         forget_models: Callable[[list[str], str], Awaitable[None]],
         applied_log: str | None,
+        columnar: bool = True,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
+        #: How each batch is decoded: into columns, or (None, or its choice) into events.
+        self.columnar = ColumnarPath(engine, decoder.max_bytes) if columnar else None
         self.actions = actions
         self.ownership = ownership
         self.store = ownership.store
@@ -111,37 +118,24 @@ class BatchApplier:
         """Apply ``batch``; False when its dead letters could not be written (the batch must
         not be committed: a restart replays it)."""
         now = self.clock()
-        events: list[Event] = []
         bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]] = []
-        decode = self.decoder.decode
-        track = self.store is not None
-        owned = self.ownership.owned
-        replay_skip = owned.replay_skip
         #: Per model of this batch: its partitions' last offsets (what its state holds once
         #: the model's span is applied).
         batch_offsets: dict[str, dict[TopicPartition, int]] = {}
-        for tp, records in batch.items():
-            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
-            first = len(events)
-            skip = replay_skip.get(tp)
-            for record in records:
-                decoded = decode(record.value)
-                if isinstance(decoded, Event):
-                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
-                        continue  # the model's restored checkpoint already holds it
-                    events.append(decoded)
-                else:
-                    bad.append((record, decoded))
-            if skip is not None and records and records[-1].offset >= max(skip.values()):
-                del replay_skip[tp]
-            if track and records:
-                last = records[-1].offset
-                for model in {event.model for event in events[first:]}:
-                    batch_offsets.setdefault(model, {})[tp] = last
+        decoded = self._decode_columns(batch, bad, batch_offsets)
+        events: Sequence[Event]
+        if decoded is None:
+            events = self._decode_events(batch, bad, batch_offsets)
+            applied: Sequence[Event] | DecodedBatch = events
+        else:
+            # The rows stand for the events: every member but ``features`` (read through
+            # the batch's columns), all the engine and the bookkeeping below read.
+            events = decoded.rows
+            applied = decoded
         before = self.engine.dropped_events
         refused_before = dict(self.engine.refused_events)
         acting = False
-        for transitions in self.engine.apply_stepwise(events, now):
+        for transitions in self.engine.apply_stepwise(applied, now):
             if transitions:
                 await self.on_transitions(transitions, now, batch_offsets)
                 acting = True
@@ -150,7 +144,12 @@ class BatchApplier:
                 # while the rest of the batch is applied: a breach does not wait for it.
                 await asyncio.sleep(0)
                 failpoint("batch.between_models")
+        if decoded is None and self.columnar is not None:
+            # After the engine: a model whose discovery ended in this batch no longer holds
+            # the next one to its events.
+            self.columnar.note([event.model for event in events])
         # Only watched models: a flood of refused ids must not grow these with the traffic.
+        owned = self.ownership.owned
         watching = self.engine.models
         for model, offsets in batch_offsets.items():
             if model in watching:
@@ -177,12 +176,109 @@ class BatchApplier:
             self.metrics.models_evicted.inc(len(evicted))
             await self.forget_models(evicted, "evicted for new models (max_models reached)")
         self.record_coverage()
+        if decoded is not None:
+            events = self._reviewed_in_full(decoded, batch)
         await self.actions.after_batch(events, self.engine, self.side_writer)
         # Only models whose Readings or health may have moved (the tick publishes all).
         self.publisher.publish(set(self.engine.changed))
         if bad:
             return await self.dead_letters.write(bad)
         return await self.dead_letters.flush_side_records()
+
+    def _decode_events(
+        self,
+        batch: Batch,
+        bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]],
+        batch_offsets: dict[str, dict[TopicPartition, int]],
+    ) -> list[Event]:
+        """Each record into an :class:`Event` (or a bad record), skipping what a restored
+        checkpoint holds."""
+        events: list[Event] = []
+        decode = self.decoder.decode
+        track = self.store is not None
+        replay_skip = self.ownership.owned.replay_skip
+        for tp, records in batch.items():
+            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
+            first = len(events)
+            skip = replay_skip.get(tp)
+            for record in records:
+                decoded = decode(record.value)
+                if isinstance(decoded, Event):
+                    if skip is not None and record.offset <= skip.get(decoded.model, -1):
+                        continue  # the model's restored checkpoint already holds it
+                    events.append(decoded)
+                else:
+                    bad.append((record, decoded))
+            if skip is not None and records and records[-1].offset >= max(skip.values()):
+                del replay_skip[tp]
+            if track and records:
+                last = records[-1].offset
+                for model in {event.model for event in events[first:]}:
+                    batch_offsets.setdefault(model, {})[tp] = last
+        return events
+
+    def _decode_columns(
+        self,
+        batch: Batch,
+        bad: list[tuple[ConsumerRecord[bytes, bytes], BadRecord]],
+        batch_offsets: dict[str, dict[TopicPartition, int]],
+    ) -> DecodedBatch | None:
+        """The batch straight into columns, with the same bad records (in the same order)
+        and offsets as ``_decode_events``; None: decode it into events. A batch some
+        restored checkpoint holds part of takes the event path (a skip is per model and
+        record: only right after a restore)."""
+        columnar = self.columnar
+        if columnar is None or any(tp in self.ownership.owned.replay_skip for tp in batch):
+            return None
+        values = [record.value for records in batch.values() for record in records]
+        decoded = columnar.decode(values)
+        if decoded is None:
+            return None
+        spans: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]], int]] = []
+        start = 0
+        for tp, records in batch.items():
+            self.metrics.records_consumed.labels(tp.topic).inc(len(records))
+            spans.append((tp, records, start))
+            start += len(records)
+        if decoded.bad:
+            flat = [record for records in batch.values() for record in records]
+            bad.extend((flat[at], found) for at, found in decoded.bad)
+        if self.store is not None:
+            positions = decoded.records
+            models = decoded.models
+            for tp, records, first in spans:
+                if not records:
+                    continue
+                lo = bisect.bisect_left(positions, first)
+                hi = bisect.bisect_left(positions, first + len(records))
+                last = records[-1].offset
+                for model in set(models[lo:hi]):
+                    batch_offsets.setdefault(model, {})[tp] = last
+        return decoded
+
+    def _reviewed_in_full(self, decoded: DecodedBatch, batch: Batch) -> Sequence[Event]:
+        """The events the review sample draws from: the rows, but those of models under
+        review as full events (a review record carries the features). Nothing to do
+        unless a review topic is set and some model's level reviews."""
+        rows: list[Any] = decoded.rows
+        if self.actions.review_topic is None:
+            return rows
+        reviewing = {
+            model
+            for model, monitor in self.engine.models.items()
+            if review_at(monitor.policy, monitor.health.level) is not None
+        }
+        if not reviewing or reviewing.isdisjoint(decoded.models):
+            return rows
+        flat = [record for records in batch.values() for record in records]
+        decode = self.decoder.decode
+        full: list[Any] = list(rows)
+        for i, model in enumerate(decoded.models):
+            if model in reviewing and type(rows[i]) is not Event:
+                event = decode(flat[decoded.records[i]].value)
+                assert isinstance(event, Event)  # the column decoder accepted it
+                full[i] = event
+        return full
 
     def record_coverage(self) -> None:
         """One audit entry per model whose signals were built (its discovery ended)."""

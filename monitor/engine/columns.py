@@ -9,6 +9,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from itertools import chain
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -39,6 +40,23 @@ def _as_category(value: object) -> str | None:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _features_of(found: Any) -> dict[str, Any]:
+    """A features mapping as a dict: a policy row's Struct holds the record's features when
+    it was decoded (it refuses unnamed ones), null for a named one the record lacks. The
+    dict of its non-null ones reads the same in every column: a builder reads an absent
+    feature as it reads a null one (``get`` is None; a schema check skips nulls).
+
+    >>> import msgspec
+    >>> Features = msgspec.defstruct("Features", [("x0", float | None, None)],
+    ...                              rename={"x0": "a.b"})
+    >>> _features_of(Features(1.5)), _features_of(Features()), _features_of({"c": 2.0})
+    ({'a.b': 1.5}, {}, {'c': 2.0})
+    """
+    if type(found) is dict:
+        return found
+    return {k: v for k, v in msgspec.to_builtins(found).items() if v is not None}
 
 
 def _numbers(values: list[Any]) -> FloatArray:
@@ -81,9 +99,13 @@ class EventColumns:
 
     @property
     def features(self) -> list[dict[str, Any]]:
-        """Each event's features mapping (empty when absent)."""
+        """Each event's features mapping (empty when absent); a row of a batch decoded
+        into columns (``monitor.engine.decode``) reads as the dict of its named features."""
         if self._features is None:
-            self._features = [e.features or _EMPTY for e in self.events]
+            found = [e.features or _EMPTY for e in self.events]
+            if set(map(type, found)) - {dict}:
+                found = list(map(_features_of, found))
+            self._features = found
         return self._features
 
     def get(self, column: Column) -> Any:

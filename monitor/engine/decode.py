@@ -1,7 +1,8 @@
 """Decoding a batch of records straight into the columns a policy reads: each record into a
 policy-derived msgspec type (no dict per event), with the same verdict per record as
 :class:`~monitor.engine.events.EventDecoder` and the same column values as
-:mod:`monitor.engine.columns`. Not wired into the engine yet (see ``bench/results/decode.md``).
+:mod:`monitor.engine.columns`. The daemon decodes its batches through :class:`ColumnarPath`,
+which picks this decoder or the event decoder batch by batch (``bench/results/decode.md``).
 
 How a batch goes (``bench/results/decode.md`` has the figures):
 
@@ -28,10 +29,12 @@ record takes the exact path; it is also the record that tells auto discovery of 
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import numpy as np
@@ -43,13 +46,20 @@ from monitor.engine.columns import (
     Column,
     EventColumns,
     FloatArray,
+    _breaks,
     _categories,
     _numbers,
     extractors_for,
 )
 from monitor.engine.events import MAX_FEATURES, BadRecord, Event, EventDecoder, Number, Text
 
-__all__ = ["ColumnDecoder", "DecodedBatch", "policy_event_type"]
+if TYPE_CHECKING:
+    from monitor.config.policy import ModelPolicy
+    from monitor.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ColumnDecoder", "ColumnarPath", "DecodedBatch", "policy_event_type", "reads_features"]
 
 #: A batch of at least BATCH_MIN rows, more than 1 / WIDE_SHARE of which the policy type
 #: refused, turns the wide mode on for WIDE_BATCHES batches (then the policy type is tried
@@ -153,10 +163,21 @@ class ColumnDecoder:
     ([12.0, nan], [3.0, nan])
     """
 
-    def __init__(self, signals: Iterable[SignalPolicy], max_bytes: int) -> None:
+    def __init__(
+        self,
+        signals: Iterable[SignalPolicy],
+        max_bytes: int,
+        *,
+        top_level: bool = True,
+        unread: Iterable[str] = (),
+    ) -> None:
         self.max_bytes = max_bytes
         #: The columns to build, by key (each once, however many signals read it).
         self.columns: dict[Hashable, Column] = {}
+        #: False: only the columns read out of ``features`` are built; the engine's
+        #: EventColumns builds the others from the rows on first use (after the outcome
+        #: join, which the label-based columns read).
+        self.top_level = top_level
         numeric: dict[str, None] = {}
         categorical: set[str] = set()
         other: dict[str, None] = {}
@@ -170,6 +191,11 @@ class ColumnDecoder:
                 else:
                     numeric.update(names)
             other.update(names)
+        #: Features the events carry that no signal reads: in the policy type (checked as
+        #: the contract checks them, and by a schema check) so that their records are not
+        #: refused, never built into a column of their own.
+        self.unread = tuple(name for name in dict.fromkeys(unread) if name not in other)
+        other.update(dict.fromkeys(self.unread))
         #: Features read as numbers and never as categories (a missing rate or a schema
         #: check may read them too): the fast type takes numbers (or null) for them, and a
         #: record with a string or boolean there takes the exact path (still valid).
@@ -189,6 +215,11 @@ class ColumnDecoder:
         k = len(self.numeric)
         self._get_numeric = _getter(range(k))
         self._get_other = _getter(range(k, len(self.features)))
+
+    @property
+    def wide(self) -> bool:
+        """The next batch is decoded into :class:`Event` (the wide mode)."""
+        return self._always_wide or self._wide_left > 0
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         max_bytes = self.max_bytes
@@ -334,7 +365,7 @@ class ColumnDecoder:
                 )
             elif kind == "schema":
                 batch.columns[key] = self._schema(dict(key[1]), rows, by_name, dicts)
-            else:
+            elif self.top_level:
                 batch.columns[key] = column.build(event_columns)
 
     def _schema(
@@ -354,16 +385,23 @@ class ColumnDecoder:
             found = by_name[name]
             want = expect.get(name)
             if isinstance(found, np.ndarray):  # numbers or null only
-                if want != "numeric":
+                if want not in ("numeric", "any"):
                     breaks |= ~np.isnan(found)
                 continue
-            fits = {t for t, kind in _KIND_OF_TYPE.items() if kind is None or kind == want}
+            # ``any`` takes numbers and categories alike (as ``columns._breaks``).
+            fits = {
+                t
+                for t, kind in _KIND_OF_TYPE.items()
+                if kind is None or kind == want or want == "any"
+            }
             breaks |= ~np.fromiter(map(fits.__contains__, map(type, found)), dtype=bool, count=n)
         out = breaks.astype(np.float64)
         for i in dicts:
             features = rows[i].features
-            types = map(type, features.values()) if features else ()
-            out[i] = _breaks(zip(features or (), types, strict=True), expect)
+            if features:
+                out[i] = _breaks((tuple(features), tuple(map(type, features.values()))), expect)
+            else:
+                out[i] = 0.0
         return out
 
 
@@ -378,14 +416,6 @@ def _getter(indices: Iterable[int]) -> Callable[[Any], tuple[Any, ...]]:
     return cast(Callable[[Any], tuple[Any, ...]], attrgetter(*names))
 
 
-def _breaks(features: Iterable[tuple[str, type]], expect: dict[str, str]) -> float:
-    for name, kind in features:
-        found = _KIND_OF_TYPE.get(kind, "other")
-        if found is not None and expect.get(name) != found:
-            return 1.0
-    return 0.0
-
-
 def _feature_names(signal: SignalPolicy) -> list[str]:
     source = signal.source
     if source is SignalSource.FEATURE:
@@ -395,3 +425,220 @@ def _feature_names(signal: SignalPolicy) -> list[str]:
     if source in (SignalSource.FEATURES, SignalSource.MISSING, SignalSource.ANOMALY):
         return list(signal.features or [])
     return []
+
+
+#: Unread features the column path names in its policy type: seen in 1 / UNREAD_SHARE of a
+#: batch's rows (of the first UNREAD_SAMPLE of a wide batch), MAX_UNREAD names at most (a
+#: flood of one-off names stays out: its records take the exact path, one by one).
+UNREAD_SHARE = 100
+UNREAD_SAMPLE = 1000
+MAX_UNREAD = 64
+
+#: The kinds of column read out of an event's ``features`` (the others read its top-level
+#: members, which a policy row has too).
+FEATURE_KINDS = frozenset(
+    {"feature", "feature_category", "feature_missing", "feature_matrix", "schema"}
+)
+
+
+def reads_features(key: Hashable) -> bool:
+    """Whether the column of ``key`` is read out of the events' features."""
+    return isinstance(key, tuple) and bool(key) and key[0] in FEATURE_KINDS
+
+
+_LABEL = attrgetter("label")
+_PREDICTION = attrgetter("prediction")
+
+
+class ColumnarPath:
+    """Chooses, batch by batch, how the daemon decodes: straight into columns
+    (:class:`ColumnDecoder` over the signals of the engine's models) or into
+    :class:`Event` as before (``decode`` returns None: the caller decodes the batch with
+    its event decoder).
+
+    What reads an event's ``features`` dict gets one: the rows of a model that discovers
+    (``schema.observe``: a new model of a discovering policy, or one still observing) and
+    those of outcome events (a label, no prediction: the outcome join's schema observes
+    them) are its :class:`Event`, decoded again by the event decoder. A column the decoder
+    does not build (a model's discovery resolved features it does not name) is built by
+    :class:`~monitor.engine.columns.EventColumns` from the rows, which read a policy row's
+    features as the dict of its named ones (the same values: see ``columns._features_of``).
+    So every batch may take columns; the choice is only about cost:
+
+    - when more than a quarter of a batch's rows had to be decoded again (models
+      discovering: a start, a flood of new ids), the next batch is decoded into events
+      directly, and ``note`` tells from its models when columns pay again;
+    - when a model reads a feature column the decoder lacks, the decoder is rebuilt over
+      the wider union of signals (one ``defstruct``), for the next batches; past the
+      contract's ``MAX_FEATURES`` the union restarts from the models that lacked it.
+    """
+
+    #: More than 1 / EVENTS_SHARE of a batch's rows decoded twice: the next batch is
+    #: decoded into events directly.
+    EVENTS_SHARE = 4
+
+    def __init__(self, engine: Engine, max_bytes: int) -> None:
+        self.engine = engine
+        self.max_bytes = max_bytes
+        self.decoder: ColumnDecoder | None = None
+        #: The decoder's signals, by the keys of their columns (each once).
+        self._signals: dict[tuple[Hashable, ...], SignalPolicy] = {}
+        #: Per ColumnSet token: its feature columns are all the decoder's.
+        self._covered: dict[int, bool] = {}
+        #: By id: a policy (kept, so the id stays its own), whether it discovers.
+        self._policies: dict[int, tuple[ModelPolicy, bool]] = {}
+        #: Features no signal reads, named in the policy type (``_learn``).
+        self._unread: tuple[str, ...] = ()
+        #: The next batch is decoded into events (the first: no decoder yet).
+        self.events_next = True
+        self._events = EventDecoder(max_bytes)
+        #: Batches decoded each way, and rows decoded again (tests and the bench read them).
+        self.columnar_batches = 0
+        self.event_batches = 0
+        self.rows_decoded_again = 0
+
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch | None:
+        """``values`` straight into columns, or None: decode them into events."""
+        decoder = self.decoder
+        if self.events_next or decoder is None:
+            self.event_batches += 1
+            return None
+        wide = decoder.wide
+        batch = decoder.decode(values)
+        if wide or batch.exact:
+            self._learn(batch, wide)
+        models = batch.models
+        full = self._survey(dict.fromkeys(models))
+        rows = batch.rows
+        again = [i for i, model in enumerate(models) if model in full] if full else []
+        labels = list(map(_LABEL, rows))
+        if labels.count(None) != len(labels):
+            predictions = list(map(_PREDICTION, rows))
+            outcomes = [
+                i
+                for i, label in enumerate(labels)
+                if label is not None and predictions[i] is None and models[i] not in full
+            ]
+            again = sorted(again + outcomes) if again else outcomes
+        decode = self._events.decode
+        redone = 0
+        for i in again:
+            if type(rows[i]) is not Event:
+                event = decode(values[batch.records[i]])
+                assert isinstance(event, Event)  # the policy type accepted it
+                rows[i] = event
+                redone += 1
+        self.rows_decoded_again += redone
+        self.events_next = redone * self.EVENTS_SHARE > len(rows)
+        self.columnar_batches += 1
+        return batch
+
+    def note(self, models: Sequence[str]) -> None:
+        """The models of a batch that took the event path, each once per event (after the
+        engine applied it): whether the next batch may take columns."""
+        full = self._survey(dict.fromkeys(models))
+        if full:
+            redone = sum(1 for model in models if model in full)
+            self.events_next = redone * self.EVENTS_SHARE > len(models)
+        else:
+            self.events_next = False
+        if self.decoder is None:
+            self._widen([])
+
+    def _learn(self, batch: DecodedBatch, wide: bool) -> None:
+        """Name in the policy type the features no signal reads that the batch's events
+        carry often (in 1 / UNREAD_SHARE of its rows, at most MAX_UNREAD names), so that
+        their records are not refused (and decoded twice) or the batches decoded wide."""
+        rows = batch.rows
+        at = range(min(len(rows), UNREAD_SAMPLE)) if wide else batch.exact[:UNREAD_SAMPLE]
+        decoder = self.decoder
+        assert decoder is not None
+        known = set(decoder.features)
+        counts: Counter[str] = Counter()
+        for i in at:
+            features = rows[i].features
+            if type(features) is dict:
+                counts.update(name for name in features if name not in known)
+        least = max(1, (len(at) if wide else len(rows)) // UNREAD_SHARE)
+        room = MAX_UNREAD - len(self._unread)
+        fresh = [name for name, n in counts.most_common() if n >= least][: max(room, 0)]
+        if not fresh:
+            return
+        before = self._unread
+        self._unread = (*before, *fresh)
+        if not self._build(self._signals):
+            self._unread = before
+        log.debug("the column decoder now also names %d unread features", len(self._unread))
+
+    def _survey(self, models: Iterable[str]) -> set[str]:
+        """The models (of ``models``) whose rows must be events: those that discover. Also
+        widens the decoder to every feature column the others read."""
+        engine = self.engine
+        monitors = engine.models
+        covered = self._covered
+        missing: list[list[SignalPolicy]] = []
+        tokens: list[int] = []
+        full: set[str] = set()
+        for model in models:
+            monitor = monitors.get(model)
+            if monitor is None:
+                policy = engine.policy_for(model)
+                found = self._policies.get(id(policy))
+                if found is None or found[0] is not policy:
+                    if len(self._policies) > 10_000:  # a flood of new ids, each a copy
+                        self._policies.clear()
+                    found = self._policies[id(policy)] = (policy, policy.discovers)
+                if found[1]:
+                    full.add(model)
+                elif not self._reads(policy.signals):
+                    missing.append(list(policy.signals))
+                continue
+            if monitor.discovering:
+                full.add(model)
+                continue
+            token = monitor.column_set().token
+            ok = covered.get(token)
+            if ok is None:
+                ok = covered[token] = self._reads(s.policy for s in monitor.signals)
+            if not ok:
+                missing.append([s.policy for s in monitor.signals])
+                tokens.append(token)
+        if missing and not self._widen(missing):
+            # Too many features for one type: these models' columns are built from the
+            # rows (correct, slower), and not asked for again.
+            covered.update(dict.fromkeys(tokens, True))
+        return full
+
+    def _reads(self, signals: Iterable[SignalPolicy]) -> bool:
+        decoder = self.decoder
+        if decoder is None:
+            return False
+        have = decoder.columns
+        return all(
+            column.key in have
+            for signal in signals
+            for _, column in extractors_for(signal)
+            if reads_features(column.key)
+        )
+
+    def _widen(self, missing: list[list[SignalPolicy]]) -> bool:
+        """Rebuild the decoder over its signals and ``missing``; when together they name
+        more features than a policy type may, over ``missing`` alone (False: not even)."""
+        fresh: dict[tuple[Hashable, ...], SignalPolicy] = {}
+        for signals in missing:
+            for signal in signals:
+                keys = tuple(column.key for _, column in extractors_for(signal))
+                fresh.setdefault(keys, signal)
+        return self._build({**self._signals, **fresh}) or self._build(fresh)
+
+    def _build(self, signals: dict[tuple[Hashable, ...], SignalPolicy]) -> bool:
+        try:
+            decoder = ColumnDecoder(
+                signals.values(), self.max_bytes, top_level=False, unread=self._unread
+            )
+        except ValueError:  # more features than the contract allows in one type
+            return False
+        self.decoder = decoder
+        self._signals = signals
+        self._covered = {}
+        return True

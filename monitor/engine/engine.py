@@ -21,6 +21,7 @@ from detectors.registry import build_detector
 from monitor.config.policy import LABEL_SOURCES, Level, ModelPolicy, SignalPolicy
 from monitor.engine.admission import Admission, Refusal
 from monitor.engine.columns import ColumnSet, EventColumns, Extractor, extractors_for
+from monitor.engine.decode import DecodedBatch
 from monitor.engine.discovery import (
     CoverageNotes,
     CoveredSignal,
@@ -677,30 +678,19 @@ class Engine:
         return [t for found in self.apply_stepwise(events, now) for t in found]
 
     def apply_stepwise(
-        self, events: Sequence[Event], now: float, *, step: int = 64
+        self, events: Sequence[Event] | DecodedBatch, now: float, *, step: int = 64
     ) -> Iterator[list[Transition]]:
         """Apply one batch model by model, handing over each transition as soon as its model
         is done, so its flag write and page can start while the rest of the batch is applied
         (models come in order of first appearance: busy models early). Also hands over an
-        empty list every ``step`` models: a point where the caller may let other work run."""
-        by_model: dict[str, list[Event]] = {}
-        for event in events:
-            bucket = by_model.get(event.model)
-            if bucket is None:
-                by_model[event.model] = [event]
-            else:
-                bucket.append(event)
-        monitors = self._admit({model: len(found) for model, found in by_model.items()}, now)
-        # Events regrouped model after model: every column is then built once for the whole
-        # batch, and each model's detectors read one contiguous slice of it.
-        ordered: list[Event] = []
-        spans: list[tuple[ModelMonitor, int, int]] = []
-        for model, monitor in monitors.items():
-            model_events = by_model[model]
-            start = len(ordered)
-            ordered += model_events
-            spans.append((monitor, start, len(ordered)))
-        columns = EventColumns(ordered)
+        empty list every ``step`` models: a point where the caller may let other work run.
+
+        ``events``: the batch's events, or the batch decoded straight into columns
+        (``monitor.engine.decode``): the same spans, the same values."""
+        if isinstance(events, DecodedBatch):
+            columns, spans = self._decoded_spans(events, now)
+        else:
+            columns, spans = self._event_spans(events, now)
         self._join_outcomes(columns, spans, now)
         self.received = [(monitor.model, end - start) for monitor, start, end in spans]
         changed = self.changed = []
@@ -718,6 +708,65 @@ class Engine:
                 yield []
         # Every column a waiting span reads was built (its completeness was checked).
         columns.release_events()
+
+    def _event_spans(
+        self, events: Sequence[Event], now: float
+    ) -> tuple[EventColumns, list[tuple[ModelMonitor, int, int]]]:
+        """The batch's columns and each admitted model's span of them."""
+        by_model: dict[str, list[Event]] = {}
+        for event in events:
+            bucket = by_model.get(event.model)
+            if bucket is None:
+                by_model[event.model] = [event]
+            else:
+                bucket.append(event)
+        monitors = self._admit({model: len(found) for model, found in by_model.items()}, now)
+        # Events regrouped model after model: every column is then built once for the whole
+        # batch, and each model's detectors read one contiguous slice of it.
+        ordered: list[Event] = []
+        spans: list[tuple[ModelMonitor, int, int]] = []
+        for model, monitor in monitors.items():
+            model_events = by_model[model]
+            start = len(ordered)
+            ordered += model_events
+            spans.append((monitor, start, len(ordered)))
+        return EventColumns(ordered), spans
+
+    def _decoded_spans(
+        self, batch: DecodedBatch, now: float
+    ) -> tuple[EventColumns, list[tuple[ModelMonitor, int, int]]]:
+        """As ``_event_spans`` for a batch decoded into columns: the rows regrouped model
+        after model by one stable argsort of model codes (codes in order of first
+        appearance, so the models come in that order and each model's rows in theirs),
+        every column reordered by the same permutation (``take``)."""
+        models = batch.models
+        first = dict.fromkeys(models)
+        code_of = {model: i for i, model in enumerate(first)}
+        codes = np.fromiter(map(code_of.__getitem__, models), dtype=np.intp, count=len(models))
+        counts = np.bincount(codes, minlength=len(code_of)).tolist()
+        monitors = self._admit(dict(zip(first, counts, strict=True)), now)
+        if len(monitors) == len(code_of):
+            order = np.argsort(codes, kind="stable")
+        else:  # the rows of refused models are left out, as their events are
+            admitted = np.zeros(len(code_of), dtype=bool)
+            admitted[[code_of[model] for model in monitors]] = True
+            kept = np.flatnonzero(admitted[codes])
+            order = kept[np.argsort(codes[kept], kind="stable")]
+        spans: list[tuple[ModelMonitor, int, int]] = []
+        start = 0
+        for model, monitor in monitors.items():
+            end = start + counts[code_of[model]]
+            spans.append((monitor, start, end))
+            start = end
+        positions = order.tolist()
+        rows = batch.rows
+        columns = EventColumns(list(map(rows.__getitem__, positions)))
+        for key, values in batch.columns.items():
+            if isinstance(values, np.ndarray):
+                columns.put(key, values.take(order, axis=0))
+            else:
+                columns.put(key, list(map(values.__getitem__, positions)))
+        return columns, spans
 
     def _join_outcomes(
         self, columns: EventColumns, spans: list[tuple[ModelMonitor, int, int]], now: float

@@ -50,6 +50,9 @@ EVERY_COLUMN = _signals(
     {"source": "anomaly", "features": ["f1", "f2"]},
     {"source": "schema", "expect": {**dict.fromkeys(NUMERIC, "numeric"), "c0": "categorical",
                                     "c1": "categorical"}},
+    # ``any`` takes numbers and categories alike (the auto policy's mixed features).
+    {"source": "schema", "name": "schema_any",
+     "expect": {"f0": "any", "f1": "any", "country": "any", "c0": "categorical"}},
     {"source": "prediction"},
     {"source": "prediction", "name": "prediction_class", "detector": {"type": "psi"}},
     {"source": "confidence"},
