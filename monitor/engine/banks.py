@@ -40,8 +40,9 @@ _BANK_OF: dict[type[DetectorSpecBase], Any] = {
     QuantileSpec: QuantileBank,
 }
 
-#: One recorded feed: the member, its bank handle, and its values in order.
-_Feed = tuple["Member", BankMember, Any]
+#: One recorded feed: the member, its bank handle, and its values in order (in parts: the
+#: spans of one or more batches, joined once for the whole bank).
+_Feed = tuple["Member", BankMember, list[np.ndarray]]
 
 
 class Banks:
@@ -96,21 +97,21 @@ class Banks:
 
     # -- the batch ----------------------------------------------------------------------
 
-    def record(self, monitor: ModelMonitor, member: Member, values: Any, now: float) -> bool:
-        """Keep ``values`` for ``member`` until :meth:`feed`; False when the member is not a
-        bank's (the caller feeds it at once)."""
+    def record(self, monitor: ModelMonitor, member: Member, parts: list[Any], now: float) -> bool:
+        """Keep ``parts`` (the member's values, in order) for ``member`` until :meth:`feed`;
+        False when the member is not a bank's (the caller feeds it at once)."""
         detector = member.detector
         if (
             not self.collecting
             or not isinstance(detector, BankMember)
-            or not isinstance(values, np.ndarray)
+            or not all(isinstance(part, np.ndarray) and part.ndim == 1 for part in parts)
         ):
             return False
         self._now = now
         found = self._pending.get(id(monitor))
         if found is None:
             found = self._pending[id(monitor)] = (monitor, [])
-        found[1].append((member, detector, values))
+        found[1].append((member, detector, parts))
         return True
 
     def pending(self, monitor: ModelMonitor) -> bool:
@@ -123,8 +124,8 @@ class Banks:
             return
         now = self._now
         inconclusive = Verdict.INCONCLUSIVE
-        for member, detector, values in found[1]:
-            reading = detector.update_many(values)
+        for member, detector, parts in found[1]:
+            reading = detector.update_many(parts[0] if len(parts) == 1 else np.concatenate(parts))
             member.reading = reading
             if reading.verdict is not inconclusive:
                 member.last_conclusive_at = now
@@ -157,8 +158,10 @@ class Banks:
         for by_bank in rounds:
             for bank, feeds in by_bank.values():
                 numbers = np.fromiter((f[1].number for f in feeds), np.int64, len(feeds))
-                lengths = np.fromiter((f[2].size for f in feeds), np.int64, len(feeds))
-                values = np.concatenate([f[2] for f in feeds])
+                lengths = np.fromiter(
+                    (sum(part.size for part in f[2]) for f in feeds), np.int64, len(feeds)
+                )
+                values = np.concatenate([part for f in feeds for part in f[2]])
                 changed, readings = bank.update_flat(numbers, values, lengths)
                 got: list[Reading | None] = [None] * len(feeds)
                 for j, reading in zip(changed.tolist(), readings, strict=True):

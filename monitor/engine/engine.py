@@ -109,18 +109,26 @@ class SignalMonitor:
         member gets is recorded for the batch's ``Banks.feed`` instead (for ``monitor``)."""
         inconclusive = Verdict.INCONCLUSIVE
         single = spans[0] if len(spans) == 1 else None
+        recording = banks is not None and monitor is not None and banks.collecting
         for member in self.members:
             extract = member.extract
             if single is not None:
                 values = single[0].get(extract)[single[1] : single[2]]
             else:
-                values = _joined([cols.get(extract)[start:end] for cols, start, end in spans])
+                parts = [cols.get(extract)[start:end] for cols, start, end in spans]
+                if recording and banks is not None and monitor is not None:
+                    # A bank takes the parts as they are: joined once for all its members.
+                    sparse = self.sparse and all(np.isnan(part).all() for part in parts)
+                    if not sparse and banks.record(monitor, member, parts, now):
+                        continue
+                values = _joined(parts)
             if self.sparse and np.isnan(values).all():
                 continue
             if (
-                banks is not None
+                recording
+                and banks is not None
                 and monitor is not None
-                and banks.record(monitor, member, values, now)
+                and banks.record(monitor, member, [values], now)
             ):
                 continue
             reading = member.detector.update_many(values)
