@@ -1045,7 +1045,8 @@ class BankMember:
     def live(self) -> bool:
         """Still this handle's member (not removed from the bank)."""
         bank, number = self.bank, self.number
-        return number < len(bank._members) and bank._members[number] is self._entry
+        entry = self._entry
+        return not entry.removed and bank._members[number] is entry
 
     def _number(self) -> int:
         if not self.live:
