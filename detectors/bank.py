@@ -69,6 +69,8 @@ class _Member:
     #: The released reference's checkpoint state (constant once released).
     reference: dict[str, Any] | None = None
     number: int = -1
+    #: Removed from its bank (``remove``): its number may now be another member's.
+    removed: bool = False
 
 
 def _restore(data: bytes, spec_class: type[WindowSpec], build: Any) -> Any:
@@ -122,6 +124,8 @@ class _WindowBank:
         self._stride = spec.stride
         self._spec_json = spec.model_dump(mode="json")
         self._members: list[_Member] = []
+        #: Numbers of removed members, reused by the next ``add``.
+        self._free_numbers: list[int] = []
         #: Per member: its row, or -1 while it is a per-object detector.
         self._row_of = np.full(16, -1, dtype=np.int64)
         self._free: list[int] = []
@@ -251,7 +255,8 @@ class _WindowBank:
     # -- members ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._members)
+        """Members held (removed ones not counted)."""
+        return len(self._members) - len(self._free_numbers)
 
     def add(self, *, family_size: int = 1, seed: int = 0) -> int:
         """A new member (a fresh detector of the bank's spec); returns its number."""
@@ -259,6 +264,11 @@ class _WindowBank:
         return self._append(_Member(detector, -1, seed, family_size, INCONCLUSIVE))
 
     def _append(self, member: _Member) -> int:
+        if self._free_numbers:
+            number = self._free_numbers.pop()
+            self._members[number] = member
+            member.number = number
+            return number
         number = len(self._members)
         if number == self._row_of.size:
             self._row_of = np.concatenate([self._row_of, np.full(number, -1, dtype=np.int64)])
@@ -310,9 +320,23 @@ class _WindowBank:
         m.last = INCONCLUSIVE
         m.reference = None
 
+    def remove(self, member: int) -> None:
+        """Forget ``member`` (its model was dropped): its row and its number are freed for
+        the members added next; a handle to it fails from now on."""
+        m = self._member(member)
+        if m.detector is None:
+            self._free.append(m.row)
+            self._since[m.row] = _NO_SINCE
+        m.detector = None
+        m.row = -1
+        m.reference = None
+        m.removed = True
+        self._row_of[member] = -1
+        self._free_numbers.append(member)
+
     def _member(self, member: int) -> _Member:
-        if not 0 <= member < len(self._members):
-            raise IndexError(f"no member {member} in a bank of {len(self._members)}")
+        if not 0 <= member < len(self._members) or self._members[member].removed:
+            raise IndexError(f"no member {member} in a bank of {len(self)}")
         return self._members[member]
 
     def _settle(self, member: _Member) -> None:
@@ -460,7 +484,7 @@ class _WindowBank:
         if not banked.all():
             offsets = np.concatenate(([0], np.cumsum(lengths)))
             for j in np.flatnonzero(~banked).tolist():
-                m = self._members[int(members[j])]
+                m = self._member(int(members[j]))
                 assert m.detector is not None
                 positions.append(j)
                 readings.append(m.detector.update_many(values[offsets[j] : offsets[j + 1]]))
@@ -1009,26 +1033,40 @@ class BankMember:
     (10, True)
     """
 
-    __slots__ = ("bank", "number")
+    __slots__ = ("_entry", "bank", "number")
 
     def __init__(self, bank: _WindowBank, number: int) -> None:
         self.bank = bank
         self.number = number
+        # A removed member's number goes to the next one added: the handle must not follow.
+        self._entry = bank._member(number)
+
+    @property
+    def live(self) -> bool:
+        """Still this handle's member (not removed from the bank)."""
+        bank, number = self.bank, self.number
+        entry = self._entry
+        return not entry.removed and bank._members[number] is entry
+
+    def _number(self) -> int:
+        if not self.live:
+            raise LookupError(f"bank member {self.number} was removed")
+        return self.number
 
     def update(self, value: Any) -> Reading:
         return self.update_many(np.array([value], dtype=np.float64))
 
     def update_many(self, values: Any) -> Reading:
-        return self.bank.update_many([self.number], [values])[0]
+        return self.bank.update_many([self._number()], [values])[0]
 
     def reading(self) -> Reading:
-        return self.bank.reading(self.number)
+        return self.bank.reading(self._number())
 
     def events_until_test(self) -> int | None:
-        return self.bank.events_until_test(self.number)
+        return self.bank.events_until_test(self._number())
 
     def reset(self) -> None:
-        self.bank.reset(self.number)
+        self.bank.reset(self._number())
 
     def to_bytes(self) -> bytes:
-        return self.bank.to_bytes(self.number)
+        return self.bank.to_bytes(self._number())

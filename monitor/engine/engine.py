@@ -7,9 +7,11 @@ A model whose policy discovers first observes what its events carry, then watche
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from monitor.engine.outcomes import OutcomeBudget, OutcomeJoin, wants_join
 
 if TYPE_CHECKING:
     from monitor.config.settings import Settings
+    from monitor.engine.banks import Banks
 
 __all__ = ["CoverageBuilt", "Engine", "ModelMonitor", "SignalMonitor"]
 
@@ -95,18 +98,39 @@ class SignalMonitor:
     def update(self, events: Sequence[Event], now: float) -> None:
         self.update_spans([(EventColumns(events), 0, len(events))], now)
 
-    def update_spans(self, spans: list[Span], now: float) -> None:
+    def update_spans(
+        self,
+        spans: list[Span],
+        now: float,
+        banks: Banks | None = None,
+        monitor: ModelMonitor | None = None,
+    ) -> None:
         """Feed each member its column's ``[start:end]`` slices of ``spans`` (this model's
-        events of one or more batches), in one call per member."""
+        events of one or more batches), in one call per member. With ``banks``, what a bank
+        member gets is recorded for the batch's ``Banks.feed`` instead (for ``monitor``)."""
         inconclusive = Verdict.INCONCLUSIVE
         single = spans[0] if len(spans) == 1 else None
+        recording = banks is not None and monitor is not None and banks.collecting
         for member in self.members:
             extract = member.extract
             if single is not None:
                 values = single[0].get(extract)[single[1] : single[2]]
             else:
-                values = _joined([cols.get(extract)[start:end] for cols, start, end in spans])
+                parts = [cols.get(extract)[start:end] for cols, start, end in spans]
+                if recording and banks is not None and monitor is not None:
+                    # A bank takes the parts as they are: joined once for all its members.
+                    sparse = self.sparse and all(np.isnan(part).all() for part in parts)
+                    if not sparse and banks.record(monitor, member, parts, now):
+                        continue
+                values = _joined(parts)
             if self.sparse and np.isnan(values).all():
+                continue
+            if (
+                recording
+                and banks is not None
+                and monitor is not None
+                and banks.record(monitor, member, [values], now)
+            ):
                 continue
             reading = member.detector.update_many(values)
             member.reading = reading
@@ -148,12 +172,13 @@ class SignalMonitor:
 
 
 def _signal_monitor(
-    signal: SignalPolicy, policy: ModelPolicy, now: float, seed: int
+    signal: SignalPolicy, policy: ModelPolicy, now: float, seed: int, banks: Banks | None = None
 ) -> SignalMonitor:
     members_spec = extractors_for(signal)
     spec = signal.detector_spec
+    build = build_detector if banks is None else banks.build
     members = [
-        Member(name, extract, build_detector(spec, family_size=len(members_spec), seed=seed))
+        Member(name, extract, build(spec, family_size=len(members_spec), seed=seed))
         for name, extract in members_spec
     ]
     for_s = signal.for_ if signal.for_ is not None else policy.health.for_
@@ -216,12 +241,20 @@ class ModelMonitor:
     #: What the joined outcomes carried, until the ground-truth signals are gained.
     outcome_schema: ObservedSchema | None = None
     seed: int = 0
+    #: The engine's detector banks (None: every detector per object, fed at once).
+    banks: Banks | None = None
+    #: ``until_test`` waits for the batch's bank feeds (``Banks.feed``) to be known.
+    until_stale: bool = False
 
     @classmethod
-    def build(cls, model: str, policy: ModelPolicy, now: float, seed: int = 0) -> ModelMonitor:
+    def build(
+        cls, model: str, policy: ModelPolicy, now: float, seed: int = 0, banks: Banks | None = None
+    ) -> ModelMonitor:
         # Discovering: the named signals at once (``coverage`` of no schema is just them).
-        signals = [_signal_monitor(signal, policy, now, seed) for signal in policy.signals]
-        monitor = cls(model, policy, signals, HealthMachine(model, policy.health), seed=seed)
+        signals = [_signal_monitor(signal, policy, now, seed, banks) for signal in policy.signals]
+        monitor = cls(
+            model, policy, signals, HealthMachine(model, policy.health), seed=seed, banks=banks
+        )
         if policy.discovers:
             monitor.schema = ObservedSchema()
             monitor.discovering = True
@@ -251,7 +284,9 @@ class ModelMonitor:
             return []
         self.flush(now)
         for found in fresh:
-            self.signals.append(_signal_monitor(found.policy, self.policy, now, self.seed))
+            self.signals.append(
+                _signal_monitor(found.policy, self.policy, now, self.seed, self.banks)
+            )
         self.covered = [*self.coverage(), *fresh]
         self.added += fresh
         self._columns = None
@@ -376,9 +411,12 @@ class ModelMonitor:
         covered = coverage(self.policy, self.schema)
         built = {signal.name: signal for signal in self.signals}
         self.signals = [
-            built.get(c.name) or _signal_monitor(c.policy, self.policy, now, self.seed)
+            built.get(c.name) or _signal_monitor(c.policy, self.policy, now, self.seed, self.banks)
             for c in covered
         ]
+        if self.banks is not None:
+            kept = {id(signal) for signal in self.signals}
+            self.banks.release([m for s in built.values() if id(s) not in kept for m in s.members])
         self.covered = covered
         if self.schema is not None:
             self.notes = coverage_notes(self.policy, self.schema)
@@ -398,6 +436,8 @@ class ModelMonitor:
 
     def _apply(self, columns: EventColumns, start: int, end: int, now: float) -> bool:
         n = end - start
+        if self.until_stale:
+            self.until_test = self._until_test()
         until = self.until_test
         if until is None:  # nothing waits (``_feed`` empties the spans when it sets None)
             self._feed_span(columns, start, end, now)
@@ -428,8 +468,8 @@ class ModelMonitor:
         ):
             labelled = [s for s in self.signals if s.policy.source in LABEL_SOURCES]
             for signal in labelled:
-                signal.update_spans([(columns, start, end)], now)
-            self.until_test = self._until_test()
+                signal.update_spans([(columns, start, end)], now, self.banks, self)
+            self._refresh_until()
             return
         self._feed([(columns, start, end)], now)
 
@@ -457,12 +497,23 @@ class ModelMonitor:
 
     def _feed(self, spans: list[Span], now: float) -> None:
         for signal in self.signals:
-            signal.update_spans(spans, now)
+            signal.update_spans(spans, now, self.banks, self)
         self.deferred = []
         self.deferred_events = 0
-        self.until_test = self._until_test()
+        self._refresh_until()
+
+    def _refresh_until(self) -> None:
+        """``until_test`` after a feed: now, or once the batch's bank feeds ran."""
+        if self.banks is not None and self.banks.pending(self):
+            self.until_stale = True
+        else:
+            self.until_test = self._until_test()
 
     def _until_test(self) -> int | None:
+        # The detectors' state is read: this model's feeds recorded for the batch go in now.
+        if self.banks is not None and self.banks.pending(self):
+            self.banks.feed_now(self)
+        self.until_stale = False
         if not self.defer:
             return None
         fewest: int | None = None
@@ -519,8 +570,14 @@ class Engine:
         seed: int = 0,
         defer: bool = True,
         max_pending_outcomes: int = 1_000_000,
+        banks: bool = True,
     ) -> None:
+        from monitor.engine.banks import Banks
+
         self.policy_for = policy_for
+        #: The windowed detectors of every model as rows of one bank per spec, fed once per
+        #: batch (None: every detector per object, the reference path of the equivalence tests).
+        self.banks: Banks | None = Banks() if banks else None
         #: Every model's pending predictions together (``engine.max_pending_outcomes``).
         self.outcome_budget = OutcomeBudget(max_pending_outcomes)
         self.defer = defer
@@ -573,7 +630,9 @@ class Engine:
         return self._admit({model: 1}, now).get(model)
 
     def _create(self, model: str, now: float) -> ModelMonitor:
-        created = ModelMonitor.build(model, self.policy_for(model), now, seed=self._seed)
+        created = ModelMonitor.build(
+            model, self.policy_for(model), now, seed=self._seed, banks=self.banks
+        )
         created.defer = self.defer
         created.announce = self.covered
         self.models[model] = created
@@ -634,7 +693,7 @@ class Engine:
                     continue
                 # Logged per batch by the caller (a sustained flood may evict many).
                 admission.replace(victim, model)
-                self.models.pop(victim, None)
+                self._release(self.models.pop(victim, None))
                 self.evicted.append(victim)
                 log.debug("model %r evicted for %r (max_models=%d)", victim, model, self.max_models)
                 found[model] = self._create(model, now)
@@ -658,6 +717,17 @@ class Engine:
         """Take a monitor restored from a checkpoint, if the admission rule has room."""
         if not self.admission.adopt(model):
             return False
+        banks = self.banks
+        if banks is not None and monitor.banks is not banks:
+            # Restored per object (``restore_model``): each windowed detector moves into its
+            # bank by way of its checkpoint bytes, which both kinds read and write alike.
+            for signal in monitor.signals:
+                for member in signal.members:
+                    member.detector = banks.adopt(member.detector)
+            monitor.banks = banks
+        previous = self.models.get(model)
+        if previous is not monitor:
+            self._release(previous)
         monitor.defer = self.defer
         monitor.announce = self.covered
         self.models[model] = monitor
@@ -694,8 +764,18 @@ class Engine:
         self._join_outcomes(columns, spans, now)
         self.received = [(monitor.model, end - start) for monitor, start, end in spans]
         changed = self.changed = []
-        for i, (monitor, start, end) in enumerate(spans, 1):
-            fed = monitor.apply_span(columns, start, end, now)
+        # Every model decides what its detectors get; a bank member's values are recorded,
+        # then fed in one pass per bank; then each model evaluates, in the batch's order.
+        applied: Iterable[tuple[ModelMonitor, bool]]
+        if self.banks is None:
+            # Per object: each model is applied just before it is evaluated.
+            applied = ((m, m.apply_span(columns, start, end, now)) for m, start, end in spans)
+        else:
+            with self._collecting():
+                fed_spans = [m.apply_span(columns, start, end, now) for m, start, end in spans]
+            self._feed_banks()
+            applied = zip((m for m, _start, _end in spans), fed_spans, strict=True)
+        for i, (monitor, fed) in enumerate(applied, 1):
             # Unchanged Readings and nothing held or timed: evaluating would change nothing.
             if not fed and monitor.idle:
                 transition = None
@@ -785,17 +865,50 @@ class Engine:
         """Re-evaluate every model on the clock alone (recoveries, no-data) between batches;
         feed waiting events to the detectors, so none waits longer than a tick."""
         transitions = []
+        with self._collecting():
+            for monitor in self.models.values():
+                if monitor.discovering and monitor.discovery_due(now):
+                    monitor.end_discovery(now)
+                monitor.flush(now)
+        self._feed_banks()
         for monitor in self.models.values():
-            if monitor.discovering and monitor.discovery_due(now):
-                monitor.end_discovery(now)
-            monitor.flush(now)
             transition = monitor.evaluate(now)
             if transition is not None:
                 transitions.append(transition)
         return transitions
 
+    @contextlib.contextmanager
+    def _collecting(self) -> Iterator[None]:
+        """Bank members' feeds are recorded for ``_feed_banks`` (none is lost on an error:
+        they are fed then)."""
+        banks = self.banks
+        if banks is None:
+            yield
+            return
+        banks.collecting = True
+        try:
+            yield
+        finally:
+            banks.collecting = False
+            if sys.exc_info()[0] is not None:
+                self._feed_banks()
+
+    def _feed_banks(self) -> None:
+        """Feed the bank members what the models recorded, then their ``until_test``."""
+        if self.banks is None:
+            return
+        for monitor in self.banks.feed():
+            if monitor.until_stale:
+                monitor.until_test = monitor._until_test()
+
+    def _release(self, monitor: ModelMonitor | None) -> None:
+        """Free the bank rows of a monitor the engine no longer holds."""
+        if monitor is None or self.banks is None or monitor.banks is not self.banks:
+            return
+        self.banks.release([m for signal in monitor.signals for m in signal.members])
+
     def drop(self, model: str) -> None:
-        self.models.pop(model, None)
+        self._release(self.models.pop(model, None))
         self.admission.forget(model)
 
     def snapshot(self) -> dict[str, Any]:

@@ -540,3 +540,40 @@ def test_quantile_bank_members_breach_as_their_detectors_and_checkpoints_move() 
             assert bits(restored.update_many(batch)) == expected
         assert bank.to_bytes(0) == other.to_bytes(0) == twin.to_bytes() == restored.to_bytes()
         assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
+
+
+@pytest.mark.parametrize("bank_class", [KSWindowBank, RateWindowBank, QuantileBank])
+def test_a_removed_member_frees_its_row_and_number_and_its_handle_fails(
+    bank_class: type[KSWindowBank] | type[RateWindowBank] | type[QuantileBank],
+) -> None:
+    spec_class = {KSWindowBank: KSWindowSpec, RateWindowBank: RateWindowSpec}.get(
+        bank_class, QuantileSpec
+    )
+    spec = spec_class(window=100, min_samples=50, stride=10, reference={"size": 200})
+    bank: Any = bank_class(spec, capacity=2)
+    rng = np.random.default_rng(3)
+    handles = [bank.handle(bank.add(seed=i)) for i in range(3)]
+    twins = [build_detector(spec, seed=i) for i in range(3)]
+    for _ in range(4):
+        values = [rng.lognormal(0.0, 0.5, 120) for _ in range(3)]
+        for handle, twin, v in zip(handles, twins, values, strict=True):
+            assert bits(handle.update_many(v)) == bits(twin.update_many(v))
+    assert all(bank.banked(h.number) for h in handles) and bank._rows == 3
+    gone = handles[1]
+    bank.remove(gone.number)
+    assert len(bank) == 2 and not gone.live
+    with pytest.raises(LookupError, match="removed"):
+        gone.update_many(np.ones(5))
+    with pytest.raises(IndexError, match="no member"):
+        bank.update_flat(np.array([gone.number]), np.ones(5), np.array([5]))
+    # The next member takes the number and the row, and starts afresh.
+    fresh = bank.handle(bank.add(seed=9))
+    assert fresh.number == gone.number and not gone.live and bank._rows == 3
+    twins[1] = build_detector(spec, seed=9)
+    handles[1] = fresh
+    for _ in range(4):
+        values = [rng.lognormal(0.0, 0.5, 120) for _ in range(3)]
+        for handle, twin, v in zip(handles, twins, values, strict=True):
+            assert bits(handle.update_many(v)) == bits(twin.update_many(v))
+            assert handle.to_bytes() == twin.to_bytes()
+    assert bank._rows == 3, "the freed row was reused"

@@ -1,0 +1,175 @@
+"""The engine's detector banks: one :mod:`detectors.bank` bank per windowed detector spec
+(``ks_window``, ``rate_window``, ``quantile``), whose members are the detectors of every model
+watching a signal of that spec, and the values a batch feeds them.
+
+During a batch each model decides what its detectors get (``ModelMonitor.apply_span``); what
+goes to a bank member is only recorded here (:meth:`Banks.record`). Once every model has
+decided, :meth:`Banks.feed` runs one ``update_flat`` per bank for all of them. A member fed
+twice in one batch (waiting values flushed before a span with a missing value, discovery
+ending inside a span) gets its feeds in rounds, in order: its Readings are those of the same
+calls one by one. A model that needs its detectors' state before the batch is fed (when its
+discovery ends, say) has its own recorded feeds run at once (:meth:`Banks.feed_now`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from detectors.bank import BankMember, KSWindowBank, QuantileBank, RateWindowBank
+from detectors.base import Detector, DetectorSpecBase, Reading, Verdict
+from detectors.numeric import KSWindowSpec
+from detectors.quantile import QuantileSpec
+from detectors.rates import RateWindowSpec
+from detectors.registry import build_detector
+
+if TYPE_CHECKING:
+    from detectors.bank import _WindowBank
+    from monitor.engine.engine import Member, ModelMonitor
+
+__all__ = ["Banks"]
+
+log = logging.getLogger(__name__)
+
+#: The spec types a bank holds (exactly these: a subclass may run another detector).
+_BANK_OF: dict[type[DetectorSpecBase], Any] = {
+    KSWindowSpec: KSWindowBank,
+    RateWindowSpec: RateWindowBank,
+    QuantileSpec: QuantileBank,
+}
+
+#: One recorded feed: the member, its bank handle, and its values in order (in parts: the
+#: spans of one or more batches, joined once for the whole bank).
+_Feed = tuple["Member", BankMember, list[np.ndarray]]
+
+
+class Banks:
+    """The banks of one engine, keyed by spec, and the feeds recorded for the batch."""
+
+    def __init__(self) -> None:
+        self._banks: dict[tuple[type[DetectorSpecBase], str], _WindowBank] = {}
+        #: Per model with feeds recorded in this batch: its feeds, in the order recorded.
+        self._pending: dict[int, tuple[ModelMonitor, list[_Feed]]] = {}
+        self._now = 0.0
+        #: Recording (inside the engine's batch or tick); otherwise every feed runs at once
+        #: (a flush before a checkpoint, say).
+        self.collecting = False
+
+    def __len__(self) -> int:
+        return len(self._banks)
+
+    def _bank_for(self, spec: DetectorSpecBase) -> _WindowBank | None:
+        bank_class = _BANK_OF.get(type(spec))
+        if bank_class is None:
+            return None
+        key = (type(spec), spec.model_dump_json())
+        bank = self._banks.get(key)
+        if bank is None:
+            bank = self._banks[key] = bank_class(spec)
+        return bank
+
+    def build(self, spec: DetectorSpecBase, *, family_size: int, seed: int) -> Detector:
+        """A fresh detector of ``spec``: a bank member when a bank holds its type."""
+        bank = self._bank_for(spec)
+        if bank is None:
+            return build_detector(spec, family_size=family_size, seed=seed)
+        return bank.handle(bank.add(family_size=family_size, seed=seed))
+
+    def adopt(self, detector: Detector) -> Detector:
+        """``detector`` (restored from a checkpoint) as a bank member, by way of its state
+        bytes, when a bank holds its type; else itself."""
+        if isinstance(detector, BankMember):
+            return detector
+        spec = getattr(detector, "spec", None)
+        bank = self._bank_for(spec) if isinstance(spec, DetectorSpecBase) else None
+        if bank is None:
+            return detector
+        return bank.handle(bank.add_from_bytes(detector.to_bytes()))
+
+    def release(self, members: list[Member]) -> None:
+        """Free the bank rows of ``members`` (their model or signal is gone)."""
+        for member in members:
+            detector = member.detector
+            if isinstance(detector, BankMember) and detector.live:
+                detector.bank.remove(detector.number)
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def record(self, monitor: ModelMonitor, member: Member, parts: list[Any], now: float) -> bool:
+        """Keep ``parts`` (the member's values, in order) for ``member`` until :meth:`feed`;
+        False when the member is not a bank's (the caller feeds it at once)."""
+        detector = member.detector
+        if (
+            not self.collecting
+            or not isinstance(detector, BankMember)
+            or not all(isinstance(part, np.ndarray) and part.ndim == 1 for part in parts)
+        ):
+            return False
+        self._now = now
+        found = self._pending.get(id(monitor))
+        if found is None:
+            found = self._pending[id(monitor)] = (monitor, [])
+        found[1].append((member, detector, parts))
+        return True
+
+    def pending(self, monitor: ModelMonitor) -> bool:
+        return id(monitor) in self._pending
+
+    def feed_now(self, monitor: ModelMonitor) -> None:
+        """Run ``monitor``'s recorded feeds now, member by member, in order."""
+        found = self._pending.pop(id(monitor), None)
+        if found is None:
+            return
+        now = self._now
+        inconclusive = Verdict.INCONCLUSIVE
+        for member, detector, parts in found[1]:
+            reading = detector.update_many(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            member.reading = reading
+            if reading.verdict is not inconclusive:
+                member.last_conclusive_at = now
+
+    def feed(self) -> list[ModelMonitor]:
+        """Run every recorded feed: per round, one ``update_flat`` per bank. Returns the
+        models fed (their ``until_test`` is stale)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return []
+        now = self._now
+        # Per round, per bank: the feeds. A member's n-th feed of the batch is in round n.
+        rounds: list[dict[int, tuple[Any, list[_Feed]]]] = [{}]
+        fed_times: dict[int, int] = {}
+        for _monitor, feeds in pending.values():
+            for feed in feeds:
+                handle = feed[1]
+                key = id(feed[0])
+                n = fed_times.get(key, 0)
+                fed_times[key] = n + 1
+                if n == len(rounds):
+                    rounds.append({})
+                by_bank = rounds[n]
+                bank = handle.bank
+                entry = by_bank.get(id(bank))
+                if entry is None:
+                    entry = by_bank[id(bank)] = (bank, [])
+                entry[1].append(feed)
+        inconclusive = Verdict.INCONCLUSIVE
+        for by_bank in rounds:
+            for bank, feeds in by_bank.values():
+                numbers = np.fromiter((f[1].number for f in feeds), np.int64, len(feeds))
+                lengths = np.fromiter(
+                    (sum(part.size for part in f[2]) for f in feeds), np.int64, len(feeds)
+                )
+                values = np.concatenate([part for f in feeds for part in f[2]])
+                changed, readings = bank.update_flat(numbers, values, lengths)
+                got: list[Reading | None] = [None] * len(feeds)
+                for j, reading in zip(changed.tolist(), readings, strict=True):
+                    got[j] = reading
+                for (member, handle, _values), reading in zip(feeds, got, strict=True):
+                    if reading is None:
+                        reading = bank.reading(handle.number)
+                    member.reading = reading
+                    if reading.verdict is not inconclusive:
+                        member.last_conclusive_at = now
+        return [monitor for monitor, _feeds in pending.values()]
