@@ -309,8 +309,10 @@ class SeriesPublisher:
                         )
                     elif member_series.reading is r:
                         continue
-                    series.version += 1
                     member_series.reading = r
+                    # After the Reading: a render in the scrape's thread between the two
+                    # keeps the old version with its text, and renders again next time.
+                    series.version += 1
                     member_series.value.set(r.statistic)
                     if math.isfinite(r.effect):
                         if member_series.effect is None:

@@ -241,3 +241,42 @@ def test_renders_in_a_thread_while_the_loop_publishes_end_equal_to_generate_late
     assert not failures, failures
     assert renders > 0
     assert_same(metrics)
+
+
+def test_a_render_between_the_version_bump_and_the_reading_is_not_kept_stale(
+    monkeypatch: Any,
+) -> None:
+    """The scrape's thread may run between any two steps of ``publish``: whatever it renders
+    then, the next render after ``publish`` shows the registry. Deterministic: the thread's
+    render is run at every change of a model's version (where a thread switch hurts most)."""
+    import monitor.observability.publisher as publisher_module
+
+    renders: list[int] = []
+    holder: dict[str, SeriesPublisher] = {}
+
+    class RenderedAtEveryBump(publisher_module.ModelSeries):
+        """A ModelSeries whose every version change lets the scrape's thread render."""
+
+        @property  # type: ignore[override]
+        def version(self) -> int:
+            return int(self.__dict__.get("_version", 0))
+
+        @version.setter
+        def version(self, value: int) -> None:
+            self.__dict__["_version"] = value
+            if "publisher" in holder:
+                holder["publisher"].exposition()
+                renders.append(value)
+
+    monkeypatch.setattr(publisher_module, "ModelSeries", RenderedAtEveryBump)
+    rng = random.Random(11)
+    engine = Engine(lambda model: POLICY, max_models=100, defer=False)
+    metrics = Metrics.create(CollectorRegistry())
+    publisher = holder["publisher"] = SeriesPublisher(metrics, engine.models)
+    now = 0.0
+    for step in range(8):
+        now += 1.0
+        engine.apply([e for m in MODELS[:3] for e in events(m, 10, rng, shifted=step > 4)], now)
+        publisher.publish(set(engine.changed))
+        assert_same(metrics)
+    assert renders, "no render ran mid-publish: the test checks nothing"
