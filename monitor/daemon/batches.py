@@ -306,11 +306,16 @@ class BatchApplier:
         decided = self.actions.decide(transitions, now, self.engine)
         failpoint("transition.decided")
         if self.store is not None and decided:
-            for model in decided:
-                offsets = (batch_offsets or {}).get(model)
-                if offsets:
-                    # Mid-batch: the batch's bookkeeping of watched models comes after it.
-                    self.ownership.owned.applied(model, offsets)
+            if batch_offsets:
+                # Mid-batch: the batch's bookkeeping of watched models comes after it. Every
+                # model whose span is in its state already (with banks: all of the batch's),
+                # not only the deciding ones: after a store outage all models are written
+                # now, and one saved with the offsets before the batch would apply the batch
+                # twice after a kill -9 (its replay would not skip it).
+                for model in self.engine.applied_models:
+                    offsets = batch_offsets.get(model)
+                    if offsets:
+                        self.ownership.owned.applied(model, offsets)
             if not await self.ownership.checkpoint(decided):
                 # Availability first: a store down must not stop the fail-safe flip or the
                 # page; those effects are at-least-once until the store is back.

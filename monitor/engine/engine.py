@@ -604,6 +604,10 @@ class Engine:
         self.changed: list[str] = []
         #: Models of the last batch and how many of its events each one received.
         self.received: list[tuple[str, int]] = []
+        #: Models of the batch being applied whose span is in their state so far (with
+        #: banks: all of them before the first evaluates): a checkpoint taken mid-batch
+        #: holds their records of the batch.
+        self.applied_models: list[str] = []
         self._seed = seed
         self._refused: set[str] = set()
 
@@ -767,13 +771,15 @@ class Engine:
         # Every model decides what its detectors get; a bank member's values are recorded,
         # then fed in one pass per bank; then each model evaluates, in the batch's order.
         applied: Iterable[tuple[ModelMonitor, bool]]
+        held = self.applied_models = []
         if self.banks is None:
             # Per object: each model is applied just before it is evaluated.
-            applied = ((m, m.apply_span(columns, start, end, now)) for m, start, end in spans)
+            applied = self._apply_each(spans, columns, now, held)
         else:
             with self._collecting():
                 fed_spans = [m.apply_span(columns, start, end, now) for m, start, end in spans]
             self._feed_banks()
+            held += [m.model for m, _start, _end in spans]
             applied = zip((m for m, _start, _end in spans), fed_spans, strict=True)
         for i, (monitor, fed) in enumerate(applied, 1):
             # Unchanged Readings and nothing held or timed: evaluating would change nothing.
@@ -788,6 +794,18 @@ class Engine:
                 yield []
         # Every column a waiting span reads was built (its completeness was checked).
         columns.release_events()
+
+    @staticmethod
+    def _apply_each(
+        spans: list[tuple[ModelMonitor, int, int]],
+        columns: EventColumns,
+        now: float,
+        held: list[str],
+    ) -> Iterator[tuple[ModelMonitor, bool]]:
+        for monitor, start, end in spans:
+            fed = monitor.apply_span(columns, start, end, now)
+            held.append(monitor.model)
+            yield monitor, fed
 
     def _event_spans(
         self, events: Sequence[Event], now: float

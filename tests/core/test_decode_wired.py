@@ -295,3 +295,51 @@ def test_features_no_signal_reads_are_named_in_the_type_one_off_names_are_not() 
     flood = path.decode(batch(True))
     assert flood is not None and len(flood.exact) == 500  # one-off names: the exact path
     assert path.decoder.unread == ("c0",) and MAX_UNREAD < 500
+
+
+async def test_a_checkpoint_mid_batch_names_the_offsets_every_models_state_holds(
+    tmp_path: Path,
+) -> None:
+    """A transition checkpoints mid-batch; after a store outage every model is written then,
+    not only the deciding ones. Every model of the batch already holds its span (the banks
+    feed them all before any evaluates), so each checkpoint must name the batch's offsets:
+    with the offsets before the batch, a kill -9 then a restart would apply the batch to that
+    model twice (its replay would not skip it)."""
+    from monitor.state.checkpoints import read_header
+
+    run = Run(tmp_path, NAMED, columnar=True)
+    ownership = run.daemon.ownership
+    engine = run.daemon.engine
+    decide = run.applier.on_transitions
+    checked: list[str] = []
+    wrong: list[tuple[str, Any, Any]] = []
+
+    async def on_transitions(
+        found: list[Transition], now: float, offsets: dict[str, dict[TopicPartition, int]]
+    ) -> None:
+        await decide(found, now, offsets)
+        # With banks, every model of the batch was fed before the first one evaluated.
+        assert engine.banks is not None
+        batch_models = {model for model, _n in engine.received}
+        # What an all-models write (the one after a store outage) saves at this point.
+        for model, batch_offsets in (offsets or {}).items():
+            monitor = engine.models.get(model)
+            if monitor is None or model not in batch_models:
+                continue
+            data = ownership._snapshot(model)
+            assert data is not None
+            held = read_header(data).applied_offsets()
+            checked.append(model)
+            if any(held.get(tp) != last for tp, last in batch_offsets.items()):
+                wrong.append((model, held, batch_offsets))
+
+    run.applier.on_transitions = on_transitions  # type: ignore[method-assign]
+    first = 0
+    for i, values in enumerate(stream(seed=5)):
+        batch = as_batch(values, first)
+        first += len(values)
+        run.applier.clock = lambda now=1000.0 + i: now
+        await run.apply(batch)
+    # Transitions happened mid-batch, beside other models of their batch.
+    assert len(set(checked)) > 2, checked
+    assert not wrong, wrong[:3]
