@@ -343,3 +343,60 @@ async def test_a_checkpoint_mid_batch_names_the_offsets_every_models_state_holds
     # Transitions happened mid-batch, beside other models of their batch.
     assert len(set(checked)) > 2, checked
     assert not wrong, wrong[:3]
+
+
+def test_learning_unread_names_counts_a_bounded_number_of_names_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records of a thousand one-off feature names each: the column path counts at most
+    ``UNREAD_BUDGET`` names per batch (not a million: five times the event decoder's cost of
+    the whole batch), and none once the type names ``MAX_UNREAD`` unread features."""
+    import monitor.engine.decode as decode_module
+    from monitor.engine.engine import Engine
+
+    counted: list[int] = []
+
+    class CountingCounter(decode_module.Counter):  # type: ignore[type-arg]
+        def update(self, *args: Any, **kwargs: Any) -> None:
+            if not args or args[0] is None:  # Counter() itself calls update(None)
+                super().update(**kwargs)
+                return
+            names = list(args[0])
+            counted.append(len(names))
+            super().update(names, **kwargs)
+
+    monkeypatch.setattr(decode_module, "Counter", CountingCounter)
+    policy = ModelPolicy.model_validate(
+        {"signals": [{"source": "feature", "feature": "f0", "detector": {"type": "ks_window"}}]}
+    )
+    path = decode_module.ColumnarPath(Engine(lambda _: policy, max_models=10), 1 << 22)
+    path.note(["m0"])
+
+    def batch(b: int, common: int) -> list[bytes | None]:
+        return [
+            json.dumps(
+                {
+                    "model": "m0",
+                    "features": {
+                        "f0": float(i),
+                        **{f"c{b}-{k}": 1 for k in range(common)},
+                        **{f"once-{b}-{i}-{k}": 1 for k in range(999 - common)},
+                    },
+                }
+            ).encode()
+            for i in range(1000)
+        ]
+
+    for b in range(3):
+        counted.clear()
+        found = path.decode(batch(b, 0))
+        assert found is not None and len(found.rows) == 1000
+        assert counted and sum(counted) <= 101_000, sum(counted)  # UNREAD_BUDGET and a row
+    # Names every row carries are still learnt, within the budget.
+    assert path.decode(batch(7, 3)) is not None
+    assert set(path._unread) >= {"c7-0", "c7-1", "c7-2"}, path._unread
+    # Once the type names MAX_UNREAD of them, nothing is counted.
+    path._unread = tuple(f"u{k}" for k in range(decode_module.MAX_UNREAD))
+    counted.clear()
+    assert path.decode(batch(8, 0)) is not None
+    assert counted == []
