@@ -99,9 +99,11 @@ class OutcomeSeries:
     """The bound series of one model's outcome join. Counters add what this process saw: the
     counts a checkpoint restored are the starting point, not an increase."""
 
-    __slots__ = ("evictions", "outcomes", "pending", "published")
+    __slots__ = ("evictions", "join", "outcomes", "pending", "published")
 
     def __init__(self, metrics: Metrics, model: str, join: OutcomeJoin) -> None:
+        #: The join whose counts these are (a monitor restored anew has another).
+        self.join = join
         counts = join.counts
         self.outcomes = [
             (result, metrics.outcomes.labels(model, result.value)) for result in counts.outcomes
@@ -295,7 +297,9 @@ class SeriesPublisher:
                 series.version += 1
             join = monitor.outcomes
             if join is not None:
-                if series.outcomes is None:
+                if series.outcomes is None or series.outcomes.join is not join:
+                    # A monitor restored in place of the one published counts from its own
+                    # checkpoint's counts (maybe fewer: a counter never goes down).
                     series.outcomes = OutcomeSeries(m, model, join)
                 series.outcomes.publish(join)
             members = series.members

@@ -280,3 +280,35 @@ def test_a_render_between_the_version_bump_and_the_reading_is_not_kept_stale(
         publisher.publish(set(engine.changed))
         assert_same(metrics)
     assert renders, "no render ran mid-publish: the test checks nothing"
+
+
+def test_a_model_restored_in_place_with_fewer_outcomes_is_published_without_error() -> None:
+    """A monitor replaced by one restored from an older checkpoint (fewer outcomes counted):
+    its outcome counters go on from there (never down, which prometheus_client refuses with
+    an error that would stop the batch loop)."""
+    from monitor.state.checkpoints import restore_model, snapshot_model
+
+    policy = ModelPolicy.model_validate(
+        {"outcomes": {"join": "on"}, "signals": [{"source": "label_error"}]}
+    )
+    engine = Engine(lambda model: policy, max_models=10)
+    metrics = Metrics.create(CollectorRegistry())
+    publisher = SeriesPublisher(metrics, engine.models)
+
+    def outcome(k: int, now: float) -> None:
+        engine.apply([Event(model="a", request_id=f"r{k}", prediction=1.0)], now)
+        engine.apply([Event(model="a", request_id=f"r{k}", label=1.0)], now)
+        publisher.publish({"a"})
+
+    outcome(0, 1.0)
+    older = snapshot_model(engine.models["a"], None, None)
+    for k in range(1, 5):
+        outcome(k, 1.0 + k)
+    joined = {"model": "a", "result": "joined"}
+    shown = metrics.registry.get_sample_value("driftwarden_outcomes_total", joined)
+    assert shown == 5.0
+    assert engine.adopt("a", restore_model(older, policy, 10.0, None))
+    publisher.publish({"a"})
+    outcome(9, 11.0)
+    assert metrics.registry.get_sample_value("driftwarden_outcomes_total", joined) == 6.0
+    assert_same(metrics)
