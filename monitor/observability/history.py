@@ -12,7 +12,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,13 @@ class ModelHistory:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     recovering: dict[str, Any] | None = None
     runbook_url: str = ""
+    #: The monitor last sampled, and that sample: each ring with the value and level it
+    #: was given (what the same monitor gives again until the engine moves it).
+    monitor: ModelMonitor | None = None
+    sample: list[tuple[_Ring, float | None, str]] = field(default_factory=list)
+    #: The earliest last time of its rings: before ``step_s`` past it, the same sample
+    #: again only merges into each ring's last point, which it already is or beats.
+    oldest: float = 0.0
 
     def __post_init__(self) -> None:
         self.state = _Ring.of(self.points)
@@ -134,7 +141,7 @@ class SignalHistory:
 
     >>> h = SignalHistory(points=3, step_s=1.0)
     >>> for t in range(5):
-    ...     h._add_point("m", "err", float(t), 0.1 * t, "ok")
+    ...     _ = h._add_point("m", "err", float(t), 0.1 * t, "ok")
     >>> h.models["m"].signals["err"].as_json()["t"]
     [2.0, 3.0, 4.0]
     """
@@ -160,29 +167,65 @@ class SignalHistory:
         self.incidents: deque[dict[str, Any]] = deque(maxlen=MAX_INCIDENTS)
         self._open: dict[str, dict[str, Any]] = {}
 
-    def record(self, models: Mapping[str, ModelMonitor], now: float) -> None:
-        """Sample every model once; ``now`` is the health machines' clock."""
+    def record(
+        self,
+        models: Mapping[str, ModelMonitor],
+        now: float,
+        moved: Collection[str] | None = None,
+    ) -> None:
+        """Sample every model once; ``now`` is the health machines' clock.
+
+        ``moved``: the models the engine evaluated since the last call (``Engine.take_moved``);
+        any other model's levels, Readings and signals are those last sampled, so its sample
+        is the last one again, added only to the rings where it starts a point (the same
+        rings and incidents as sampling it anew). None: every model is sampled anew.
+        """
         at = self.wall_clock()
-        for gone in set(self.models) - set(models):
-            del self.models[gone]
+        step_s = self.step_s
+        kept = self.models
+        for gone in kept.keys() - models.keys():
+            del kept[gone]
             self._open.pop(gone, None)
         for name, monitor in models.items():
-            if name not in self.models and len(self.models) >= self.max_models:
+            history = kept.get(name)
+            if (
+                moved is not None
+                and history is not None
+                and history.monitor is monitor
+                and name not in moved
+            ):
+                if at - history.oldest >= step_s:
+                    for ring, value, level in history.sample:
+                        ring.add(at, value, level, step_s)
+                    history.oldest = min(ring.times[-1] for ring, _, _ in history.sample)
                 continue
-            history = self.models.get(name)
             if history is None:
-                history = self.models[name] = ModelHistory(self.points)
-            history.runbook_url = monitor.policy.runbook_url
-            state = monitor.health.level.label
-            history.state.add(at, None, state, self.step_s)
-            history.recovering = recovery(monitor, now)
-            for signal in monitor.signals:
-                value, limit = signal_value(signal)
-                history.thresholds[signal.name] = limit
-                self._add_point(name, signal.name, at, value, signal.level.label)
-            self._follow_incident(name, state, at, history.runbook_url)
+                if len(kept) >= self.max_models:
+                    continue
+                history = kept[name] = ModelHistory(self.points)
+            self._sample(name, history, monitor, at, now)
 
-    def _add_point(self, model: str, signal: str, at: float, value: float | None, lvl: str) -> None:
+    def _sample(
+        self, name: str, history: ModelHistory, monitor: ModelMonitor, at: float, now: float
+    ) -> None:
+        history.runbook_url = monitor.policy.runbook_url
+        state = monitor.health.level.label
+        history.state.add(at, None, state, self.step_s)
+        history.recovering = recovery(monitor, now)
+        sample: list[tuple[_Ring, float | None, str]] = [(history.state, None, state)]
+        for signal in monitor.signals:
+            value, limit = signal_value(signal)
+            history.thresholds[signal.name] = limit
+            level = signal.level.label
+            sample.append((self._add_point(name, signal.name, at, value, level), value, level))
+        history.monitor = monitor
+        history.sample = sample
+        history.oldest = min(ring.times[-1] for ring, _, _ in sample)
+        self._follow_incident(name, state, at, history.runbook_url)
+
+    def _add_point(
+        self, model: str, signal: str, at: float, value: float | None, lvl: str
+    ) -> _Ring:
         history = self.models.get(model)
         if history is None:
             history = self.models[model] = ModelHistory(self.points)
@@ -190,6 +233,7 @@ class SignalHistory:
         if ring is None:
             ring = history.signals[signal] = _Ring.of(self.points)
         ring.add(at, value, lvl, self.step_s)
+        return ring
 
     def _follow_incident(self, model: str, state: str, at: float, runbook_url: str) -> None:
         incident = self._open.get(model)

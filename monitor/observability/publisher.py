@@ -244,7 +244,8 @@ def _member_lines(member: MemberSeries, r: Reading) -> tuple[str, str, str, str,
 
 class SeriesPublisher:
     """The per-model series of one daemon: published after each batch (the models it moved)
-    and each second (all), removed when a model is handed over or dropped."""
+    and each second (those the tick moved: ``publish_tick``), removed when a model is handed
+    over or dropped."""
 
     def __init__(self, metrics: Metrics, monitors: Mapping[str, ModelMonitor]) -> None:
         self.metrics = metrics
@@ -324,6 +325,17 @@ class SeriesPublisher:
                     member_series.samples.set(r.samples)
                     if member_series.threshold is not None:
                         member_series.threshold.set(r.threshold)
+
+    def publish_tick(self, ticked: Iterable[str]) -> None:
+        """The tick's publish: the models it evaluated (``ticked``), those never published
+        yet (restored from a checkpoint, nothing received), and those keeping an outcome
+        join (whose counts other models' batches may move). Every other model's series
+        already show what it holds: the batch that moved it published it."""
+        monitors = self.monitors
+        models = set(ticked)
+        models.update(monitors.keys() - self._models.keys())
+        models.update(model for model, m in monitors.items() if m.outcomes is not None)
+        self.publish(models)
 
     def _bind_member(self, model: str, member: str, thresholds: Thresholds | None) -> MemberSeries:
         m = self.metrics
