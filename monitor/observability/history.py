@@ -195,9 +195,18 @@ class SignalHistory:
                 and name not in moved
             ):
                 if at - history.oldest >= step_s:
+                    oldest = at
                     for ring, value, level in history.sample:
-                        ring.add(at, value, level, step_s)
-                    history.oldest = min(ring.times[-1] for ring, _, _ in history.sample)
+                        times = ring.times
+                        if at - times[-1] >= step_s:  # as ``_Ring.add`` starts a point
+                            times.append(at)
+                            ring.values.append(value)
+                            ring.levels.append(level)
+                        else:
+                            ring.add(at, value, level, step_s)
+                        if times[-1] < oldest:
+                            oldest = times[-1]
+                    history.oldest = oldest
                 continue
             if history is None:
                 if len(kept) >= self.max_models:
