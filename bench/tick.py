@@ -72,7 +72,8 @@ class Side:
         start = time.perf_counter()
         if self.every:
             for monitor in engine.models.values():
-                monitor.unevaluated = True  # every model evaluated, as the tick did
+                if hasattr(monitor, "unevaluated"):  # absent before: every model evaluated
+                    monitor.unevaluated = True  # every model evaluated, as the tick did
             engine.tick(now)
             self.publisher.publish(set(engine.models))
             self.history.record(engine.models, now)
@@ -82,7 +83,7 @@ class Side:
             self.publisher.publish_tick(moved)
             self.history.record(engine.models, now, moved)
         spent = time.perf_counter() - start
-        self.evaluated += len(engine.ticked)
+        self.evaluated += len(getattr(engine, "ticked", engine.models))
         return spent
 
     def shown(self) -> tuple[Any, ...]:

@@ -35,6 +35,12 @@ DEFAULT_MAX_MODELS = 1000
 MAX_INCIDENTS = 50
 
 
+#: Each level's rank by its label, and its label (``Level.parse`` and ``Level.label``
+#: without an enum look-up: the tick compares levels of every ring it adds to).
+_RANK = {level.label: int(level) for level in Level}
+_LABEL = {level: level.label for level in Level}
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -94,7 +100,7 @@ class _Ring:
     def add(self, at: float, value: float | None, level: str, step_s: float) -> None:
         if self.times and at - self.times[-1] < step_s:
             # Same step: keep the worse sample, so a short breach is not averaged away.
-            if Level.parse(level) >= Level.parse(self.levels[-1]):
+            if _RANK[level] >= _RANK[self.levels[-1]]:
                 self.values[-1], self.levels[-1] = value, level
             return
         self.times.append(at)
@@ -122,6 +128,9 @@ class ModelHistory:
     #: The earliest last time of its rings: before ``step_s`` past it, the same sample
     #: again only merges into each ring's last point, which it already is or beats.
     oldest: float = 0.0
+    #: Per signal name, what its shown value was computed from (the signal, its member and
+    #: Reading, its level) and that value and limit: computed again only when one moved.
+    shown: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = _Ring.of(self.points)
@@ -222,11 +231,26 @@ class SignalHistory:
         history.state.add(at, None, state, self.step_s)
         history.recovering = recovery(monitor, now)
         sample: list[tuple[_Ring, float | None, str]] = [(history.state, None, state)]
+        shown = history.shown
         for signal in monitor.signals:
-            value, limit = signal_value(signal)
-            history.thresholds[signal.name] = limit
-            level = signal.level.label
-            sample.append((self._add_point(name, signal.name, at, value, level), value, level))
+            signal_name = signal.policy.signal_name
+            member = signal.worst or (signal.members[0] if signal.members else None)
+            reading = member.reading if member is not None else None
+            found = shown.get(signal_name)
+            if (
+                found is not None
+                and found[0] is signal
+                and found[1] is member
+                and found[2] is reading
+                and found[3] is signal.level
+            ):
+                value, limit = found[4], found[5]
+            else:
+                value, limit = signal_value(signal)
+                shown[signal_name] = (signal, member, reading, signal.level, value, limit)
+            history.thresholds[signal_name] = limit
+            level = _LABEL[signal.level]
+            sample.append((self._add_point(name, signal_name, at, value, level), value, level))
         history.monitor = monitor
         history.sample = sample
         history.oldest = min(ring.times[-1] for ring, _, _ in sample)
