@@ -80,7 +80,7 @@ class Side:
         else:
             engine.tick(now)
             moved = engine.take_moved()
-            self.publisher.publish_tick(moved)
+            self.publisher.publish_tick(engine.ticked, moved)
             self.history.record(engine.models, now, moved)
         spent = time.perf_counter() - start
         self.evaluated += len(getattr(engine, "ticked", engine.models))

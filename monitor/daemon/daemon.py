@@ -411,7 +411,7 @@ class Daemon:
                 # Only the models evaluated since the last tick (by a batch or by this one)
                 # can show anything new: the others' series and samples stay as they are.
                 moved = self.engine.take_moved()
-                self.publisher.publish_tick(moved)
+                self.publisher.publish_tick(self.engine.ticked, moved)
                 self.metrics.models_active.set(len(self.engine.models))
                 history_of(self).record(self.engine.models, now, moved)  # for the status page
             # Lag of every assigned partition, also one that has applied nothing yet (outside

@@ -256,6 +256,8 @@ class SeriesPublisher:
         self._event_counters: dict[str, Any] = {}
         #: The HELP and TYPE lines of each ``MODEL_GAUGES`` family (built at the first scrape).
         self._headers: list[str] = []
+        #: Models published (after a batch) since the last ``publish_tick``.
+        self._published_since_tick: set[str] = set()
         metrics.bind_model_series(self)
 
     def count_events(self, received: Iterable[tuple[str, int]]) -> None:
@@ -272,7 +274,9 @@ class SeriesPublisher:
         m = self.metrics
         monitors = self.monitors
         published = self._models
+        done = self._published_since_tick
         for model in models:
+            done.add(model)
             monitor = monitors.get(model)
             if monitor is None:
                 continue
@@ -326,16 +330,20 @@ class SeriesPublisher:
                     if member_series.threshold is not None:
                         member_series.threshold.set(r.threshold)
 
-    def publish_tick(self, ticked: Iterable[str]) -> None:
-        """The tick's publish: the models it evaluated (``ticked``), those never published
+    def publish_tick(self, ticked: Iterable[str], moved: Iterable[str] = ()) -> None:
+        """The tick's publish: the models it evaluated (``ticked``), those a batch evaluated
+        since the last tick (``moved``) that no publish showed since, those never published
         yet (restored from a checkpoint, nothing received), and those keeping an outcome
         join (whose counts other models' batches may move). Every other model's series
-        already show what it holds: the batch that moved it published it."""
+        already show what it holds."""
         monitors = self.monitors
-        models = set(ticked)
+        models = set(moved)
+        models -= self._published_since_tick
+        models.update(ticked)
         models.update(monitors.keys() - self._models.keys())
         models.update(model for model, m in monitors.items() if m.outcomes is not None)
         self.publish(models)
+        self._published_since_tick = set()
 
     def _bind_member(self, model: str, member: str, thresholds: Thresholds | None) -> MemberSeries:
         m = self.metrics

@@ -41,16 +41,20 @@ POLICY = ModelPolicy.model_validate(
     }
 )
 
-#: The same without the no-data rule: its models' events may wait for a test (deferred).
+#: The same without the no-data rule (its models' events may wait for a test: deferred)
+#: and without a label signal (its models keep no outcome join until outcomes come).
 DEFERRING = ModelPolicy.model_validate(
     {
         **POLICY.model_dump(by_alias=True, exclude_unset=True),
         "signals": [
             {**signal.model_dump(by_alias=True, exclude_unset=True), "no_data": None}
             for signal in POLICY.signals
+            if signal.source.value != "label_error"
         ],
     }
 )
+#: The models outcomes come for.
+LABELLED = ("fraud", "ads", "search", "quiet")
 
 STEADY = ["fraud", 'quo"te', "ünï", "search", "churn", "ads"]
 
@@ -106,7 +110,7 @@ class Side:
         else:
             found = engine.tick(now)
             moved = engine.take_moved()
-            self.publisher.publish_tick(moved)
+            self.publisher.publish_tick(engine.ticked, moved)
             self.history.record(engine.models, now, moved)
         self.evaluated += len(engine.ticked)
         return found
@@ -147,7 +151,7 @@ def test_the_tick_shows_what_evaluating_every_model_shows() -> None:
             batch += [
                 Event(model=e.model, request_id=e.request_id, label=float(rng.random() < 0.3))
                 for e in batch[::3]
-                if e.request_id is not None
+                if e.request_id is not None and e.model in LABELLED
             ]
         if batch:
             rng_state = rng.getstate()
