@@ -179,7 +179,7 @@ class BatchApplier:
         if decoded is not None:
             events = self._reviewed_in_full(decoded, batch)
         await self.actions.after_batch(events, self.engine, self.side_writer)
-        # Only models whose Readings or health may have moved (the tick publishes all).
+        # Only models whose Readings or health may have moved (the tick: what it moved).
         self.publisher.publish(set(self.engine.changed))
         if bad:
             return await self.dead_letters.write(bad)

@@ -408,9 +408,12 @@ class Daemon:
                 await self._expire_idle_models(now)
                 if self.store is not None and self.consumer.assignment:
                     await self.ownership.commit_point()
-                self.publisher.publish(set(self.engine.models))
+                # Only the models evaluated since the last tick (by a batch or by this one)
+                # can show anything new: the others' series and samples stay as they are.
+                moved = self.engine.take_moved()
+                self.publisher.publish_tick(self.engine.ticked, moved)
                 self.metrics.models_active.set(len(self.engine.models))
-                history_of(self).record(self.engine.models, now)  # for the status page
+                history_of(self).record(self.engine.models, now, moved)  # for the status page
             # Lag of every assigned partition, also one that has applied nothing yet (outside
             # the batch lock: a position lookup waits on the broker).
             await self.consumer.track_unapplied_partitions()

@@ -245,6 +245,12 @@ class ModelMonitor:
     banks: Banks | None = None
     #: ``until_test`` waits for the batch's bank feeds (``Banks.feed``) to be known.
     until_stale: bool = False
+    #: Readings or signals may have changed since the last ``evaluate`` (a new or restored
+    #: monitor counts as changed): the tick evaluates it even when it is ``idle``.
+    unevaluated: bool = True
+    #: The earliest time a ``no_data`` rule can raise a level that the last ``evaluate``
+    #: found below it (None: none can on the clock alone; see ``clock_due``).
+    no_data_due_at: float | None = None
 
     @classmethod
     def build(
@@ -290,6 +296,7 @@ class ModelMonitor:
         self.covered = [*self.coverage(), *fresh]
         self.added += fresh
         self._columns = None
+        self.unevaluated = True
         self.until_test = self._until_test()
         return fresh
 
@@ -418,6 +425,7 @@ class ModelMonitor:
             kept = {id(signal) for signal in self.signals}
             self.banks.release([m for s in built.values() if id(s) not in kept for m in s.members])
         self.covered = covered
+        self.unevaluated = True
         if self.schema is not None:
             self.notes = coverage_notes(self.policy, self.schema)
             compact(self.policy, self.schema)  # what it keeps from now on: bounded
@@ -467,6 +475,7 @@ class ModelMonitor:
             events[i].label is not None and events[i].prediction is None for i in range(start, end)
         ):
             labelled = [s for s in self.signals if s.policy.source in LABEL_SOURCES]
+            self.unevaluated = True
             for signal in labelled:
                 signal.update_spans([(columns, start, end)], now, self.banks, self)
             self._refresh_until()
@@ -496,6 +505,7 @@ class ModelMonitor:
         return member.last_conclusive_at
 
     def _feed(self, spans: list[Span], now: float) -> None:
+        self.unevaluated = True
         for signal in self.signals:
             signal.update_spans(spans, now, self.banks, self)
         self.deferred = []
@@ -547,9 +557,43 @@ class ModelMonitor:
             and not any(health.breach_since.values())
         )
 
+    def clock_due(self, now: float) -> bool:
+        """Whether an evaluation at ``now`` may change anything although no event came: the
+        Readings or signals changed since the last one, a breach is held or a recovery
+        timed (not ``idle``), or a ``no_data`` rule's time has come. Otherwise it would
+        give the same levels, observations and health as the last one."""
+        if self.unevaluated or not self.idle:
+            return True
+        due = self.no_data_due_at
+        return due is not None and now >= due
+
     def evaluate(self, now: float) -> Transition | None:
         self.observations = {s.name: s.evaluate(now) for s in self.signals}
+        self.unevaluated = False
+        self.no_data_due_at = self._next_no_data(now)
         return self.health.observe(now, self.observations)
+
+    def _next_no_data(self, now: float) -> float | None:
+        """When a ``no_data`` rule not yet met at ``now`` would be (its member stays
+        inconclusive until then: a Reading that changes sets ``unevaluated``)."""
+        due: float | None = None
+        for signal in self.signals:
+            policy = signal.policy
+            if policy.no_data is None:
+                continue
+            for member in signal.members:
+                if member.reading.verdict is not Verdict.INCONCLUSIVE:
+                    continue
+                since = (
+                    member.last_conclusive_at
+                    if member.last_conclusive_at is not None
+                    else signal.created_at
+                )
+                at = since + policy.no_data_after
+                # As ``_no_data_level`` compares: ``now - since >= no_data_after``.
+                if not now - since >= policy.no_data_after and (due is None or at < due):
+                    due = at
+        return due
 
 
 class Engine:
@@ -602,6 +646,11 @@ class Engine:
         self.covered: list[CoverageBuilt] = []
         #: Models of the last batch whose Readings or health may have changed.
         self.changed: list[str] = []
+        #: Models the last ``tick`` evaluated (the others' evaluation would change nothing).
+        self.ticked: list[str] = []
+        #: Models evaluated (by a batch or the tick) since the caller last took them
+        #: (``take_moved``): those whose levels, Readings or signals may have changed.
+        self.moved: set[str] = set()
         #: Models of the last batch and how many of its events each one received.
         self.received: list[tuple[str, int]] = []
         #: Models of the batch being applied whose span is in their state so far (with
@@ -698,6 +747,7 @@ class Engine:
                 # Logged per batch by the caller (a sustained flood may evict many).
                 admission.replace(victim, model)
                 self._release(self.models.pop(victim, None))
+                self.moved.discard(victim)
                 self.evicted.append(victim)
                 log.debug("model %r evicted for %r (max_models=%d)", victim, model, self.max_models)
                 found[model] = self._create(model, now)
@@ -768,6 +818,7 @@ class Engine:
         self._join_outcomes(columns, spans, now)
         self.received = [(monitor.model, end - start) for monitor, start, end in spans]
         changed = self.changed = []
+        moved = self.moved
         # Every model decides what its detectors get; a bank member's values are recorded,
         # then fed in one pass per bank; then each model evaluates, in the batch's order.
         applied: Iterable[tuple[ModelMonitor, bool]]
@@ -787,6 +838,7 @@ class Engine:
                 transition = None
             else:
                 changed.append(monitor.model)
+                moved.add(monitor.model)
                 transition = monitor.evaluate(now)
             if transition is not None:
                 yield [transition]
@@ -880,8 +932,13 @@ class Engine:
                 monitor.join_outcomes(columns, start, end, now, budget)
 
     def tick(self, now: float) -> list[Transition]:
-        """Re-evaluate every model on the clock alone (recoveries, no-data) between batches;
-        feed waiting events to the detectors, so none waits longer than a tick."""
+        """Re-evaluate on the clock alone (recoveries, no-data) between batches; feed waiting
+        events to the detectors, so none waits longer than a tick.
+
+        Only the models whose evaluation may change something are evaluated
+        (``ModelMonitor.clock_due``: fed just now, discovery ended, a breach held, a recovery
+        timed, a no-data rule due); ``ticked`` names them, for the publisher and history.
+        """
         transitions = []
         with self._collecting():
             for monitor in self.models.values():
@@ -889,11 +946,21 @@ class Engine:
                     monitor.end_discovery(now)
                 monitor.flush(now)
         self._feed_banks()
+        ticked = self.ticked = []
         for monitor in self.models.values():
+            if not monitor.clock_due(now):
+                continue
+            ticked.append(monitor.model)
             transition = monitor.evaluate(now)
             if transition is not None:
                 transitions.append(transition)
+        self.moved.update(ticked)
         return transitions
+
+    def take_moved(self) -> set[str]:
+        """The models evaluated since the last call (see ``moved``)."""
+        moved, self.moved = self.moved, set()
+        return moved
 
     @contextlib.contextmanager
     def _collecting(self) -> Iterator[None]:
@@ -927,6 +994,7 @@ class Engine:
 
     def drop(self, model: str) -> None:
         self._release(self.models.pop(model, None))
+        self.moved.discard(model)
         self.admission.forget(model)
 
     def snapshot(self) -> dict[str, Any]:

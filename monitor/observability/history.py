@@ -12,7 +12,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,12 @@ DEFAULT_POINTS = 360
 DEFAULT_STEP_S = 5.0
 DEFAULT_MAX_MODELS = 1000
 MAX_INCIDENTS = 50
+
+
+#: Each level's rank by its label, and its label (``Level.parse`` and ``Level.label``
+#: without an enum look-up: the tick compares levels of every ring it adds to).
+_RANK = {level.label: int(level) for level in Level}
+_LABEL = {level: level.label for level in Level}
 
 
 def _finite(x: float) -> float | None:
@@ -94,7 +100,7 @@ class _Ring:
     def add(self, at: float, value: float | None, level: str, step_s: float) -> None:
         if self.times and at - self.times[-1] < step_s:
             # Same step: keep the worse sample, so a short breach is not averaged away.
-            if Level.parse(level) >= Level.parse(self.levels[-1]):
+            if _RANK[level] >= _RANK[self.levels[-1]]:
                 self.values[-1], self.levels[-1] = value, level
             return
         self.times.append(at)
@@ -115,6 +121,16 @@ class ModelHistory:
     thresholds: dict[str, float | None] = field(default_factory=dict)
     recovering: dict[str, Any] | None = None
     runbook_url: str = ""
+    #: The monitor last sampled, and that sample: each ring with the value and level it
+    #: was given (what the same monitor gives again until the engine moves it).
+    monitor: ModelMonitor | None = None
+    sample: list[tuple[_Ring, float | None, str]] = field(default_factory=list)
+    #: The earliest last time of its rings: before ``step_s`` past it, the same sample
+    #: again only merges into each ring's last point, which it already is or beats.
+    oldest: float = 0.0
+    #: Per signal name, what its shown value was computed from (the signal, its member and
+    #: Reading, its level) and that value and limit: computed again only when one moved.
+    shown: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = _Ring.of(self.points)
@@ -134,7 +150,7 @@ class SignalHistory:
 
     >>> h = SignalHistory(points=3, step_s=1.0)
     >>> for t in range(5):
-    ...     h._add_point("m", "err", float(t), 0.1 * t, "ok")
+    ...     _ = h._add_point("m", "err", float(t), 0.1 * t, "ok")
     >>> h.models["m"].signals["err"].as_json()["t"]
     [2.0, 3.0, 4.0]
     """
@@ -160,29 +176,89 @@ class SignalHistory:
         self.incidents: deque[dict[str, Any]] = deque(maxlen=MAX_INCIDENTS)
         self._open: dict[str, dict[str, Any]] = {}
 
-    def record(self, models: Mapping[str, ModelMonitor], now: float) -> None:
-        """Sample every model once; ``now`` is the health machines' clock."""
+    def record(
+        self,
+        models: Mapping[str, ModelMonitor],
+        now: float,
+        moved: Collection[str] | None = None,
+    ) -> None:
+        """Sample every model once; ``now`` is the health machines' clock.
+
+        ``moved``: the models the engine evaluated since the last call (``Engine.take_moved``);
+        any other model's levels, Readings and signals are those last sampled, so its sample
+        is the last one again, added only to the rings where it starts a point (the same
+        rings and incidents as sampling it anew). None: every model is sampled anew.
+        """
         at = self.wall_clock()
-        for gone in set(self.models) - set(models):
-            del self.models[gone]
+        step_s = self.step_s
+        kept = self.models
+        for gone in kept.keys() - models.keys():
+            del kept[gone]
             self._open.pop(gone, None)
         for name, monitor in models.items():
-            if name not in self.models and len(self.models) >= self.max_models:
+            history = kept.get(name)
+            if (
+                moved is not None
+                and history is not None
+                and history.monitor is monitor
+                and name not in moved
+            ):
+                if at - history.oldest >= step_s:
+                    oldest = at
+                    for ring, value, level in history.sample:
+                        times = ring.times
+                        if at - times[-1] >= step_s:  # as ``_Ring.add`` starts a point
+                            times.append(at)
+                            ring.values.append(value)
+                            ring.levels.append(level)
+                        else:
+                            ring.add(at, value, level, step_s)
+                        if times[-1] < oldest:
+                            oldest = times[-1]
+                    history.oldest = oldest
                 continue
-            history = self.models.get(name)
             if history is None:
-                history = self.models[name] = ModelHistory(self.points)
-            history.runbook_url = monitor.policy.runbook_url
-            state = monitor.health.level.label
-            history.state.add(at, None, state, self.step_s)
-            history.recovering = recovery(monitor, now)
-            for signal in monitor.signals:
-                value, limit = signal_value(signal)
-                history.thresholds[signal.name] = limit
-                self._add_point(name, signal.name, at, value, signal.level.label)
-            self._follow_incident(name, state, at, history.runbook_url)
+                if len(kept) >= self.max_models:
+                    continue
+                history = kept[name] = ModelHistory(self.points)
+            self._sample(name, history, monitor, at, now)
 
-    def _add_point(self, model: str, signal: str, at: float, value: float | None, lvl: str) -> None:
+    def _sample(
+        self, name: str, history: ModelHistory, monitor: ModelMonitor, at: float, now: float
+    ) -> None:
+        history.runbook_url = monitor.policy.runbook_url
+        state = monitor.health.level.label
+        history.state.add(at, None, state, self.step_s)
+        history.recovering = recovery(monitor, now)
+        sample: list[tuple[_Ring, float | None, str]] = [(history.state, None, state)]
+        shown = history.shown
+        for signal in monitor.signals:
+            signal_name = signal.policy.signal_name
+            member = signal.worst or (signal.members[0] if signal.members else None)
+            reading = member.reading if member is not None else None
+            found = shown.get(signal_name)
+            if (
+                found is not None
+                and found[0] is signal
+                and found[1] is member
+                and found[2] is reading
+                and found[3] is signal.level
+            ):
+                value, limit = found[4], found[5]
+            else:
+                value, limit = signal_value(signal)
+                shown[signal_name] = (signal, member, reading, signal.level, value, limit)
+            history.thresholds[signal_name] = limit
+            level = _LABEL[signal.level]
+            sample.append((self._add_point(name, signal_name, at, value, level), value, level))
+        history.monitor = monitor
+        history.sample = sample
+        history.oldest = min(ring.times[-1] for ring, _, _ in sample)
+        self._follow_incident(name, state, at, history.runbook_url)
+
+    def _add_point(
+        self, model: str, signal: str, at: float, value: float | None, lvl: str
+    ) -> _Ring:
         history = self.models.get(model)
         if history is None:
             history = self.models[model] = ModelHistory(self.points)
@@ -190,6 +266,7 @@ class SignalHistory:
         if ring is None:
             ring = history.signals[signal] = _Ring.of(self.points)
         ring.add(at, value, lvl, self.step_s)
+        return ring
 
     def _follow_incident(self, model: str, state: str, at: float, runbook_url: str) -> None:
         incident = self._open.get(model)

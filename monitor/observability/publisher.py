@@ -246,7 +246,8 @@ def _member_lines(member: MemberSeries, r: Reading) -> tuple[str, str, str, str,
 
 class SeriesPublisher:
     """The per-model series of one daemon: published after each batch (the models it moved)
-    and each second (all), removed when a model is handed over or dropped."""
+    and each second (those the tick moved: ``publish_tick``), removed when a model is handed
+    over or dropped."""
 
     def __init__(self, metrics: Metrics, monitors: Mapping[str, ModelMonitor]) -> None:
         self.metrics = metrics
@@ -257,6 +258,8 @@ class SeriesPublisher:
         self._event_counters: dict[str, Any] = {}
         #: The HELP and TYPE lines of each ``MODEL_GAUGES`` family (built at the first scrape).
         self._headers: list[str] = []
+        #: Models published (after a batch) since the last ``publish_tick``.
+        self._published_since_tick: set[str] = set()
         metrics.bind_model_series(self)
 
     def count_events(self, received: Iterable[tuple[str, int]]) -> None:
@@ -273,7 +276,9 @@ class SeriesPublisher:
         m = self.metrics
         monitors = self.monitors
         published = self._models
+        done = self._published_since_tick
         for model in models:
+            done.add(model)
             monitor = monitors.get(model)
             if monitor is None:
                 continue
@@ -330,6 +335,21 @@ class SeriesPublisher:
                     member_series.samples.set(r.samples)
                     if member_series.threshold is not None:
                         member_series.threshold.set(r.threshold)
+
+    def publish_tick(self, ticked: Iterable[str], moved: Iterable[str] = ()) -> None:
+        """The tick's publish: the models it evaluated (``ticked``), those a batch evaluated
+        since the last tick (``moved``) that no publish showed since, those never published
+        yet (restored from a checkpoint, nothing received), and those keeping an outcome
+        join (whose counts other models' batches may move). Every other model's series
+        already show what it holds."""
+        monitors = self.monitors
+        models = set(moved)
+        models -= self._published_since_tick
+        models.update(ticked)
+        models.update(monitors.keys() - self._models.keys())
+        models.update(model for model, m in monitors.items() if m.outcomes is not None)
+        self.publish(models)
+        self._published_since_tick = set()
 
     def _bind_member(self, model: str, member: str, thresholds: Thresholds | None) -> MemberSeries:
         m = self.metrics
