@@ -232,7 +232,10 @@ class _WindowBank:
 
     def _grow(self) -> None:
         old = self._capacity
-        new = old * 2
+        # A quarter more, not twice: rows are tens of KB each (window, grid, ranks), and the
+        # bank of a large fleet holds thousands, so doubling left up to half of it unused
+        # (12,000 ks_window members in 16,384 rows at 1,000 models).
+        new = old + max(64, old // 4)
         fills = {
             "_win": 0.0, "_pos": 0, "_seen": 0, "_since": _NO_SINCE, "_lo": 0.0, "_hi": 0.0,
             "_infinite": 0, "_clipped": 0, **self._row_arrays,
