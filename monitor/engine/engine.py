@@ -1025,36 +1025,39 @@ def describe_coverage(monitor: ModelMonitor) -> dict[str, Any]:
     return out
 
 
+def describe_signal(signal: SignalMonitor, covered: CoveredSignal | None) -> dict[str, Any]:
+    """One signal of a model's /status JSON (``covered``: where it comes from, if known)."""
+    members = {}
+    for member in signal.members:
+        r = member.reading
+        members[member.name] = {
+            "statistic": _finite(r.statistic),
+            "effect": _finite(r.effect),
+            "threshold": _finite(r.threshold),
+            "verdict": r.verdict.value,
+            "samples": r.samples,
+        }
+    policy = signal.policy
+    return {
+        "level": signal.level.label,
+        "origin": covered.origin if covered is not None else "named",
+        "reason": covered.reason if covered is not None else "named in the policy",
+        "source": policy.source.value,
+        "detector": policy.detector_spec.type,
+        "thresholds": (
+            {lvl.label: v for lvl, v in policy.thresholds.items()} if policy.thresholds else None
+        ),
+        "for_s": signal.for_s,
+        "readings": members,
+    }
+
+
 def describe(monitor: ModelMonitor) -> dict[str, Any]:
     """The JSON shape of one model for /status."""
-    signals = {}
     origins = {c.name: c for c in monitor.coverage()}
-    for signal in monitor.signals:
-        members = {}
-        for member in signal.members:
-            r = member.reading
-            members[member.name] = {
-                "statistic": _finite(r.statistic),
-                "effect": _finite(r.effect),
-                "threshold": _finite(r.threshold),
-                "verdict": r.verdict.value,
-                "samples": r.samples,
-            }
-        covered = origins.get(signal.name)
-        signals[signal.name] = {
-            "level": signal.level.label,
-            "origin": covered.origin if covered is not None else "named",
-            "reason": covered.reason if covered is not None else "named in the policy",
-            "source": signal.policy.source.value,
-            "detector": signal.policy.detector_spec.type,
-            "thresholds": (
-                {lvl.label: v for lvl, v in signal.policy.thresholds.items()}
-                if signal.policy.thresholds
-                else None
-            ),
-            "for_s": signal.for_s,
-            "readings": members,
-        }
+    signals = {
+        signal.name: describe_signal(signal, origins.get(signal.name)) for signal in monitor.signals
+    }
     return {
         "state": monitor.health.level.label,
         "mode": monitor.policy.mode,

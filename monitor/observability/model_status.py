@@ -13,15 +13,14 @@ numbers per model (no encoding, no dict per member).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from monitor.engine.engine import describe_coverage
+from monitor.engine.engine import describe_coverage, describe_signal
 
 if TYPE_CHECKING:
     from monitor.engine.discovery import CoveredSignal
-    from monitor.engine.engine import ModelMonitor, SignalMonitor
+    from monitor.engine.engine import ModelMonitor
 
 __all__ = ["ModelStatus", "status_json"]
 
@@ -29,37 +28,6 @@ __all__ = ["ModelStatus", "status_json"]
 def _dumps(data: Any) -> str:
     """As the HTTP server encodes /status (``monitor.http.server._json``)."""
     return json.dumps(data, default=str, allow_nan=False)
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _signal_shown(signal: SignalMonitor, covered: CoveredSignal | None) -> dict[str, Any]:
-    """One signal of ``describe``'s ``signals`` (tests compare the two)."""
-    members = {}
-    for member in signal.members:
-        r = member.reading
-        members[member.name] = {
-            "statistic": _finite(r.statistic),
-            "effect": _finite(r.effect),
-            "threshold": _finite(r.threshold),
-            "verdict": r.verdict.value,
-            "samples": r.samples,
-        }
-    policy = signal.policy
-    return {
-        "level": signal.level.label,
-        "origin": covered.origin if covered is not None else "named",
-        "reason": covered.reason if covered is not None else "named in the policy",
-        "source": policy.source.value,
-        "detector": policy.detector_spec.type,
-        "thresholds": (
-            {lvl.label: v for lvl, v in policy.thresholds.items()} if policy.thresholds else None
-        ),
-        "for_s": signal.for_s,
-        "readings": members,
-    }
 
 
 def _shape_key(monitor: ModelMonitor) -> tuple[Any, ...]:
@@ -117,7 +85,7 @@ class _Entry:
             key = [signal.level, *[member.reading for member in signal.members]]
             if i < len(kept) and kept[i][0] == key:
                 continue
-            shown = (key, _dumps(_signal_shown(signal, origins.get(signal.name))))
+            shown = (key, _dumps(describe_signal(signal, origins.get(signal.name))))
             if i < len(kept):
                 kept[i] = shown
             else:
