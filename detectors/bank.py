@@ -152,7 +152,11 @@ class _WindowBank:
         return None
 
     def _alloc_extra(self, capacity: int) -> None:
-        return None
+        # One value per row, of the fill's kind (an int fill: an int64 row array); a bank
+        # whose rows hold more (KSWindowBank's ranks and grid) allocates its own.
+        for name, fill in self._row_arrays.items():
+            kind = np.int64 if isinstance(fill, int) else np.float64
+            setattr(self, name, np.full(capacity, fill, dtype=kind))
 
     def _accepts(self, state: dict[str, Any]) -> bool:
         return True
@@ -842,18 +846,16 @@ class RateWindowBank(_WindowBank):
         "_critical": 0.0,
     }
     spec: RateWindowSpec
+    _ones: np.ndarray
+    _ref_ones: np.ndarray
+    _ref_n: np.ndarray
+    _critical: np.ndarray
 
     def __init__(self, spec: RateWindowSpec, *, capacity: int = 64) -> None:
         super().__init__(spec, capacity=capacity)
 
     def _build(self, spec: Any, *, family_size: int, seed: int) -> Any:
         return RateWindowDetector.variant_for(spec)(spec, family_size=family_size, seed=seed)
-
-    def _alloc_extra(self, capacity: int) -> None:
-        self._ones = np.zeros(capacity)
-        self._ref_ones = np.zeros(capacity)
-        self._ref_n = np.zeros(capacity, dtype=np.int64)
-        self._critical = np.zeros(capacity)
 
     def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
         extra = state["extra"]
@@ -943,19 +945,17 @@ class QuantileBank(_WindowBank):
         "_critical": 0.0,
     }
     spec: QuantileSpec
+    _ref_quantile: np.ndarray
+    _limit: np.ndarray
+    _ref_above: np.ndarray
+    _ref_n: np.ndarray
+    _critical: np.ndarray
 
     def __init__(self, spec: QuantileSpec, *, capacity: int = 64) -> None:
         super().__init__(spec, capacity=capacity)
 
     def _build(self, spec: Any, *, family_size: int, seed: int) -> Any:
         return QuantileDetector.variant_for(spec)(spec, family_size=family_size, seed=seed)
-
-    def _alloc_extra(self, capacity: int) -> None:
-        self._ref_quantile = np.zeros(capacity)
-        self._limit = np.zeros(capacity)
-        self._ref_above = np.zeros(capacity)
-        self._ref_n = np.zeros(capacity, dtype=np.int64)
-        self._critical = np.zeros(capacity)
 
     def _load_extra(self, row: int, member: _Member, state: dict[str, Any]) -> None:
         quantile, limit, above, n = state["extra"]["ref"]
