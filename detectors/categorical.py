@@ -78,6 +78,11 @@ class _CategoricalDetector(WindowedDetector[CategoricalSpecT]):
         self._k = int(spec.max_categories)
         super().__init__(spec, family_size=family_size, seed=seed)
 
+    def _reference_fill_dtype(self) -> Any:
+        # Codes are below ``max_categories``: a fixed reference that fills from the stream
+        # holds them in the narrowest type that fits (only their bincount is read).
+        return np.int16 if self._k <= np.iinfo(np.int16).max else np.int32
+
     def _read_reference(self, path: str) -> np.ndarray:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()

@@ -134,6 +134,10 @@ class WindowRateDetector(WindowedDetector[ThresholdRateSpecT]):
     ``min_difference``; the verdict is DRIFT. A spec with a ``threshold`` runs the
     ``WindowRateLimitDetector`` variant instead (:meth:`variant_for`)."""
 
+    #: A fixed reference fills as 0 / 1 bytes, not float64: only its count of 1s is read
+    #: (``_on_reference``), the same whole number either way; 10 KB a reference, not 78.
+    reference_dtype = np.uint8
+
     def __init__(self, spec: ThresholdRateSpecT, *, family_size: int = 1, seed: int = 0) -> None:
         if (spec.threshold is not None) is not self.absolute_limit:
             raise ValueError(

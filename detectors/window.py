@@ -211,12 +211,24 @@ class Reference:
     that leave the current window and asks for a refresh every quarter of its size.
     """
 
-    __slots__ = ("added", "mode", "ready", "ring")
+    __slots__ = ("added", "dtype", "fill_dtype", "mode", "ready", "ring")
 
-    def __init__(self, size: int, mode: str, dtype: Any, initial: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        size: int,
+        mode: str,
+        dtype: Any,
+        initial: np.ndarray | None,
+        fill_dtype: Any = None,
+    ) -> None:
         self.mode = mode
+        self.dtype = dtype
+        # A fixed reference that fills from the stream may hold its values in a narrower
+        # type (0 / 1 values, category codes: see WindowedDetector.reference_dtype): it is
+        # what a detector holds most of while it fills, and what only counts are read from.
+        self.fill_dtype = dtype if fill_dtype is None or mode != "fixed" else fill_dtype
         # A fixed reference is released once full (see release): its memory must go back.
-        self.ring = Ring(size, dtype, returnable=mode == "fixed")
+        self.ring = Ring(size, self.fill_dtype, returnable=mode == "fixed")
         self.added = 0
         self.ready = False
         if initial is not None:
@@ -246,7 +258,9 @@ class Reference:
         """
         if self.mode != "fixed" or not self.ready or self.ring.size == 0:
             return
-        released = Ring(0, self.ring.buf.dtype)
+        # Released in the detector's own type: a steady checkpoint is the same whatever the
+        # type the values filled in.
+        released = Ring(0, self.dtype)
         released.count = self.ring.count
         self.ring = released
 
@@ -272,8 +286,13 @@ class Reference:
         }
 
     def load(self, state: dict[str, Any], dtype: Any) -> None:
-        # A released reference was saved with size 0: its count alone.
-        self.ring = Ring(int(state["size"]), dtype, returnable=self.mode == "fixed")
+        # A released reference was saved with size 0: its count alone. Values saved in
+        # either type load into the fill type: the same whole numbers (0 / 1, codes).
+        fixed = self.mode == "fixed"
+        size = int(state["size"])
+        self.dtype = dtype
+        kind = self.fill_dtype if fixed and size else dtype
+        self.ring = Ring(size, kind, returnable=fixed)
         self.ring.load(state["ring"])
         self.added = int(state["added"])
         self.ready = bool(state["ready"])
@@ -324,6 +343,9 @@ class WindowedDetector(BaseDetector[WindowSpecT]):
     """
 
     dtype: ClassVar[Any] = np.float64
+    #: The type a fixed reference fills in when its detector reads only counts from it
+    #: (``None``: ``dtype``). Exact by construction: the values are whole numbers that fit.
+    reference_dtype: ClassVar[Any] = None
     #: The verdict a breach of this detector means.
     breach_verdict: ClassVar[Verdict] = Verdict.DRIFT
     #: Values are measurements (not 0 / 1 or category codes): the extreme-value rule applies.
@@ -347,6 +369,10 @@ class WindowedDetector(BaseDetector[WindowSpecT]):
 
     def _read_reference(self, path: str) -> np.ndarray:
         return load_numeric_file(path)
+
+    def _reference_fill_dtype(self) -> Any:
+        """The type a fixed reference fills in (``reference_dtype``, or ``dtype``)."""
+        return self.dtype if self.reference_dtype is None else self.reference_dtype
 
     def _prepare(self, values: Any) -> np.ndarray:
         return drop_nan(np.asarray(values, dtype=np.float64).ravel())
@@ -392,7 +418,11 @@ class WindowedDetector(BaseDetector[WindowSpecT]):
         spec = self.spec
         self._window = Ring(spec.window, self.dtype)
         self._reference = Reference(
-            spec.reference.size, spec.reference.mode, self.dtype, self._reference_file
+            spec.reference.size,
+            spec.reference.mode,
+            self.dtype,
+            self._reference_file,
+            self._reference_fill_dtype(),
         )
         self._seen = 0
         self._gate = Persistence(spec.persist)
@@ -410,8 +440,12 @@ class WindowedDetector(BaseDetector[WindowSpecT]):
 
     def _no_reference(self) -> None:
         # An absolute limit needs no reference: mark it ready so verdicts start at once.
-        self._reference.ready = True
-        self._reference.mode = "none"
+        reference = self._reference
+        reference.ready = True
+        reference.mode = "none"
+        # Nothing fills it: held (and saved) in the detector's own type, as it always was.
+        reference.fill_dtype = self.dtype
+        reference.ring = Ring(reference.ring.size, self.dtype, returnable=True)
 
     def _derive_reference(self) -> None:
         """The reference is complete (or refreshed): fence it, then derive its statistics."""
