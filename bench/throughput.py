@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 from detectors.window import ReferenceSpec  # noqa: E402
 from monitor.config.settings import KafkaSettings, Settings, load_settings  # noqa: E402
 from monitor.daemon.daemon import Daemon  # noqa: E402
-from monitor.daemon.runtime import tuned_runtime  # noqa: E402
+from monitor.daemon.runtime import HeapTrimmer, tuned_runtime  # noqa: E402
 from monitor.engine.discovery import ObservedSchema, resolved  # noqa: E402
 from monitor.engine.events import Event  # noqa: E402
 from monitor.errors import ConfigError  # noqa: E402
@@ -1200,6 +1200,7 @@ def _memory_main(argv: list[str]) -> int:
     now = time.time()
     base = rss_mib()
     started = time.perf_counter()
+    heap = HeapTrimmer()
     with tuned_runtime():  # as in the daemon
         for _, values in synthetic_batches(
             events, n_models, seed=5, chunk=100_000, n_numeric=MEMORY_NUMERIC
@@ -1209,6 +1210,7 @@ def _memory_main(argv: list[str]) -> int:
             for at in range(0, len(values), batch):
                 engine.apply([decode(v) for v in values[at : at + batch]], now)
             engine.tick(now)  # the daemon's once-a-second tick (one chunk is one second here)
+            heap.maybe(now)  # and its heap trim
             done += len(values)
             now += 1.0
             if done % 1_000_000 == 0:

@@ -25,7 +25,7 @@ from monitor import __version__
 from monitor.actions.actions import Actions
 from monitor.config.settings import Settings
 from monitor.daemon.batches import BatchApplier, DeadLetters
-from monitor.daemon.runtime import tuned_runtime
+from monitor.daemon.runtime import HeapTrimmer, tuned_runtime
 from monitor.engine.engine import Engine
 from monitor.engine.events import EventDecoder
 from monitor.errors import BrokerUnavailableError
@@ -102,6 +102,9 @@ class Daemon:
         #: The health tick runs until the batch loop has ended.
         self._ticking = True
         self._tick_task: asyncio.Task[None] | None = None
+        #: Free heap pages go back to the system every few seconds of the tick (RSS is what
+        #: a container's memory limit counts).
+        self.heap = HeapTrimmer()
         #: Loop time by which the components still running after the ordered shutdown (or a
         #: failed start) must have stopped; set when they start stopping.
         self._components_deadline: float | None = None
@@ -414,6 +417,7 @@ class Daemon:
                 self.publisher.publish_tick(self.engine.ticked, moved)
                 self.metrics.models_active.set(len(self.engine.models))
                 history_of(self).record(self.engine.models, now, moved)  # for the status page
+            self.heap.maybe(time.monotonic())
             # Lag of every assigned partition, also one that has applied nothing yet (outside
             # the batch lock: a position lookup waits on the broker).
             await self.consumer.track_unapplied_partitions()

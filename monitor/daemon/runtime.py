@@ -8,7 +8,15 @@ import gc
 import logging
 from collections.abc import Iterator
 
-__all__ = ["GC_YOUNG_THRESHOLD", "MMAP_THRESHOLD_BYTES", "pin_mmap_threshold", "tuned_runtime"]
+__all__ = [
+    "GC_YOUNG_THRESHOLD",
+    "MMAP_THRESHOLD_BYTES",
+    "TRIM_EVERY_S",
+    "HeapTrimmer",
+    "pin_mmap_threshold",
+    "trim_heap",
+    "tuned_runtime",
+]
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +25,8 @@ GC_YOUNG_THRESHOLD = 50_000
 #: Blocks at least this large are mapped and unmapped (glibc's initial default, kept fixed).
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+#: Seconds between two heap trims (``HeapTrimmer``): a trim of a 1 GiB heap takes a few ms.
+TRIM_EVERY_S = 10.0
 
 
 def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
@@ -35,6 +45,49 @@ def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
+    releases free pages in the middle of the heap); False where there is no glibc.
+
+    Freed blocks inside the heap stay resident until something is allocated over them: a
+    batch's temporaries and the per-object detectors of a model whose members moved into
+    bank rows leave holes between long-lived detector state that RSS keeps counting. Measured
+    (the memory bench's leak check, engine alone, 71 models, auto policy): RSS grew 18 MiB
+    from 1M to 2M events untrimmed, 9 MiB with a trim every 10 ticks.
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim(0)
+    return True
+
+
+class HeapTrimmer:
+    """Trims the heap (:func:`trim_heap`) at most once every ``every_s`` seconds of ``now``
+    (the daemon's tick calls :meth:`maybe` each second)."""
+
+    def __init__(self, every_s: float = TRIM_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: float | None = None
+        self.trims = 0
+
+    def maybe(self, now: float) -> bool:
+        """Trim if ``every_s`` passed since the last trim (the first call only starts the
+        clock); whether it trimmed."""
+        if self._last is None:
+            self._last = now
+            return False
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        if not trim_heap():
+            return False
+        self.trims += 1
+        return True
 
 
 @contextlib.contextmanager
