@@ -224,8 +224,9 @@ class ModelMonitor:
     #: Spans applied to the model but not yet fed to its detectors (see ``apply_span``).
     deferred: list[Span] = field(default_factory=list)
     deferred_events: int = 0
-    #: The ``now`` of the oldest span in ``deferred`` (None when none waits).
+    #: The ``now`` of the oldest span in ``deferred`` and of the newest (None: none waits).
     deferred_since: float | None = None
+    deferred_at: float | None = None
     #: Events that can wait before some detector's next test; None: none can wait.
     until_test: int | None = None
     #: False: every span goes to the detectors at once (the reference behaviour, for tests).
@@ -463,6 +464,7 @@ class ModelMonitor:
         if complete and self.deferred_events + n < until:
             if not self.deferred:
                 self.deferred_since = now
+            self.deferred_at = now
             self.deferred.append((columns, start, end))
             self.deferred_events += n
             return False
@@ -495,14 +497,11 @@ class ModelMonitor:
 
     def flush(self, now: float) -> None:
         """Feed the detectors the events still waiting (no test is due in them), as fed when
-        the last of them came (``fed_at``): what a checkpoint taken while they wait says
-        (``conclusive_at``), whenever the flush comes."""
+        the last of them came (``deferred_at``, as if each span had gone in with its batch):
+        what a checkpoint taken while they wait says (``conclusive_at``), so that when the
+        flush comes (a tick, a value missing, discovery ending) changes nothing."""
         if self.deferred:
-            self._feed(self.deferred, self.fed_at(now))
-
-    def fed_at(self, now: float) -> float:
-        """The time ``flush`` feeds the waiting events at: the model's last event's."""
-        return self.last_event_at if self.last_event_at is not None else now
+            self._feed(self.deferred, self.deferred_at if self.deferred_at is not None else now)
 
     def flush_due(self, now: float, after_s: float) -> bool:
         """Events wait, the oldest of them ``after_s`` or longer (see ``FLUSH_AFTER_S``)."""
@@ -521,9 +520,9 @@ class ModelMonitor:
 
     def conclusive_at(self, member: Member) -> float | None:
         """When ``member``'s Reading was last conclusive, counting the events that wait as fed
-        at the last event's time (they leave the Reading as it is): a checkpoint's value."""
+        when the last of them came (they leave the Reading as it is): a checkpoint's value."""
         if self.deferred and member.reading.verdict is not Verdict.INCONCLUSIVE:
-            return self.last_event_at
+            return self.deferred_at
         return member.last_conclusive_at
 
     def _feed(self, spans: list[Span], now: float) -> None:
@@ -532,7 +531,7 @@ class ModelMonitor:
             signal.update_spans(spans, now, self.banks, self)
         self.deferred = []
         self.deferred_events = 0
-        self.deferred_since = None
+        self.deferred_since = self.deferred_at = None
         self._refresh_until()
 
     def _refresh_until(self) -> None:
@@ -968,22 +967,14 @@ class Engine:
         timed, a no-data rule due); ``ticked`` names them, for the publisher and history.
         """
         transitions = []
-        # Fed at their last event's time (``ModelMonitor.flush``); the banks feed one batch
-        # at one time, so the models go in groups of one such time.
-        due: dict[float, list[ModelMonitor]] = {}
         after_s = self.flush_after_s
-        for monitor in self.models.values():
-            if (monitor.discovering and monitor.discovery_due(now)) or monitor.flush_due(
-                now, after_s
-            ):
-                due.setdefault(monitor.fed_at(now), []).append(monitor)
-        for group in due.values():
-            with self._collecting():
-                for monitor in group:
-                    if monitor.discovering and monitor.discovery_due(now):
-                        monitor.end_discovery(now)
+        with self._collecting():
+            for monitor in self.models.values():
+                if monitor.discovering and monitor.discovery_due(now):
+                    monitor.end_discovery(now)
+                elif monitor.flush_due(now, after_s):
                     monitor.flush(now)
-            self._feed_banks()
+        self._feed_banks()
         ticked = self.ticked = []
         for monitor in self.models.values():
             if not monitor.clock_due(now):
