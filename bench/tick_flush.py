@@ -4,9 +4,9 @@ has waited ``FLUSH_AFTER_S`` ("bounded", the daemon's tick).
 
 Two engines of the same policy get the same pre-decoded events of
 ``monitor.tools.traffic.synthetic_batches``: first untimed until every reference and window is
-full (``--fill`` events per model), then ``--seconds`` simulated seconds, each of ``--rate``
-events in batches of ``--batch`` followed by one tick, the two engines in turn second by
-second (a load change on the shared cores hits both). CPU time (``time.process_time``) of the
+full (``--fill`` events per model), then for each ``--rate`` in turn, on the same engines,
+``--seconds`` simulated seconds, each of that many events in batches of ``--batch`` and one
+tick, the two engines in turn second by second (a load change on the shared cores hits both). CPU time (``time.process_time``) of the
 batches and of the ticks is summed per side; also reported: the models a tick feeds, and the
 batch columns that waiting spans keep alive after a tick (the memory the bound bounds). At
 the end both engines' checkpoints of every model are compared (the run fails if they differ).
@@ -79,21 +79,37 @@ def _checkpoints(engine: Engine) -> dict[str, Any]:
     return out
 
 
-def run(policy: Path, n_models: int, fill: int, seconds: int, rate: int, batch: int) -> str:
+def fill(
+    policy: Path, n_models: int, per_model: int, rate: int, batch: int
+) -> tuple[dict[str, Engine], Iterator[Event], float]:
+    """The two engines, every reference and window full; the stream and the clock."""
     settings = load_settings(policy)
     sides = {
         "every": Engine(settings.policy_for, max_models=n_models, flush_after_s=0.0),
         "bounded": Engine(settings.policy_for, max_models=n_models),
     }
-    stream = _events(fill * n_models + seconds * rate, n_models, seed=7)
+    stream = _events(10**9, n_models, seed=7)
     now = 0.0
-    for _ in range(fill * n_models // rate):
+    for _ in range(per_model * n_models // rate):
         now += 1.0
         events = _take(stream, rate)
         for engine in sides.values():
             for start in range(0, len(events), batch):
                 engine.apply(events[start : start + batch], now)
             engine.tick(now + 0.5)
+    return sides, stream, now
+
+
+def run(
+    sides: dict[str, Engine],
+    stream: Iterator[Event],
+    now: float,
+    seconds: int,
+    rate: int,
+    batch: int,
+) -> tuple[str, float]:
+    """``seconds`` timed seconds at ``rate``: the table's row, and the clock after."""
+    n_models = sides["every"].max_models
     applying = dict.fromkeys(sides, 0.0)
     ticking: dict[str, list[float]] = {kind: [] for kind in sides}
     fed: dict[str, list[int]] = {kind: [] for kind in sides}
@@ -116,8 +132,6 @@ def run(policy: Path, n_models: int, fill: int, seconds: int, rate: int, batch: 
             fed[kind].append(waiting - sum(bool(m.deferred) for m in engine.models.values()))
             if kind == "bounded":
                 held.append(held_bytes(engine))
-    if _checkpoints(sides["every"]) != _checkpoints(sides["bounded"]):
-        raise SystemExit("checkpoints differ between the two ticks")
     cells = []
     for kind in ("every", "bounded"):
         tick_ms = statistics.fmean(ticking[kind]) * 1000
@@ -126,11 +140,12 @@ def run(policy: Path, n_models: int, fill: int, seconds: int, rate: int, batch: 
             f"{tick_ms:.1f} | {statistics.fmean(fed[kind]):,.0f} | {seconds * rate / total:,.0f}"
         )
     batches, size = max(held, key=lambda h: h[1])
-    return (
+    row = (
         f"| {n_models:,} | {rate:,} | {batch:,} | {' | '.join(cells)} "
         f"| {statistics.fmean(h[0] for h in held):.1f} / {batches} "
         f"| {statistics.fmean(h[1] for h in held) / 1e6:.1f} / {size / 1e6:.1f} |"
     )
+    return row, now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n_models in args.models:
+        sides, stream, now = fill(args.policy, n_models, args.fill, args.rate[0], args.batch)
         for rate in args.rate:
-            print(run(args.policy, n_models, args.fill, args.seconds, rate, args.batch), flush=True)
+            row, now = run(sides, stream, now, args.seconds, rate, args.batch)
+            print(row, flush=True)
+        if _checkpoints(sides["every"]) != _checkpoints(sides["bounded"]):
+            raise SystemExit("checkpoints differ between the two ticks")
     return 0
 
 
