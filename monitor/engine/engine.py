@@ -641,6 +641,8 @@ class Engine:
     ) -> None:
         from monitor.engine.banks import Banks
 
+        if not 0.0 <= flush_after_s < math.inf:
+            raise ValueError(f"flush_after_s must be a finite number >= 0, got {flush_after_s!r}")
         self.policy_for = policy_for
         #: The windowed detectors of every model as rows of one bank per spec, fed once per
         #: batch (None: every detector per object, the reference path of the equivalence tests).

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detectors.base import Reading
@@ -278,3 +279,9 @@ def test_the_bounded_tick_matches_the_tick_that_feeds_every_waiting_span() -> No
     assert raw_compared > 0
     assert ("m0", int(Level.OK)) in levels and any(lvl > 0 for m, lvl in levels if m == "m0")
     assert any(m.startswith("n") and lvl == int(Level.WARN) for m, lvl in levels), levels
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_a_bound_that_is_no_duration_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="flush_after_s must be a finite number >= 0"):
+        Engine(policy_for, max_models=1, flush_after_s=bad)
