@@ -40,9 +40,10 @@ _BANK_OF: dict[type[DetectorSpecBase], Any] = {
     QuantileSpec: QuantileBank,
 }
 
-#: One recorded feed: the member, its bank handle, and its values in order (in parts: the
-#: spans of one or more batches, joined once for the whole bank).
-_Feed = tuple["Member", BankMember, list[np.ndarray]]
+#: One recorded feed: the member, its bank handle, its values in order (in parts: the
+#: spans of one or more batches, joined once for the whole bank), and the time it is fed at
+#: (a conclusive Reading's ``last_conclusive_at``: events that waited are fed at theirs).
+_Feed = tuple["Member", BankMember, list[np.ndarray], float]
 
 
 class Banks:
@@ -52,7 +53,6 @@ class Banks:
         self._banks: dict[tuple[type[DetectorSpecBase], str], _WindowBank] = {}
         #: Per model with feeds recorded in this batch: its feeds, in the order recorded.
         self._pending: dict[int, tuple[ModelMonitor, list[_Feed]]] = {}
-        self._now = 0.0
         #: Recording (inside the engine's batch or tick); otherwise every feed runs at once
         #: (a flush before a checkpoint, say).
         self.collecting = False
@@ -107,11 +107,10 @@ class Banks:
             or not all(isinstance(part, np.ndarray) and part.ndim == 1 for part in parts)
         ):
             return False
-        self._now = now
         found = self._pending.get(id(monitor))
         if found is None:
             found = self._pending[id(monitor)] = (monitor, [])
-        found[1].append((member, detector, parts))
+        found[1].append((member, detector, parts, now))
         return True
 
     def pending(self, monitor: ModelMonitor) -> bool:
@@ -122,9 +121,8 @@ class Banks:
         found = self._pending.pop(id(monitor), None)
         if found is None:
             return
-        now = self._now
         inconclusive = Verdict.INCONCLUSIVE
-        for member, detector, parts in found[1]:
+        for member, detector, parts, now in found[1]:
             reading = detector.update_many(parts[0] if len(parts) == 1 else np.concatenate(parts))
             member.reading = reading
             if reading.verdict is not inconclusive:
@@ -136,7 +134,6 @@ class Banks:
         pending, self._pending = self._pending, {}
         if not pending:
             return []
-        now = self._now
         # Per round, per bank: the feeds. A member's n-th feed of the batch is in round n.
         rounds: list[dict[int, tuple[Any, list[_Feed]]]] = [{}]
         fed_times: dict[int, int] = {}
@@ -166,7 +163,7 @@ class Banks:
                 got: list[Reading | None] = [None] * len(feeds)
                 for j, reading in zip(changed.tolist(), readings, strict=True):
                     got[j] = reading
-                for (member, handle, _values), reading in zip(feeds, got, strict=True):
+                for (member, handle, _values, now), reading in zip(feeds, got, strict=True):
                     if reading is None:
                         reading = bank.reading(handle.number)
                     member.reading = reading

@@ -63,6 +63,13 @@ _LABEL = operator.attrgetter("label")
 #: to tell a class from a regression target (one 0/1 value would not).
 GAIN_AFTER_JOINED = 20
 
+#: Seconds a model's oldest waiting span may wait before the tick feeds it (``Engine.tick``).
+#: Waiting events change no Reading, so this bounds only memory: a waiting span keeps its
+#: whole batch's columns alive, so about this many seconds of batches (plus a tick) stay
+#: held. Most models reach their next test sooner and are fed with it; 0 feeds every
+#: waiting span at every tick (the behaviour before, kept for the equivalence tests).
+FLUSH_AFTER_S = 5.0
+
 
 @dataclass(slots=True)
 class Member:
@@ -217,6 +224,9 @@ class ModelMonitor:
     #: Spans applied to the model but not yet fed to its detectors (see ``apply_span``).
     deferred: list[Span] = field(default_factory=list)
     deferred_events: int = 0
+    #: The ``now`` of the oldest span in ``deferred`` and of the newest (None: none waits).
+    deferred_since: float | None = None
+    deferred_at: float | None = None
     #: Events that can wait before some detector's next test; None: none can wait.
     until_test: int | None = None
     #: False: every span goes to the detectors at once (the reference behaviour, for tests).
@@ -452,6 +462,9 @@ class ModelMonitor:
             return True
         complete = columns.complete(self.column_set())
         if complete and self.deferred_events + n < until:
+            if not self.deferred:
+                self.deferred_since = now
+            self.deferred_at = now
             self.deferred.append((columns, start, end))
             self.deferred_events += n
             return False
@@ -483,9 +496,17 @@ class ModelMonitor:
         self._feed([(columns, start, end)], now)
 
     def flush(self, now: float) -> None:
-        """Feed the detectors the events still waiting (no test is due in them)."""
+        """Feed the detectors the events still waiting (no test is due in them), as fed when
+        the last of them came (``deferred_at``, as if each span had gone in with its batch):
+        what a checkpoint taken while they wait says (``conclusive_at``), so that when the
+        flush comes (a tick, a value missing, discovery ending) changes nothing."""
         if self.deferred:
-            self._feed(self.deferred, now)
+            self._feed(self.deferred, self.deferred_at if self.deferred_at is not None else now)
+
+    def flush_due(self, now: float, after_s: float) -> bool:
+        """Events wait, the oldest of them ``after_s`` or longer (see ``FLUSH_AFTER_S``)."""
+        since = self.deferred_since
+        return bool(self.deferred) and since is not None and now - since >= after_s
 
     def waiting(self, member: Member) -> Any | None:
         """``member``'s values of the events that wait (None when none do), read without
@@ -499,9 +520,9 @@ class ModelMonitor:
 
     def conclusive_at(self, member: Member) -> float | None:
         """When ``member``'s Reading was last conclusive, counting the events that wait as fed
-        at the last event's time (they leave the Reading as it is): a checkpoint's value."""
+        when the last of them came (they leave the Reading as it is): a checkpoint's value."""
         if self.deferred and member.reading.verdict is not Verdict.INCONCLUSIVE:
-            return self.last_event_at
+            return self.deferred_at
         return member.last_conclusive_at
 
     def _feed(self, spans: list[Span], now: float) -> None:
@@ -510,6 +531,7 @@ class ModelMonitor:
             signal.update_spans(spans, now, self.banks, self)
         self.deferred = []
         self.deferred_events = 0
+        self.deferred_since = self.deferred_at = None
         self._refresh_until()
 
     def _refresh_until(self) -> None:
@@ -615,9 +637,12 @@ class Engine:
         defer: bool = True,
         max_pending_outcomes: int = 1_000_000,
         banks: bool = True,
+        flush_after_s: float = FLUSH_AFTER_S,
     ) -> None:
         from monitor.engine.banks import Banks
 
+        if not 0.0 <= flush_after_s < math.inf:
+            raise ValueError(f"flush_after_s must be a finite number >= 0, got {flush_after_s!r}")
         self.policy_for = policy_for
         #: The windowed detectors of every model as rows of one bank per spec, fed once per
         #: batch (None: every detector per object, the reference path of the equivalence tests).
@@ -625,6 +650,8 @@ class Engine:
         #: Every model's pending predictions together (``engine.max_pending_outcomes``).
         self.outcome_budget = OutcomeBudget(max_pending_outcomes)
         self.defer = defer
+        #: How long a model's events may wait before the tick feeds them (``FLUSH_AFTER_S``).
+        self.flush_after_s = flush_after_s
         self.max_models = max_models
         self.admission = Admission(
             max_models=max_models,
@@ -932,19 +959,23 @@ class Engine:
                 monitor.join_outcomes(columns, start, end, now, budget)
 
     def tick(self, now: float) -> list[Transition]:
-        """Re-evaluate on the clock alone (recoveries, no-data) between batches; feed waiting
-        events to the detectors, so none waits longer than a tick.
+        """Re-evaluate on the clock alone (recoveries, no-data) between batches; end the
+        discoveries due, and feed the detectors the events that waited ``flush_after_s``
+        (the others change no Reading by waiting longer: they go in with the span that
+        reaches the next test, or at a later tick).
 
         Only the models whose evaluation may change something are evaluated
         (``ModelMonitor.clock_due``: fed just now, discovery ended, a breach held, a recovery
         timed, a no-data rule due); ``ticked`` names them, for the publisher and history.
         """
         transitions = []
+        after_s = self.flush_after_s
         with self._collecting():
             for monitor in self.models.values():
                 if monitor.discovering and monitor.discovery_due(now):
                     monitor.end_discovery(now)
-                monitor.flush(now)
+                elif monitor.flush_due(now, after_s):
+                    monitor.flush(now)
         self._feed_banks()
         ticked = self.ticked = []
         for monitor in self.models.values():
