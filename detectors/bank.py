@@ -197,9 +197,15 @@ class _WindowBank:
         return clipped
 
     def _on_write(
-        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+        self,
+        arows: np.ndarray,
+        seg: np.ndarray,
+        value_rows: np.ndarray,
+        slots: np.ndarray,
+        values: np.ndarray,
     ) -> None:
-        """``values`` are about to replace the window values at flat ``slots``."""
+        """``values`` (of rows ``value_rows = arows[seg]``) are about to replace the window
+        values at flat ``slots``."""
 
     def _test(self, rows: np.ndarray) -> list[Reading]:
         raise NotImplementedError
@@ -553,12 +559,19 @@ class _WindowBank:
             seg = np.repeat(np.arange(active.size), take)
             starts = np.zeros(active.size, dtype=np.int64)
             np.cumsum(take[:-1], out=starts[1:])
-            local = np.arange(total) - starts[seg]
-            values = flat[offset[active][seg] + local]
+            # Value i of the round is value i - starts[m] of its member m's chunk: the
+            # per-member parts of each index are summed before they are spread per value.
+            index = np.arange(total)
+            values = flat[(offset[active] - starts)[seg] + index]
             values = self._admit(arows, seg, values)
             value_rows = arows[seg]
-            slots = value_rows * w + (self._pos[value_rows] + local) % w
-            self._on_write(arows, seg, slots, values)
+            # Slot (pos + local) % w of the row, without a division: pos < w and the
+            # chunk (at most a stride) is no longer than the window, so it wraps once at
+            # most, where local reaches w - pos.
+            pos = self._pos[arows]
+            slots = (arows * w + pos - starts)[seg] + index
+            slots -= (index >= (w - pos + starts)[seg]) * w
+            self._on_write(arows, seg, value_rows, slots, values)
             self._win.reshape(-1)[slots] = values
             self._pos[arows] = (self._pos[arows] + take) % w
             self._seen[arows] += take
@@ -689,9 +702,14 @@ class KSWindowBank(_WindowBank):
         return extra
 
     def _on_write(
-        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+        self,
+        arows: np.ndarray,
+        seg: np.ndarray,
+        value_rows: np.ndarray,
+        slots: np.ndarray,
+        values: np.ndarray,
     ) -> None:
-        upto, below = self._ranks(arows[seg], values)
+        upto, below = self._ranks(value_rows, values)
         self._upto.reshape(-1)[slots] = upto
         self._below.reshape(-1)[slots] = below
 
@@ -730,20 +748,22 @@ class KSWindowBank(_WindowBank):
         summary = self._summary.reshape(-1)
         width, segment, points = self._grid_width, self._segment, self._summary_width
         size = self._grid_size
-        out = np.empty(values.size, dtype=np.int64)
+        # The ranks' own type: a scatter of int64 counts into int16 rows costs three times
+        # a scatter of int16 ones.
+        out = np.empty(values.size, dtype=np.int16)
         tied = np.zeros(values.size if ties else 0, dtype=bool)
         span = _RANK_BLOCK
         go = np.empty(span, dtype=bool)
         increment = np.empty(span, dtype=np.int64)
         base = np.empty(span, dtype=np.int64)
+        index = np.empty(span, dtype=np.int64)
         for start in range(0, values.size, span):
             v = values[start : start + span]
             rows = value_rows[start : start + span]
             n = v.size
-            ok, inc, first = go[:n], increment[:n], base[:n]
+            ok, inc, first, at = go[:n], increment[:n], base[:n], index[:n]
             # The absolute index of the first summary point not yet known to satisfy ``op``
             # (the row's last one is left to the final look below).
-            at = out[start : start + n]
             np.multiply(rows, points, out=at)
             step = points >> 1
             while step:
@@ -774,7 +794,7 @@ class KSWindowBank(_WindowBank):
             at -= first
             # Padding counts only for an infinite value (the fence keeps values finite):
             # as for searchsorted, the row's real points bound the count.
-            np.minimum(at, size, out=at)
+            np.minimum(at, size, out=out[start : start + n])
         return out, np.flatnonzero(tied)
 
     def _distances(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -928,7 +948,12 @@ class RateWindowBank(_WindowBank):
         return binary
 
     def _on_write(
-        self, arows: np.ndarray, seg: np.ndarray, slots: np.ndarray, values: np.ndarray
+        self,
+        arows: np.ndarray,
+        seg: np.ndarray,
+        value_rows: np.ndarray,
+        slots: np.ndarray,
+        values: np.ndarray,
     ) -> None:
         # The window is full: each value written evicts the one in its slot.
         delta = values - self._win.reshape(-1)[slots]
