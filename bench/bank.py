@@ -102,7 +102,39 @@ def baseline_class(path: str) -> Any:
     return getattr(module, BANKS[SPEC.type].__name__)
 
 
-def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
+def parts(bank: Any, old_bank: Any, batch: np.ndarray, per_batch: int, repeats: int) -> str:
+    """The KS bank's two kernels alone, this version's and the baseline's interleaved: the
+    ranks of one batch's values (grouped member after member, as a round feeds them) and
+    the distances of every row; the results are compared."""
+    members = batch.shape[0]
+    value_rows = np.repeat(bank._row_of[:members], per_batch)
+    values = batch.reshape(-1)
+    rows = bank._row_of[:members]
+    kernels: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, b in (("baseline", old_bank), ("this", bank)):
+            gc.collect()
+            start = CLOCK()
+            ranks = b._ranks(value_rows, values)
+            kernels.setdefault(f"{name} ranks ns/value", []).append(
+                (CLOCK() - start) / values.size * 1e9
+            )
+            start = CLOCK()
+            distances = b._distances(rows)
+            kernels.setdefault(f"{name} distances us/test", []).append(
+                (CLOCK() - start) / rows.size * 1e6
+            )
+            if name == "baseline":
+                expected = ranks, distances
+            else:
+                assert all(np.array_equal(a, e) for a, e in zip(ranks, expected[0], strict=True))
+                assert all(
+                    np.array_equal(a, e) for a, e in zip(distances, expected[1], strict=True)
+                )
+    return ", ".join(f"{key} {statistics.median(v):.1f}" for key, v in kernels.items())
+
+
+def bench(models: int, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     members = models * FEATURES
     per_batch = max(1, args.batch_events // models)
@@ -164,11 +196,15 @@ def bench(models: int, args: argparse.Namespace) -> dict[str, float]:
         assert bank.to_bytes(i) == flat_bank.to_bytes(i) == objects[i].to_bytes(), "diverged"
         if old_bank is not None:
             assert old_bank.to_bytes(i) == flat_bank.to_bytes(i), "baseline diverged"
+    kernels = ""
+    if old_bank is not None and SPEC.type == "ks_window":
+        kernels = parts(flat_bank, old_bank, batches[0], per_batch, args.repeats)
     po = statistics.median(times["per_object"]) / events * 1e6
     bk = statistics.median(times["bank"]) / events * 1e6
     fl = statistics.median(times["flat"]) / events * 1e6
     old = statistics.median(times["baseline"]) / events * 1e6 if old_bank is not None else 0.0
     return {
+        "kernels": kernels,
         "baseline_us": old,
         "models": models,
         "members": members,
@@ -218,8 +254,11 @@ def main() -> None:
         + baseline
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if baseline else ""))
+    kernels = []
     for models in args.models:
         r = bench(models, args)
+        if r["kernels"]:
+            kernels.append(f"{models:,} models: {r['kernels']}")
         print(
             f"| {r['models']:,} | {r['members']:,} | {r['per_batch']} | "
             f"{r['per_object_us']:.2f} | {r['bank_us']:.2f} | {r['flat_us']:.2f} | "
@@ -227,6 +266,8 @@ def main() -> None:
             + (f" {r['baseline_us']:.2f} |" if baseline else ""),
             flush=True,
         )
+    for line in kernels:
+        print(f"\nKernels ({args.clock} clock, median): {line}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ twin's bit for bit, and :meth:`KSWindowBank.to_bytes` writes the same bytes as t
 ``to_bytes`` (so checkpoints are interchangeable both ways). The operations are the same IEEE
 operations on the same operands: row sums reduce each contiguous row as a 1-D sum does
 (pairwise), the dot product of each row goes through the same BLAS ``ddot`` by way of stacked
-``matmul``, ranks are exact counts (binary lifting over each member's grid), and the KS
-distance is a maximum, which no order changes.
+``matmul``, ranks are exact counts (binary lifting over each member's grid, first over a
+cached summary of it, then inside one segment), and the KS distance is a maximum, which no
+order changes, of the detector's own differences (the same divisions of the same sorted
+integer ranks, subtracted from the same ECDF steps).
 
 Checkpoints: a member is saved as the very state dict ``BaseDetector.to_bytes`` packs
 (``window`` ring buffer in storage order with its ``pos``, the released ``reference``, ``seen``,
