@@ -614,3 +614,33 @@ def test_a_removed_member_frees_its_row_and_number_and_its_handle_fails(
             assert bits(handle.update_many(v)) == bits(twin.update_many(v))
             assert handle.to_bytes() == twin.to_bytes()
     assert bank._rows == 3, "the freed row was reused"
+
+
+@pytest.mark.parametrize("other_size", [31, 32, 33, 250, 299])
+def test_a_member_whose_grid_has_another_size_stays_per_object_and_matches(
+    other_size: int,
+) -> None:
+    # A reference read from a file that changed between runs: the bank's rows hold the grid
+    # size of its first steady member; a checkpoint with another one is run per object.
+    spec = KSWindowSpec(reference={"size": 300}, window=100, min_samples=50, stride=10)
+    rng = np.random.default_rng(other_size)
+    bank = KSWindowBank(spec)
+    first = KSWindowDetector(spec, family_size=2, seed=0)
+    other = KSWindowDetector(spec, family_size=2, seed=1)
+    for detector in (first, other):
+        detector.update_many(stream("echo", 500, rng))
+    raw = unpack(other.to_bytes())
+    grid = raw["state"]["extra"]["grid"]
+    raw["state"]["extra"]["grid"] = grid[np.linspace(0, grid.size - 1, other_size).astype(int)]
+    other = restore_detector(pack(raw))
+    assert isinstance(other, KSWindowDetector)
+    bank.add_from_bytes(first.to_bytes())
+    bank.add_from_bytes(other.to_bytes())
+    assert bank.banked(0) and not bank.banked(1)
+    twins = [first, other]
+    for _ in range(30):
+        batches = [stream("fenced", int(rng.integers(1, 40)), rng) for _ in twins]
+        readings = bank.update_many([0, 1], batches)
+        for member, twin in enumerate(twins):
+            assert bits(readings[member]) == bits(twin.update_many(batches[member]))
+        assert_same(bank, twins, [0, 1])
