@@ -13,12 +13,15 @@ from hypothesis import strategies as st
 
 from detectors import Detector, Reading, Verdict, build_detector, restore_detector
 from detectors.bank import KSWindowBank, QuantileBank, RateWindowBank
+from detectors.extremes import MAGNITUDE_LIMIT
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
 from detectors.serialization import StateError, pack, unpack
 
-KINDS = ("normal", "discrete", "missing", "extreme", "constant", "autocorrelated")
+KINDS = (
+    "normal", "discrete", "missing", "extreme", "constant", "autocorrelated", "fenced", "echo",
+)  # fmt: skip
 
 
 def bits(reading: Reading) -> tuple[str, ...]:
@@ -59,7 +62,33 @@ def stream(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "extreme":
         hits = rng.random(size) < 0.01
         values[hits] = rng.choice([np.inf, -np.inf, 1e200, -1e300, 1e150, -1e150], hits.sum())
+    if kind == "fenced":
+        # Values clipped to the fence (so equal to its ends, and to grid points clipped there
+        # too), exactly +-MAGNITUDE_LIMIT, both zeros and the neighbours of a value.
+        special = [1e6, -1e6, MAGNITUDE_LIMIT, -MAGNITUDE_LIMIT, 0.0, -0.0, 1.0]
+        special += [math.nextafter(1.0, 2.0), math.nextafter(1.0, 0.0)]
+        hits = rng.random(size) < rng.choice([0.02, 0.3])
+        values[hits] = rng.choice(special, hits.sum())
+    if kind == "echo":
+        # Continuous values that recur: the window holds the reference's own values, which
+        # are the grid's points (or, past 2,048, some of them), so ranks tie with the grid.
+        pool = values[: int(rng.integers(1, 400))]
+        echoed = rng.random(size) < 0.7
+        values[echoed] = rng.choice(pool, int(echoed.sum()))
     return values
+
+
+def assert_ranks_exact(bank: KSWindowBank) -> None:
+    """Every banked row's ranks are searchsorted's over its grid (the KS distance rests on
+    them: a wrong rank could still give the right distance now and then)."""
+    for member in range(len(bank)):
+        if not bank.banked(member):
+            continue
+        row = bank._row_of[member]
+        grid = bank._grid[row, : bank._grid_size]
+        window = bank._win[row]
+        assert np.array_equal(bank._upto[row], grid.searchsorted(window, "right"))
+        assert np.array_equal(bank._below[row], grid.searchsorted(window, "left"))
 
 
 def assert_same(bank: KSWindowBank, twins: list[KSWindowDetector], members: list[int]) -> None:
@@ -68,6 +97,7 @@ def assert_same(bank: KSWindowBank, twins: list[KSWindowDetector], members: list
         assert bits(bank.reading(member)) == bits(twin.reading()), f"member {member}"
         assert bank.events_until_test(member) == twin.events_until_test()
         assert bank.to_bytes(member) == twin.to_bytes(), f"checkpoint of member {member}"
+    assert_ranks_exact(bank)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,10 +116,17 @@ def test_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any)
         min_shift=data.draw(st.sampled_from([0.0, 0.25, 1.0]), label="min_shift"),
         min_scale_ratio=data.draw(st.sampled_from([1.0, 1.3, 3.0]), label="min_scale_ratio"),
         false_alarm_every=data.draw(st.sampled_from([1e3, 1e7]), label="false_alarm_every"),
-        # Past 2,048 the reference is read through its quantile grid, not its values.
+        # Past 2,048 the reference is read through its quantile grid, not its values; the
+        # sampled sizes are grids of a power of two points, one less, one more (the rank
+        # search's padding and segments).
         reference={
             "size": data.draw(
-                st.one_of(st.integers(50, 400), st.integers(2040, 2600)), label="reference"
+                st.one_of(
+                    st.integers(50, 400),
+                    st.sampled_from([63, 64, 65, 127, 128, 129, 1023, 1024, 1025]),
+                    st.integers(2040, 2600),
+                ),
+                label="reference",
             )
         },
     )
@@ -577,3 +614,33 @@ def test_a_removed_member_frees_its_row_and_number_and_its_handle_fails(
             assert bits(handle.update_many(v)) == bits(twin.update_many(v))
             assert handle.to_bytes() == twin.to_bytes()
     assert bank._rows == 3, "the freed row was reused"
+
+
+@pytest.mark.parametrize("other_size", [31, 32, 33, 250, 299])
+def test_a_member_whose_grid_has_another_size_stays_per_object_and_matches(
+    other_size: int,
+) -> None:
+    # A reference read from a file that changed between runs: the bank's rows hold the grid
+    # size of its first steady member; a checkpoint with another one is run per object.
+    spec = KSWindowSpec(reference={"size": 300}, window=100, min_samples=50, stride=10)
+    rng = np.random.default_rng(other_size)
+    bank = KSWindowBank(spec)
+    first = KSWindowDetector(spec, family_size=2, seed=0)
+    other = KSWindowDetector(spec, family_size=2, seed=1)
+    for detector in (first, other):
+        detector.update_many(stream("echo", 500, rng))
+    raw = unpack(other.to_bytes())
+    grid = raw["state"]["extra"]["grid"]
+    raw["state"]["extra"]["grid"] = grid[np.linspace(0, grid.size - 1, other_size).astype(int)]
+    other = restore_detector(pack(raw))
+    assert isinstance(other, KSWindowDetector)
+    bank.add_from_bytes(first.to_bytes())
+    bank.add_from_bytes(other.to_bytes())
+    assert bank.banked(0) and not bank.banked(1)
+    twins = [first, other]
+    for _ in range(30):
+        batches = [stream("fenced", int(rng.integers(1, 40)), rng) for _ in twins]
+        readings = bank.update_many([0, 1], batches)
+        for member, twin in enumerate(twins):
+            assert bits(readings[member]) == bits(twin.update_many(batches[member]))
+        assert_same(bank, twins, [0, 1])
