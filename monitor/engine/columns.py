@@ -190,11 +190,9 @@ Extractor = Column
 
 def _floats(get: Callable[[Any], float | bool | None], events: Sequence[Any]) -> FloatArray:
     """The float64 column of a member typed number (or bool) or null: one C-level pass
-    over the events, NaN for null. (Only for such members: numpy would parse a string.)"""
-    try:
-        return np.fromiter(map(get, events), dtype=np.float64, count=len(events))
-    except TypeError:  # a null (None): numpy reads it as NaN from a list
-        return np.array(list(map(get, events)), dtype=np.float64)
+    over the events, no list; numpy (1.26 as 2.x) reads None as NaN. Only for such
+    members: numpy would parse a string."""
+    return np.fromiter(map(get, events), dtype=np.float64, count=len(events))
 
 
 _PREDICTION = attrgetter("prediction")

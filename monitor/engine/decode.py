@@ -330,11 +330,9 @@ class ColumnDecoder:
                 # it is, read as NaN by ``numbers`` and as present by the missing rate.
                 column = by_name[name] = values_of(name)
                 return column
-            get = getters[j]
-            try:  # numbers only: straight from the rows into the column
-                column = np.fromiter(map(get, feats), dtype=np.float64, count=n)
-            except TypeError:  # a null (None): numpy reads it as NaN from a list
-                column = np.array(list(map(get, feats)), dtype=np.float64)
+            # Numbers or null only: straight from the rows into the column, no list (numpy
+            # reads None as NaN, 1.26 as 2.x).
+            column = np.fromiter(map(getters[j], feats), dtype=np.float64, count=n)
             if patch:
                 column[[i for i, _ in found_dicts]] = np.array(patch, dtype=np.float64)
             by_name[name] = column
