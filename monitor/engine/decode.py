@@ -243,7 +243,8 @@ class ColumnDecoder:
         wide = self._always_wide or self._wide_left > 0
         rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
         exact: list[int] = []
-        if None in rows or not _plain(list(map(_MODEL, rows))):
+        models = None if None in rows else list(map(_MODEL, rows))
+        if models is None or not _plain(models):
             decode = self._events.decode
             kept: list[Any] = []
             records: list[int] = []
@@ -257,9 +258,11 @@ class ColumnDecoder:
                 kept.append(row)
                 records.append(positions[at])
             bad.sort(key=itemgetter(0))
+            models = list(map(_MODEL, kept))
         else:
             records, kept = positions, rows
-        batch = DecodedBatch(records, list(map(_MODEL, kept)), kept, bad=bad, exact=exact)
+        assert models is not None
+        batch = DecodedBatch(records, models, kept, bad=bad, exact=exact)
         if wide:
             self._wide_left -= 1
         elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
