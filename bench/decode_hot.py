@@ -55,6 +55,15 @@ def main() -> None:
         "--against", metavar="REF", help="the column building alone, against git revision REF"
     )
     parser.add_argument("--rounds", type=int, default=41, help="rounds of --against")
+    parser.add_argument(
+        "--only", choices=["ref", "here", "neither"], help="--against: one side alone, untimed"
+    )
+    parser.add_argument(
+        "--part",
+        choices=["all", "ColumnDecoder.decode", "of", "EventColumns"],
+        default="all",
+        help="--only: which part (the first word of its row)",
+    )
     args = parser.parse_args()
     if args.against:
         against(args)
@@ -190,6 +199,17 @@ def against(args: argparse.Namespace) -> None:
         "of which the columns (decoded rows -> every column)": columns_of_rows,
         "EventColumns (events -> every column)": event_path,
     }
+    if args.only:
+        # For instruction counts (callgrind): one side's runs alone, or neither (the set-up
+        # alone, to subtract): ``valgrind --tool=callgrind python bench/decode_hot.py
+        # --against REF --only here``.
+        chosen = [label for label in runs if args.part in ("all", label.split()[0])]
+        for r in range(args.rounds):
+            for label in chosen:
+                if args.only != "neither":
+                    runs[label](args.only, r % len(batches))
+        print(f"--only {args.only}: {args.rounds} rounds of {len(chosen)} part(s) run")
+        return
     cpu: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         i = r % len(batches)
