@@ -17,9 +17,9 @@ How a batch goes (``bench/results/decode.md`` has the figures):
    batch), or an :class:`Event` with its features dict (valid: a feature no signal names, a
    string where a number was expected). When many records of a batch are refused, the next
    batches are decoded into :class:`Event` directly (the wide mode) rather than twice each.
-4. Columns are built from the rows: the named features through one ``attrgetter`` per row
-   and one ``np.array`` for the numeric ones, the top-level members by columns.py's own
-   builders.
+4. Columns are built from the rows a feature at a time, on first use: a numeric feature
+   by one ``np.fromiter`` over its ``attrgetter`` (no tuple per row, no list), the others
+   as lists; the top-level members by columns.py's own builders.
 
 Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
 every feature (count, string length, number range, nesting); a Struct that skipped unnamed
@@ -213,9 +213,8 @@ class ColumnDecoder:
         self._wide_left = 0
         self._always_wide = not self.features
         self._events = EventDecoder(max_bytes)
-        k = len(self.numeric)
-        self._get_numeric = _getter(range(k))
-        self._get_other = _getter(range(k, len(self.features)))
+        #: One attribute getter per feature, in the order of ``features``.
+        self._getters = [attrgetter(_field(i)) for i in range(len(self.features))]
 
     @property
     def wide(self) -> bool:
@@ -244,7 +243,8 @@ class ColumnDecoder:
         wide = self._always_wide or self._wide_left > 0
         rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
         exact: list[int] = []
-        if None in rows or not _plain(list(map(_MODEL, rows))):
+        models = None if None in rows else list(map(_MODEL, rows))
+        if models is None or not _plain(models):
             decode = self._events.decode
             kept: list[Any] = []
             records: list[int] = []
@@ -258,9 +258,11 @@ class ColumnDecoder:
                 kept.append(row)
                 records.append(positions[at])
             bad.sort(key=itemgetter(0))
+            models = list(map(_MODEL, kept))
         else:
             records, kept = positions, rows
-        batch = DecodedBatch(records, list(map(_MODEL, kept)), kept, bad=bad, exact=exact)
+        assert models is not None
+        batch = DecodedBatch(records, models, kept, bad=bad, exact=exact)
         if wide:
             self._wide_left -= 1
         elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
@@ -298,42 +300,51 @@ class ColumnDecoder:
         if None in feats or dicts:
             no_features = self._no_features
             feats = [no_features if f is None or type(f) is dict else f for f in feats]
+        # A dict row's features, by row (an empty or absent dict reads as the Struct with
+        # no feature set, as the substitute above).
+        found_dicts = [(i, found) for i in dicts if (found := rows[i].features)]
+        position = {name: j for j, name in enumerate(self.features)}
+        getters = self._getters
         k = len(self.numeric)
-
-        def table_of(get: Callable[[Any], tuple[Any, ...]], names: tuple[str, ...]) -> list[Any]:
-            table = list(map(get, feats))
-            for i in dicts:
-                found = rows[i].features
-                if found:
-                    table[i] = tuple(map(found.get, names))
-            return table
 
         #: Each feature's values (a list), or for a feature read as numbers its float
         #: column when every value is a number or null (NaN then means null: a JSON number
-        #: is never NaN).
+        #: is never NaN). Built on first use, a column at a time: no tuple per row, and
+        #: no list at all for a feature no column reads (the unread ones).
         by_name: dict[str, Any] = {}
-        if self.numeric:
-            table = table_of(self._get_numeric, self.numeric)
-            if any(str in set(map(type, table[i])) for i in dicts):
+
+        def values_of(name: str) -> list[Any]:
+            values = list(map(getters[position[name]], feats))
+            for i, found in found_dicts:
+                values[i] = found.get(name)
+            return values
+
+        def column_of(name: str) -> Any:
+            column = by_name.get(name)
+            if column is not None:
+                return column
+            j = position[name]
+            if j >= k:
+                column = by_name[name] = values_of(name)
+                return column
+            patch = [found.get(name) for _, found in found_dicts]
+            if str in set(map(type, patch)):
                 # A string where the type wants a number (the event decoder's row): kept as
                 # it is, read as NaN by ``numbers`` and as present by the missing rate.
-                for j, values in enumerate(zip(*table, strict=True)):
-                    by_name[self.numeric[j]] = list(values)
-            else:
-                block = np.array(table, dtype=np.float64).reshape(n, k)
-                block = block.T.copy()  # each feature's column contiguous, as columns.py
-                for j, name in enumerate(self.numeric):
-                    by_name[name] = block[j]
-        if len(self.features) > k:
-            names = self.features[k:]
-            others = list(zip(*table_of(self._get_other, names), strict=True))
-            for name, values in zip(names, others or [()] * len(names), strict=True):
-                by_name[name] = list(values)
+                column = by_name[name] = values_of(name)
+                return column
+            # Numbers or null only: straight from the rows into the column, no list (numpy
+            # reads None as NaN, 1.26 as 2.x).
+            column = np.fromiter(map(getters[j], feats), dtype=np.float64, count=n)
+            if patch:
+                column[[i for i, _ in found_dicts]] = np.array(patch, dtype=np.float64)
+            by_name[name] = column
+            return column
 
         read_as_numbers: dict[str, FloatArray] = {}
 
         def numbers(name: str) -> FloatArray:
-            found = by_name[name]
+            found = column_of(name)
             if isinstance(found, np.ndarray):
                 return found
             column = read_as_numbers.get(name)
@@ -349,9 +360,9 @@ class ColumnDecoder:
             if kind == "feature":
                 batch.columns[key] = numbers(key[1])
             elif kind == "feature_category":
-                batch.columns[key] = _categories(list(by_name[key[1]]))
+                batch.columns[key] = _categories(list(column_of(key[1])))
             elif kind == "feature_missing":
-                found = by_name[key[1]]
+                found = column_of(key[1])
                 batch.columns[key] = (
                     np.isnan(found).astype(np.float64)
                     if isinstance(found, np.ndarray)
@@ -365,7 +376,7 @@ class ColumnDecoder:
                     else np.zeros((0, len(names)))
                 )
             elif kind == "schema":
-                batch.columns[key] = self._schema(dict(key[1]), rows, by_name, dicts)
+                batch.columns[key] = self._schema(dict(key[1]), rows, column_of, dicts)
             elif self.top_level:
                 batch.columns[key] = column.build(event_columns)
 
@@ -373,7 +384,7 @@ class ColumnDecoder:
         self,
         expect: dict[str, str],
         rows: list[Any],
-        by_name: dict[str, Any],
+        column_of: Callable[[str], Any],
         dicts: Sequence[int],
     ) -> FloatArray:
         """As ``columns._schema``: 1 when a row has a feature ``expect`` lacks, or a value
@@ -383,7 +394,7 @@ class ColumnDecoder:
         n = len(rows)
         breaks = np.zeros(n, dtype=bool)
         for name in self.features:
-            found = by_name[name]
+            found = column_of(name)
             want = expect.get(name)
             if isinstance(found, np.ndarray):  # numbers or null only
                 if want not in ("numeric", "any"):
@@ -404,17 +415,6 @@ class ColumnDecoder:
             else:
                 out[i] = 0.0
         return out
-
-
-def _getter(indices: Iterable[int]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function of a features Struct: the tuple of the fields at ``indices``."""
-    names = [_field(i) for i in indices]
-    if not names:
-        return lambda _: ()
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda found: (one(found),)
-    return cast(Callable[[Any], tuple[Any, ...]], attrgetter(*names))
 
 
 def _feature_names(signal: SignalPolicy) -> list[str]:
