@@ -77,7 +77,7 @@ class LanePlan:
 def plan_for(monitor: ModelMonitor) -> LanePlan | None:
     """``monitor``'s plan, or None when its signals keep the member-by-member path (a
     ``no_data`` rule, a sparse signal, no bank member)."""
-    by_bank: dict[int, tuple[_WindowBank, list[Column], list[Member]]] = {}
+    by_bank: dict[int, tuple[_WindowBank, list[Column], list[Member], list[int]]] = {}
     others: list[Member] = []
     for signal in monitor.signals:
         if signal.policy.no_data is not None or signal.sparse:
@@ -89,21 +89,17 @@ def plan_for(monitor: ModelMonitor) -> LanePlan | None:
                     return None
                 found = by_bank.get(id(detector.bank))
                 if found is None:
-                    found = by_bank[id(detector.bank)] = (detector.bank, [], [])
+                    found = by_bank[id(detector.bank)] = (detector.bank, [], [], [])
                 found[1].append(member.extract)
                 found[2].append(member)
+                found[3].append(detector.number)
             else:
                 others.append(member)
     if not by_bank:
         return None
     parts = tuple(
-        _BankPart(
-            bank,
-            tuple(columns),
-            tuple(members),
-            np.array([m.detector.number for m in members], dtype=np.int64),  # type: ignore[attr-defined]
-        )
-        for bank, columns, members in by_bank.values()
+        _BankPart(bank, tuple(columns), tuple(members), np.array(numbers, dtype=np.int64))
+        for bank, columns, members, numbers in by_bank.values()
     )
     shape = tuple((id(part.bank), tuple(c.key for c in part.columns)) for part in parts)
     return LanePlan(monitor.signals, len(monitor.signals), shape, parts, tuple(others))
@@ -220,7 +216,7 @@ def _feed_shape(feeds: list[LaneFeed], now: float, stale: set[int]) -> None:
         got: list[Reading | None] = [None] * numbers.size
         for j, fresh in zip(changed.tolist(), readings, strict=True):
             got[j] = fresh
-        members = [member for i in range(n_columns) for member in _column_members(feeds, p, i)]
+        members = [feed.plan.parts[p].members[i] for i in range(n_columns) for feed in feeds]
         for member, found, number in zip(members, got, numbers.tolist(), strict=True):
             reading = bank.reading(number) if found is None else found
             member.reading = reading
@@ -245,7 +241,3 @@ def _feed_shape(feeds: list[LaneFeed], now: float, stale: set[int]) -> None:
                 break
             until_test = min(other, until_test)  # type: ignore[type-var]
         monitor.until_test = until_test
-
-
-def _column_members(feeds: list[LaneFeed], part: int, column: int) -> list[Member]:
-    return [feed.plan.parts[part].members[column] for feed in feeds]
