@@ -327,6 +327,16 @@ class _WindowBank:
             return m.detector.events_until_test()
         return self._stride - int(self._seen[m.row]) % self._stride
 
+    def events_until_test_flat(self, members: np.ndarray) -> np.ndarray:
+        """:meth:`events_until_test` of each of ``members`` at once, -1 for None."""
+        rows = self._row_of[members]
+        stride = self._stride
+        until: np.ndarray = stride - self._seen[rows] % stride
+        for j in np.flatnonzero(rows < 0).tolist():
+            found = self.events_until_test(int(members[j]))
+            until[j] = -1 if found is None else found
+        return until
+
     def reset(self, member: int) -> None:
         """Back to a fresh detector; the member's row is freed."""
         m = self._member(member)

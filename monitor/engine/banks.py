@@ -9,6 +9,10 @@ twice in one batch (waiting values flushed before a span with a missing value, d
 ending inside a span) gets its feeds in rounds, in order: its Readings are those of the same
 calls one by one. A model that needs its detectors' state before the batch is fed (when its
 discovery ends, say) has its own recorded feeds run at once (:meth:`Banks.feed_now`).
+
+A model's whole feed may instead be taken by the lane (:meth:`Banks.take_lane`,
+``monitor.engine.lane``): gathered column by column for every such model of the batch and
+fed first in :meth:`Banks.feed` (a model's feeds recorded after it go in the rounds after).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from detectors.numeric import KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
 from detectors.registry import build_detector
+from monitor.engine.lane import LaneFeed, feed_lane, feed_others
 
 if TYPE_CHECKING:
     from detectors.bank import _WindowBank
-    from monitor.engine.engine import Member, ModelMonitor
+    from monitor.engine.engine import Member, ModelMonitor, Span
 
 __all__ = ["Banks"]
 
@@ -49,10 +54,19 @@ _Feed = tuple["Member", BankMember, list[np.ndarray], float]
 class Banks:
     """The banks of one engine, keyed by spec, and the feeds recorded for the batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lane: bool = True) -> None:
         self._banks: dict[tuple[type[DetectorSpecBase], str], _WindowBank] = {}
         #: Per model with feeds recorded in this batch: its feeds, in the order recorded.
         self._pending: dict[int, tuple[ModelMonitor, list[_Feed]]] = {}
+        #: Take whole model feeds column by column (``take_lane``); False: every feed member
+        #: by member (the path before the lane, kept for the equivalence tests and the bench).
+        self.lane = lane
+        #: Per model whose feed the lane took in this batch: that feed.
+        self._lane: dict[int, LaneFeed] = {}
+        #: Events fed by the lane, and member by member while collecting (what the tests and
+        #: the bench read to see which path ran).
+        self.lane_events = 0
+        self.member_events = 0
         #: Recording (inside the engine's batch or tick); otherwise every feed runs at once
         #: (a flush before a checkpoint, say).
         self.collecting = False
@@ -113,11 +127,43 @@ class Banks:
         found[1].append((member, detector, parts, now))
         return True
 
+    def take_lane(self, monitor: ModelMonitor, spans: list[Span], now: float) -> bool:
+        """Keep ``monitor``'s feed of ``spans`` (every signal's members) for the lane of
+        :meth:`feed`, feeding its per-object members at once; False when the lane does not
+        take it (the caller feeds member by member)."""
+        events = 0
+        for _cols, start, end in spans:
+            events += end - start
+        if not self.collecting:
+            return False
+        if not self.lane or monitor.discovering or monitor.outcomes is not None:
+            self.member_events += events
+            return False
+        plan = monitor.lane_plan()
+        key = id(monitor)
+        if plan is None or key in self._pending or key in self._lane:
+            self.member_events += events
+            return False
+        column_set = monitor.column_set()
+        for cols, _start, _end in spans:
+            if not cols.complete(column_set):
+                self.member_events += events
+                return False
+        if plan.others:
+            feed_others(plan, spans, now)
+        self._lane[key] = LaneFeed(monitor, plan, spans, events, now)
+        self.lane_events += events
+        return True
+
     def pending(self, monitor: ModelMonitor) -> bool:
-        return id(monitor) in self._pending
+        key = id(monitor)
+        return key in self._pending or key in self._lane
 
     def feed_now(self, monitor: ModelMonitor) -> None:
-        """Run ``monitor``'s recorded feeds now, member by member, in order."""
+        """Run ``monitor``'s feeds now: the lane's first, then those recorded, in order."""
+        lane = self._lane.pop(id(monitor), None)
+        if lane is not None:
+            feed_lane([lane], {id(monitor)})
         found = self._pending.pop(id(monitor), None)
         if found is None:
             return
@@ -129,11 +175,17 @@ class Banks:
                 member.last_conclusive_at = now
 
     def feed(self) -> list[ModelMonitor]:
-        """Run every recorded feed: per round, one ``update_flat`` per bank. Returns the
-        models fed (their ``until_test`` is stale)."""
+        """Run the lane's feeds, then every recorded feed: per round, one ``update_flat`` per
+        bank. Returns the models fed (those whose ``until_stale`` is left set need their
+        ``until_test`` again)."""
+        lane, self._lane = self._lane, {}
+        fed: list[ModelMonitor] = []
+        if lane:
+            feed_lane(list(lane.values()), set(self._pending))
+            fed = [feed.monitor for feed in lane.values()]
         pending, self._pending = self._pending, {}
         if not pending:
-            return []
+            return fed
         # Per round, per bank: the feeds. A member's n-th feed of the batch is in round n.
         rounds: list[dict[int, tuple[Any, list[_Feed]]]] = [{}]
         fed_times: dict[int, int] = {}
@@ -169,4 +221,4 @@ class Banks:
                     member.reading = reading
                     if reading.verdict is not inconclusive:
                         member.last_conclusive_at = now
-        return [monitor for monitor, _feeds in pending.values()]
+        return fed + [monitor for monitor, _feeds in pending.values()]

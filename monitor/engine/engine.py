@@ -41,6 +41,7 @@ from monitor.engine.outcomes import OutcomeBudget, OutcomeJoin, wants_join
 if TYPE_CHECKING:
     from monitor.config.settings import Settings
     from monitor.engine.banks import Banks
+    from monitor.engine.lane import LanePlan
 
 __all__ = ["CoverageBuilt", "Engine", "ModelMonitor", "SignalMonitor"]
 
@@ -261,6 +262,9 @@ class ModelMonitor:
     #: The earliest time a ``no_data`` rule can raise a level that the last ``evaluate``
     #: found below it (None: none can on the clock alone; see ``clock_due``).
     no_data_due_at: float | None = None
+    #: The bank lane's plan for ``signals`` (``monitor.engine.lane``), once built.
+    _lane_plan: LanePlan | None = None
+    _lane_built: bool = False
 
     @classmethod
     def build(
@@ -305,7 +309,7 @@ class ModelMonitor:
             )
         self.covered = [*self.coverage(), *fresh]
         self.added += fresh
-        self._columns = None
+        self.signals_changed()
         self.unevaluated = True
         self.until_test = self._until_test()
         return fresh
@@ -439,7 +443,7 @@ class ModelMonitor:
         if self.schema is not None:
             self.notes = coverage_notes(self.policy, self.schema)
             compact(self.policy, self.schema)  # what it keeps from now on: bounded
-        self._columns = None
+        self.signals_changed()
         self.until_test = self._until_test()
         if not announce:
             return  # rebuilt as they were (a restore): nothing new to tell
@@ -527,8 +531,12 @@ class ModelMonitor:
 
     def _feed(self, spans: list[Span], now: float) -> None:
         self.unevaluated = True
-        for signal in self.signals:
-            signal.update_spans(spans, now, self.banks, self)
+        banks = self.banks
+        # The bank lane takes the whole feed, gathered with the batch's other models' by
+        # column (``monitor.engine.lane``); else member by member.
+        if banks is None or not banks.take_lane(self, spans, now):
+            for signal in self.signals:
+                signal.update_spans(spans, now, banks, self)
         self.deferred = []
         self.deferred_events = 0
         self.deferred_since = self.deferred_at = None
@@ -559,6 +567,23 @@ class ModelMonitor:
                 if fewest is None or until < fewest:
                     fewest = until
         return fewest
+
+    def lane_plan(self) -> LanePlan | None:
+        """The bank lane's plan for the signals watched now (None: they keep the member by
+        member feed), built again when they change."""
+        plan = self._lane_plan
+        if not self._lane_built or (plan is not None and not plan.fits(self.signals)):
+            from monitor.engine.lane import plan_for
+
+            plan = self._lane_plan = plan_for(self)
+            self._lane_built = True
+        return plan
+
+    def signals_changed(self) -> None:
+        """The signals or their detectors changed: what is derived from them is rebuilt."""
+        self._columns = None
+        self._lane_plan = None
+        self._lane_built = False
 
     def column_set(self) -> ColumnSet:
         """Every column this model's detectors read (models of one policy share the key)."""
@@ -638,6 +663,7 @@ class Engine:
         max_pending_outcomes: int = 1_000_000,
         banks: bool = True,
         flush_after_s: float = FLUSH_AFTER_S,
+        lane: bool = True,
     ) -> None:
         from monitor.engine.banks import Banks
 
@@ -646,7 +672,9 @@ class Engine:
         self.policy_for = policy_for
         #: The windowed detectors of every model as rows of one bank per spec, fed once per
         #: batch (None: every detector per object, the reference path of the equivalence tests).
-        self.banks: Banks | None = Banks() if banks else None
+        #: ``lane``: the banks take whole model feeds column by column (``monitor.engine.lane``);
+        #: False keeps every feed member by member (the equivalence tests' and bench's other path).
+        self.banks: Banks | None = Banks(lane=lane) if banks else None
         #: Every model's pending predictions together (``engine.max_pending_outcomes``).
         self.outcome_budget = OutcomeBudget(max_pending_outcomes)
         self.defer = defer
@@ -806,6 +834,7 @@ class Engine:
                 for member in signal.members:
                     member.detector = banks.adopt(member.detector)
             monitor.banks = banks
+            monitor.signals_changed()
         previous = self.models.get(model)
         if previous is not monitor:
             self._release(previous)
