@@ -145,8 +145,8 @@ class Banks:
             self.member_events += events
             return False
         column_set = monitor.column_set()
-        for cols, _start, _end in spans:
-            if not cols.complete(column_set):
+        for cols, start, end in spans:
+            if not cols.complete(column_set, start, end):
                 self.member_events += events
                 return False
         if plan.others:

@@ -91,7 +91,7 @@ class EventColumns:
         self.events = events
         self._cache: dict[Hashable, Any] = {}
         # Keyed by column key, and by ColumnSet token (an int: never a column key).
-        self._complete: dict[Hashable, bool] = {}
+        self._complete: dict[Hashable, bool | np.ndarray] = {}
         self._released = False
         self._features: list[dict[str, Any]] | None = None
         #: By index into ``events``: the prediction an outcome event was joined to
@@ -124,25 +124,43 @@ class EventColumns:
         self._features = None
         self._released = True
 
-    def complete(self, columns: ColumnSet) -> bool:
-        """No value missing in any of ``columns`` (checked once per batch and set)."""
+    def complete(self, columns: ColumnSet, start: int = 0, end: int | None = None) -> bool:
+        """No value missing in any of ``columns`` in rows ``[start:end]`` (the whole batch
+        by default). Per span, not per batch: one event missing a value elsewhere in the
+        batch must not cost the other models their deferral and the bank lane.
+
+        Checked once per batch and set: True when no row misses a value, else each row's
+        count of rows before it that miss one, so that a span is one subtraction.
+        """
         found = self._complete.get(columns.token)
         if found is None:
-            found = self._complete[columns.token] = all(
-                self._column_complete(column) for column in columns.columns
-            )
-        return found
+            found = self._complete[columns.token] = self._rows_missing(columns)
+        if found is True:
+            return True
+        assert isinstance(found, np.ndarray)
+        stop = found.size - 1 if end is None else end
+        return bool(found[stop] == found[start])
 
-    def _column_complete(self, column: Column) -> bool:
-        found = self._complete.get(column.key)
-        if found is None:
+    def _rows_missing(self, columns: ColumnSet) -> bool | np.ndarray:
+        missing: np.ndarray | None = None
+        for column in columns.columns:
             values = self.get(column)
             if isinstance(values, np.ndarray):
-                found = not (values.size and np.isnan(values).any())
+                if not values.size or not np.isnan(values).any():
+                    continue
+                row = np.isnan(values)
+                if row.ndim > 1:  # a feature family's matrix: a row per event
+                    row = np.any(row, axis=tuple(range(1, row.ndim))).reshape(-1)
+            elif None not in values:
+                continue
             else:
-                found = None not in values
-            self._complete[column.key] = found
-        return found
+                row = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+            missing = row if missing is None else missing | row
+        if missing is None:
+            return True
+        before = np.zeros(missing.size + 1, dtype=np.int64)
+        np.cumsum(missing, out=before[1:])
+        return before
 
     def get_cached(self, key: Hashable) -> Any:
         return self._cache[key]

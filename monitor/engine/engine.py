@@ -464,7 +464,7 @@ class ModelMonitor:
         if until is None:  # nothing waits (``_feed`` empties the spans when it sets None)
             self._feed_span(columns, start, end, now)
             return True
-        complete = columns.complete(self.column_set())
+        complete = columns.complete(self.column_set(), start, end)
         if complete and self.deferred_events + n < until:
             if not self.deferred:
                 self.deferred_since = now
