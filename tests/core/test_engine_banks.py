@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from detectors.bank import BankMember
-from detectors.base import Reading
 from monitor.config.policy import ModelPolicy
 from monitor.engine.engine import Engine
 from monitor.engine.events import Event
 from monitor.state.checkpoints import restore_model, snapshot_model
+from tests.core.reading_bits import reading_bits, same_nan
 
 ROOT = Path(__file__).resolve().parents[2]
 STEADY = ModelPolicy.model_validate(
@@ -127,27 +127,10 @@ def stream(
     return out
 
 
-def _same_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, dict):
-        return {k: _same_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_same_nan(v) for v in value]
-    return value
-
-
-def _reading(reading: Reading) -> list[Any]:
-    # repr: bit for bit (and NaN equal to NaN).
-    return [reading.verdict.value, reading.samples] + [
-        repr(x) for x in (reading.statistic, reading.effect, reading.threshold)
-    ]
-
-
 def readings(engine: Engine) -> dict[str, Any]:
     return {
         model: [
-            (signal.name, member.name, _reading(member.reading), member.last_conclusive_at)
+            (signal.name, member.name, reading_bits(member.reading), member.last_conclusive_at)
             for signal in monitor.signals
             for member in signal.members
         ]
@@ -161,7 +144,7 @@ def checkpoints(engine: Engine) -> dict[str, Any]:
     for model, monitor in engine.models.items():
         state = msgspec.msgpack.decode(snapshot_model(monitor, None, None))
         state.pop("saved_at")
-        out[model] = _same_nan(state)
+        out[model] = same_nan(state)
     return out
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors.base import Reading
 from monitor.config.policy import ModelPolicy
 from monitor.engine.engine import Engine
 from monitor.engine.events import Event
 from monitor.state import checkpoints
 from monitor.state.checkpoints import restore_model, snapshot_model
+from tests.core.reading_bits import reading_bits
 
 FEATURES = [f"f{k}" for k in range(4)]
 
@@ -200,18 +200,12 @@ def stream(seed: int, n_models: int, batches: int) -> list[list[Event]]:
     return out
 
 
-def _reading(reading: Reading) -> tuple[Any, ...]:
-    # repr: bit for bit (and NaN equal to NaN).
-    stats = (reading.statistic, reading.effect, reading.threshold)
-    return (reading.verdict.value, reading.samples, *map(repr, stats))
-
-
 def observed(engine: Engine) -> dict[str, Any]:
     """Every member's Reading and ``last_conclusive_at``, every model's checkpoint bytes."""
     return {
         model: (
             [
-                (member.name, _reading(member.reading), member.last_conclusive_at)
+                (member.name, reading_bits(member.reading), member.last_conclusive_at)
                 for signal in monitor.signals
                 for member in signal.members
             ],

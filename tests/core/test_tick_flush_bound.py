@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from detectors.base import Reading
 from monitor.config.policy import Level, ModelPolicy
 from monitor.engine.engine import FLUSH_AFTER_S, Engine, ModelMonitor
 from monitor.engine.events import Event
@@ -32,6 +31,7 @@ from monitor.observability.history import SignalHistory
 from monitor.observability.metrics import Metrics
 from monitor.observability.publisher import SeriesPublisher
 from monitor.state.checkpoints import restore_model, snapshot_model
+from tests.core.reading_bits import reading_bits
 
 SMALL = {"window": 60, "min_samples": 40, "stride": 20, "persist": 0, "reference": {"size": 100}}
 HEALTH = {"for": "0s", "cooldown": "0s", "recover_after": "1s"}
@@ -184,27 +184,11 @@ class Side:
         )
 
 
-def _same_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, dict):
-        return {k: _same_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_same_nan(v) for v in value]
-    return value
-
-
-def _reading(reading: Reading) -> list[Any]:
-    return [reading.verdict.value, reading.samples] + [
-        repr(x) for x in (reading.statistic, reading.effect, reading.threshold)
-    ]
-
-
 def readings(engine: Engine) -> dict[str, Any]:
     """Every member's Reading and the ``last_conclusive_at`` its checkpoint saves."""
     return {
         model: [
-            (s.name, m.name, _reading(m.reading), monitor.conclusive_at(m))
+            (s.name, m.name, reading_bits(m.reading), monitor.conclusive_at(m))
             for s in monitor.signals
             for m in s.members
         ]
