@@ -29,20 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec
 import numpy as np
 
+from bench.tick import _events
 from monitor.config.settings import load_settings
 from monitor.engine.engine import FLUSH_AFTER_S, Engine
-from monitor.engine.events import Event, EventDecoder
+from monitor.engine.events import Event
 from monitor.state.checkpoints import snapshot_model
-from monitor.tools.traffic import synthetic_batches
-
-
-def _events(n: int, n_models: int, seed: int) -> Iterator[Event]:
-    decoder = EventDecoder(max_bytes=1 << 20)
-    for _idx, values in synthetic_batches(n, n_models, seed=seed):
-        for value in values:
-            event = decoder.decode(value)
-            assert isinstance(event, Event)
-            yield event
 
 
 def _take(stream: Iterator[Event], n: int) -> list[Event]:

@@ -131,24 +131,21 @@ class Banks:
         """Keep ``monitor``'s feed of ``spans`` (every signal's members) for the lane of
         :meth:`feed`, feeding its per-object members at once; False when the lane does not
         take it (the caller feeds member by member)."""
-        events = 0
-        for _cols, start, end in spans:
-            events += end - start
         if not self.collecting:
             return False
-        if not self.lane or monitor.discovering or monitor.outcomes is not None:
-            self.member_events += events
-            return False
-        plan = monitor.lane_plan()
+        events = sum(end - start for _cols, start, end in spans)
         key = id(monitor)
-        if plan is None or key in self._pending or key in self._lane:
+        plan = (
+            None
+            if not self.lane or monitor.discovering or monitor.outcomes is not None
+            or key in self._pending or key in self._lane
+            else monitor.lane_plan()
+        )  # fmt: skip
+        if plan is None or not all(
+            cols.complete(monitor.column_set(), start, end) for cols, start, end in spans
+        ):
             self.member_events += events
             return False
-        column_set = monitor.column_set()
-        for cols, start, end in spans:
-            if not cols.complete(column_set, start, end):
-                self.member_events += events
-                return False
         if plan.others:
             feed_others(plan, spans, now)
         self._lane[key] = LaneFeed(monitor, plan, spans, events, now)

@@ -146,9 +146,9 @@ class EventColumns:
         for column in columns.columns:
             values = self.get(column)
             if isinstance(values, np.ndarray):
-                if not values.size or not np.isnan(values).any():
-                    continue
                 row = np.isnan(values)
+                if not row.any():
+                    continue
                 if row.ndim > 1:  # a feature family's matrix: a row per event
                     row = np.any(row, axis=tuple(range(1, row.ndim))).reshape(-1)
             elif None not in values:
