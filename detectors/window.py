@@ -21,6 +21,8 @@ from detectors.extremes import UNBOUNDED, ExtremeCounts, Fence
 from detectors.serialization import StateError
 
 __all__ = [
+    "DECIMAL",
+    "DecimalRing",
     "Direction",
     "Reference",
     "ReferenceSpec",
@@ -204,6 +206,163 @@ class Ring:
         self.count = int(state["count"])
 
 
+#: The fill type of a fixed reference of measurements: exact decimals (``DecimalRing``).
+DECIMAL = "decimal"
+#: Decimal places a ``DecimalRing`` scales to before it holds float64 values instead.
+DECIMAL_PLACES = 6
+#: Values a ``DecimalRing`` takes as float64 before it codes them all at once: coding costs
+#: a few numpy calls, paid once a block rather than on every detector update.
+DECIMAL_BLOCK = 512
+_SCALES = tuple(float(10**k) for k in range(DECIMAL_PLACES + 1))
+_CODE_LIMIT = 2**31 - 1
+_MAX = np.maximum.reduce
+
+
+class DecimalRing:
+    """A fixed reference's values while it fills: each float64 value ``v`` held as an int32
+    code ``c`` with ``c / 10**k == v`` bit for bit (``k``, the scale, from 0 to
+    ``DECIMAL_PLACES``), 4 bytes a value instead of 8; from the first value that has no such
+    code (more decimals, past +-2**31 / 10**k, -0.0, inf), every value as float64. The
+    latest values (up to a block) wait as float64 and are coded a block at a time.
+
+    Why exact: a JSON number with at most ``k`` decimals parses to the double nearest to
+    ``c / 10**k``, and IEEE division of the exactly represented ``c`` by the exactly
+    represented ``10**k`` is correctly rounded to that same double; each block is checked by
+    doing that division and comparing the bits, so no value is held that does not read back
+    as itself. Rescaling to more decimals (codes times ``10**d``) divides the same rational
+    number, so it reads back the same double too.
+
+    Only a fixed reference fills one (``Reference``): values are appended, never evicted,
+    and it becomes a float64 ``Ring`` (``as_ring``) once full, before anything reads it.
+
+    >>> ring = DecimalRing(6, block=2)
+    >>> ring.extend(np.array([1.5, -2.25, 4.0]))
+    >>> ring.scale, ring.buf.dtype.name, ring.values().tolist()
+    (2, 'int32', [1.5, -2.25, 4.0])
+    >>> ring.extend(np.array([0.1 + 0.2]))  # 0.30000000000000004: no decimal code
+    >>> ring.scale, ring.buf.dtype.name, ring.values().tolist()
+    (None, 'float64', [1.5, -2.25, 4.0, 0.30000000000000004])
+    """
+
+    __slots__ = ("buf", "coded", "count", "pos", "scale", "size", "waiting")
+
+    def __init__(self, size: int, *, block: int = DECIMAL_BLOCK) -> None:
+        self.size = size
+        self.buf = zeros_returnable(size, np.int32)
+        #: Values coded into ``buf`` (the first ``coded`` of ``count``).
+        self.coded = 0
+        #: The values after them, as float64, until a block is full.
+        self.waiting = np.zeros(min(block, size), dtype=np.float64)
+        self.count = 0
+        self.pos = 0
+        #: Decimal places of the codes (None: ``buf`` holds the float64 values).
+        self.scale: int | None = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        """Append ``values`` (float64; at most ``size - count`` of them)."""
+        n = values.size
+        if self.count + n > self.size:
+            raise ValueError(f"a DecimalRing of {self.size} cannot take {self.count + n} values")
+        while n:
+            if self.scale is None:
+                self.buf[self.count : self.count + n] = values
+                self.count += n
+                break
+            waiting = self.waiting
+            at = self.count - self.coded
+            take = min(n, waiting.size - at)
+            waiting[at : at + take] = values[:take]
+            self.count += take
+            values = values[take:]
+            n -= take
+            if at + take == waiting.size:
+                self._code(waiting)
+        # As Ring's: the next slot, 0 once full.
+        self.pos = self.count if self.count < self.size else 0
+
+    def _code(self, block: np.ndarray) -> None:
+        """The waiting ``block`` into ``buf``: as codes, or all values as float64 from now."""
+        codes = self._codes(block)
+        start = self.coded
+        if codes is None:
+            self._widen()
+            self.buf[start : start + block.size] = block
+        else:
+            self.buf[start : start + block.size] = codes
+        self.coded = start + block.size
+
+    def _codes(self, values: np.ndarray) -> np.ndarray | None:
+        """``values`` as codes at the ring's scale or the least larger one (rescaling the
+        held codes to it); None when no scale up to ``DECIMAL_PLACES`` holds them all."""
+        assert self.scale is not None
+        # Past it every code would pass the int32 range; NaN fails the comparison too.
+        largest = float(_MAX(np.abs(values))) if values.size else 0.0
+        original = values.tobytes()
+        for scale in range(self.scale, DECIMAL_PLACES + 1):
+            if not largest * _SCALES[scale] <= _CODE_LIMIT:
+                return None
+            codes = np.rint(values * _SCALES[scale]).astype(np.int32)
+            if (codes / _SCALES[scale]).tobytes() != original:
+                continue
+            if scale != self.scale and not self._rescale(scale):
+                return None
+            return codes
+        return None
+
+    def _rescale(self, scale: int) -> bool:
+        """The held codes at ``scale`` decimals; False when one would pass the int32 range."""
+        assert self.scale is not None
+        held = self.buf[: self.coded]
+        factor = 10 ** (scale - self.scale)
+        if held.size and int(np.abs(held.astype(np.int64)).max()) * factor > _CODE_LIMIT:
+            return False
+        held *= factor
+        self.scale = scale
+        return True
+
+    def _widen(self) -> None:
+        """From now on float64 values: the coded ones decoded into a float64 buffer."""
+        wide = zeros_returnable(self.size, np.float64)
+        wide[: self.count] = self.values()
+        self.buf = wide
+        self.scale = None
+        self.coded = self.count
+
+    def values(self) -> np.ndarray:
+        """The held values, float64, in order (a copy while some are codes or waiting)."""
+        if self.scale is None:
+            return self.buf[: self.count]
+        decoded: np.ndarray = np.empty(self.count, dtype=np.float64)
+        np.divide(self.buf[: self.coded], _SCALES[self.scale], out=decoded[: self.coded])
+        decoded[self.coded :] = self.waiting[: self.count - self.coded]
+        return decoded
+
+    def ordered(self) -> np.ndarray:
+        return self.values().copy()
+
+    def as_ring(self, dtype: Any) -> Ring:
+        """The same values in a ``Ring`` of ``dtype`` (a full reference, read from then on)."""
+        ring = Ring(self.size, dtype, returnable=True)
+        ring.buf[: self.count] = self.values()
+        ring.count = self.count
+        ring.pos = self.pos
+        return ring
+
+    def state(self) -> dict[str, Any]:
+        # Ring's state of the same values: a checkpoint's bytes do not depend on the type
+        # the values filled in.
+        return {"buf": self.values(), "pos": self.pos, "count": self.count}
+
+    def load(self, state: dict[str, Any]) -> None:
+        buf = np.asarray(state["buf"], dtype=np.float64).ravel()
+        self.buf = zeros_returnable(self.size, np.int32)
+        self.coded = self.count = 0
+        self.scale = 0
+        self.extend(buf)
+        self.pos = int(state["pos"])
+        self.count = int(state["count"])
+
+
 class Reference:
     """The values a window is compared with.
 
@@ -226,9 +385,14 @@ class Reference:
         # A fixed reference that fills from the stream may hold its values in a narrower
         # type (0 / 1 values, category codes: see WindowedDetector.reference_dtype): it is
         # what a detector holds most of while it fills, and what only counts are read from.
+        # Measurements fill as exact decimals where they are (``DecimalRing``).
         self.fill_dtype = dtype if fill_dtype is None or mode != "fixed" else fill_dtype
         # A fixed reference is released once full (see release): its memory must go back.
-        self.ring = Ring(size, self.fill_dtype, returnable=mode == "fixed")
+        self.ring: Ring | DecimalRing = (
+            DecimalRing(size)
+            if self.fill_dtype is DECIMAL
+            else Ring(size, self.fill_dtype, returnable=mode == "fixed")
+        )
         self.added = 0
         self.ready = False
         if initial is not None:
@@ -246,6 +410,9 @@ class Reference:
         elif take:
             ring.extend(values[:take])
         self.ready = ring.count >= ring.size
+        if self.ready and isinstance(ring, DecimalRing):
+            # Full: what reads a reference reads float64 values.
+            self.ring = ring.as_ring(self.dtype)
         return take
 
     def release(self) -> None:
@@ -292,8 +459,13 @@ class Reference:
         size = int(state["size"])
         self.dtype = dtype
         kind = self.fill_dtype if fixed and size else dtype
-        self.ring = Ring(size, kind, returnable=fixed)
-        self.ring.load(state["ring"])
+        if kind is DECIMAL:
+            filling = DecimalRing(size)
+            filling.load(state["ring"])
+            self.ring = filling if filling.count < size else filling.as_ring(dtype)
+        else:
+            self.ring = Ring(size, kind, returnable=fixed)
+            self.ring.load(state["ring"])
         self.added = int(state["added"])
         self.ready = bool(state["ready"])
 
@@ -371,8 +543,14 @@ class WindowedDetector(BaseDetector[WindowSpecT]):
         return load_numeric_file(path)
 
     def _reference_fill_dtype(self) -> Any:
-        """The type a fixed reference fills in (``reference_dtype``, or ``dtype``)."""
-        return self.dtype if self.reference_dtype is None else self.reference_dtype
+        """The type a fixed reference fills in: ``reference_dtype``; for measurements held
+        as float64, ``DECIMAL`` (half the bytes where values have few decimals, the same
+        values); else ``dtype``."""
+        if self.reference_dtype is not None:
+            return self.reference_dtype
+        if self.numeric_values and self.dtype is np.float64:
+            return DECIMAL
+        return self.dtype
 
     def _prepare(self, values: Any) -> np.ndarray:
         return drop_nan(np.asarray(values, dtype=np.float64).ravel())
