@@ -352,6 +352,39 @@ def test_row_sums_and_stacked_dot_products_equal_the_one_dimensional_ones(window
         assert dots[i] == rows[i] @ rows[i]
 
 
+@pytest.mark.parametrize("window", [10, 300, 512, 513, 1000])
+@pytest.mark.parametrize("kind", ["discrete", "normal", "echo"])
+def test_each_rank_sort_gives_the_detectors_readings(window: int, kind: str) -> None:
+    # The sort a test uses (the sorting network for windows up to 512 where numpy has it,
+    # the radix sort otherwise) must not change one bit of a Reading: every kind forced on
+    # the same bank state, each against the per-object twins, ties to the grid included.
+    spec = KSWindowSpec(
+        reference={"size": 400}, window=window, min_samples=min(window, 200), stride=10
+    )
+    rng = np.random.default_rng(window)
+    streams = [stream(kind, 3 * window + 1200, rng) for _ in range(6)]
+    for sort_kind in ("stable", "quicksort"):
+        bank = KSWindowBank(spec)
+        bank._sort_kind = sort_kind
+        twins = [KSWindowDetector(spec, family_size=6, seed=i) for i in range(6)]
+        for i in range(6):
+            bank.add(family_size=6, seed=i)
+        for start in range(0, streams[0].size, 97):
+            batches = [s[start : start + 97] for s in streams]
+            for i, reading in enumerate(bank.update_many(list(range(6)), batches)):
+                assert bits(reading) == bits(twins[i].update_many(batches[i])), sort_kind
+        assert all(bank.banked(i) for i in range(6))
+        assert_same(bank, twins, list(range(6)))
+
+
+def test_the_sorting_network_is_used_only_for_the_windows_it_takes() -> None:
+    from detectors.bank import _NETWORK, _rank_sort_kind, _sort_network
+
+    assert _rank_sort_kind(_NETWORK + 1) == "stable"
+    assert _rank_sort_kind(_NETWORK) == ("quicksort" if _sort_network() else "stable")
+    assert KSWindowBank(KSWindowSpec(window=1000))._sort_kind == "stable"
+
+
 def test_a_bank_member_handle_is_a_detector_with_the_twins_readings_and_bytes() -> None:
     spec = KSWindowSpec(reference={"size": 120}, window=60, min_samples=30, stride=7)
     bank = KSWindowBank(spec)
