@@ -377,6 +377,31 @@ def test_each_rank_sort_gives_the_detectors_readings(window: int, kind: str) -> 
         assert_same(bank, twins, list(range(6)))
 
 
+def test_readings_built_field_by_field_are_the_constructors_readings() -> None:
+    from detectors.bank import _READING_SETTERS, _readings
+
+    # The bank builds a round's Readings slot by slot; they must be Readings in every way
+    # the constructor's are (fields, equality, hash, repr, frozen), NaN and -0.0 included.
+    assert _READING_SETTERS is not None, "Reading changed shape: the bank calls its constructor"
+    stats = [0.5, math.nan, -0.0, math.inf]
+    effects = [1.0, math.nan, 0.0, -2.5]
+    verdicts = [Verdict.OK, Verdict.INCONCLUSIVE, Verdict.DRIFT, Verdict.ANOMALY]
+    limits = [0.1, 0.2, math.nan, 3.0]
+    built = _readings(stats, effects, verdicts, 77, limits)
+    expected = [
+        Reading(stat, effect, verdict, 77, limit)
+        for stat, effect, verdict, limit in zip(stats, effects, verdicts, limits, strict=True)
+    ]
+    assert [type(r) for r in built] == [Reading] * 4
+    assert [bits(r) for r in built] == [bits(r) for r in expected]
+    assert [repr(r) for r in built] == [repr(r) for r in expected]
+    assert built[0] == expected[0] and hash(built[0]) == hash(expected[0])
+    assert [r.breached for r in built] == [False, False, True, True]
+    with pytest.raises(AttributeError):
+        built[0].statistic = 1.0  # type: ignore[misc]
+    assert _readings([], [], [], 5, []) == []
+
+
 def test_the_sorting_network_is_used_only_for_the_windows_it_takes() -> None:
     from detectors.bank import _NETWORK, _rank_sort_kind, _sort_network
 
