@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--reference", type=int, default=1000, help="reference size")
+    parser.add_argument("--window", type=int, default=1000, help="ks_window window")
     parser.add_argument("--detector", choices=sorted(BANKS), default="ks_window")
     parser.add_argument("--features", type=int, default=10, help="ks_window members per model")
     parser.add_argument("--baseline", help="another detectors/bank.py, timed as one more column")
@@ -241,7 +242,7 @@ def main() -> None:
         SPEC = QuantileSpec(reference={"size": args.reference})
         FEATURES = 1
     else:
-        SPEC = KSWindowSpec(reference={"size": args.reference})
+        SPEC = KSWindowSpec(reference={"size": args.reference}, window=args.window)
     print(
         f"{SPEC.type} x {FEATURES} signal(s) per model, reference {SPEC.reference.size}, window "
         f"{SPEC.window}, stride {SPEC.stride}; {args.batch_events} events per batch; "

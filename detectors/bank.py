@@ -32,8 +32,13 @@ either): they are a function of the window and the grid, recomputed on load.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
+import itertools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,6 +66,42 @@ _RANK_BLOCK = 8192
 #: point) is 32 values for a grid of 1,024, 3 MB for 12,000 rows, and stays in cache; a
 #: segment is 256 bytes, four cache lines (measured: 16 as fast, 64 slower).
 _SEGMENT = 32
+#: Most ranks a row may hold for numpy's int16 "quicksort" to be x86-simd-sort's sorting
+#: network (numpy 2, on CPUs with AVX-512 ICL): 0.3 against 3.9 us per row of 500 ranks for
+#: the radix sort ("stable"). Past 512 values a row, or without the network, it is an introsort,
+#: slower than the radix sort (8.7 against 8.4 us at 1,000; 28 against 4.5 at 500). Tried and
+#: not kept for windows of 513 to 1,024: each half sorted by the network, the two runs merged by
+#: timsort (int32 "stable"): 1.9 against 2.8 us a row alone, but 13.8 against 11.6 us a test
+#: inside the distances (one more 128 KB scratch per block, the int32 copy).
+_NETWORK = 512
+
+
+@functools.lru_cache(maxsize=1)
+def _sort_network() -> bool:
+    """Whether numpy's int16 "quicksort" is the sorting network here: on 64 rows of 512 ranks
+    it is about 8 times faster than the radix sort, an introsort several times slower; the
+    fastest of 8 single runs of each (this thread's CPU time) tells them apart under any
+    load. Once per process, about a millisecond."""
+    sample = np.random.default_rng(0).integers(0, 1025, size=(64, _NETWORK)).astype(np.int16)
+    scratch = np.empty_like(sample)
+    best = {"stable": math.inf, "quicksort": math.inf}
+    for trial in range(9):
+        for kind in best:
+            np.copyto(scratch, sample)
+            start = time.thread_time()
+            scratch.sort(axis=1, kind=kind)  # type: ignore[arg-type]
+            spent = time.thread_time() - start
+            if trial:  # the first round warms the caches
+                best[kind] = min(spent, best[kind])
+    found = best["quicksort"] * 3.0 < best["stable"]
+    log.debug("int16 sort network: %s (%s)", found, best)
+    return found
+
+
+def _rank_sort_kind(width: int) -> str:
+    """How rows of ``width`` ranks are sorted: integers sort to one order whatever the
+    algorithm, so the choice changes the time only."""
+    return "quicksort" if width <= _NETWORK and _sort_network() else "stable"
 
 
 @dataclass(slots=True)
@@ -99,6 +140,39 @@ def _restore(data: bytes, spec_class: type[WindowSpec], build: Any) -> Any:
             raise
         raise StateError(f"corrupt {name} checkpoint: {err!r}") from err
     return detector
+
+
+_READING_FIELDS = ("statistic", "effect", "verdict", "samples", "threshold")
+#: Each field's slot setter: a Reading is a frozen slotted dataclass whose ``__init__`` only
+#: stores its five fields (no ``__post_init__``), so a bank builds the Readings of a round
+#: field by field, one C-level ``map`` per field (0.7 against 1.5 us a Reading). Should the
+#: class change shape, the bank calls its constructor instead.
+_READING_SETTERS = (
+    tuple(getattr(Reading, name).__set__ for name in _READING_FIELDS)
+    if tuple(f.name for f in dataclasses.fields(Reading)) == _READING_FIELDS
+    and "__slots__" in vars(Reading)
+    and not hasattr(Reading, "__post_init__")
+    else None
+)
+
+
+def _readings(
+    statistics: list[float],
+    effects: list[float],
+    verdicts: list[Verdict],
+    samples: int,
+    thresholds: list[float],
+) -> list[Reading]:
+    """``Reading(statistics[i], effects[i], verdicts[i], samples, thresholds[i])`` for each i."""
+    n = len(statistics)
+    if _READING_SETTERS is None:
+        return list(map(Reading, statistics, effects, verdicts, itertools.repeat(samples, n),
+                        thresholds))  # fmt: skip
+    made: list[Reading] = list(map(object.__new__, itertools.repeat(Reading, n)))
+    columns = (statistics, effects, verdicts, itertools.repeat(samples, n), thresholds)
+    for setter, values in zip(_READING_SETTERS, columns, strict=True):
+        collections.deque(map(setter, made, values), maxlen=0)
+    return made
 
 
 class _WindowBank:
@@ -229,20 +303,12 @@ class _WindowBank:
         since = np.where(candidate, np.where(since == _NO_SINCE, seen, since), _NO_SINCE)
         self._since[rows] = since
         fired = candidate & (seen - since >= self.spec.persist)
-        w = self._window
-        readings: list[Reading] = []
-        ok, inconclusive = Verdict.OK, Verdict.INCONCLUSIVE
-        for stat, eff, limit, fire, valid in zip(
-            statistic.tolist(),
-            effect.tolist(),
-            threshold.tolist(),
-            fired.tolist(),
-            conclusive.tolist(),
-            strict=True,
-        ):
-            verdict = (breach if fire else ok) if valid else inconclusive
-            readings.append(Reading(stat, eff, verdict, w, limit))
-        return readings
+        # Per row 0 (ok), 1 (the breach) or 2 (inconclusive): a fired row is conclusive.
+        codes = fired.view(np.int8) + (~conclusive).view(np.int8) * np.int8(2)
+        verdicts = list(map((Verdict.OK, breach, Verdict.INCONCLUSIVE).__getitem__, codes.tolist()))
+        return _readings(
+            statistic.tolist(), effect.tolist(), verdicts, self._window, threshold.tolist()
+        )
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -544,14 +610,17 @@ class _WindowBank:
             lengths = np.bincount(np.repeat(np.arange(k), lengths)[kept], minlength=k)
             flat = flat[kept]
         flat = self._prepare(flat)
-        # Per position that ran a test (or got no value): its last and its first breach.
-        results: dict[int, Reading] = {}
-        breached: dict[int, Reading] = {}
-        for i in np.flatnonzero(lengths == 0).tolist():
-            m = self._members[int(members[i])]
-            results[i] = Reading(
-                math.nan, math.nan, Verdict.INCONCLUSIVE, self._window, m.last.threshold
-            )
+        # Positions that got no value, then those tested, round after round, with their
+        # Readings: a position is in at most one part unless it tested in several rounds.
+        empty = np.flatnonzero(lengths == 0)
+        parts = [empty] if empty.size else []
+        found: list[list[Reading]] = []
+        if empty.size:
+            owners = [self._members[number] for number in members[empty].tolist()]
+            found.append([
+                Reading(math.nan, math.nan, Verdict.INCONCLUSIVE, self._window, m.last.threshold)
+                for m in owners
+            ])  # fmt: skip
         offset = np.zeros(k, dtype=np.int64)
         np.cumsum(lengths[:-1], out=offset[1:])
         remaining = lengths.copy()
@@ -592,17 +661,37 @@ class _WindowBank:
             due = np.flatnonzero(self._seen[arows] % stride == 0)
             if due.size:
                 tested = active[due]
-                for i, reading in zip(tested.tolist(), self._test(rows[tested]), strict=True):
-                    results[i] = reading
-                    if reading.breached:
-                        # The batch reports its last breach, as update_many does.
-                        breached[i] = reading
-        at = np.fromiter(results, dtype=np.int64, count=len(results))
-        out: list[Reading] = []
-        for i, last in results.items():
-            self._members[int(members[i])].last = last
-            out.append(breached.get(i, last))
+                parts.append(tested)
+                found.append(self._test(rows[tested]))
+        if not parts:
+            return np.zeros(0, dtype=np.int64), []
+        if len(parts) == 1:
+            at, last = parts[0], found[0]
+            out = last
+        else:
+            at, last, out = self._resolve(parts, found)
+        owner = self._members
+        for number, reading in zip(members[at].tolist(), last, strict=True):
+            owner[number].last = reading
         return at, out
+
+    @staticmethod
+    def _resolve(
+        parts: list[np.ndarray], found: list[list[Reading]]
+    ) -> tuple[np.ndarray, list[Reading], list[Reading]]:
+        """Positions that may appear in more than one part: each once, in the order of its
+        first appearance, with its last Reading and the one the batch reports (its last
+        breach, as update_many does, or else its last Reading)."""
+        results: dict[int, Reading] = {}
+        breached: dict[int, Reading] = {}
+        for part, readings in zip(parts, found, strict=True):
+            for i, reading in zip(part.tolist(), readings, strict=True):
+                results[i] = reading
+                if reading.breached:
+                    breached[i] = reading
+        at = np.fromiter(results, dtype=np.int64, count=len(results))
+        last = list(results.values())
+        return at, last, [breached.get(i, reading) for i, reading in results.items()]
 
 
 class KSWindowBank(_WindowBank):
@@ -655,6 +744,8 @@ class KSWindowBank(_WindowBank):
         self._summary_width = 1
         # Rows tested together per block: its scratch (4 x block x window values) in cache.
         self._block = max(1, 32_768 // spec.window)
+        #: How a block's ranks are sorted (the sorting network for the windows it takes).
+        self._sort_kind = _rank_sort_kind(spec.window)
         self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _alloc_extra(self, capacity: int) -> None:
@@ -825,6 +916,7 @@ class KSWindowBank(_WindowBank):
         shift = np.empty(k)
         dot = np.empty(k)
         block = self._block
+        sort_kind: Any = self._sort_kind
         ranks, ranks_left, steps, centred = self._scratch()
         for start in range(0, k, block):
             part = rows[start : start + block]
@@ -834,9 +926,8 @@ class KSWindowBank(_WindowBank):
             low = ranks_left[:b]
             np.take(self._below, part, axis=0, out=low)
             tied = (up != low).any(axis=1)
-            # Integers sort to one order whatever the algorithm: "stable" is numpy's radix
-            # sort for 16-bit integers, cheaper than its default on 1,000 ranks.
-            up.sort(axis=1, kind="stable")
+            # Integers sort to one order whatever the algorithm (see ``_rank_sort_kind``).
+            up.sort(axis=1, kind=sort_kind)
             ecdf = steps[:b]
             difference = centred[:b]
             # Ranks count grid points: the reference's ECDF is read on its grid. The
@@ -845,7 +936,7 @@ class KSWindowBank(_WindowBank):
             np.subtract(at, ecdf, out=difference)
             upper = difference.max(axis=1)
             if tied.any():
-                low.sort(axis=1, kind="stable")
+                low.sort(axis=1, kind=sort_kind)
                 np.divide(low, g, out=ecdf)
             # Otherwise no value is on a grid point: the ranks below equal the ranks up to,
             # and so does their ECDF (the detector divides them again, to the same floats).

@@ -352,6 +352,64 @@ def test_row_sums_and_stacked_dot_products_equal_the_one_dimensional_ones(window
         assert dots[i] == rows[i] @ rows[i]
 
 
+@pytest.mark.parametrize("window", [10, 300, 512, 513, 1000])
+@pytest.mark.parametrize("kind", ["discrete", "normal", "echo"])
+def test_each_rank_sort_gives_the_detectors_readings(window: int, kind: str) -> None:
+    # The sort a test uses (the sorting network for windows up to 512 where numpy has it,
+    # the radix sort otherwise) must not change one bit of a Reading: every kind forced on
+    # the same bank state, each against the per-object twins, ties to the grid included.
+    spec = KSWindowSpec(
+        reference={"size": 400}, window=window, min_samples=min(window, 200), stride=10
+    )
+    rng = np.random.default_rng(window)
+    streams = [stream(kind, 3 * window + 1200, rng) for _ in range(6)]
+    for sort_kind in ("stable", "quicksort"):
+        bank = KSWindowBank(spec)
+        bank._sort_kind = sort_kind
+        twins = [KSWindowDetector(spec, family_size=6, seed=i) for i in range(6)]
+        for i in range(6):
+            bank.add(family_size=6, seed=i)
+        for start in range(0, streams[0].size, 97):
+            batches = [s[start : start + 97] for s in streams]
+            for i, reading in enumerate(bank.update_many(list(range(6)), batches)):
+                assert bits(reading) == bits(twins[i].update_many(batches[i])), sort_kind
+        assert all(bank.banked(i) for i in range(6))
+        assert_same(bank, twins, list(range(6)))
+
+
+def test_readings_built_field_by_field_are_the_constructors_readings() -> None:
+    from detectors.bank import _READING_SETTERS, _readings
+
+    # The bank builds a round's Readings slot by slot; they must be Readings in every way
+    # the constructor's are (fields, equality, hash, repr, frozen), NaN and -0.0 included.
+    assert _READING_SETTERS is not None, "Reading changed shape: the bank calls its constructor"
+    stats = [0.5, math.nan, -0.0, math.inf]
+    effects = [1.0, math.nan, 0.0, -2.5]
+    verdicts = [Verdict.OK, Verdict.INCONCLUSIVE, Verdict.DRIFT, Verdict.ANOMALY]
+    limits = [0.1, 0.2, math.nan, 3.0]
+    built = _readings(stats, effects, verdicts, 77, limits)
+    expected = [
+        Reading(stat, effect, verdict, 77, limit)
+        for stat, effect, verdict, limit in zip(stats, effects, verdicts, limits, strict=True)
+    ]
+    assert [type(r) for r in built] == [Reading] * 4
+    assert [bits(r) for r in built] == [bits(r) for r in expected]
+    assert [repr(r) for r in built] == [repr(r) for r in expected]
+    assert built[0] == expected[0] and hash(built[0]) == hash(expected[0])
+    assert [r.breached for r in built] == [False, False, True, True]
+    with pytest.raises(AttributeError):
+        built[0].statistic = 1.0  # type: ignore[misc]
+    assert _readings([], [], [], 5, []) == []
+
+
+def test_the_sorting_network_is_used_only_for_the_windows_it_takes() -> None:
+    from detectors.bank import _NETWORK, _rank_sort_kind, _sort_network
+
+    assert _rank_sort_kind(_NETWORK + 1) == "stable"
+    assert _rank_sort_kind(_NETWORK) == ("quicksort" if _sort_network() else "stable")
+    assert KSWindowBank(KSWindowSpec(window=1000))._sort_kind == "stable"
+
+
 def test_a_bank_member_handle_is_a_detector_with_the_twins_readings_and_bytes() -> None:
     spec = KSWindowSpec(reference={"size": 120}, window=60, min_samples=30, stride=7)
     bank = KSWindowBank(spec)
