@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detectors.bank import BankMember, KSWindowBank, QuantileBank, RateWindowBank
+from detectors.bank import BankMember, KSWindowBank, MissingRateBank, QuantileBank, RateWindowBank
 from detectors.base import Detector, DetectorSpecBase, Reading, Verdict
+from detectors.missing import MissingRateSpec
 from detectors.numeric import KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 _BANK_OF: dict[type[DetectorSpecBase], Any] = {
     KSWindowSpec: KSWindowBank,
     RateWindowSpec: RateWindowBank,
+    MissingRateSpec: MissingRateBank,
     QuantileSpec: QuantileBank,
 }
 
