@@ -1,5 +1,6 @@
-"""Detector banks: the steady state of many ``ks_window`` (or ``rate_window``) detectors of one
-spec kept as arrays, so that a handful of numpy calls per batch tests every member that is due.
+"""Detector banks: the steady state of many ``ks_window`` (or ``rate_window``, ``missing_rate``,
+``quantile``) detectors of one spec kept as arrays, so that a handful of numpy calls per batch
+tests every member that is due.
 
 A member starts as an ordinary detector (:class:`~detectors.numeric.KSWindowDetector`, or the
 ``rate_window`` class its spec picks): the reference and the window fill through the per-object

@@ -1,6 +1,6 @@
 """The engine's detector banks: one :mod:`detectors.bank` bank per windowed detector spec
-(``ks_window``, ``rate_window``, ``quantile``), whose members are the detectors of every model
-watching a signal of that spec, and the values a batch feeds them.
+(``ks_window``, ``rate_window``, ``missing_rate``, ``quantile``), whose members are the
+detectors of every model watching a signal of that spec, and the values a batch feeds them.
 
 During a batch each model decides what its detectors get (``ModelMonitor.apply_span``); what
 goes to a bank member is only recorded here (:meth:`Banks.record`). Once every model has
