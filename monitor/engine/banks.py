@@ -1,6 +1,6 @@
 """The engine's detector banks: one :mod:`detectors.bank` bank per windowed detector spec
-(``ks_window``, ``rate_window``, ``quantile``), whose members are the detectors of every model
-watching a signal of that spec, and the values a batch feeds them.
+(``ks_window``, ``rate_window``, ``missing_rate``, ``quantile``), whose members are the
+detectors of every model watching a signal of that spec, and the values a batch feeds them.
 
 During a batch each model decides what its detectors get (``ModelMonitor.apply_span``); what
 goes to a bank member is only recorded here (:meth:`Banks.record`). Once every model has
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detectors.bank import BankMember, KSWindowBank, QuantileBank, RateWindowBank
+from detectors.bank import BankMember, KSWindowBank, MissingRateBank, QuantileBank, RateWindowBank
 from detectors.base import Detector, DetectorSpecBase, Reading, Verdict
+from detectors.missing import MissingRateSpec
 from detectors.numeric import KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 _BANK_OF: dict[type[DetectorSpecBase], Any] = {
     KSWindowSpec: KSWindowBank,
     RateWindowSpec: RateWindowBank,
+    MissingRateSpec: MissingRateBank,
     QuantileSpec: QuantileBank,
 }
 

@@ -49,6 +49,7 @@ from monitor.engine.columns import (
     FloatArray,
     _breaks,
     _categories,
+    _nulls,
     _numbers,
     extractors_for,
 )
@@ -366,7 +367,7 @@ class ColumnDecoder:
                 batch.columns[key] = (
                     np.isnan(found).astype(np.float64)
                     if isinstance(found, np.ndarray)
-                    else np.array([value is None for value in found], dtype=np.float64)
+                    else _nulls(found)
                 )
             elif kind == "feature_matrix":
                 names = key[1]

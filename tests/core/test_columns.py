@@ -150,3 +150,49 @@ def test_the_reference_batches_reach_every_path_of_the_decoder() -> None:
             and row.features.x0 is None
         )
     assert exact > 100 and nulls > 20
+
+
+#: What a categorical feature may hold; only null and absent are missing (an empty string,
+#: false and 0 compare equal to nothing the missing flag looks for).
+CATEGORY_VALUES: list[Any] = ["eu", "", None, ABSENT, True, False, 0, 0.0, 2.5]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["events", "fast", "wide"])
+def test_missing_flags_of_a_categorical_feature_are_one_for_null_or_absent_only(
+    seed: int, mode: str
+) -> None:
+    rng = random.Random(seed)
+    # A batch of one kind of value throughout (seed 0: no value missing, every value
+    # missing, ...), or a random mix.
+    if seed < 3:
+        picked = [CATEGORY_VALUES[[0, 2, 3][seed]]] * 40
+    else:
+        picked = [rng.choice(CATEGORY_VALUES) for _ in range(60)]
+    bodies = []
+    for value in picked:
+        features: dict[str, Any] = {"f0": 1.0}
+        if value is not ABSENT:
+            features["region"] = value
+        bodies.append(json.dumps({"model": "a", "features": features}).encode())
+    want = np.array([value is None or value is ABSENT for value in picked], dtype=np.float64)
+    signals = [
+        SignalPolicy.model_validate({"source": "missing", "features": ["f0", "region"]}),
+        SignalPolicy.model_validate(
+            {"source": "feature", "feature": "region", "detector": {"type": "psi"}}
+        ),
+    ]
+    key = ("feature_missing", "region")
+    if mode == "events":
+        decoder = EventDecoder(1 << 16)
+        columns = EventColumns([decoder.decode(body) for body in bodies])  # type: ignore[arg-type]
+        found = {c.key: columns.get(c) for s in signals for _, c in extractors_for(s)}[key]
+    else:
+        column_decoder = ColumnDecoder(signals, 1 << 16)
+        if mode == "wide":
+            column_decoder._wide_left = 1
+        batch = column_decoder.decode(bodies)
+        assert batch.bad == []
+        found = batch.columns[key]
+    assert isinstance(found, np.ndarray) and found.dtype == np.float64
+    assert np.array_equal(found, want), (picked, found)

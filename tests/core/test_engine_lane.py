@@ -15,19 +15,23 @@ Reading bit for bit, its ``last_conclusive_at``, and every model's checkpoint by
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
-from monitor.config.policy import ModelPolicy
+from detectors.bank import BankMember, MissingRateBank
+from monitor.config.policy import ModelPolicy, SignalSource
 from monitor.engine.engine import Engine
 from monitor.engine.events import Event
 from monitor.state import checkpoints
 from monitor.state.checkpoints import restore_model, snapshot_model
 from tests.core.reading_bits import reading_bits
 
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = [f"f{k}" for k in range(4)]
 
 
@@ -325,3 +329,112 @@ def test_a_missing_value_costs_only_its_own_model_the_lane_and_the_wait() -> Non
     # m0 goes member by member (its spans miss a value); the 7 others wait and take the lane.
     assert waited > 7 * 40 // 2, waited
     assert lane >= 7 * 5 * 40 * 0.9, (lane, member)
+
+
+#: The auto policy (bench/policy_auto.yaml, the default users run): a ``missing_rate``
+#: member per watched feature, the largest group of a model's detectors.
+AUTO = ModelPolicy.model_validate(
+    yaml.safe_load((ROOT / "bench" / "policy_auto.yaml").read_text())["models"]["default"]
+)
+
+
+def auto_stream(seed: int, n_models: int, batches: int, size: int) -> list[list[Event]]:
+    """Events of ``n_models`` models with 6 numeric features and a category; from 80% of the
+    stream on, model m1's feature ``x2`` goes missing in 40% of its events (its missing
+    rate drifts) and m2's latency rises."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(batches):
+        late = b >= batches * 0.8
+        batch = []
+        for m in rng.integers(n_models, size=size).tolist():
+            x = rng.normal(size=6)
+            features: dict[str, Any] = {f"x{k}": float(x[k]) for k in range(6)}
+            features["region"] = str(rng.choice(["eu", "us", "ap"]))
+            if late and m == 1 and rng.random() < 0.4:
+                del features["x2"]
+            batch.append(
+                Event(
+                    model=f"m{m}",
+                    features=features,
+                    prediction=float(1.0 / (1.0 + math.exp(-x[0]))),
+                    confidence=float(rng.uniform(0.5, 1.0)),
+                    latency_ms=float(rng.lognormal(3.0, 0.4)) * (3.0 if late and m == 2 else 1.0),
+                    error=bool(rng.random() < 0.01),
+                )
+            )
+        out.append(batch)
+    return out
+
+
+def test_the_lane_takes_the_auto_policys_missing_rate_members_with_the_same_verdicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the auto policy the ``missing_rate`` members (one per watched feature) are
+    bank members fed by the lane, like the other banked detectors, not per object beside
+    it (``LanePlan.others``); their Readings, every other member's, the transitions and the
+    checkpoints are the per-object engine's, batch after batch, through the missing rate's
+    drift (whose spans miss a value, hence go member by member into the same bank)."""
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(time=lambda: 0.0))
+    # References of 10,000 (the calibrated default): 3 models of ~14,000 events each.
+    batches = auto_stream(5, n_models=3, batches=56, size=750)
+    engines = {
+        kind: Engine(lambda _m: AUTO, max_models=8, **KINDS[kind])
+        for kind in ("per-object", "lane")
+    }
+    now = 1_000.0
+    missing_verdicts: set[str] = set()
+    transitions = 0
+    fed_before_steady = (0, 0)
+    for b, batch in enumerate(batches):
+        now += 20.0  # the auto policy's health holds a breach for 30 s
+        got = {
+            kind: [(t.model, int(t.from_level), int(t.to_level), t.at) for t in e.apply(batch, now)]
+            for kind, e in engines.items()
+        }
+        assert got["lane"] == got["per-object"], f"batch {b}: transitions"
+        transitions += len(got["lane"])
+        seen = {kind: observed(e) for kind, e in engines.items()}
+        for model, (lane_members, lane_blob) in seen["lane"].items():
+            members, blob = seen["per-object"][model]
+            assert lane_members == members, f"batch {b}, {model}: Readings"
+            if b % 8 == 7 or b == len(batches) - 1:
+                assert lane_blob == blob, f"batch {b}, {model}: checkpoint"
+        missing_verdicts |= {
+            bits[0]
+            for members, _blob in seen["lane"].values()
+            for name, bits, _at in members
+            if name.startswith("missing.")
+        }
+        banks = engines["lane"].banks
+        assert banks is not None
+        if b == 20:  # every reference and window full by now (about 5,000 events a model)
+            fed_before_steady = (banks.lane_events, banks.member_events)
+    banks = engines["lane"].banks
+    assert banks is not None
+    held = 0
+    for model, monitor in engines["lane"].models.items():
+        missing = [
+            member
+            for signal in monitor.signals
+            if signal.policy.source is SignalSource.MISSING
+            for member in signal.members
+        ]
+        assert len(missing) == 7, (model, [m.name for m in missing])  # x0..x5 and region
+        plan = monitor.lane_plan()
+        assert plan is not None
+        assert not set(map(id, missing)) & set(map(id, plan.others)), f"{model}: per object"
+        in_parts = {id(m) for part in plan.parts for m in part.members}
+        assert set(map(id, missing)) <= in_parts, f"{model}: missing members not in the lane"
+        for member in missing:
+            detector = member.detector
+            assert isinstance(detector, BankMember) and isinstance(detector.bank, MissingRateBank)
+            held += detector.bank.banked(detector.number)
+    assert held == 7 * 3, "not every missing_rate member reached the bank's rows"
+    # In steady state the lane fed most events (m1's spans with a missing value did not).
+    lane_events = banks.lane_events - fed_before_steady[0]
+    member_events = banks.member_events - fed_before_steady[1]
+    assert lane_events > 0.75 * (lane_events + member_events), (lane_events, member_events)
+    # The comparison covered a missing-rate drift, not only steady zeros.
+    assert {"ok", "drift"} <= missing_verdicts, missing_verdicts
+    assert transitions > 0, "no transition"

@@ -12,8 +12,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from detectors import Detector, Reading, Verdict, build_detector, restore_detector
-from detectors.bank import KSWindowBank, QuantileBank, RateWindowBank
+from detectors.bank import (
+    KSWindowBank,
+    MissingRateBank,
+    QuantileBank,
+    RateWindowBank,
+    g_statistics_2x2,
+)
+from detectors.calibration import g_statistic_2x2
 from detectors.extremes import MAGNITUDE_LIMIT
+from detectors.missing import MissingRateSpec
 from detectors.numeric import KSWindowDetector, KSWindowSpec
 from detectors.quantile import QuantileSpec
 from detectors.rates import RateWindowSpec
@@ -461,12 +469,17 @@ def binary_stream(size: int, rng: np.random.Generator) -> np.ndarray:
     return values
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RATE_BANKS = [(RateWindowSpec, RateWindowBank), (MissingRateSpec, MissingRateBank)]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_rate_bank_readings_and_checkpoints_equal_the_per_object_detectors(data: Any) -> None:
+    # ``missing_rate`` runs the same test under its own spec, in its own bank class.
+    spec_class, bank_class = data.draw(st.sampled_from(RATE_BANKS), label="kind")
     window = data.draw(st.integers(10, 150), label="window")
     stride = data.draw(st.one_of(st.integers(1, window), st.just(window)), label="stride")
-    spec = RateWindowSpec(
+    spec = spec_class(
         window=window,
         stride=stride,
         min_samples=data.draw(st.integers(1, window), label="min_samples"),
@@ -481,7 +494,7 @@ def test_rate_bank_readings_and_checkpoints_equal_the_per_object_detectors(data:
     families = data.draw(st.lists(st.integers(1, 20), min_size=size, max_size=size))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     streams = [binary_stream(4000, rng) for _ in range(size)]
-    bank = RateWindowBank(spec, capacity=data.draw(st.integers(1, 4), label="capacity"))
+    bank = bank_class(spec, capacity=data.draw(st.integers(1, 4), label="capacity"))
     twins = []
     for member, family in enumerate(families):
         bank.add(family_size=family, seed=member)
@@ -506,23 +519,40 @@ def test_rate_bank_readings_and_checkpoints_equal_the_per_object_detectors(data:
     event(f"some member banked: {any(bank.banked(i) for i in range(size))}")
 
 
-def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way() -> None:
-    spec = RateWindowSpec(reference={"size": 300}, window=100, min_samples=50, stride=10)
-    limit = RateWindowSpec(threshold=0.1, window=100, min_samples=50, stride=10)
+@pytest.mark.parametrize(
+    ("spec_class", "bank_class", "detectors"),
+    [
+        (RateWindowSpec, RateWindowBank, ("RateWindowDetector", "RateLimitDetector")),
+        (MissingRateSpec, MissingRateBank, ("MissingRateDetector", "MissingRateLimitDetector")),
+    ],
+)
+def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way(
+    spec_class: type[RateWindowSpec] | type[MissingRateSpec],
+    bank_class: type[RateWindowBank],
+    detectors: tuple[str, str],
+) -> None:
+    spec = spec_class(reference={"size": 300}, window=100, min_samples=50, stride=10)
+    limit = spec_class(threshold=0.1, window=100, min_samples=50, stride=10)
     rng = np.random.default_rng(6)
-    for each in (spec, limit):
+    for each, detector_class in zip((spec, limit), detectors, strict=True):
         # A rate of 2%, then of 40% from event 1,800 on: both variants breach.
         values = (rng.random(3000) < np.where(np.arange(3000) < 1800, 0.02, 0.4)) * 1.0
         values[rng.random(3000) < 0.05] = np.nan
-        bank = RateWindowBank(each)
+        bank = bank_class(each)
         twin = build_detector(each, family_size=2)
+        assert type(twin).__name__ == detector_class
         bank.add(family_size=2)
         bank.update_many([0], [values[:1000]])
         twin.update_many(values[:1000])
         assert bank.banked(0)
-        other = RateWindowBank(each)
+        assert bank.to_bytes(0) == twin.to_bytes()
+        other = bank_class(each)
         other.add_from_bytes(twin.to_bytes())
+        assert other.banked(0)
         restored = restore_detector(bank.to_bytes(0))
+        # Restored from the bank's bytes: the spec's own detector class, not another's.
+        assert type(restored).__name__ == detector_class
+        assert type(bank.detector(0)).__name__ == detector_class
         verdicts = set()
         for start in range(1000, 3000, 41):
             batch = values[start : start + 41]
@@ -533,8 +563,75 @@ def test_rate_bank_members_join_the_rows_and_checkpoints_move_either_way() -> No
             assert bits(restored.update_many(batch)) == expected
         assert bank.to_bytes(0) == other.to_bytes(0) == twin.to_bytes() == restored.to_bytes()
         assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
-    with pytest.raises(ValueError, match="holds rate_window detectors, not KSWindowSpec"):
-        RateWindowBank(KSWindowSpec())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"holds {spec.type} detectors, not KSWindowSpec"):
+        bank_class(KSWindowSpec())  # type: ignore[arg-type]
+
+
+def test_rate_and_missing_rate_banks_refuse_each_others_specs_and_checkpoints() -> None:
+    """Same test, same rows, different detectors: a bank holds its own spec type only, so a
+    checkpoint restores into the detector (and bank) of the kind that wrote it."""
+    shape = {"reference": {"size": 100}, "window": 50, "min_samples": 20, "stride": 5}
+    rate, missing = RateWindowSpec(**shape), MissingRateSpec(**shape)
+    with pytest.raises(ValueError, match="holds missing_rate detectors, not RateWindowSpec"):
+        MissingRateBank(rate)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="holds rate_window detectors, not MissingRateSpec"):
+        RateWindowBank(missing)
+    values = (np.random.default_rng(2).random(400) < 0.1) * 1.0
+    for spec, foreign in ((rate, MissingRateBank(missing)), (missing, RateWindowBank(rate))):
+        home = (MissingRateBank if spec is missing else RateWindowBank)(spec)
+        home.update_many([home.add()], [values])
+        assert home.banked(0)
+        with pytest.raises(StateError, match=f"not a {foreign.spec.type} detector's checkpoint"):
+            foreign.add_from_bytes(home.to_bytes(0))
+        assert len(foreign) == 0
+
+
+def counts(total: int) -> st.SearchStrategy[int]:
+    """A count out of ``total``: the edges (0, 1, total - 1, total) as often as any other."""
+    edges = st.sampled_from(sorted({0, min(1, total), max(total - 1, 0), total}))
+    return st.one_of(edges, st.integers(0, total))
+
+
+@st.composite
+def rate_tables(draw: st.DrawFn) -> tuple[float, float, float, float]:
+    """The four counts a rate test reads: a window of ``w`` values with ``ones`` 1s against
+    a reference of ``n`` with ``ref_ones`` (0 for an absolute limit's empty reference); the
+    windows and references a spec allows, 10 to 1,000,000, and their edges."""
+    w = draw(st.one_of(st.sampled_from([10, 11, 1000, 10_000, 1_000_000]), st.integers(10, 10**6)))
+    n = draw(st.one_of(st.sampled_from([0, 50, 10_000, 1_000_000]), st.integers(50, 10**6)))
+    ones = draw(counts(w))
+    ref_ones = draw(counts(n))
+    return float(ones), float(w - ones), float(ref_ones), float(n - ref_ones)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables=st.lists(rate_tables(), min_size=1, max_size=40))
+def test_g_statistics_of_a_block_of_rows_equal_the_scalar_bit_for_bit(
+    tables: list[tuple[float, float, float, float]],
+) -> None:
+    # The bank's operands as it passes them: window - ones, ref_n (int64) - ref_ones.
+    w0, w1, r0, r1 = (np.array(column) for column in zip(*tables, strict=True))
+    ref_n = (r0 + r1).astype(np.int64)
+    window = w0 + w1
+    got = g_statistics_2x2(w0, window - w0, r0, ref_n - r0)
+    want = [g_statistic_2x2(*table) for table in tables]
+    assert [repr(g) for g in got.tolist()] == [repr(g) for g in want], tables
+
+
+def test_g_statistics_of_every_small_table_equal_the_scalar_bit_for_bit() -> None:
+    """Every table of counts up to 12 (zeros in every cell and combination of cells), and
+    rows of one table spread over blocks of other sizes."""
+    small = np.array(
+        [(a, b, c, d) for a in range(13) for b in range(13) for c in range(13) for d in range(13)],
+        dtype=np.float64,
+    )
+    got = g_statistics_2x2(*small.T)
+    want = np.array([g_statistic_2x2(*row) for row in small.tolist()])
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert (want > 0).sum() > small.shape[0] // 2
+    for size in (1, 2, 3, 7, 65):
+        part = small[:size]
+        assert np.array_equal(g_statistics_2x2(*part.T).view(np.int64), want[:size].view(np.int64))
 
 
 def latency_stream(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -637,13 +734,17 @@ def test_quantile_bank_members_breach_as_their_detectors_and_checkpoints_move() 
         assert verdicts == {"ok", "drift" if each.threshold is None else "anomaly"}
 
 
-@pytest.mark.parametrize("bank_class", [KSWindowBank, RateWindowBank, QuantileBank])
+@pytest.mark.parametrize(
+    "bank_class", [KSWindowBank, RateWindowBank, MissingRateBank, QuantileBank]
+)
 def test_a_removed_member_frees_its_row_and_number_and_its_handle_fails(
     bank_class: type[KSWindowBank] | type[RateWindowBank] | type[QuantileBank],
 ) -> None:
-    spec_class = {KSWindowBank: KSWindowSpec, RateWindowBank: RateWindowSpec}.get(
-        bank_class, QuantileSpec
-    )
+    spec_class: Any = {
+        KSWindowBank: KSWindowSpec,
+        RateWindowBank: RateWindowSpec,
+        MissingRateBank: MissingRateSpec,
+    }.get(bank_class, QuantileSpec)
     spec = spec_class(window=100, min_samples=50, stride=10, reference={"size": 200})
     bank: Any = bank_class(spec, capacity=2)
     rng = np.random.default_rng(3)
