@@ -33,7 +33,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -213,8 +213,19 @@ class ColumnDecoder:
         self._wide_left = 0
         self._always_wide = not self.features
         self._events = EventDecoder(max_bytes)
-        #: One attribute getter per feature, in the order of ``features``.
+        #: One attribute getter per feature, in the order of ``features``: of a row's
+        #: features, and of the row itself (``features.x0``).
         self._getters = [attrgetter(_field(i)) for i in range(len(self.features))]
+        self._dotted = [attrgetter(f"features.{_field(i)}") for i in range(len(self.features))]
+        #: The top-level number members (or booleans) a column reads, and the getter of
+        #: those and of the numeric features together: one tuple per row, one pass.
+        kinds = {key[0] for key in self.columns if isinstance(key, tuple) and key}
+        self._top = tuple(member for member in _TOP_NUMBERS if member in kinds)
+        self._fused = (
+            attrgetter(*self._top, *(f"features.{_field(i)}" for i in range(len(self.numeric))))
+            if self.numeric
+            else None
+        )
 
     @property
     def wide(self) -> bool:
@@ -294,24 +305,41 @@ class ColumnDecoder:
     def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
         rows = batch.rows
         n = len(rows)
-        feats: list[Any] = list(map(_FEATURES, rows))
         # Rows holding a features dict (all in the wide mode, else the event decoder's).
         dicts: Sequence[int] = range(n) if wide else batch.exact
-        if None in feats or dicts:
-            no_features = self._no_features
-            feats = [no_features if f is None or type(f) is dict else f for f in feats]
-        # A dict row's features, by row (an empty or absent dict reads as the Struct with
-        # no feature set, as the substitute above).
-        found_dicts = [(i, found) for i in dicts if (found := rows[i].features)]
-        position = {name: j for j, name in enumerate(self.features)}
-        getters = self._getters
         k = len(self.numeric)
-
         #: Each feature's values (a list), or for a feature read as numbers its float
         #: column when every value is a number or null (NaN then means null: a JSON number
         #: is never NaN). Built on first use, a column at a time: no tuple per row, and
         #: no list at all for a feature no column reads (the unread ones).
         by_name: dict[str, Any] = {}
+        #: The top-level number members the columns read, by member name.
+        top: dict[str, FloatArray] = {}
+        fused = None if dicts else self._fused_block(rows)
+        if fused is not None:
+            # Every row a policy row with its features: the numeric features and the
+            # top-level numbers came out of one pass over the rows; the other features
+            # are read through the rows too (no list of the rows' features).
+            for i, member in enumerate(self._top):
+                top[member] = fused[i]
+            for j in range(k):
+                by_name[self.features[j]] = fused[len(self._top) + j]
+            feats: list[Any] = rows
+            getters = self._dotted
+            found_dicts: list[tuple[int, Any]] = []
+        else:
+            feats = list(map(_FEATURES, rows))
+            if None in feats or dicts:
+                no_features = self._no_features
+                feats = [no_features if f is None or type(f) is dict else f for f in feats]
+            # A dict row's features, by row (an empty or absent dict reads as the Struct
+            # with no feature set, as the substitute above).
+            found_dicts = [(i, found) for i in dicts if (found := rows[i].features)]
+            getters = self._getters
+            if self._top:
+                block = _float_block(attrgetter(*self._top), rows, len(self._top))
+                top = dict(zip(self._top, block, strict=True))
+        position = {name: j for j, name in enumerate(self.features)}
 
         def values_of(name: str) -> list[Any]:
             values = list(map(getters[position[name]], feats))
@@ -352,8 +380,10 @@ class ColumnDecoder:
                 column = read_as_numbers[name] = _numbers(found)
             return column
 
-        # Top-level members: the columns' own builders, over rows that have their attributes.
+        # The other top-level members (those the outcome join is read with): the columns'
+        # own builders, over rows that have their attributes.
         event_columns = EventColumns(cast(Sequence[Event], rows))
+        predictions: list[Any] | None = None
         for key, column in self.columns.items():
             assert isinstance(key, tuple)  # every key of columns.py is
             kind = key[0]
@@ -377,8 +407,39 @@ class ColumnDecoder:
                 )
             elif kind == "schema":
                 batch.columns[key] = self._schema(dict(key[1]), rows, column_of, dicts)
+            elif kind in _TOP_NUMBERS:
+                batch.columns[key] = self._top_column(kind, top[kind], rows)
+            elif kind in _PREDICTION_KINDS:
+                if predictions is None:
+                    predictions = list(map(_PREDICTION, rows))
+                batch.columns[key] = (
+                    _numbers(predictions) if kind == "prediction" else _categories(predictions)
+                )
             elif self.top_level:
                 batch.columns[key] = column.build(event_columns)
+
+    def _fused_block(self, rows: list[Any]) -> FloatArray | None:
+        """The top-level numbers and the numeric features of ``rows``, a row of the result
+        per member then per feature (as ``_top`` and ``numeric``), out of one pass over the
+        rows; None when a row has no features (null or absent: the per-feature path)."""
+        if self._fused is None:
+            return None
+        try:
+            return _float_block(self._fused, rows, len(self._top) + len(self.numeric))
+        except AttributeError:  # ``features.x0`` of a row whose features are None
+            return None
+
+    @staticmethod
+    def _top_column(member: str, values: FloatArray, rows: list[Any]) -> FloatArray:
+        """As ``columns._error`` for the error rate (which reads the rows' labels), else
+        the member's values as they are (``columns._floats``)."""
+        if member == "error":
+            # An inference event without `error` succeeded; a pure outcome event (a label
+            # arriving later) says nothing about serving errors.
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                if rows[i].label is None:
+                    values[i] = 0.0
+        return values
 
     def _schema(
         self,
@@ -415,6 +476,26 @@ class ColumnDecoder:
             else:
                 out[i] = 0.0
         return out
+
+
+#: The top-level members read as numbers (or booleans, read as 0 / 1) into a column keyed
+#: by their name alone, as ``columns._floats`` reads them: typed number (or bool) or null.
+_TOP_NUMBERS = ("confidence", "latency_ms", "error", "feedback")
+#: The columns of the prediction, as ``columns._prediction_numeric`` / ``_category``.
+_PREDICTION_KINDS = frozenset({"prediction", "prediction_category"})
+
+
+def _float_block(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
+    """``getter``'s values of ``rows`` (a tuple of ``members`` numbers or null per row, a
+    value when one) as a (members, rows) float64 array: one C-level pass over the rows,
+    each row and its values read once (numpy reads None as NaN, a boolean as 0 / 1). A
+    pass per member costs more the larger the batch: every pass reads every row again,
+    from all over the heap (``bench/results/decode.md``)."""
+    n = len(rows)
+    if members == 1:
+        return np.fromiter(map(getter, rows), dtype=np.float64, count=n).reshape(1, n)
+    flat = np.fromiter(chain.from_iterable(map(getter, rows)), dtype=np.float64, count=n * members)
+    return np.ascontiguousarray(flat.reshape(n, members).T)
 
 
 def _feature_names(signal: SignalPolicy) -> list[str]:
