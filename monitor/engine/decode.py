@@ -130,6 +130,27 @@ class DecodedBatch:
     #: The rows the event decoder decoded: refused by the policy type (a feature no signal
     #: names, a string or boolean where a number is read), or with a model id to check.
     exact: list[int] = field(default_factory=list)
+    _codes: tuple[dict[str, int], np.ndarray] | None = None
+
+    def model_codes(self) -> tuple[dict[str, int], np.ndarray]:
+        """Each model's first row (the models in order of first appearance), and each row's
+        model code: the first row of its model. One pass over the model ids, whoever asks
+        (the path's survey, the engine's regrouping).
+
+        >>> first, codes = DecodedBatch([0, 1, 2], ["b", "a", "b"], [None] * 3).model_codes()
+        >>> first, codes.tolist()
+        ({'b': 0, 'a': 1}, [0, 1, 0])
+        """
+        if self._codes is None:
+            models = self.models
+            first: dict[str, int] = {}
+            codes = np.fromiter(
+                map(first.setdefault, models, range(len(models))),
+                dtype=np.intp,
+                count=len(models),
+            )
+            self._codes = (first, codes)
+        return self._codes
 
 
 _MODEL = attrgetter("model")
@@ -593,7 +614,7 @@ class ColumnarPath:
         if wide or batch.exact:
             self._learn(batch, wide)
         models = batch.models
-        full = self._survey(dict.fromkeys(models))
+        full = self._survey(batch.model_codes()[0])
         rows = batch.rows
         again = [i for i, model in enumerate(models) if model in full] if full else []
         labels = list(map(_LABEL, rows))
