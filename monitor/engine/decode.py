@@ -68,6 +68,9 @@ __all__ = ["ColumnDecoder", "ColumnarPath", "DecodedBatch", "policy_event_type",
 BATCH_MIN = 64
 WIDE_SHARE = 10
 WIDE_BATCHES = 16
+#: Records decoded before their numbers are read into the fused columns (``_decode_rows``):
+#: about 1 MB of rows, which a core's cache still holds.
+DECODE_CHUNK = 1024
 
 FeatureValue = Number | Text | bool | None
 
@@ -273,8 +276,12 @@ class ColumnDecoder:
         # features no signal names), the next ones are decoded into the contract's type (a
         # features dict, validated as the event decoder does) rather than twice each.
         wide = self._always_wide or self._wide_left > 0
-        rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
+        fused = None if wide else self._fused
+        rows, block = self._decode_rows(candidates, self._wide_rows if wide else self._rows, fused)
         exact: list[int] = []
+        #: The fused columns of the rows (``_fused``), when made while decoding them: the
+        #: rows are the batch's (no record refused), none without features.
+        fused_rows: FloatArray | bool | None = False
         models = None if None in rows else list(map(_MODEL, rows))
         if models is None or not _plain(models):
             decode = self._events.decode
@@ -293,37 +300,68 @@ class ColumnDecoder:
             models = list(map(_MODEL, kept))
         else:
             records, kept = positions, rows
+            if fused is not None:
+                fused_rows = block
         assert models is not None
         batch = DecodedBatch(records, models, kept, bad=bad, exact=exact)
         if wide:
             self._wide_left -= 1
         elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
             self._wide_left = WIDE_BATCHES
-        self._build_columns(batch, wide)
+        self._build_columns(batch, wide, fused_rows)
         return batch
 
     # -------------------------------------------------------------------- decoding
 
     def _decode_rows(
-        self, values: Sequence[bytes], decoder: msgspec.json.Decoder[Any]
-    ) -> list[Any]:
+        self,
+        values: Sequence[bytes],
+        decoder: msgspec.json.Decoder[Any],
+        fused: Callable[[Any], Any] | None = None,
+    ) -> tuple[list[Any], FloatArray | None]:
         """A row (of ``decoder``'s type) for each of ``values``, or None for a record the
         event decoder must decode. One call per record: as cheap as one ``decode_lines``
         call over the joined batch (``bench/results/decode.md``), and each record is its
-        own input (no framing to trust, no failed batch to resume)."""
+        own input (no framing to trust, no failed batch to resume).
+
+        With ``fused`` (the getter of ``_fused``), also the rows' fused columns, or None
+        when a row was refused or has no features: read DECODE_CHUNK rows at a time, right
+        after decoding them, while their values are still in the processor's cache."""
         decode = decoder.decode
         out: list[Any] = []
         append = out.append
-        for value in values:
-            try:
-                append(decode(value))
-            except Exception:  # the event decoder then gives the verdict and its reason
-                append(None)
-        return out
+        members = len(self._top) + len(self.numeric)
+        flat = np.empty(len(values) * members) if fused is not None else None
+        records = iter(values)
+        while True:
+            start = len(out)
+            for value in islice(records, DECODE_CHUNK):
+                try:
+                    append(decode(value))
+                except Exception:  # the event decoder then gives the verdict and its reason
+                    append(None)
+            end = len(out)
+            if end == start:
+                break
+            if flat is not None and fused is not None:
+                try:
+                    flat[start * members : end * members] = _flat_values(
+                        fused, out[start:end], members
+                    )
+                except AttributeError:  # a refused record (None), or one without features
+                    flat = None
+        if flat is None:
+            return out, None
+        return out, _as_block(flat, len(out), members)
 
     # -------------------------------------------------------------------- columns
 
-    def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
+    def _build_columns(
+        self, batch: DecodedBatch, wide: bool, fused_rows: FloatArray | bool | None = False
+    ) -> None:
+        """Every column of ``columns`` for the rows of ``batch``. ``fused_rows``: the rows'
+        fused columns made while decoding them, None when a row had no features, False
+        when not made."""
         rows = batch.rows
         n = len(rows)
         # Rows holding a features dict (all in the wide mode, else the event decoder's).
@@ -336,7 +374,13 @@ class ColumnDecoder:
         by_name: dict[str, Any] = {}
         #: The top-level number members the columns read, by member name.
         top: dict[str, FloatArray] = {}
-        fused = None if dicts else self._fused_block(rows)
+        fused: FloatArray | None
+        if dicts:
+            fused = None
+        elif fused_rows is False:
+            fused = self._fused_block(rows)
+        else:
+            fused = cast(FloatArray | None, fused_rows)
         if fused is not None:
             # Every row a policy row with its features: the numeric features and the
             # top-level numbers came out of one pass over the rows; the other features
@@ -506,17 +550,26 @@ _TOP_NUMBERS = ("confidence", "latency_ms", "error", "feedback")
 _PREDICTION_KINDS = frozenset({"prediction", "prediction_category"})
 
 
-def _float_block(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
+def _flat_values(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
     """``getter``'s values of ``rows`` (a tuple of ``members`` numbers or null per row, a
-    value when one) as a (members, rows) float64 array: one C-level pass over the rows,
-    each row and its values read once (numpy reads None as NaN, a boolean as 0 / 1). A
-    pass per member costs more the larger the batch: every pass reads every row again,
-    from all over the heap (``bench/results/decode.md``)."""
+    value when one), row after row: one C-level pass over the rows, each row and its values
+    read once (numpy reads None as NaN, a boolean as 0 / 1). A pass per member costs more
+    the larger the batch: every pass reads every row again, from all over the heap
+    (``bench/results/decode.md``)."""
     n = len(rows)
     if members == 1:
-        return np.fromiter(map(getter, rows), dtype=np.float64, count=n).reshape(1, n)
-    flat = np.fromiter(chain.from_iterable(map(getter, rows)), dtype=np.float64, count=n * members)
-    return np.ascontiguousarray(flat.reshape(n, members).T)
+        return np.fromiter(map(getter, rows), dtype=np.float64, count=n)
+    return np.fromiter(chain.from_iterable(map(getter, rows)), dtype=np.float64, count=n * members)
+
+
+def _as_block(flat: FloatArray, rows: int, members: int) -> FloatArray:
+    """``_flat_values`` as a (members, rows) array, each member's column contiguous."""
+    return np.ascontiguousarray(flat.reshape(rows, members).T)
+
+
+def _float_block(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
+    """``getter``'s values of ``rows`` as a (members, rows) float64 array."""
+    return _as_block(_flat_values(getter, rows, members), len(rows), members)
 
 
 def _feature_names(signal: SignalPolicy) -> list[str]:
