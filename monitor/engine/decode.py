@@ -68,8 +68,8 @@ __all__ = ["ColumnDecoder", "ColumnarPath", "DecodedBatch", "policy_event_type",
 BATCH_MIN = 64
 WIDE_SHARE = 10
 WIDE_BATCHES = 16
-#: Records decoded before their numbers are read into the fused columns (``_decode_rows``):
-#: about 1 MB of rows, which a core's cache still holds.
+#: A batch is decoded DECODE_CHUNK records at a time, each part's columns built right after
+#: its records are decoded: about 1 MB of rows, which a core's cache still holds.
 DECODE_CHUNK = 1024
 
 FeatureValue = Number | Text | bool | None
@@ -257,31 +257,48 @@ class ColumnDecoder:
         return self._always_wide or self._wide_left > 0
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        max_bytes = self.max_bytes
-        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
-            positions: list[int] = list(range(len(values)))
-            candidates = cast(Sequence[bytes], values)
-            bad: list[tuple[int, BadRecord]] = []
-        else:  # the event decoder's own verdict on empty and oversized records
-            positions, bad = [], []
-            for i, value in enumerate(values):
-                if value and len(value) <= max_bytes:
-                    positions.append(i)
-                else:
-                    found = self._events.decode(value)
-                    assert isinstance(found, BadRecord)
-                    bad.append((i, found))
-            candidates = [cast(bytes, values[i]) for i in positions]
         # Wide mode: when the policy type refused many records of a batch (events carrying
         # features no signal names), the next ones are decoded into the contract's type (a
         # features dict, validated as the event decoder does) rather than twice each.
         wide = self._always_wide or self._wide_left > 0
-        fused = None if wide else self._fused
-        rows, block = self._decode_rows(candidates, self._wide_rows if wide else self._rows, fused)
+        if len(values) <= DECODE_CHUNK:
+            batch = self._decode_part(values, 0, wide)
+        else:
+            # A part at a time, each part's columns built right after its records are
+            # decoded, while its rows are still in the processor's cache.
+            batch = _concatenated(
+                [
+                    self._decode_part(values[at : at + DECODE_CHUNK], at, wide)
+                    for at in range(0, len(values), DECODE_CHUNK)
+                ]
+            )
+        if wide:
+            self._wide_left -= 1
+        elif len(batch.exact) * WIDE_SHARE > len(batch.rows) >= BATCH_MIN:
+            self._wide_left = WIDE_BATCHES
+        return batch
+
+    def _decode_part(self, values: Sequence[bytes | None], offset: int, wide: bool) -> DecodedBatch:
+        """``values`` (the batch's from position ``offset`` on) decoded, with columns."""
+        max_bytes = self.max_bytes
+        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
+            positions: list[int] = list(range(offset, offset + len(values)))
+            candidates = cast(Sequence[bytes], values)
+            bad: list[tuple[int, BadRecord]] = []
+        else:  # the event decoder's own verdict on empty and oversized records
+            positions, bad = [], []
+            at_value: list[int] = []
+            for i, value in enumerate(values):
+                if value and len(value) <= max_bytes:
+                    positions.append(offset + i)
+                    at_value.append(i)
+                else:
+                    found = self._events.decode(value)
+                    assert isinstance(found, BadRecord)
+                    bad.append((offset + i, found))
+            candidates = [cast(bytes, values[i]) for i in at_value]
+        rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
         exact: list[int] = []
-        #: The fused columns of the rows (``_fused``), when made while decoding them: the
-        #: rows are the batch's (no record refused), none without features.
-        fused_rows: FloatArray | bool | None = False
         models = None if None in rows else list(map(_MODEL, rows))
         if models is None or not _plain(models):
             decode = self._events.decode
@@ -300,68 +317,33 @@ class ColumnDecoder:
             models = list(map(_MODEL, kept))
         else:
             records, kept = positions, rows
-            if fused is not None:
-                fused_rows = block
         assert models is not None
         batch = DecodedBatch(records, models, kept, bad=bad, exact=exact)
-        if wide:
-            self._wide_left -= 1
-        elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
-            self._wide_left = WIDE_BATCHES
-        self._build_columns(batch, wide, fused_rows)
+        self._build_columns(batch, wide)
         return batch
 
     # -------------------------------------------------------------------- decoding
 
     def _decode_rows(
-        self,
-        values: Sequence[bytes],
-        decoder: msgspec.json.Decoder[Any],
-        fused: Callable[[Any], Any] | None = None,
-    ) -> tuple[list[Any], FloatArray | None]:
+        self, values: Sequence[bytes], decoder: msgspec.json.Decoder[Any]
+    ) -> list[Any]:
         """A row (of ``decoder``'s type) for each of ``values``, or None for a record the
         event decoder must decode. One call per record: as cheap as one ``decode_lines``
         call over the joined batch (``bench/results/decode.md``), and each record is its
-        own input (no framing to trust, no failed batch to resume).
-
-        With ``fused`` (the getter of ``_fused``), also the rows' fused columns, or None
-        when a row was refused or has no features: read DECODE_CHUNK rows at a time, right
-        after decoding them, while their values are still in the processor's cache."""
+        own input (no framing to trust, no failed batch to resume)."""
         decode = decoder.decode
         out: list[Any] = []
         append = out.append
-        members = len(self._top) + len(self.numeric)
-        flat = np.empty(len(values) * members) if fused is not None else None
-        records = iter(values)
-        while True:
-            start = len(out)
-            for value in islice(records, DECODE_CHUNK):
-                try:
-                    append(decode(value))
-                except Exception:  # the event decoder then gives the verdict and its reason
-                    append(None)
-            end = len(out)
-            if end == start:
-                break
-            if flat is not None and fused is not None:
-                try:
-                    flat[start * members : end * members] = _flat_values(
-                        fused, out[start:end], members
-                    )
-                except AttributeError:  # a refused record (None), or one without features
-                    flat = None
-        if flat is None:
-            return out, None
-        return out, _as_block(flat, len(out), members)
+        for value in values:
+            try:
+                append(decode(value))
+            except Exception:  # the event decoder then gives the verdict and its reason
+                append(None)
+        return out
 
     # -------------------------------------------------------------------- columns
 
-    def _build_columns(
-        self, batch: DecodedBatch, wide: bool, fused_rows: FloatArray | bool | None = False
-    ) -> None:
-        """Every column of ``columns`` for the rows of ``batch``. ``fused_rows``: the rows'
-        fused columns made while decoding them, None when a row had no features, False
-        when not made."""
+    def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
         rows = batch.rows
         n = len(rows)
         # Rows holding a features dict (all in the wide mode, else the event decoder's).
@@ -374,13 +356,7 @@ class ColumnDecoder:
         by_name: dict[str, Any] = {}
         #: The top-level number members the columns read, by member name.
         top: dict[str, FloatArray] = {}
-        fused: FloatArray | None
-        if dicts:
-            fused = None
-        elif fused_rows is False:
-            fused = self._fused_block(rows)
-        else:
-            fused = cast(FloatArray | None, fused_rows)
+        fused = None if dicts else self._fused_block(rows)
         if fused is not None:
             # Every row a policy row with its features: the numeric features and the
             # top-level numbers came out of one pass over the rows; the other features
@@ -570,6 +546,29 @@ def _as_block(flat: FloatArray, rows: int, members: int) -> FloatArray:
 def _float_block(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
     """``getter``'s values of ``rows`` as a (members, rows) float64 array."""
     return _as_block(_flat_values(getter, rows, members), len(rows), members)
+
+
+def _concatenated(parts: list[DecodedBatch]) -> DecodedBatch:
+    """The decoded parts of one batch (each part's positions already the batch's) as one:
+    its rows, bad records and columns one part after the other. Every column is built
+    row by row (a row's value depends on that row alone), so a part's column is that
+    part's slice of the batch's."""
+    batch = DecodedBatch([], [], [])
+    for part in parts:
+        kept = len(batch.rows)
+        batch.records += part.records
+        batch.models += part.models
+        batch.rows += part.rows
+        batch.bad += part.bad
+        batch.exact += [kept + i for i in part.exact]
+    for key, first in parts[0].columns.items():
+        pieces = [part.columns[key] for part in parts]
+        if isinstance(first, np.ndarray):
+            batch.columns[key] = np.concatenate(pieces)
+        else:
+            assert not any(isinstance(piece, np.ndarray) for piece in pieces), key
+            batch.columns[key] = list(chain.from_iterable(pieces))
+    return batch
 
 
 def _feature_names(signal: SignalPolicy) -> list[str]:

@@ -183,9 +183,10 @@ FUSED_EDGES = {
 def test_a_row_without_features_in_any_chunk_leaves_every_column_exact(
     policy: str, at: int
 ) -> None:
-    """The fused columns are read a chunk of rows at a time as they are decoded; a valid
-    row without features (null or absent: the policy type takes it) in any chunk sends
-    the batch to the per-feature path, with the same columns; so does a refused record."""
+    """A batch is decoded a part (DECODE_CHUNK records) at a time, each part's columns
+    built as it is decoded, then joined; a valid row without features (null or absent:
+    the policy type takes it) in any part sends that part to the per-feature path (not
+    the fused columns), a refused record to the exact path: the same columns."""
     signals = {**POLICIES, **FUSED_EDGES}[policy]
     values = synthetic(3 * DECODE_CHUNK)
     assert_same_as_event_decoder(ColumnDecoder(signals, MAX_BYTES), list(values))
@@ -198,6 +199,22 @@ def test_a_row_without_features_in_any_chunk_leaves_every_column_exact(
         changed = list(values)
         changed[at] = odd
         assert_same_as_event_decoder(ColumnDecoder(signals, MAX_BYTES), changed)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_batch_of_many_parts_gets_each_records_verdict_and_its_columns(policy: str) -> None:
+    """Hostile, awkward and valid records spread over several parts of a batch: each
+    record's verdict at its own position, and every column, as the event decoder's."""
+    rng = random.Random(9)
+    values = [p.value for p in hostile_records(900, 9)] + synthetic(2 * DECODE_CHUNK)
+    values += [awkward(rng) for _ in range(300)]
+    rng.shuffle(values)
+    decoder = ColumnDecoder(POLICIES[policy], MAX_BYTES)
+    wide = decoder.wide
+    batch = assert_same_as_event_decoder(decoder, values)
+    assert len(values) > 3 * DECODE_CHUNK and len(batch.bad) > 600 and len(batch.exact) > 30
+    if not wide:  # the event decoder's rows are those of ``exact``, by their batch index
+        assert batch.exact == [i for i, row in enumerate(batch.rows) if type(row) is Event]
 
 
 def test_one_bad_record_is_dead_lettered_alone_and_the_rest_decoded() -> None:
