@@ -17,9 +17,16 @@ How a batch goes (``bench/results/decode.md`` has the figures):
    batch), or an :class:`Event` with its features dict (valid: a feature no signal names, a
    string where a number was expected). When many records of a batch are refused, the next
    batches are decoded into :class:`Event` directly (the wide mode) rather than twice each.
-4. Columns are built from the rows a feature at a time, on first use: a numeric feature
-   by one ``np.fromiter`` over its ``attrgetter`` (no tuple per row, no list), the others
-   as lists; the top-level members by columns.py's own builders.
+4. Columns are built from the rows: the numeric features and the top-level numbers
+   (confidence, latency, error, feedback) out of one pass (a tuple of them per row, one
+   ``np.fromiter``), the prediction's from one list, the other features a feature at a
+   time on first use, as lists; the label-based members by columns.py's own builders.
+
+Steps 1 to 4 run DECODE_CHUNK records at a time, and the parts are joined: a part's columns
+are built right after its records are decoded, while its rows (~1 MB) are still in the
+processor's cache. Every column is read row by row, so the joined parts are the batch's
+columns; a batch read whole would read every row back from all over the heap, once per
+pass over the rows (``bench/results/decode.md``).
 
 Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
 every feature (count, string length, number range, nesting); a Struct that skipped unnamed
@@ -199,9 +206,9 @@ class ColumnDecoder:
         self.max_bytes = max_bytes
         #: The columns to build, by key (each once, however many signals read it).
         self.columns: dict[Hashable, Column] = {}
-        #: False: only the columns read out of ``features`` are built; the engine's
-        #: EventColumns builds the others from the rows on first use (after the outcome
-        #: join, which the label-based columns read).
+        #: False: only the columns read out of ``features`` and the top-level numbers and
+        #: prediction are built; the engine's EventColumns builds the others from the rows
+        #: on first use (after the outcome join, which the label-based columns read).
         self.top_level = top_level
         numeric: dict[str, None] = {}
         categorical: set[str] = set()
