@@ -17,9 +17,16 @@ How a batch goes (``bench/results/decode.md`` has the figures):
    batch), or an :class:`Event` with its features dict (valid: a feature no signal names, a
    string where a number was expected). When many records of a batch are refused, the next
    batches are decoded into :class:`Event` directly (the wide mode) rather than twice each.
-4. Columns are built from the rows a feature at a time, on first use: a numeric feature
-   by one ``np.fromiter`` over its ``attrgetter`` (no tuple per row, no list), the others
-   as lists; the top-level members by columns.py's own builders.
+4. Columns are built from the rows: the numeric features and the top-level numbers
+   (confidence, latency, error, feedback) out of one pass (a tuple of them per row, one
+   ``np.fromiter``), the prediction's from one list, the other features a feature at a
+   time on first use, as lists; the label-based members by columns.py's own builders.
+
+Steps 1 to 4 run DECODE_CHUNK records at a time, and the parts are joined: a part's columns
+are built right after its records are decoded, while its rows (~1 MB) are still in the
+processor's cache. Every column is read row by row, so the joined parts are the batch's
+columns; a batch read whole would read every row back from all over the heap, once per
+pass over the rows (``bench/results/decode.md``).
 
 Why the policy type refuses unnamed features rather than ignoring them: the contract bounds
 every feature (count, string length, number range, nesting); a Struct that skipped unnamed
@@ -33,7 +40,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -69,6 +76,9 @@ __all__ = ["ColumnDecoder", "ColumnarPath", "DecodedBatch", "policy_event_type",
 BATCH_MIN = 64
 WIDE_SHARE = 10
 WIDE_BATCHES = 16
+#: A batch is decoded DECODE_CHUNK records at a time, each part's columns built right after
+#: its records are decoded: about 1 MB of rows, which a core's cache still holds.
+DECODE_CHUNK = 1024
 
 FeatureValue = Number | Text | bool | None
 
@@ -131,6 +141,27 @@ class DecodedBatch:
     #: The rows the event decoder decoded: refused by the policy type (a feature no signal
     #: names, a string or boolean where a number is read), or with a model id to check.
     exact: list[int] = field(default_factory=list)
+    _codes: tuple[dict[str, int], np.ndarray] | None = None
+
+    def model_codes(self) -> tuple[dict[str, int], np.ndarray]:
+        """Each model's first row (the models in order of first appearance), and each row's
+        model code: the first row of its model. One pass over the model ids, whoever asks
+        (the path's survey, the engine's regrouping).
+
+        >>> first, codes = DecodedBatch([0, 1, 2], ["b", "a", "b"], [None] * 3).model_codes()
+        >>> first, codes.tolist()
+        ({'b': 0, 'a': 1}, [0, 1, 0])
+        """
+        if self._codes is None:
+            models = self.models
+            first: dict[str, int] = {}
+            codes = np.fromiter(
+                map(first.setdefault, models, range(len(models))),
+                dtype=np.intp,
+                count=len(models),
+            )
+            self._codes = (first, codes)
+        return self._codes
 
 
 _MODEL = attrgetter("model")
@@ -176,9 +207,9 @@ class ColumnDecoder:
         self.max_bytes = max_bytes
         #: The columns to build, by key (each once, however many signals read it).
         self.columns: dict[Hashable, Column] = {}
-        #: False: only the columns read out of ``features`` are built; the engine's
-        #: EventColumns builds the others from the rows on first use (after the outcome
-        #: join, which the label-based columns read).
+        #: False: only the columns read out of ``features`` and the top-level numbers and
+        #: prediction are built; the engine's EventColumns builds the others from the rows
+        #: on first use (after the outcome join, which the label-based columns read).
         self.top_level = top_level
         numeric: dict[str, None] = {}
         categorical: set[str] = set()
@@ -214,8 +245,19 @@ class ColumnDecoder:
         self._wide_left = 0
         self._always_wide = not self.features
         self._events = EventDecoder(max_bytes)
-        #: One attribute getter per feature, in the order of ``features``.
+        #: One attribute getter per feature, in the order of ``features``: of a row's
+        #: features, and of the row itself (``features.x0``).
         self._getters = [attrgetter(_field(i)) for i in range(len(self.features))]
+        self._dotted = [attrgetter(f"features.{_field(i)}") for i in range(len(self.features))]
+        #: The top-level number members (or booleans) a column reads, and the getter of
+        #: those and of the numeric features together: one tuple per row, one pass.
+        kinds = {key[0] for key in self.columns if isinstance(key, tuple) and key}
+        self._top = tuple(member for member in _TOP_NUMBERS if member in kinds)
+        self._fused = (
+            attrgetter(*self._top, *(f"features.{_field(i)}" for i in range(len(self.numeric))))
+            if self.numeric
+            else None
+        )
 
     @property
     def wide(self) -> bool:
@@ -223,25 +265,46 @@ class ColumnDecoder:
         return self._always_wide or self._wide_left > 0
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        max_bytes = self.max_bytes
-        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
-            positions: list[int] = list(range(len(values)))
-            candidates = cast(Sequence[bytes], values)
-            bad: list[tuple[int, BadRecord]] = []
-        else:  # the event decoder's own verdict on empty and oversized records
-            positions, bad = [], []
-            for i, value in enumerate(values):
-                if value and len(value) <= max_bytes:
-                    positions.append(i)
-                else:
-                    found = self._events.decode(value)
-                    assert isinstance(found, BadRecord)
-                    bad.append((i, found))
-            candidates = [cast(bytes, values[i]) for i in positions]
         # Wide mode: when the policy type refused many records of a batch (events carrying
         # features no signal names), the next ones are decoded into the contract's type (a
         # features dict, validated as the event decoder does) rather than twice each.
         wide = self._always_wide or self._wide_left > 0
+        if len(values) <= DECODE_CHUNK:
+            batch = self._decode_part(values, 0, wide)
+        else:
+            # A part at a time, each part's columns built right after its records are
+            # decoded, while its rows are still in the processor's cache.
+            batch = _concatenated(
+                [
+                    self._decode_part(values[at : at + DECODE_CHUNK], at, wide)
+                    for at in range(0, len(values), DECODE_CHUNK)
+                ]
+            )
+        if wide:
+            self._wide_left -= 1
+        elif len(batch.exact) * WIDE_SHARE > len(batch.rows) >= BATCH_MIN:
+            self._wide_left = WIDE_BATCHES
+        return batch
+
+    def _decode_part(self, values: Sequence[bytes | None], offset: int, wide: bool) -> DecodedBatch:
+        """``values`` (the batch's from position ``offset`` on) decoded, with columns."""
+        max_bytes = self.max_bytes
+        if all(values) and max(map(len, cast(Sequence[bytes], values)), default=0) <= max_bytes:
+            positions: list[int] = list(range(offset, offset + len(values)))
+            candidates = cast(Sequence[bytes], values)
+            bad: list[tuple[int, BadRecord]] = []
+        else:  # the event decoder's own verdict on empty and oversized records
+            positions, bad = [], []
+            at_value: list[int] = []
+            for i, value in enumerate(values):
+                if value and len(value) <= max_bytes:
+                    positions.append(offset + i)
+                    at_value.append(i)
+                else:
+                    found = self._events.decode(value)
+                    assert isinstance(found, BadRecord)
+                    bad.append((offset + i, found))
+            candidates = [cast(bytes, values[i]) for i in at_value]
         rows = self._decode_rows(candidates, self._wide_rows if wide else self._rows)
         exact: list[int] = []
         models = None if None in rows else list(map(_MODEL, rows))
@@ -264,10 +327,6 @@ class ColumnDecoder:
             records, kept = positions, rows
         assert models is not None
         batch = DecodedBatch(records, models, kept, bad=bad, exact=exact)
-        if wide:
-            self._wide_left -= 1
-        elif len(exact) * WIDE_SHARE > len(kept) >= BATCH_MIN:
-            self._wide_left = WIDE_BATCHES
         self._build_columns(batch, wide)
         return batch
 
@@ -295,24 +354,41 @@ class ColumnDecoder:
     def _build_columns(self, batch: DecodedBatch, wide: bool) -> None:
         rows = batch.rows
         n = len(rows)
-        feats: list[Any] = list(map(_FEATURES, rows))
         # Rows holding a features dict (all in the wide mode, else the event decoder's).
         dicts: Sequence[int] = range(n) if wide else batch.exact
-        if None in feats or dicts:
-            no_features = self._no_features
-            feats = [no_features if f is None or type(f) is dict else f for f in feats]
-        # A dict row's features, by row (an empty or absent dict reads as the Struct with
-        # no feature set, as the substitute above).
-        found_dicts = [(i, found) for i in dicts if (found := rows[i].features)]
-        position = {name: j for j, name in enumerate(self.features)}
-        getters = self._getters
         k = len(self.numeric)
-
         #: Each feature's values (a list), or for a feature read as numbers its float
         #: column when every value is a number or null (NaN then means null: a JSON number
         #: is never NaN). Built on first use, a column at a time: no tuple per row, and
         #: no list at all for a feature no column reads (the unread ones).
         by_name: dict[str, Any] = {}
+        #: The top-level number members the columns read, by member name.
+        top: dict[str, FloatArray] = {}
+        fused = None if dicts else self._fused_block(rows)
+        if fused is not None:
+            # Every row a policy row with its features: the numeric features and the
+            # top-level numbers came out of one pass over the rows; the other features
+            # are read through the rows too (no list of the rows' features).
+            for i, member in enumerate(self._top):
+                top[member] = fused[i]
+            for j in range(k):
+                by_name[self.features[j]] = fused[len(self._top) + j]
+            feats: list[Any] = rows
+            getters = self._dotted
+            found_dicts: list[tuple[int, Any]] = []
+        else:
+            feats = list(map(_FEATURES, rows))
+            if None in feats or dicts:
+                no_features = self._no_features
+                feats = [no_features if f is None or type(f) is dict else f for f in feats]
+            # A dict row's features, by row (an empty or absent dict reads as the Struct
+            # with no feature set, as the substitute above).
+            found_dicts = [(i, found) for i in dicts if (found := rows[i].features)]
+            getters = self._getters
+            if self._top:
+                block = _float_block(attrgetter(*self._top), rows, len(self._top))
+                top = dict(zip(self._top, block, strict=True))
+        position = {name: j for j, name in enumerate(self.features)}
 
         def values_of(name: str) -> list[Any]:
             values = list(map(getters[position[name]], feats))
@@ -353,8 +429,10 @@ class ColumnDecoder:
                 column = read_as_numbers[name] = _numbers(found)
             return column
 
-        # Top-level members: the columns' own builders, over rows that have their attributes.
+        # The other top-level members (those the outcome join is read with): the columns'
+        # own builders, over rows that have their attributes.
         event_columns = EventColumns(cast(Sequence[Event], rows))
+        predictions: list[Any] | None = None
         for key, column in self.columns.items():
             assert isinstance(key, tuple)  # every key of columns.py is
             kind = key[0]
@@ -378,8 +456,39 @@ class ColumnDecoder:
                 )
             elif kind == "schema":
                 batch.columns[key] = self._schema(dict(key[1]), rows, column_of, dicts)
+            elif kind in _TOP_NUMBERS:
+                batch.columns[key] = self._top_column(kind, top[kind], rows)
+            elif kind in _PREDICTION_KINDS:
+                if predictions is None:
+                    predictions = list(map(_PREDICTION, rows))
+                batch.columns[key] = (
+                    _numbers(predictions) if kind == "prediction" else _categories(predictions)
+                )
             elif self.top_level:
                 batch.columns[key] = column.build(event_columns)
+
+    def _fused_block(self, rows: list[Any]) -> FloatArray | None:
+        """The top-level numbers and the numeric features of ``rows``, a row of the result
+        per member then per feature (as ``_top`` and ``numeric``), out of one pass over the
+        rows; None when a row has no features (null or absent: the per-feature path)."""
+        if self._fused is None:
+            return None
+        try:
+            return _float_block(self._fused, rows, len(self._top) + len(self.numeric))
+        except AttributeError:  # ``features.x0`` of a row whose features are None
+            return None
+
+    @staticmethod
+    def _top_column(member: str, values: FloatArray, rows: list[Any]) -> FloatArray:
+        """As ``columns._error`` for the error rate (which reads the rows' labels), else
+        the member's values as they are (``columns._floats``)."""
+        if member == "error":
+            # An inference event without `error` succeeded; a pure outcome event (a label
+            # arriving later) says nothing about serving errors.
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                if rows[i].label is None:
+                    values[i] = 0.0
+        return values
 
     def _schema(
         self,
@@ -416,6 +525,58 @@ class ColumnDecoder:
             else:
                 out[i] = 0.0
         return out
+
+
+#: The top-level members read as numbers (or booleans, read as 0 / 1) into a column keyed
+#: by their name alone, as ``columns._floats`` reads them: typed number (or bool) or null.
+_TOP_NUMBERS = ("confidence", "latency_ms", "error", "feedback")
+#: The columns of the prediction, as ``columns._prediction_numeric`` / ``_category``.
+_PREDICTION_KINDS = frozenset({"prediction", "prediction_category"})
+
+
+def _flat_values(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
+    """``getter``'s values of ``rows`` (a tuple of ``members`` numbers or null per row, a
+    value when one), row after row: one C-level pass over the rows, each row and its values
+    read once (numpy reads None as NaN, a boolean as 0 / 1). A pass per member costs more
+    the larger the batch: every pass reads every row again, from all over the heap
+    (``bench/results/decode.md``)."""
+    n = len(rows)
+    if members == 1:
+        return np.fromiter(map(getter, rows), dtype=np.float64, count=n)
+    return np.fromiter(chain.from_iterable(map(getter, rows)), dtype=np.float64, count=n * members)
+
+
+def _as_block(flat: FloatArray, rows: int, members: int) -> FloatArray:
+    """``_flat_values`` as a (members, rows) array, each member's column contiguous."""
+    return np.ascontiguousarray(flat.reshape(rows, members).T)
+
+
+def _float_block(getter: Callable[[Any], Any], rows: list[Any], members: int) -> FloatArray:
+    """``getter``'s values of ``rows`` as a (members, rows) float64 array."""
+    return _as_block(_flat_values(getter, rows, members), len(rows), members)
+
+
+def _concatenated(parts: list[DecodedBatch]) -> DecodedBatch:
+    """The decoded parts of one batch (each part's positions already the batch's) as one:
+    its rows, bad records and columns one part after the other. Every column is built
+    row by row (a row's value depends on that row alone), so a part's column is that
+    part's slice of the batch's."""
+    batch = DecodedBatch([], [], [])
+    for part in parts:
+        kept = len(batch.rows)
+        batch.records += part.records
+        batch.models += part.models
+        batch.rows += part.rows
+        batch.bad += part.bad
+        batch.exact += [kept + i for i in part.exact]
+    for key, first in parts[0].columns.items():
+        pieces = [part.columns[key] for part in parts]
+        if isinstance(first, np.ndarray):
+            batch.columns[key] = np.concatenate(pieces)
+        else:
+            assert not any(isinstance(piece, np.ndarray) for piece in pieces), key
+            batch.columns[key] = list(chain.from_iterable(pieces))
+    return batch
 
 
 def _feature_names(signal: SignalPolicy) -> list[str]:
@@ -513,7 +674,7 @@ class ColumnarPath:
         if wide or batch.exact:
             self._learn(batch, wide)
         models = batch.models
-        full = self._survey(dict.fromkeys(models))
+        full = self._survey(batch.model_codes()[0])
         rows = batch.rows
         again = [i for i, model in enumerate(models) if model in full] if full else []
         labels = list(map(_LABEL, rows))

@@ -944,24 +944,23 @@ class Engine:
         """As ``_event_spans`` for a batch decoded into columns: the rows regrouped model
         after model by one stable argsort of model codes (codes in order of first
         appearance, so the models come in that order and each model's rows in theirs),
-        every column reordered by the same permutation (``take``)."""
-        models = batch.models
-        first = dict.fromkeys(models)
-        code_of = {model: i for i, model in enumerate(first)}
-        codes = np.fromiter(map(code_of.__getitem__, models), dtype=np.intp, count=len(models))
-        counts = np.bincount(codes, minlength=len(code_of)).tolist()
-        monitors = self._admit(dict(zip(first, counts, strict=True)), now)
-        if len(monitors) == len(code_of):
+        every column reordered by the same permutation (``take``). A model's code is its
+        first row (``DecodedBatch.model_codes``): sorted, the codes keep that order."""
+        first, codes = batch.model_codes()
+        per_code = np.bincount(codes, minlength=len(codes))
+        counts = dict(zip(first, per_code[list(first.values())].tolist(), strict=True))
+        monitors = self._admit(counts, now)
+        if len(monitors) == len(first):
             order = np.argsort(codes, kind="stable")
         else:  # the rows of refused models are left out, as their events are
-            admitted = np.zeros(len(code_of), dtype=bool)
-            admitted[[code_of[model] for model in monitors]] = True
+            admitted = np.zeros(len(codes), dtype=bool)
+            admitted[[first[model] for model in monitors]] = True
             kept = np.flatnonzero(admitted[codes])
             order = kept[np.argsort(codes[kept], kind="stable")]
         spans: list[tuple[ModelMonitor, int, int]] = []
         start = 0
         for model, monitor in monitors.items():
-            end = start + counts[code_of[model]]
+            end = start + counts[model]
             spans.append((monitor, start, end))
             start = end
         positions = order.tolist()

@@ -18,6 +18,7 @@ from monitor.config.policy import ModelPolicy, SignalPolicy
 from monitor.engine.columns import EventColumns, extractors_for
 from monitor.engine.decode import (
     BATCH_MIN,
+    DECODE_CHUNK,
     WIDE_BATCHES,
     ColumnDecoder,
     DecodedBatch,
@@ -166,6 +167,54 @@ def test_columns_equal_columns_py_for_valid_records(policy: str) -> None:
     mixed = clean[:1_000] + [awkward(rng) for _ in range(300)]
     rng.shuffle(mixed)
     assert_same_as_event_decoder(decoder, mixed)
+
+
+#: Policies whose fused columns (``ColumnDecoder._fused``: top-level numbers and numeric
+#: features out of one pass) have one member, or none (the top-level numbers alone).
+FUSED_EDGES = {
+    "one_number": _signals({"source": "feature", "feature": "f0"}),
+    "one_top_number": _signals({"source": "latency_ms"}, {"source": "feature", "feature": "c0",
+                                                          "detector": {"type": "psi"}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, *FUSED_EDGES])
+@pytest.mark.parametrize("at", [10, DECODE_CHUNK - 1, DECODE_CHUNK, 2 * DECODE_CHUNK + 7])
+def test_a_row_without_features_in_any_chunk_leaves_every_column_exact(
+    policy: str, at: int
+) -> None:
+    """A batch is decoded a part (DECODE_CHUNK records) at a time, each part's columns
+    built as it is decoded, then joined; a valid row without features (null or absent:
+    the policy type takes it) in any part sends that part to the per-feature path (not
+    the fused columns), a refused record to the exact path: the same columns."""
+    signals = {**POLICIES, **FUSED_EDGES}[policy]
+    values = synthetic(3 * DECODE_CHUNK)
+    assert_same_as_event_decoder(ColumnDecoder(signals, MAX_BYTES), list(values))
+    for odd in (
+        b'{"model": "m", "latency_ms": 4, "error": true}',
+        b'{"model": "m", "features": null, "confidence": 0.5}',
+        b'{"model": "m", "features": {"f0": "n/a"}, "error": true}',
+        b'{"model": "m", "latency_ms": "slow"}',
+    ):
+        changed = list(values)
+        changed[at] = odd
+        assert_same_as_event_decoder(ColumnDecoder(signals, MAX_BYTES), changed)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_batch_of_many_parts_gets_each_records_verdict_and_its_columns(policy: str) -> None:
+    """Hostile, awkward and valid records spread over several parts of a batch: each
+    record's verdict at its own position, and every column, as the event decoder's."""
+    rng = random.Random(9)
+    values = [p.value for p in hostile_records(900, 9)] + synthetic(2 * DECODE_CHUNK)
+    values += [awkward(rng) for _ in range(300)]
+    rng.shuffle(values)
+    decoder = ColumnDecoder(POLICIES[policy], MAX_BYTES)
+    wide = decoder.wide
+    batch = assert_same_as_event_decoder(decoder, values)
+    assert len(values) > 3 * DECODE_CHUNK and len(batch.bad) > 600 and len(batch.exact) > 30
+    if not wide:  # the event decoder's rows are those of ``exact``, by their batch index
+        assert batch.exact == [i for i, row in enumerate(batch.rows) if type(row) is Event]
 
 
 def test_one_bad_record_is_dead_lettered_alone_and_the_rest_decoded() -> None:
