@@ -204,3 +204,36 @@ def test_the_streams_make_the_detectors_breach() -> None:
             for chunk in _chunks(_values("decimal", 3, np.random.default_rng(3), 5000), [37])
         }
         assert seen - {"ok", "inconclusive"}, f"{name} never breached: {seen}"
+
+
+#: Ways a filling reference's saved values can disagree with its saved count (a checkpoint
+#: is hostile input): each is refused when restored, not left to fail on the next update.
+_BROKEN_FILLS: dict[str, Any] = {
+    "count past the values": lambda ring: ring.__setitem__("count", ring["count"] + 100),
+    "count short of the values": lambda ring: ring.__setitem__("count", ring["count"] - 100),
+    "count of a full reference": lambda ring: ring.__setitem__("count", 1500),
+    "negative count": lambda ring: ring.__setitem__("count", -5),
+    "values past the size": lambda ring: ring.__setitem__("buf", np.arange(2000.0)),
+    "size values, count short": lambda ring: ring.__setitem__("buf", np.arange(1500.0)),
+    "values as a matrix": lambda ring: ring.__setitem__("buf", np.arange(700.0).reshape(7, 100)),
+    "one number": lambda ring: ring.__setitem__("buf", 3.0),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(_BROKEN_FILLS))
+def test_a_filling_reference_checkpoint_that_disagrees_with_itself_is_refused(
+    broken: str,
+) -> None:
+    from detectors.serialization import StateError, pack, unpack
+
+    spec = SPECS["ks_window"]
+    values = _values("decimal", 2, np.random.default_rng(3), 700)
+    detector = build_detector(spec, seed=0)
+    detector.update_many(values)
+    raw = unpack(detector.to_bytes())
+    _BROKEN_FILLS[broken](raw["state"]["reference"]["ring"])
+    with pytest.raises(StateError, match="reference"):
+        restore_detector(pack(raw))
+    # The checkpoint as written still restores, and goes on as the detector does.
+    twin = restore_detector(detector.to_bytes())
+    assert bits(twin.update_many(values[:100])) == bits(detector.update_many(values[:100]))
