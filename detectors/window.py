@@ -115,7 +115,10 @@ def zeros_returnable(size: int, dtype: Any, *, mapped_bytes: int = _MAPPED_BYTES
     if nbytes < mapped_bytes:
         return np.zeros(size, dtype=dt)
     try:
-        region = mmap.mmap(-1, nbytes)
+        # Private: adjacent private anonymous mappings merge into one kernel mapping, where
+        # each shared one (mmap's default) counts alone against ``vm.max_map_count``
+        # (65,530 by default), and thousands of detectors each hold one or two.
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except OSError:
         return np.zeros(size, dtype=dt)
     return np.frombuffer(region, dtype=dt, count=size)
