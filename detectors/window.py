@@ -115,7 +115,10 @@ def zeros_returnable(size: int, dtype: Any, *, mapped_bytes: int = _MAPPED_BYTES
     if nbytes < mapped_bytes:
         return np.zeros(size, dtype=dt)
     try:
-        region = mmap.mmap(-1, nbytes)
+        # Private: adjacent private anonymous mappings merge into one kernel mapping, where
+        # each shared one (mmap's default) counts alone against ``vm.max_map_count``
+        # (65,530 by default), and thousands of detectors each hold one or two.
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except OSError:
         return np.zeros(size, dtype=dt)
     return np.frombuffer(region, dtype=dt, count=size)
@@ -362,13 +365,20 @@ class DecimalRing:
         return {"buf": self.values(), "pos": self.pos, "count": self.count}
 
     def load(self, state: dict[str, Any]) -> None:
-        buf = np.asarray(state["buf"], dtype=np.float64).ravel()
+        # The count is taken from the values themselves: the codes, the waiting block and
+        # the count must agree, or a later ``values`` fails on the hot path. A checkpoint
+        # (``state``: Ring's) holds exactly ``count`` values, all ``size`` once full.
+        buf = np.asarray(state["buf"], dtype=np.float64)
+        count = int(state["count"])
+        if buf.ndim != 1 or buf.size != count or not 0 <= count <= self.size:
+            raise StateError(
+                f"a filling reference of {self.size} values holds {buf.size} values in "
+                f"shape {buf.shape} but says {count}"
+            )
         self.buf = _codes_buffer(self.size)
         self.coded = self.count = 0
         self.scale = 0
         self.extend(buf)
-        self.pos = int(state["pos"])
-        self.count = int(state["count"])
 
 
 class Reference:

@@ -204,3 +204,55 @@ def test_the_streams_make_the_detectors_breach() -> None:
             for chunk in _chunks(_values("decimal", 3, np.random.default_rng(3), 5000), [37])
         }
         assert seen - {"ok", "inconclusive"}, f"{name} never breached: {seen}"
+
+
+#: Ways a filling reference's saved values can disagree with its saved count (a checkpoint
+#: is hostile input): each is refused when restored, not left to fail on the next update.
+_BROKEN_FILLS: dict[str, Any] = {
+    "count past the values": lambda ring: ring.__setitem__("count", ring["count"] + 100),
+    "count short of the values": lambda ring: ring.__setitem__("count", ring["count"] - 100),
+    "count of a full reference": lambda ring: ring.__setitem__("count", 1500),
+    "negative count": lambda ring: ring.__setitem__("count", -5),
+    "values past the size": lambda ring: ring.__setitem__("buf", np.arange(2000.0)),
+    "size values, count short": lambda ring: ring.__setitem__("buf", np.arange(1500.0)),
+    "values as a matrix": lambda ring: ring.__setitem__("buf", np.arange(700.0).reshape(7, 100)),
+    "one number": lambda ring: ring.__setitem__("buf", 3.0),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(_BROKEN_FILLS))
+def test_a_filling_reference_checkpoint_that_disagrees_with_itself_is_refused(
+    broken: str,
+) -> None:
+    from detectors.serialization import StateError, pack, unpack
+
+    spec = SPECS["ks_window"]
+    values = _values("decimal", 2, np.random.default_rng(3), 700)
+    detector = build_detector(spec, seed=0)
+    detector.update_many(values)
+    raw = unpack(detector.to_bytes())
+    _BROKEN_FILLS[broken](raw["state"]["reference"]["ring"])
+    with pytest.raises(StateError, match="reference"):
+        restore_detector(pack(raw))
+    # The checkpoint as written still restores, and goes on as the detector does.
+    twin = restore_detector(detector.to_bytes())
+    assert bits(twin.update_many(values[:100])) == bits(detector.update_many(values[:100]))
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+def test_filling_references_of_a_large_fleet_take_few_kernel_mappings() -> None:
+    """Each filling ``DecimalRing`` maps its buffers (codes, waiting values) apart from the
+    heap; were each its own kernel mapping, 2,500 models (27 filling buffers a model under
+    the auto policy, measured) would pass Linux's default limit of 65,530 mappings a process
+    (``vm.max_map_count``), past which every mmap fails: Python's arenas, thread stacks.
+    Adjacent private anonymous mappings merge into one."""
+    before = _mappings()
+    rings = [DecimalRing(1500) for _ in range(4000)]
+    for ring in rings:
+        ring.extend(np.full(DECIMAL_BLOCK + 3, 1.25))  # pages written, a block coded
+    assert _mappings() - before < 1000
+    assert all(ring.values()[-1] == 1.25 and ring.buf.itemsize == 4 for ring in rings)
