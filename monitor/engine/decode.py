@@ -141,7 +141,10 @@ class DecodedBatch:
     #: The rows the event decoder decoded: refused by the policy type (a feature no signal
     #: names, a string or boolean where a number is read), or with a model id to check.
     exact: list[int] = field(default_factory=list)
-    _codes: tuple[dict[str, int], np.ndarray] | None = None
+    #: ``model_codes``' answer, once asked (a cache: not a field to give or compare).
+    _codes: tuple[dict[str, int], np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def model_codes(self) -> tuple[dict[str, int], np.ndarray]:
         """Each model's first row (the models in order of first appearance), and each row's
