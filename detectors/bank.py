@@ -40,7 +40,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -188,7 +188,13 @@ def _readings(
         return list(map(Reading, statistics, effects, verdicts, itertools.repeat(samples, n),
                         thresholds))  # fmt: skip
     made: list[Reading] = list(map(object.__new__, itertools.repeat(Reading, n)))
-    columns = (statistics, effects, verdicts, itertools.repeat(samples, n), thresholds)
+    columns: tuple[Iterable[Any], ...] = (
+        statistics,
+        effects,
+        verdicts,
+        itertools.repeat(samples, n),
+        thresholds,
+    )
     for setter, values in zip(_READING_SETTERS, columns, strict=True):
         collections.deque(map(setter, made, values), maxlen=0)
     return made
